@@ -1,0 +1,29 @@
+# `make demo` and `make test` work on a fresh Linux machine with python3 (3.10+).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.9.0
+
+.PHONY: demo test lint clean
+
+$(BIN)/referee: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" numpy
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/referee
+	$(BIN)/referee demo examples
+
+test: $(BIN)/referee
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: $(BIN)/referee
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

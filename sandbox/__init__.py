@@ -1,0 +1,1 @@
+"""The verification engine: models, static checks, the harness processes, reward and result."""

@@ -1,0 +1,292 @@
+"""One evaluation: static checks, then the reference and the candidate in two processes, the
+comparison in the reference process, and the verdict here. No torch in this process."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import secrets
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import rules, static_checks
+from .feedback import write_feedback
+from .input_sets import plan_input_sets
+from .models import (
+    AntiCheat,
+    Correctness,
+    Environment,
+    EvalConfig,
+    EvaluationResult,
+    Performance,
+    Problem,
+    StageTimings,
+    Submission,
+    TimingStats,
+    Verdict,
+    Violation,
+)
+from .process import HarnessDied, HarnessProcess, HarnessTimeout
+from .reward import compute_reward
+from .static_checks import ProblemSourceError
+
+_FAILURE_VERDICTS = {
+    "compile_error": Verdict.compile_error,
+    "runtime_error": Verdict.runtime_error,
+    "invalid_submission": Verdict.invalid_submission,
+}
+
+
+def detect_device() -> str:
+    """'cuda' when an NVIDIA device node exists, else 'cpu' (decided without importing torch)."""
+    return "cuda" if glob.glob("/dev/nvidia[0-9]*") else "cpu"
+
+
+def derive_seed(salt: int, label: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{salt}:{label}".encode()).digest()[:8], "big") & ((1 << 62) - 1)
+
+
+class _Stop(Exception):
+    """Ends the evaluation early with a verdict."""
+
+    def __init__(self, verdict: Verdict, error: dict[str, Any] | None = None) -> None:
+        super().__init__(verdict.value)
+        self.verdict = verdict
+        self.error = error
+
+
+@dataclass
+class _Run:
+    """What one evaluation has learned so far."""
+
+    config: EvalConfig
+    device: str
+    salt: int
+    deadline: float
+    reference: HarnessProcess
+    candidate: HarnessProcess
+    correctness: Correctness = field(default_factory=Correctness)
+    performance: Performance = field(default_factory=Performance)
+    anti_cheat: AntiCheat = field(default_factory=AntiCheat)
+    environment: Environment = field(default_factory=Environment)
+    tolerance: tuple[float | None, float | None] = (None, None)
+    compiled: bool = False
+
+    def ask(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytearray]:
+        try:
+            reply, data = process.request(header, payload, deadline=self.deadline)
+        except HarnessTimeout as exc:
+            if process is self.candidate:
+                raise _Stop(Verdict.timeout, {"kind": "timeout", "message": f"{exc} (limit {self.config.timeout_s:g} s)"}) from exc
+            raise _Stop(Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": str(exc)}) from exc
+        except HarnessDied as exc:
+            verdict = Verdict.runtime_error if process is self.candidate else Verdict.infrastructure_error
+            raise _Stop(verdict, {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}) from exc
+        if not reply.get("ok"):
+            error = reply.get("error") or {"kind": "infrastructure_error", "message": "malformed reply"}
+            kind = error.get("kind")
+            if process is self.reference and kind == "problem_error":
+                raise ProblemSourceError(error.get("message", "the reference failed"))
+            verdict = _FAILURE_VERDICTS.get(kind, Verdict.infrastructure_error) if process is self.candidate else Verdict.infrastructure_error
+            raise _Stop(verdict, error)
+        return reply, data
+
+
+def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None = None, *,
+             job_id: str | None = None, python: str | None = None) -> EvaluationResult:
+    """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem."""
+    config = config or EvalConfig()
+    started = time.monotonic()
+    result_id = job_id or uuid.uuid4().hex
+    tree = static_checks.check_problem(problem.source)
+    try:
+        input_sets = [{}] + [s for s in config.input_sets if s] if config.input_sets is not None else plan_input_sets(tree)
+    except ValueError as exc:
+        raise ProblemSourceError(str(exc)) from exc
+    failure = static_checks.check_candidate(submission.source)
+    static_ms = (time.monotonic() - started) * 1e3
+    if failure is not None:
+        error = {"kind": failure.verdict.value, "message": failure.message, "line": failure.line}
+        return _finish(result_id, config, failure.verdict, error, Correctness(), Performance(), AntiCheat(),
+                       Environment(), False, {}, StageTimings(static=static_ms), started)
+
+    device = detect_device() if config.device == "auto" else config.device
+    salt = config.seed if config.seed is not None else secrets.randbits(62)
+    workdir = Path(tempfile.mkdtemp(prefix="referee-"))
+    (workdir / "reference").mkdir()
+    (workdir / "candidate").mkdir()
+    reference_path = workdir / "reference" / "problem.py"
+    candidate_path = workdir / "candidate" / "candidate.py"
+    reference_path.write_text(problem.source)
+    candidate_path.write_text(submission.source)
+    run = _Run(
+        config=config, device=device, salt=salt, deadline=started + config.timeout_s,
+        reference=HarnessProcess("reference", workdir / "reference", device, python),
+        candidate=HarnessProcess("candidate", workdir / "candidate", device, python),
+    )
+    verdict, error = Verdict.correct, None
+    try:
+        run.reference.start()
+        run.candidate.start()
+        _check(run, str(reference_path), str(candidate_path), input_sets)
+        verdict = Verdict.cheating if run.anti_cheat.violations else (
+            Verdict.correct if run.correctness.passed == run.correctness.trials and run.correctness.recheck_passed is not False else Verdict.incorrect
+        )
+    except _Stop as stop:
+        verdict, error = stop.verdict, stop.error
+    except OSError as exc:
+        verdict, error = Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": f"{type(exc).__name__}: {exc}"}
+    finally:
+        run.candidate.close()
+        run.reference.close()
+        output = run.candidate.output()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if verdict == Verdict.infrastructure_error and run.reference.process is not None:
+        reference_stderr = run.reference.output().get("stderr", "")
+        if reference_stderr and error is not None:
+            error = {**error, "reference_stderr": reference_stderr[-2000:]}
+    timings = StageTimings(
+        static=static_ms,
+        reference=run.reference.busy_seconds * 1e3,
+        candidate=run.candidate.busy_seconds * 1e3,
+    )
+    return _finish(result_id, config, verdict, error, run.correctness, run.performance, run.anti_cheat,
+                   run.environment, run.compiled, output, timings, started)
+
+
+def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list[dict[str, int]]) -> None:
+    config = run.config
+    init_seed = derive_seed(run.salt, "init")
+    reply, init_payload = run.ask(run.reference, {
+        "cmd": "setup", "path": reference_path, "device": run.device, "init_seed": init_seed, "input_sets": input_sets,
+    })
+    run.environment = Environment(**{k: v for k, v in reply["environment"].items() if k in Environment.model_fields})
+    run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
+    input_sets = [input_sets[i] for i in reply.get("valid_sets", range(len(input_sets)))]
+    run.tolerance = (
+        config.atol if config.atol is not None else reply.get("atol"),
+        config.rtol if config.rtol is not None else reply.get("rtol"),
+    )
+    run.correctness.input_sets = len(input_sets)
+    run.correctness.input_set_overrides = input_sets
+
+    run.ask(run.candidate, {"cmd": "setup", "path": candidate_path, "device": run.device,
+                            "init_seed": init_seed, "init_inputs": reply["init_inputs"]}, bytes(init_payload))
+    for trial in range(config.trials):
+        if not _trial(run, f"trial{trial}", trial % len(input_sets)):
+            return
+    _time(run)
+    run.correctness.recheck_passed = _trial(run, "recheck", len(input_sets) - 1, counted=False)
+    summary, _ = run.ask(run.candidate, {"cmd": "summary"})
+    run.anti_cheat.triton_launches = summary["summary"]["triton_launches"]
+    run.anti_cheat.kernels = summary["summary"]["kernels"]
+    run.anti_cheat.foreign_kernels = summary["summary"]["foreign_kernels"]
+
+
+def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
+    """One correctness trial on fresh inputs; returns whether it passed."""
+    seed = derive_seed(run.salt, label)
+    reply, inputs = run.ask(run.reference, {"cmd": "inputs", "trial": label, "set_index": set_index, "seed": seed})
+    outcome, data = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, bytes(inputs))
+    run.compiled = run.compiled or outcome["launches"] > 0
+    if counted:
+        run.correctness.trials += 1
+    compare_header = {"cmd": "compare", "trial": label, "outputs": outcome["outputs"], "returned": outcome["returned"],
+                      "atol": run.tolerance[0], "rtol": run.tolerance[1]}
+    compared, _ = run.ask(run.reference, compare_header, bytes(data))
+    report = compared["report"]
+    _record_comparison(run, report)
+    violations = []
+    if outcome["launches"] == 0:
+        violations.append(rules.violation("no_triton_launch", {"trial": label, "foreign_kernels": outcome["foreign_launches"]}))
+    if outcome.get("output_problem"):
+        violations.append(rules.violation("non_plain_output", {"trial": label, "detail": outcome["output_problem"]}))
+    if not report["inputs"]["unchanged"]:
+        violations.append(rules.violation("input_mutation", {"trial": label, "changed_inputs": report["inputs"]["changed_inputs"]}))
+    if outcome["aliases_input"]:
+        violations.append(rules.violation("output_aliases_input", {"trial": label, "inputs": outcome["aliases_input"]}))
+    known = {v.rule for v in run.anti_cheat.violations}
+    run.anti_cheat.violations.extend(v for v in violations if v.rule not in known)
+    passed = bool(report["passed"]) and not violations
+    if counted and passed:
+        run.correctness.passed += 1
+    if not passed and run.correctness.first_failure is None:
+        reason = violations[0].message if violations else report.get("reason")
+        run.correctness.first_failure = {"trial": label, "input_set": set_index, "shapes": reply.get("shapes"),
+                                         **{k: v for k, v in report.items() if k not in ("outputs", "inputs")},
+                                         "reason": reason}
+        for output in report.get("outputs", []):
+            if not output["passed"]:
+                run.correctness.first_failure.update({k: output.get(k) for k in ("worst_index", "worst_expected", "worst_actual")})
+                break
+    return passed
+
+
+def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
+    for output in report.get("outputs", []):
+        for key in ("max_abs_error", "max_rel_error"):
+            value = output.get(key)
+            if value is not None:
+                current = getattr(run.correctness, key)
+                setattr(run.correctness, key, value if current is None else max(current, value))
+        if output.get("atol") is not None:
+            run.correctness.atol, run.correctness.rtol = output["atol"], output["rtol"]
+
+
+def _time(run: _Run) -> None:
+    """Time the reference and the candidate the same way on the same rotated inputs."""
+    seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
+    options = {"max_seconds": run.config.max_timing_seconds}
+    reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
+    reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})
+    candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": reply["inputs"], "options": options}, bytes(inputs))
+    ref_stats, cand_stats = reference["stats"], candidate["stats"]
+    perf = run.performance
+    perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})
+    perf.candidate_ms = TimingStats(**{k: v for k, v in cand_stats.items() if k in TimingStats.model_fields})
+    perf.method = cand_stats["method"]
+    perf.meaningful = run.device == "cuda" and not run.environment.interpreter
+    if perf.meaningful and cand_stats["median"] > 0:
+        perf.speedup = ref_stats["median"] / cand_stats["median"]
+        ref_low, ref_high = ref_stats["ci95"]
+        cand_low, cand_high = cand_stats["ci95"]
+        perf.speedup_ci95 = [ref_low / cand_high, ref_high / cand_low] if cand_low > 0 else None
+        if cand_stats.get("event_ms_total"):
+            perf.host_event_ratio = cand_stats["host_ms_total"] / cand_stats["event_ms_total"]
+    else:
+        perf.note = ("Triton interpreter on the CPU: times are host-clock figures of the interpreter and mean "
+                     "nothing for GPU speed; speedup is not reported and the reward uses correctness only")
+
+
+def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[str, Any] | None,
+            correctness: Correctness, performance: Performance, anti_cheat: AntiCheat, environment: Environment,
+            compiled: bool, output: dict[str, str], timings: StageTimings, started: float) -> EvaluationResult:
+    if verdict == Verdict.compile_error:
+        compiled = False
+    elif verdict in (Verdict.correct, Verdict.incorrect, Verdict.cheating):
+        compiled = compiled or anti_cheat.triton_launches > 0
+    reward, rewards = compute_reward(verdict, performance.speedup, performance.meaningful, config.reward)
+    timings.total = (time.monotonic() - started) * 1e3
+    result = EvaluationResult(
+        id=result_id,
+        verdict=verdict,
+        reward=reward,
+        rewards=rewards,
+        reward_preset=config.reward.preset,
+        compiled=compiled,
+        correct=verdict == Verdict.correct,
+        correctness=correctness,
+        performance=performance,
+        anti_cheat=anti_cheat,
+        error=error,
+        output=output,
+        environment=environment,
+        timings_ms=timings,
+    )
+    result.feedback = write_feedback(result)
+    return result

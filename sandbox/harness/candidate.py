@@ -1,0 +1,156 @@
+"""The candidate role: untrusted code runs here. This process only runs the candidate and measures
+it; it never sees the expected outputs and never decides a verdict. What it reports back is raw
+outputs, returned inputs, launch counts and timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import tensors
+from .launches import LaunchRecorder
+from .runtime import environment, error_reply, load_module, resolve_device
+from .timing import CudaTimer, time_on_host
+
+
+def _compile_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a kernel did not compile (the interpreter's stand-in included)."""
+    found: list[type[BaseException]] = [SyntaxError]
+    for module_name, class_name in (
+        ("triton.compiler.errors", "CompilationError"),
+        ("triton.runtime.errors", "InterpreterError"),
+        ("triton.runtime.errors", "OutOfResources"),
+        ("triton.runtime.errors", "PTXASError"),
+    ):
+        try:
+            module = __import__(module_name, fromlist=[class_name])
+            found.append(getattr(module, class_name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+class CandidateFailed(Exception):
+    """Raised with a ready error reply when the candidate's own code fails."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(reply["error"]["message"])
+        self.reply = reply
+
+
+class CandidateRole:
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.device = torch.device("cpu")
+        self.path = ""
+        self.recorder: LaunchRecorder | None = None
+        self.compile_errors = _compile_error_types()
+
+    def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
+        kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
+        return CandidateFailed(error_reply(kind, exc, self.path))
+
+    def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        self.device = resolve_device(header["device"])
+        self.path = header["path"]
+        init_inputs = tensors.decode(header["init_inputs"], payload, "cpu")
+        self.recorder = LaunchRecorder(candidate_file=self.path)
+        self.recorder.install()
+        try:
+            module = load_module(self.path, "referee_candidate")
+        except BaseException as exc:
+            raise self._failure(exc) from None
+        model_class = getattr(module, "ModelNew", None)
+        if model_class is None:
+            return {"ok": False, "error": {"kind": "invalid_submission", "type": "MissingModelNew",
+                                           "message": "the candidate does not define ModelNew", "traceback": ""}}, b""
+        try:
+            torch.manual_seed(int(header["init_seed"]))
+            with torch.device(self.device):
+                self.model = model_class(*init_inputs)
+            if isinstance(self.model, torch.nn.Module):
+                self.model = self.model.to(self.device)
+        except BaseException as exc:
+            raise self._failure(exc) from None
+        return {"ok": True, "environment": environment(self.device)}, b""
+
+    def _forward(self, inputs: list[Any]) -> Any:
+        try:
+            with torch.no_grad():
+                outputs = self.model(*inputs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            return outputs
+        except BaseException as exc:
+            raise self._failure(exc) from None
+
+    def cmd_run(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        assert self.recorder is not None
+        inputs = tensors.decode(header["inputs"], payload, self.device)
+        self.recorder.take()
+        outputs = self._forward(inputs)
+        launches = self.recorder.take()
+        reply: dict[str, Any] = {
+            "ok": True,
+            "launches": sum(1 for launch in launches if launch.own),
+            "foreign_launches": sorted({launch.kernel for launch in launches if not launch.own}),
+            "aliases_input": _aliased_inputs(outputs, inputs),
+        }
+        try:
+            output_desc, output_bytes = tensors.encode(outputs)
+        except tensors.EncodeError as exc:
+            reply["output_problem"] = str(exc)
+            output_desc, output_bytes = None, b""
+        returned_desc, returned_bytes = tensors.encode(inputs)
+        reply["outputs"] = _shift(output_desc, 0)
+        reply["returned"] = _shift(returned_desc, len(output_bytes))
+        return reply, output_bytes + returned_bytes
+
+    def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        assert self.recorder is not None
+        input_sets = tensors.decode(header["inputs"], payload, self.device)
+        self.recorder.take()
+
+        def call(inputs: list[Any]) -> Any:
+            with torch.no_grad():
+                return self.model(*inputs)
+
+        try:
+            if self.device.type == "cuda":
+                stats = CudaTimer(self.device).run(call, input_sets, **header.get("options", {}))
+            else:
+                stats = time_on_host(call, input_sets)
+        except BaseException as exc:
+            raise self._failure(exc) from None
+        launches = self.recorder.take()
+        stats["launches"] = sum(1 for launch in launches if launch.own)
+        return {"ok": True, "stats": stats}, b""
+
+    def cmd_summary(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        assert self.recorder is not None
+        return {"ok": True, "summary": self.recorder.summary()}, b""
+
+
+def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:
+    """Indices of inputs whose storage an output shares."""
+    output_storages = {
+        t.untyped_storage().data_ptr()
+        for t in (outputs if isinstance(outputs, (list, tuple)) else [outputs])
+        if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.untyped_storage().nbytes()
+    }
+    return [
+        index for index, x in enumerate(inputs)
+        if isinstance(x, torch.Tensor) and x.untyped_storage().nbytes() and x.untyped_storage().data_ptr() in output_storages
+    ]
+
+
+def _shift(description: Any, offset: int) -> Any:
+    """Move tensor byte offsets when two encoded values share one payload."""
+    if not isinstance(description, dict):
+        return description
+    if description.get("t") == "tensor":
+        return {**description, "offset": description["offset"] + offset}
+    if "items" in description:
+        return {**description, "items": [_shift(item, offset) for item in description["items"]]}
+    return description

@@ -1,0 +1,161 @@
+"""The trusted comparator. It runs only in the reference process, which never imports the candidate,
+so nothing the candidate patches in its own process can change a comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .tensors import dtype_name
+
+# Default tolerances by dtype (atol, rtol); a problem or a request may override them.
+DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-6, 1e-6),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (1e-2, 1e-2),
+    torch.complex64: (1e-4, 1e-4),
+    torch.complex128: (1e-6, 1e-6),
+}
+
+
+def flatten_outputs(value: Any) -> list[Any]:
+    """A forward may return one tensor or a tuple/list of them; compare element by element."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def tolerance_for(dtype: torch.dtype, atol: float | None, rtol: float | None) -> tuple[float, float]:
+    default_atol, default_rtol = DEFAULT_TOLERANCES.get(dtype, (0.0, 0.0))
+    return (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+
+
+def compare_tensor(expected: torch.Tensor, actual: Any, atol: float | None, rtol: float | None) -> dict[str, Any]:
+    """Exact shape and dtype, no broadcasting, NaN/Inf positions must match, then allclose."""
+    report: dict[str, Any] = {"passed": False, "max_abs_error": None, "max_rel_error": None}
+    if not isinstance(actual, torch.Tensor):
+        report["reason"] = f"expected a tensor, got {type(actual).__name__}"
+        return report
+    if tuple(actual.shape) != tuple(expected.shape):
+        report["reason"] = f"shape {list(actual.shape)} != expected {list(expected.shape)}"
+        return report
+    if actual.dtype != expected.dtype:
+        report["reason"] = f"dtype {dtype_name(actual.dtype)} != expected {dtype_name(expected.dtype)}"
+        return report
+    use_atol, use_rtol = tolerance_for(expected.dtype, atol, rtol)
+    report["atol"], report["rtol"] = use_atol, use_rtol
+    actual = actual.to(expected.device)
+    if expected.numel() == 0:
+        report.update(passed=True, max_abs_error=0.0, max_rel_error=0.0)
+        return report
+    if not (expected.is_floating_point() or expected.is_complex()):
+        mismatched = actual != expected
+        count = int(mismatched.sum())
+        report.update(passed=count == 0, mismatched=count, max_abs_error=float((actual.long() - expected.long()).abs().max()) if count else 0.0, max_rel_error=None)
+        if count:
+            report["reason"] = f"{count} of {expected.numel()} elements differ (exact match required for {dtype_name(expected.dtype)})"
+            report["worst_index"] = _unravel(int(mismatched.reshape(-1).nonzero()[0]), expected.shape)
+        return report
+
+    wide = torch.complex128 if expected.is_complex() else torch.float64
+    exp64, act64 = expected.to(wide), actual.to(wide)
+    exp_nan, act_nan = torch.isnan(exp64), torch.isnan(act64)
+    if not torch.equal(exp_nan, act_nan):
+        diff = int((exp_nan != act_nan).sum())
+        report["reason"] = f"NaN positions differ at {diff} elements"
+        report["worst_index"] = _unravel(int((exp_nan != act_nan).reshape(-1).nonzero()[0]), expected.shape)
+        return report
+    exp_inf, act_inf = torch.isinf(exp64), torch.isinf(act64)
+    if not torch.equal(exp_inf, act_inf) or not torch.equal(exp64[exp_inf], act64[act_inf]):
+        report["reason"] = "Inf positions or signs differ"
+        return report
+    finite = ~(exp_nan | exp_inf)
+    abs_err = torch.where(finite, (act64 - exp64).abs(), torch.zeros((), dtype=torch.float64, device=exp64.device))
+    bound = use_atol + use_rtol * exp64.abs()
+    mismatched = finite & (abs_err > bound)
+    rel_err = abs_err / exp64.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    rel_err = torch.where(finite & (exp64 != 0), rel_err, torch.zeros_like(rel_err))
+    worst = int(abs_err.reshape(-1).argmax())
+    count = int(mismatched.sum())
+    report.update(
+        passed=count == 0,
+        max_abs_error=float(abs_err.max()),
+        max_rel_error=float(rel_err.max()),
+        mismatched=count,
+        worst_index=_unravel(worst, expected.shape),
+        worst_expected=_scalar(exp64.reshape(-1)[worst]),
+        worst_actual=_scalar(act64.reshape(-1)[worst]),
+    )
+    if count:
+        report["reason"] = (
+            f"{count} of {expected.numel()} elements ({100.0 * count / expected.numel():.3g}%) outside "
+            f"atol={use_atol:g}, rtol={use_rtol:g}; max abs error {report['max_abs_error']:.3g}"
+        )
+    return report
+
+
+def compare_outputs(expected: Any, actual: Any, atol: float | None, rtol: float | None) -> dict[str, Any]:
+    expected_list, actual_list = flatten_outputs(expected), flatten_outputs(actual)
+    if len(expected_list) != len(actual_list) or isinstance(expected, (list, tuple)) != isinstance(actual, (list, tuple)):
+        return {"passed": False, "reason": f"returned {_describe(actual)}, expected {_describe(expected)}", "outputs": []}
+    reports = []
+    for index, (exp, act) in enumerate(zip(expected_list, actual_list, strict=True)):
+        if isinstance(exp, torch.Tensor):
+            item = compare_tensor(exp, act, atol, rtol)
+        else:
+            item = {"passed": exp == act, "max_abs_error": None, "max_rel_error": None}
+            if not item["passed"]:
+                item["reason"] = f"non-tensor output {act!r} != expected {exp!r}"
+        item["index"] = index
+        reports.append(item)
+    failed = [r for r in reports if not r["passed"]]
+    summary: dict[str, Any] = {"passed": not failed, "outputs": reports}
+    if failed:
+        prefix = f"output {failed[0]['index']}: " if len(reports) > 1 else ""
+        summary["reason"] = prefix + failed[0].get("reason", "mismatch")
+    return summary
+
+
+def inputs_unchanged(pristine: list[Any], returned: Any) -> dict[str, Any]:
+    """Inputs must come back bit-identical (compared as raw bytes, so NaN == NaN)."""
+    returned_list = flatten_outputs(returned)
+    changed = []
+    for index, (before, after) in enumerate(zip(pristine, returned_list, strict=False)):
+        if isinstance(before, torch.Tensor):
+            same = (
+                isinstance(after, torch.Tensor)
+                and before.shape == after.shape
+                and before.dtype == after.dtype
+                and torch.equal(_bits(before), _bits(after.to(before.device)))
+            )
+        else:
+            same = before == after
+        if not same:
+            changed.append(index)
+    return {"unchanged": not changed and len(returned_list) == len(pristine), "changed_inputs": changed}
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    flat = tensor.contiguous().reshape(-1)
+    return flat.view(torch.uint8) if flat.numel() else flat
+
+
+def _unravel(flat_index: int, shape: torch.Size) -> list[int]:
+    index = []
+    for dim in reversed(list(shape)):
+        index.append(flat_index % dim)
+        flat_index //= dim
+    return list(reversed(index))
+
+
+def _scalar(value: torch.Tensor) -> Any:
+    item = value.item()
+    return repr(item) if isinstance(item, complex) else item
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return "one tensor" if isinstance(value, torch.Tensor) else type(value).__name__

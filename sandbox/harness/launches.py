@@ -1,0 +1,81 @@
+"""Counts Triton kernel launches in the candidate's process.
+
+The hook wraps `run` on Triton's JIT and interpreter function classes before the candidate is
+imported, so it sees every launch path that ends there: `kernel[grid](...)`, `@triton.autotune`
+and `@triton.heuristics` wrappers (they call the wrapped function's `run`), compiled or
+interpreted. A kernel counts as the submission's own when its Python function was defined in the
+submitted file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Launch:
+    kernel: str
+    own: bool
+    tensor_args: list[tuple[int, int]]  # (data_ptr, nbytes) of every tensor argument
+
+
+@dataclass
+class LaunchRecorder:
+    candidate_file: str
+    launches: list[Launch] = field(default_factory=list)
+    totals: Counter[str] = field(default_factory=Counter)
+    foreign: Counter[str] = field(default_factory=Counter)
+    recording: bool = True
+
+    def install(self) -> None:
+        from triton.runtime.jit import JITFunction
+
+        classes: list[type] = [JITFunction]
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            classes.append(InterpretedFunction)
+        except ImportError:  # an old Triton without the interpreter module
+            pass
+        for cls in classes:
+            cls.run = self._wrap(cls.run)
+
+    def _wrap(self, original: Any) -> Any:
+        recorder = self
+
+        def run(fn_self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
+            if not warmup and recorder.recording:
+                recorder.record(fn_self, args, kwargs)
+            return original(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
+
+        run.__wrapped__ = original  # type: ignore[attr-defined]
+        return run
+
+    def record(self, jit_fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        python_fn = getattr(jit_fn, "fn", None)
+        code = getattr(python_fn, "__code__", None)
+        name = getattr(python_fn, "__name__", type(jit_fn).__name__)
+        own = code is not None and code.co_filename == self.candidate_file
+        tensors = [
+            (value.data_ptr(), value.untyped_storage().nbytes())
+            for value in list(args) + list(kwargs.values())
+            if isinstance(value, torch.Tensor)
+        ]
+        self.launches.append(Launch(kernel=name, own=own, tensor_args=tensors))
+        (self.totals if own else self.foreign)[name] += 1
+
+    def take(self) -> list[Launch]:
+        """Launches since the last call (one forward's worth)."""
+        taken, self.launches = self.launches, []
+        return taken
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "triton_launches": sum(self.totals.values()),
+            "kernels": sorted(self.totals),
+            "foreign_kernels": sorted(self.foreign),
+        }

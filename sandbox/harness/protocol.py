@@ -1,0 +1,140 @@
+"""Framed, authenticated messages between the trusted parent and a harness process.
+
+Stdlib only: the parent (which never imports torch) and the harness share this module.
+
+A frame is a 4-byte header length, a JSON header, an 8-byte payload length, the payload, and a
+32-byte HMAC-SHA256 over (direction, sequence number, header, payload). Each direction keeps its
+own sequence number, so frames cannot be replayed, reordered or reflected. The key reaches the
+child over a pipe it reads once and closes before any untrusted code is imported; bytes that a
+candidate writes to the descriptor without the key fail authentication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import select
+import struct
+import time
+from typing import Any
+
+KEY_BYTES = 32
+MAX_HEADER_BYTES = 4 << 20
+MAX_PAYLOAD_BYTES = 16 << 30
+_CHUNK = 1 << 20
+_LENGTHS = struct.Struct(">IQ")
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid, authenticated frame."""
+
+
+class ChannelTimeout(ProtocolError):
+    """The peer did not answer before the deadline."""
+
+
+class ChannelClosed(ProtocolError):
+    """The peer closed its end (usually: the process died)."""
+
+
+def _wait(fd: int, for_write: bool, deadline: float | None) -> None:
+    if deadline is None:
+        return
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise ChannelTimeout("deadline passed")
+    ready = select.select([], [fd], [], remaining) if for_write else select.select([fd], [], [], remaining)
+    if not (ready[1] if for_write else ready[0]):
+        raise ChannelTimeout("deadline passed")
+
+
+class Channel:
+    """One end of a pair of pipes. `is_parent` picks the direction tags used in the MAC."""
+
+    def __init__(self, read_fd: int, write_fd: int, key: bytes, *, is_parent: bool) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError("channel key must be 32 bytes")
+        self._read_fd = read_fd
+        self._write_fd = write_fd
+        self._key = key
+        self._send_tag = b"P" if is_parent else b"C"
+        self._recv_tag = b"C" if is_parent else b"P"
+        self._send_seq = 0
+        self._recv_seq = 0
+
+    def _mac(self, tag: bytes, seq: int, header: bytes, payload: bytes | memoryview) -> bytes:
+        mac = hmac.new(self._key, tag + seq.to_bytes(8, "big"), hashlib.sha256)
+        mac.update(header)
+        mac.update(payload)
+        return mac.digest()
+
+    def send(self, header: dict[str, Any], payload: bytes | memoryview = b"", *, deadline: float | None = None) -> None:
+        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        payload = memoryview(payload).cast("B")
+        mac = self._mac(self._send_tag, self._send_seq, header_bytes, payload)
+        self._send_seq += 1
+        self._write_all(_LENGTHS.pack(len(header_bytes), len(payload)) + header_bytes, deadline)
+        self._write_all(payload, deadline)
+        self._write_all(mac, deadline)
+
+    def recv(self, *, deadline: float | None = None) -> tuple[dict[str, Any], bytearray]:
+        header_len, payload_len = _LENGTHS.unpack(self._read_exact(_LENGTHS.size, deadline))
+        if header_len > MAX_HEADER_BYTES or payload_len > MAX_PAYLOAD_BYTES:
+            raise ProtocolError(f"frame too large (header {header_len} B, payload {payload_len} B)")
+        header_bytes = bytes(self._read_exact(header_len, deadline))
+        payload = self._read_exact(payload_len, deadline)
+        mac = bytes(self._read_exact(hashlib.sha256().digest_size, deadline))
+        expected = self._mac(self._recv_tag, self._recv_seq, header_bytes, payload)
+        if not hmac.compare_digest(mac, expected):
+            raise ProtocolError("frame failed authentication")
+        self._recv_seq += 1
+        try:
+            header = json.loads(header_bytes)
+        except ValueError as exc:
+            raise ProtocolError(f"frame header is not JSON: {exc}") from exc
+        if not isinstance(header, dict):
+            raise ProtocolError("frame header is not an object")
+        return header, payload
+
+    def _write_all(self, data: bytes | memoryview, deadline: float | None) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            _wait(self._write_fd, True, deadline)
+            try:
+                written = os.write(self._write_fd, view[:_CHUNK])
+            except BlockingIOError:
+                continue
+            except BrokenPipeError as exc:
+                raise ChannelClosed("peer closed the channel") from exc
+            view = view[written:]
+
+    def _read_exact(self, size: int, deadline: float | None) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            _wait(self._read_fd, False, deadline)
+            try:
+                n = os.readv(self._read_fd, [view[got : got + _CHUNK]])
+            except BlockingIOError:
+                continue
+            if n == 0:
+                raise ChannelClosed("peer closed the channel")
+            got += n
+        return buffer
+
+
+def read_key(fd: int) -> bytes:
+    """Read the channel key from `fd` and close it (the child does this before loading anything)."""
+    key = b""
+    while len(key) < KEY_BYTES:
+        chunk = os.read(fd, KEY_BYTES - len(key))
+        if not chunk:
+            break
+        key += chunk
+    os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise ProtocolError("short channel key")
+    return key

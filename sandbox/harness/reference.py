@@ -1,0 +1,145 @@
+"""The reference role: trusted. Loads the problem, makes every input, computes the expected
+outputs, compares what the candidate returned, and times the reference. It never sees the
+candidate's code, only the bytes of its outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import compare, tensors
+from .runtime import environment, load_module, resolve_device
+from .timing import CudaTimer, time_on_host
+
+REQUIRED = ("Model", "get_inputs", "get_init_inputs")
+
+
+class ProblemError(Exception):
+    """The reference file does not define a usable problem."""
+
+
+class ReferenceRole:
+    keep_file: str | None = None
+
+    def __init__(self) -> None:
+        self.module: Any = None
+        self.model: Any = None
+        self.device = torch.device("cpu")
+        self.input_sets: list[dict[str, int]] = [{}]
+        self.trials: dict[str, tuple[list[Any], Any]] = {}
+        self.timing_inputs: list[list[Any]] = []
+
+    def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        self.device = resolve_device(header["device"])
+        self.keep_file = header["path"]
+        try:
+            self.module = load_module(header["path"], "referee_problem")
+        except Exception as exc:
+            raise ProblemError(f"the reference module failed to import: {type(exc).__name__}: {exc}") from exc
+        missing = [name for name in REQUIRED if not hasattr(self.module, name)]
+        if missing:
+            raise ProblemError(f"the reference module does not define {', '.join(missing)}")
+        self.input_sets = header.get("input_sets") or [{}]
+        try:
+            init_inputs = list(self.module.get_init_inputs())
+            torch.manual_seed(int(header["init_seed"]))
+            with torch.device(self.device):
+                self.model = self.module.Model(*init_inputs)
+            if isinstance(self.model, torch.nn.Module):
+                self.model = self.model.to(self.device)
+            valid_sets = self._valid_sets(int(header["init_seed"]))
+            warnings = self._degenerate_warnings(int(header["init_seed"]))
+            description, data = tensors.encode(init_inputs)
+        except Exception as exc:
+            raise ProblemError(f"the reference problem failed to run: {type(exc).__name__}: {exc}") from exc
+        reply = {
+            "ok": True,
+            "environment": environment(self.device),
+            "init_inputs": description,
+            "atol": getattr(self.module, "ATOL", None),
+            "rtol": getattr(self.module, "RTOL", None),
+            "warnings": warnings,
+            "valid_sets": valid_sets,
+        }
+        return reply, data
+
+    def make_inputs(self, set_index: int, seed: int) -> list[Any]:
+        overrides = self.input_sets[set_index]
+        saved = {name: getattr(self.module, name) for name in overrides}
+        try:
+            for name, value in overrides.items():
+                setattr(self.module, name, value)
+            torch.manual_seed(seed)
+            with torch.device(self.device):
+                inputs = list(self.module.get_inputs())
+        finally:
+            for name, value in saved.items():
+                setattr(self.module, name, value)
+        return [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in inputs]
+
+    def forward(self, inputs: list[Any]) -> Any:
+        with torch.no_grad():
+            return self.model(*[x.clone() if isinstance(x, torch.Tensor) else x for x in inputs])
+
+    def _valid_sets(self, seed: int) -> list[int]:
+        """Derived input sets the reference itself cannot run (e.g. a size that must divide another)
+        are dropped; the original set must work."""
+        valid = []
+        for index in range(len(self.input_sets)):
+            try:
+                self.forward(self.make_inputs(index, seed))
+                valid.append(index)
+            except Exception:
+                if index == 0:
+                    raise
+        self.input_sets = [self.input_sets[i] for i in valid]
+        return valid
+
+    def _degenerate_warnings(self, seed: int) -> list[dict[str, Any]]:
+        """Warn when the reference output barely depends on its inputs (then zeros might pass)."""
+        first, second = (self.forward(self.make_inputs(0, seed + k)) for k in (1, 2))
+        report = compare.compare_outputs(first, second, None, None)
+        if report["passed"]:
+            return [{
+                "rule": "degenerate_problem",
+                "severity": "warning",
+                "message": "the reference output is the same for two different random inputs; "
+                "a candidate that ignores its inputs could pass",
+                "evidence": {"max_abs_difference": max((o.get("max_abs_error") or 0.0) for o in report["outputs"]) if report["outputs"] else 0.0},
+            }]
+        return []
+
+    def cmd_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]))
+        self.trials[header["trial"]] = (inputs, self.forward(inputs))
+        description, data = tensors.encode(inputs)
+        shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
+        return {"ok": True, "inputs": description, "shapes": shapes}, data
+
+    def cmd_compare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        pristine, expected = self.trials.pop(header["trial"])
+        returned = tensors.decode(header["returned"], payload, self.device)
+        if header.get("outputs") is None:  # the candidate's outputs could not be transferred
+            report: dict[str, Any] = {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
+        else:
+            actual = tensors.decode(header["outputs"], payload, self.device)
+            report = compare.compare_outputs(expected, actual, header.get("atol"), header.get("rtol"))
+        report["inputs"] = compare.inputs_unchanged(pristine, returned)
+        return {"ok": True, "report": report}, b""
+
+    def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        self.timing_inputs = [self.make_inputs(0, int(seed)) for seed in header["seeds"]]
+        description, data = tensors.encode(self.timing_inputs)
+        return {"ok": True, "inputs": description}, data
+
+    def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        def call(inputs: list[Any]) -> Any:
+            with torch.no_grad():
+                return self.model(*inputs)
+
+        if self.device.type == "cuda":
+            stats = CudaTimer(self.device).run(call, self.timing_inputs, **header.get("options", {}))
+        else:
+            stats = time_on_host(call, self.timing_inputs)
+        return {"ok": True, "stats": stats}, b""

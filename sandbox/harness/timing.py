@@ -1,0 +1,122 @@
+"""Timing of one forward, done the same way for the reference and the candidate.
+
+GPU method (reported as "cuda_events+l2_flush"): before every call the L2 cache is flushed by
+writing a buffer larger than it; CUDA events bracket the call on the current stream; the inputs
+rotate over several sets so that nothing can be served from a cache. Each batch of calls ends with
+a device-wide synchronize, and the host clock across the batch is compared with the events: work
+hidden on other streams shows up as host time the events did not see.
+
+Stopping rule: after warm-up, calls run in batches until the 95% confidence interval of the
+median (from order statistics) is within `target_rel_ci` of the median on either side, or until
+`max_reps` calls or `max_seconds` have been spent; at least `min_reps` calls are always made.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+_perf_counter = time.perf_counter  # bound before any candidate code is imported
+
+
+def median_ci95(samples: Sequence[float]) -> tuple[float, float]:
+    """Distribution-free 95% CI of the median: order statistics n/2 -+ 1.96 sqrt(n)/2."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    half_width = 1.96 * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half_width))
+    high = min(n - 1, math.ceil(n / 2 + half_width) - 1)
+    return ordered[low], ordered[high]
+
+
+def summarize(samples: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(samples)
+    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
+    low, high = median_ci95(ordered)
+    return {
+        "median": statistics.median(ordered),
+        "iqr": quartiles[2] - quartiles[0],
+        "mean": statistics.fmean(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+        "ci95": [low, high],
+    }
+
+
+class CudaTimer:
+    """Times `call(inputs)` with CUDA events and an L2 flush per call."""
+
+    def __init__(self, device: torch.device, flush_bytes: int = 256 << 20) -> None:
+        self.device = device
+        self._flush = torch.empty(flush_bytes // 4, dtype=torch.int32, device=device)
+        self._Event = torch.cuda.Event
+        self._synchronize = torch.cuda.synchronize
+
+    def run(
+        self,
+        call: Callable[[Sequence[Any]], Any],
+        input_sets: Sequence[Sequence[Any]],
+        *,
+        warmup_reps: int = 3,
+        min_reps: int = 20,
+        max_reps: int = 2000,
+        max_seconds: float = 3.0,
+        target_rel_ci: float = 0.005,
+        batch: int = 20,
+    ) -> dict[str, Any]:
+        for i in range(warmup_reps):
+            call(input_sets[i % len(input_sets)])
+        self._synchronize()
+
+        samples: list[float] = []
+        host_ms = 0.0
+        event_ms = 0.0
+        started = _perf_counter()
+        while True:
+            count = min(batch, max_reps - len(samples))
+            starts = [self._Event(enable_timing=True) for _ in range(count)]
+            ends = [self._Event(enable_timing=True) for _ in range(count)]
+            flush_done = [self._Event(enable_timing=True) for _ in range(count)]
+            self._synchronize()
+            host_start = _perf_counter()
+            for i in range(count):
+                flush_done[i].record()  # marks the start of this rep (flush included)
+                self._flush.zero_()
+                starts[i].record()
+                call(input_sets[(len(samples) + i) % len(input_sets)])
+                ends[i].record()
+            self._synchronize()
+            host_ms += (_perf_counter() - host_start) * 1e3
+            event_ms += flush_done[0].elapsed_time(ends[-1])
+            samples.extend(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+            if len(samples) >= min_reps:
+                median = statistics.median(samples)
+                low, high = median_ci95(samples)
+                tight = median > 0 and (median - low) <= target_rel_ci * median and (high - median) <= target_rel_ci * median
+                if tight or len(samples) >= max_reps or _perf_counter() - started > max_seconds:
+                    break
+        stats = summarize(samples)
+        stats["method"] = "cuda_events+l2_flush"
+        stats["stable"] = bool((stats["ci95"][1] - stats["ci95"][0]) <= 2 * target_rel_ci * stats["median"])
+        stats["host_ms_total"] = host_ms
+        stats["event_ms_total"] = event_ms
+        return stats
+
+
+def time_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], reps: int = 3) -> dict[str, Any]:
+    """CPU / interpreter mode: a few host-clock calls. Not a meaningful speed figure."""
+    samples = []
+    for i in range(reps):
+        start = _perf_counter()
+        call(input_sets[i % len(input_sets)])
+        samples.append((_perf_counter() - start) * 1e3)
+    stats = summarize(samples)
+    stats["method"] = "host_clock"
+    stats["stable"] = False
+    return stats

@@ -1,0 +1,171 @@
+"""Pydantic models: what goes into an evaluation and the result document that comes out."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SOURCE_BYTES = 256 * 1024
+
+
+class Verdict(str, Enum):
+    correct = "correct"
+    incorrect = "incorrect"
+    compile_error = "compile_error"
+    runtime_error = "runtime_error"
+    timeout = "timeout"
+    cheating = "cheating"
+    invalid_submission = "invalid_submission"
+    infrastructure_error = "infrastructure_error"
+
+
+class Severity(str, Enum):
+    fatal = "fatal"
+    warning = "warning"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(_Strict):
+    """A KernelBench-format reference: `Model`, `get_inputs()`, `get_init_inputs()`."""
+
+    source: str = Field(min_length=1, max_length=MAX_SOURCE_BYTES)
+    name: str = "problem"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+
+class Submission(_Strict):
+    """A candidate defining `ModelNew` with at least one `@triton.jit` kernel."""
+
+    source: str = Field(max_length=MAX_SOURCE_BYTES)
+    name: str = "candidate"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+
+RewardPreset = Literal["tritonrl", "fast_p", "drkernel"]
+
+
+class RewardConfig(_Strict):
+    preset: RewardPreset = "tritonrl"
+    fast_p_threshold: float = Field(default=1.0, ge=0.0, description="fast_p: speedup that earns the reward")
+    speedup_cap: float = Field(default=3.0, gt=0.0, description="drkernel: speedups above this count as this")
+    cheat_penalty: float = Field(default=-1.0, description="reward given when a fatal anti-cheat rule fires")
+
+
+class EvalConfig(_Strict):
+    trials: int = Field(default=5, ge=1, le=100)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    seed: int | None = Field(default=None, description="fixes the input salt; default is a fresh secret per run")
+    atol: float | None = Field(default=None, ge=0)
+    rtol: float | None = Field(default=None, ge=0)
+    input_sets: list[dict[str, int]] | None = Field(
+        default=None, description="constant overrides per extra input set; default: derived from the problem"
+    )
+    timing_sets: int = Field(default=4, ge=1, le=16, description="input sets rotated in the timed loop")
+    max_timing_seconds: float = Field(default=3.0, gt=0, le=60)
+    reward: RewardConfig = RewardConfig()
+    isolation: Literal["process"] = "process"
+
+
+class Violation(_Strict):
+    rule: str
+    severity: Severity
+    message: str
+    evidence: dict[str, Any] = {}
+
+
+class Correctness(_Strict):
+    trials: int = 0
+    passed: int = 0
+    input_sets: int = 0
+    input_set_overrides: list[dict[str, int]] = []
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    recheck_passed: bool | None = None
+    first_failure: dict[str, Any] | None = None
+
+
+class TimingStats(_Strict):
+    median: float
+    iqr: float | None = None
+    n: int
+    ci95: list[float] | None = None
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    stable: bool | None = None
+
+
+class Performance(_Strict):
+    candidate_ms: TimingStats | None = None
+    reference_ms: TimingStats | None = None
+    speedup: float | None = None
+    speedup_ci95: list[float] | None = None
+    method: str | None = None
+    triton_time_fraction: float | None = None
+    host_event_ratio: float | None = None
+    meaningful: bool = False
+    note: str | None = None
+
+
+class AntiCheat(_Strict):
+    violations: list[Violation] = []
+    warnings: list[Violation] = []
+    triton_launches: int = 0
+    kernels: list[str] = []
+    foreign_kernels: list[str] = []
+
+
+class Rewards(_Strict):
+    correctness: float = 0.0
+    speedup: float = 0.0
+
+
+class Environment(_Strict):
+    device: str | None = None
+    torch: str | None = None
+    triton: str | None = None
+    python: str | None = None
+    isolation: str = "process"
+    interpreter: bool | None = None
+
+
+class StageTimings(_Strict):
+    queued: float = 0.0
+    static: float = 0.0
+    reference: float = 0.0
+    candidate: float = 0.0
+    total: float = 0.0
+
+
+class EvaluationResult(_Strict):
+    id: str
+    status: Literal["completed", "failed"] = "completed"
+    verdict: Verdict
+    reward: float = 0.0
+    rewards: Rewards = Rewards()
+    reward_preset: RewardPreset = "tritonrl"
+    compiled: bool = False
+    correct: bool = False
+    correctness: Correctness = Correctness()
+    performance: Performance = Performance()
+    anti_cheat: AntiCheat = AntiCheat()
+    feedback: str = ""
+    error: dict[str, Any] | None = None
+    output: dict[str, str] = {}
+    environment: Environment = Environment()
+    timings_ms: StageTimings = StageTimings()

@@ -1,0 +1,1 @@
+"""The HTTP API and the `referee` command line. Knows nothing about CUDA; never imports torch."""

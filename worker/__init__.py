@@ -1,0 +1,1 @@
+"""Job functions and GPU scheduling (one worker per GPU)."""
