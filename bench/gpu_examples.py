@@ -1,0 +1,98 @@
+"""Run every example through the engine on the GPU (and on the CPU interpreter, for agreement)
+and write the numbers to a JSON file named for the card.
+
+    python3 bench/gpu_examples.py --out bench/results   # on a GPU host
+
+Each row: problem, candidate, device, verdict, wall time of the whole evaluation (two fresh
+harness processes, compile included), candidate and reference medians, speedup and its CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sandbox.evaluate import evaluate  # noqa: E402
+from sandbox.models import EvalConfig, Problem, Submission  # noqa: E402
+from service.cli import EXPECTED_VERDICTS  # noqa: E402
+
+
+def card_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "cpu"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--devices", default="cuda,cpu")
+    args = parser.parse_args()
+    rows = []
+    for device in args.devices.split(","):
+        for problem_dir in sorted(p for p in (ROOT / "examples").iterdir() if (p / "reference.py").is_file()):
+            for candidate in sorted(problem_dir.glob("candidate*.py")):
+                started = time.monotonic()
+                result = evaluate(
+                    Problem(source=(problem_dir / "reference.py").read_text(), name=problem_dir.name),
+                    Submission(source=candidate.read_text()),
+                    EvalConfig(device=device),  # type: ignore[arg-type]
+                )
+                wall = time.monotonic() - started
+                perf = result.performance
+                row = {
+                    "problem": problem_dir.name,
+                    "candidate": candidate.name,
+                    "device": device,
+                    "verdict": result.verdict.value,
+                    "expected": EXPECTED_VERDICTS[candidate.stem].value,
+                    "wall_s": round(wall, 3),
+                    "candidate_ms": perf.candidate_ms.median if perf.candidate_ms else None,
+                    "reference_ms": perf.reference_ms.median if perf.reference_ms else None,
+                    "candidate_n": perf.candidate_ms.n if perf.candidate_ms else None,
+                    "speedup": perf.speedup,
+                    "speedup_ci95": perf.speedup_ci95,
+                    "host_event_ratio": perf.host_event_ratio,
+                    "meaningful": perf.meaningful,
+                    "triton_launches": result.anti_cheat.triton_launches,
+                    "timings_ms": result.timings_ms.model_dump(),
+                    "environment": result.environment.model_dump(),
+                }
+                rows.append(row)
+                speed = f"{perf.speedup:.3f}x" if perf.speedup is not None else "-"
+                print(f"{device:4} {problem_dir.name:12} {candidate.name:28} {result.verdict.value:14} "
+                      f"expected {row['expected']:14} {wall:6.2f}s speedup {speed}", flush=True)
+    by_pair: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        by_pair.setdefault((row["problem"], row["candidate"]), set()).add(row["verdict"])
+    card = card_name()
+    document = {
+        "card": card,
+        "date": dt.date.today().isoformat(),
+        "host": platform.node(),
+        "python": sys.version.split()[0],
+        "rows": rows,
+        "all_expected": all(r["verdict"] == r["expected"] for r in rows),
+        "cpu_gpu_agree": all(len(v) == 1 for v in by_pair.values()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"examples-{re.sub(r'[^A-Za-z0-9]+', '-', card).strip('-').lower()}-{document['date']}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"all expected: {document['all_expected']}; cpu/gpu agree: {document['cpu_gpu_agree']}; wrote {path}")
+    return 0 if document["all_expected"] and document["cpu_gpu_agree"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
