@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import re
 import subprocess
 import sys
@@ -70,6 +69,10 @@ def main() -> int:
                     "timings_ms": result.timings_ms.model_dump(),
                     "environment": result.environment.model_dump(),
                 }
+                if result.verdict.value != row["expected"]:
+                    row["error"] = result.error
+                    row["feedback"] = result.feedback
+                    print(f"UNEXPECTED {problem_dir.name}/{candidate.name} on {device}: {result.feedback[:1500]}", flush=True)
                 rows.append(row)
                 speed = f"{perf.speedup:.3f}x" if perf.speedup is not None else "-"
                 print(f"{device:4} {problem_dir.name:12} {candidate.name:28} {result.verdict.value:14} "
@@ -81,7 +84,6 @@ def main() -> int:
     document = {
         "card": card,
         "date": dt.date.today().isoformat(),
-        "host": platform.node(),
         "python": sys.version.split()[0],
         "rows": rows,
         "all_expected": all(r["verdict"] == r["expected"] for r in rows),
