@@ -77,6 +77,10 @@ class _Run:
     tolerance: tuple[float | None, float | None] = (None, None)
     compiled: bool = False
 
+    def add_violations(self, violations: list[Violation]) -> None:
+        known = {v.rule for v in self.anti_cheat.violations}
+        self.anti_cheat.violations.extend(v for v in violations if v.rule not in known)
+
     def ask(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytearray]:
         try:
             reply, data = process.request(header, payload, deadline=self.deadline)
@@ -175,13 +179,16 @@ def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list
     run.correctness.input_sets = len(input_sets)
     run.correctness.input_set_overrides = input_sets
 
-    run.ask(run.candidate, {"cmd": "setup", "path": candidate_path, "device": run.device,
-                            "init_seed": init_seed, "init_inputs": reply["init_inputs"]}, bytes(init_payload))
+    setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate_path, "device": run.device,
+                                       "init_seed": init_seed, "init_inputs": reply["init_inputs"],
+                                       "allowed_ops": config.allowed_ops}, bytes(init_payload))
+    run.add_violations(_watch_violations(setup, "import"))
     for trial in range(config.trials):
         if not _trial(run, f"trial{trial}", trial % len(input_sets)):
             return
     _time(run)
-    run.correctness.recheck_passed = _trial(run, "recheck", len(input_sets) - 1, counted=False)
+    # Same shapes as the timed loop, fresh values: a candidate replaying what it saw while timed fails here.
+    run.correctness.recheck_passed = _trial(run, "recheck", 0, counted=False)
     summary, _ = run.ask(run.candidate, {"cmd": "summary"})
     run.anti_cheat.triton_launches = summary["summary"]["triton_launches"]
     run.anti_cheat.kernels = summary["summary"]["kernels"]
@@ -201,7 +208,9 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     compared, _ = run.ask(run.reference, compare_header, bytes(data))
     report = compared["report"]
     _record_comparison(run, report)
-    violations = []
+    violations = _watch_violations(outcome, label)
+    if outcome["unwritten_outputs"] and not outcome.get("output_problem"):
+        violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome["unwritten_outputs"]}))
     if outcome["launches"] == 0:
         violations.append(rules.violation("no_triton_launch", {"trial": label, "foreign_kernels": outcome["foreign_launches"]}))
     if outcome.get("output_problem"):
@@ -210,8 +219,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
         violations.append(rules.violation("input_mutation", {"trial": label, "changed_inputs": report["inputs"]["changed_inputs"]}))
     if outcome["aliases_input"]:
         violations.append(rules.violation("output_aliases_input", {"trial": label, "inputs": outcome["aliases_input"]}))
-    known = {v.rule for v in run.anti_cheat.violations}
-    run.anti_cheat.violations.extend(v for v in violations if v.rule not in known)
+    run.add_violations(violations)
     passed = bool(report["passed"]) and not violations
     if counted and passed:
         run.correctness.passed += 1
@@ -225,6 +233,20 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
                 run.correctness.first_failure.update({k: output.get(k) for k in ("worst_index", "worst_expected", "worst_actual")})
                 break
     return passed
+
+
+def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
+    """Violations from what the candidate process's watchers saw during one phase."""
+    found = []
+    if reply.get("compute_ops"):
+        found.append(rules.violation("torch_fallback", {"phase": phase, "ops": reply["compute_ops"]}))
+    if reply.get("tampering"):
+        found.append(rules.violation("tampering", {"phase": phase, "changed": reply["tampering"][:20]}))
+    if reply.get("audit_events"):
+        found.append(rules.violation("forbidden_call", {"phase": phase, "events": reply["audit_events"][:20]}))
+    if reply.get("device_to_host"):
+        found.append(rules.violation("device_to_host_transfer", {"phase": phase, "copies": reply["device_to_host"]}))
+    return found
 
 
 def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
@@ -245,6 +267,7 @@ def _time(run: _Run) -> None:
     reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
     reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})
     candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": reply["inputs"], "options": options}, bytes(inputs))
+    run.add_violations(_watch_violations(candidate, "timing"))
     ref_stats, cand_stats = reference["stats"], candidate["stats"]
     perf = run.performance
     perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})

@@ -75,6 +75,9 @@ class EvalConfig(_Strict):
     )
     timing_sets: int = Field(default=4, ge=1, le=16, description="input sets rotated in the timed loop")
     max_timing_seconds: float = Field(default=3.0, gt=0, le=60)
+    allowed_ops: list[str] = Field(
+        default_factory=list, description="aten ops (e.g. 'sum') this problem lets the candidate run in torch"
+    )
     reward: RewardConfig = RewardConfig()
     isolation: Literal["process"] = "process"
 

@@ -48,6 +48,41 @@ RULES: dict[str, Rule] = {
             "forward() returned something that is not a plain dense torch.Tensor; return ordinary tensors",
         ),
         Rule(
+            "torch_fallback", Severity.fatal,
+            "PyTorch fallback: forward computes with torch ops, nn modules or F.*, whole or in part",
+            "a TorchDispatchMode records every aten op dispatched during every forward call; ops other than "
+            "allocation, views/reshapes, copies and casts are compute (list in sandbox/harness/dispatch.py)",
+            "forward() computed with PyTorch operators instead of your Triton kernels; only allocation, views, "
+            "reshapes and copies may happen outside the kernels",
+        ),
+        Rule(
+            "output_not_written_by_kernel", Severity.fatal,
+            "outputs produced elsewhere (a decoy launch on a scratch buffer, a cached tensor, a torch result)",
+            "the storage of every returned tensor must have been an argument of a Triton launch in the same forward call",
+            "a returned tensor was not passed to any of your Triton kernels in that call; return the buffers your kernels write",
+        ),
+        Rule(
+            "tampering", Severity.fatal,
+            "patched timers or checkers: reassigning torch, torch.Tensor, torch.cuda.Event, time, triton.testing or builtins attributes",
+            "identity snapshot of every function and class reachable from the critical objects, taken before import "
+            "and verified after import and every phase",
+            "your code replaced functions of torch, triton, time or builtins; submissions must not patch the runtime",
+        ),
+        Rule(
+            "forbidden_call", Severity.fatal,
+            "stealing the expected output (gc, frame walking, reading the reference), escaping (processes, sockets, "
+            "signals, ctypes), writes outside the job directory",
+            "a PEP 578 audit hook installed before import refuses these events when untrusted code asks for them",
+            "your code called something the sandbox forbids (introspection, processes, network, signals, files outside "
+            "the job); kernels need none of these",
+        ),
+        Rule(
+            "device_to_host_transfer", Severity.fatal,
+            "CPU / numpy detour: copying to the host to compute there",
+            "device-to-host copies dispatched during forward are counted (GPU only)",
+            "forward() copied data from the GPU to the host; compute on the GPU with your Triton kernels",
+        ),
+        Rule(
             "degenerate_problem", Severity.warning,
             "problems whose reference output does not depend on the inputs, so constant outputs would pass",
             "the reference output for two different random inputs is compared at the problem's tolerance",

@@ -4,13 +4,17 @@ outputs, returned inputs, launch counts and timings."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
 from . import tensors
+from .audit import AuditGuard
+from .dispatch import OpRecorder, compute_ops
+from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
-from .runtime import environment, error_reply, load_module, resolve_device
+from .runtime import environment, error_reply, host_clock_autotuning, load_module, resolve_device
 from .timing import CudaTimer, time_on_host
 
 
@@ -45,6 +49,10 @@ class CandidateRole:
         self.device = torch.device("cpu")
         self.path = ""
         self.recorder: LaunchRecorder | None = None
+        self.ops = OpRecorder()
+        self.audit: AuditGuard | None = None
+        self.snapshot: IntegritySnapshot | None = None
+        self.allowed_ops: frozenset[str] = frozenset()
         self.compile_errors = _compile_error_types()
 
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
@@ -55,12 +63,25 @@ class CandidateRole:
         self.device = resolve_device(header["device"])
         self.path = header["path"]
         init_inputs = tensors.decode(header["init_inputs"], payload, "cpu")
+        self.allowed_ops = frozenset(header.get("allowed_ops", ()))
+        # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.
         self.recorder = LaunchRecorder(candidate_file=self.path)
         self.recorder.install()
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            host_clock_autotuning()
+        with self.ops:  # first entry imports torch._dynamo, which rewraps torch functions: before the snapshot
+            torch.empty(0)
+        self.ops.take()
+        self.audit = AuditGuard(self.path, os.path.dirname(self.path))
+        self.audit.install()
+        self.snapshot = IntegritySnapshot()
+        self.audit.active = True
         try:
             module = load_module(self.path, "referee_candidate")
         except BaseException as exc:
-            raise self._failure(exc) from None
+            failure = self._failure(exc)
+            failure.reply.update(self.observations())
+            raise failure from None
         model_class = getattr(module, "ModelNew", None)
         if model_class is None:
             return {"ok": False, "error": {"kind": "invalid_submission", "type": "MissingModelNew",
@@ -73,11 +94,18 @@ class CandidateRole:
                 self.model = self.model.to(self.device)
         except BaseException as exc:
             raise self._failure(exc) from None
-        return {"ok": True, "environment": environment(self.device)}, b""
+        return {"ok": True, "environment": environment(self.device), **self.observations()}, b""
+
+    def observations(self) -> dict[str, Any]:
+        """What the watchers saw since the last reply: integrity changes and refused calls."""
+        events = []
+        if self.audit is not None:
+            events, self.audit.events = self.audit.events, []
+        return {"tampering": self.snapshot.changes() if self.snapshot else [], "audit_events": events}
 
     def _forward(self, inputs: list[Any]) -> Any:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.ops:
                 outputs = self.model(*inputs)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -91,11 +119,17 @@ class CandidateRole:
         self.recorder.take()
         outputs = self._forward(inputs)
         launches = self.recorder.take()
+        ops, device_to_host = self.ops.take()
+        written = set().union(*(launch.storages for launch in launches)) if launches else set()
         reply: dict[str, Any] = {
             "ok": True,
             "launches": sum(1 for launch in launches if launch.own),
             "foreign_launches": sorted({launch.kernel for launch in launches if not launch.own}),
             "aliases_input": _aliased_inputs(outputs, inputs),
+            "compute_ops": compute_ops(ops, self.allowed_ops),
+            "device_to_host": device_to_host,
+            "unwritten_outputs": _unwritten_outputs(outputs, written),
+            **self.observations(),
         }
         try:
             output_desc, output_bytes = tensors.encode(outputs)
@@ -113,7 +147,7 @@ class CandidateRole:
         self.recorder.take()
 
         def call(inputs: list[Any]) -> Any:
-            with torch.no_grad():
+            with torch.no_grad(), self.ops:
                 return self.model(*inputs)
 
         try:
@@ -124,8 +158,10 @@ class CandidateRole:
         except BaseException as exc:
             raise self._failure(exc) from None
         launches = self.recorder.take()
+        ops, device_to_host = self.ops.take()
         stats["launches"] = sum(1 for launch in launches if launch.own)
-        return {"ok": True, "stats": stats}, b""
+        return {"ok": True, "stats": stats, "compute_ops": compute_ops(ops, self.allowed_ops),
+                "device_to_host": device_to_host, **self.observations()}, b""
 
     def cmd_summary(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         assert self.recorder is not None
@@ -142,6 +178,15 @@ def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:
     return [
         index for index, x in enumerate(inputs)
         if isinstance(x, torch.Tensor) and x.untyped_storage().nbytes() and x.untyped_storage().data_ptr() in output_storages
+    ]
+
+
+def _unwritten_outputs(outputs: Any, written: set[int]) -> list[int]:
+    """Indices of output tensors whose storage no Triton launch received as an argument."""
+    return [
+        index for index, t in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs])
+        if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.numel()
+        and t.untyped_storage().data_ptr() not in written
     ]
 
 

@@ -20,7 +20,7 @@ import torch
 class Launch:
     kernel: str
     own: bool
-    tensor_args: list[tuple[int, int]]  # (data_ptr, nbytes) of every tensor argument
+    storages: set[int]  # storage addresses of every tensor argument
 
 
 @dataclass
@@ -60,12 +60,12 @@ class LaunchRecorder:
         code = getattr(python_fn, "__code__", None)
         name = getattr(python_fn, "__name__", type(jit_fn).__name__)
         own = code is not None and code.co_filename == self.candidate_file
-        tensors = [
-            (value.data_ptr(), value.untyped_storage().nbytes())
+        storages = {
+            value.untyped_storage().data_ptr()
             for value in list(args) + list(kwargs.values())
             if isinstance(value, torch.Tensor)
-        ]
-        self.launches.append(Launch(kernel=name, own=own, tensor_args=tensors))
+        }
+        self.launches.append(Launch(kernel=name, own=own, storages=storages))
         (self.totals if own else self.foreign)[name] += 1
 
     def take(self) -> list[Launch]:

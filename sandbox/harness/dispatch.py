@@ -1,0 +1,74 @@
+"""Records every aten op the candidate dispatches during forward (the PyTorch-fallback check).
+
+Ops fall in two classes. Bookkeeping (allocation, views and reshapes, copies, dtype casts, fills)
+is what honest Triton wrappers do around a launch. Everything else computes, and compute done by
+torch instead of the submission's Triton kernels is a fallback. Ops issued while a Triton launch is
+in progress are recorded too: the interpreter's own (allocations and copies) are all bookkeeping,
+and a compiled launch dispatches none, while pausing there would hide torch work done inside a
+grid callable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# aten overload packets (names without the overload) that only allocate, view, copy or cast.
+BOOKKEEPING_OPS = frozenset({
+    # allocation and fills
+    "empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided",
+    "zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full", "full_like", "new_full",
+    "zero_", "fill_", "scalar_tensor", "lift_fresh", "lift_fresh_copy", "resize_", "set_", "arange",
+    # views and reshapes
+    "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "alias", "detach", "t", "transpose",
+    "permute", "expand", "squeeze", "unsqueeze", "slice", "select", "narrow", "split", "split_with_sizes",
+    "chunk", "unbind", "flatten", "unflatten", "view_as", "movedim", "diagonal", "unfold",
+    # copies and casts
+    "copy_", "clone", "_to_copy", "contiguous", "_copy_from", "_copy_from_and_resize",
+})
+
+
+def op_name(func: Any) -> str:
+    packet = getattr(func, "overloadpacket", None)
+    return str(packet.__name__ if packet is not None else func).removeprefix("aten.")
+
+
+class OpRecorder(TorchDispatchMode):
+    """Counts dispatched ops and device-to-host copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+        self.device_to_host: int = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = op_name(func)
+        self.ops[name] += 1
+        if name in ("_to_copy", "copy_", "_copy_from") and _moves_to_host(name, args, kwargs):
+            self.device_to_host += 1
+        return func(*args, **kwargs)
+
+    def take(self) -> tuple[Counter[str], int]:
+        ops, transfers = self.ops, self.device_to_host
+        self.ops, self.device_to_host = Counter(), 0
+        return ops, transfers
+
+
+def _moves_to_host(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A copy whose source is on a GPU and whose destination is the CPU."""
+    if name == "_to_copy":
+        source = args[0] if args else None
+        target = kwargs.get("device")
+        return isinstance(source, torch.Tensor) and source.is_cuda and target is not None and torch.device(target).type == "cpu"
+    if len(args) >= 2 and isinstance(args[0], torch.Tensor) and isinstance(args[1], torch.Tensor):
+        destination, source = (args[0], args[1]) if name == "copy_" else (args[1], args[0])
+        return source.is_cuda and destination.device.type == "cpu"
+    return False
+
+
+def compute_ops(ops: Counter[str], allowed: frozenset[str] = frozenset()) -> dict[str, int]:
+    return {name: count for name, count in sorted(ops.items()) if name not in BOOKKEEPING_OPS and name not in allowed}

@@ -1,0 +1,48 @@
+"""The anti-cheat corpus: every file in tests/exploits/ names (first line, `# expect: RULE`) the
+rule that must reject it; every file in tests/honest/ must be accepted with no fatal violation.
+All are checked against tests/exploits/problem.py on the CPU with Triton's interpreter."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sandbox.evaluate import evaluate
+from sandbox.models import EvalConfig, Problem, Submission, Verdict
+
+HERE = Path(__file__).parent
+PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())
+EXPLOITS = sorted(p for p in (HERE / "exploits").glob("*.py") if p.name != "problem.py")
+HONEST = sorted((HERE / "honest").glob("*.py"))
+
+
+def expected_rule(path: Path) -> str:
+    match = re.match(r"# expect: (\S+)", path.read_text())
+    assert match, f"{path.name} must start with '# expect: RULE'"
+    return match.group(1)
+
+
+def check(path: Path):
+    return evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cpu", trials=2, timeout_s=60))
+
+
+@pytest.mark.parametrize("path", EXPLOITS, ids=lambda p: p.stem)
+def test_exploit_is_rejected_by_its_rule(path: Path) -> None:
+    result = check(path)
+    rules = [v.rule for v in result.anti_cheat.violations]
+    assert result.verdict == Verdict.cheating, (result.verdict, rules, result.feedback)
+    assert expected_rule(path) in rules, rules
+    assert result.reward == -1.0
+    fired = next(v for v in result.anti_cheat.violations if v.rule == expected_rule(path))
+    assert fired.evidence and fired.message
+
+
+@pytest.mark.parametrize("path", HONEST, ids=lambda p: p.stem)
+def test_honest_kernel_is_accepted(path: Path) -> None:
+    assert expected_rule(path) == "correct"
+    result = check(path)
+    assert result.anti_cheat.violations == [], result.anti_cheat.violations
+    assert result.verdict == Verdict.correct, result.feedback
+    assert result.anti_cheat.triton_launches > 0
