@@ -119,6 +119,8 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         return _finish(result_id, config, failure.verdict, error, Correctness(), Performance(), AntiCheat(),
                        Environment(), False, {}, StageTimings(static=static_ms), started)
 
+    hints = static_checks.suspicious_constructs(submission.source)
+    static_warnings = [rules.violation("suspicious_source", {"constructs": hints})] if hints else []
     device = detect_device() if config.device == "auto" else config.device
     salt = config.seed if config.seed is not None else secrets.randbits(62)
     workdir = Path(tempfile.mkdtemp(prefix="referee-"))
@@ -133,6 +135,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         reference=HarnessProcess("reference", workdir / "reference", device, python),
         candidate=HarnessProcess("candidate", workdir / "candidate", device, python),
     )
+    run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
     try:
         run.reference.start()
@@ -183,7 +186,8 @@ def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list
                                        "init_seed": init_seed, "init_inputs": reply["init_inputs"],
                                        "allowed_ops": config.allowed_ops}, bytes(init_payload))
     run.add_violations(_watch_violations(setup, "import"))
-    for trial in range(config.trials):
+    # Every input set is checked at least once, whatever the trial count.
+    for trial in range(max(config.trials, len(input_sets))):
         if not _trial(run, f"trial{trial}", trial % len(input_sets)):
             return
     _time(run)
@@ -211,6 +215,8 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     violations = _watch_violations(outcome, label)
     if outcome["unwritten_outputs"] and not outcome.get("output_problem"):
         violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome["unwritten_outputs"]}))
+    if outcome["foreign_launches"] and not run.config.allow_foreign_kernels:
+        violations.append(rules.violation("foreign_kernel", {"trial": label, "kernels": outcome["foreign_launches"]}))
     if outcome["launches"] == 0:
         violations.append(rules.violation("no_triton_launch", {"trial": label, "foreign_kernels": outcome["foreign_launches"]}))
     if outcome.get("output_problem"):
@@ -237,16 +243,18 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
 
 def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
     """Violations from what the candidate process's watchers saw during one phase."""
-    found = []
-    if reply.get("compute_ops"):
-        found.append(rules.violation("torch_fallback", {"phase": phase, "ops": reply["compute_ops"]}))
-    if reply.get("tampering"):
-        found.append(rules.violation("tampering", {"phase": phase, "changed": reply["tampering"][:20]}))
-    if reply.get("audit_events"):
-        found.append(rules.violation("forbidden_call", {"phase": phase, "events": reply["audit_events"][:20]}))
-    if reply.get("device_to_host"):
-        found.append(rules.violation("device_to_host_transfer", {"phase": phase, "copies": reply["device_to_host"]}))
-    return found
+    events = reply.get("audit_events", [])
+    thread_events = [e for e in events if e.get("event") == "thread.start"]
+    other_events = [e for e in events if e.get("event") != "thread.start"]
+    checks = [
+        ("torch_fallback", reply.get("compute_ops"), "ops"),
+        ("tampering", reply.get("tampering", [])[:20], "changed"),
+        ("forbidden_call", other_events[:20], "events"),
+        ("background_thread", thread_events[:20], "events"),
+        ("side_stream", reply.get("side_stream_launches"), "launches"),
+        ("device_to_host_transfer", reply.get("device_to_host"), "copies"),
+    ]
+    return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
 
 
 def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
@@ -268,6 +276,14 @@ def _time(run: _Run) -> None:
     reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})
     candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": reply["inputs"], "options": options}, bytes(inputs))
     run.add_violations(_watch_violations(candidate, "timing"))
+    if run.device == "cuda":
+        profiled, _ = run.ask(run.candidate, {"cmd": "profile", "inputs": reply["inputs"]}, bytes(inputs))
+        run.add_violations(_watch_violations(profiled, "profile"))
+        run.performance.triton_time_fraction = profiled["fraction"]
+        fraction = profiled["fraction"] or 0.0
+        if fraction < run.config.min_triton_time_fraction:
+            run.add_violations([rules.violation("low_triton_time_fraction", {
+                "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": profiled["kernels_us"]})])
     ref_stats, cand_stats = reference["stats"], candidate["stats"]
     perf = run.performance
     perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})

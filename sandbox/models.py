@@ -78,6 +78,10 @@ class EvalConfig(_Strict):
     allowed_ops: list[str] = Field(
         default_factory=list, description="aten ops (e.g. 'sum') this problem lets the candidate run in torch"
     )
+    allow_foreign_kernels: bool = Field(default=False, description="accept launches of Triton kernels not defined in the submission")
+    min_triton_time_fraction: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="GPU: least share of kernel time in the submission's own kernels"
+    )
     reward: RewardConfig = RewardConfig()
     isolation: Literal["process"] = "process"
 

@@ -83,6 +83,39 @@ RULES: dict[str, Rule] = {
             "forward() copied data from the GPU to the host; compute on the GPU with your Triton kernels",
         ),
         Rule(
+            "foreign_kernel", Severity.fatal,
+            "someone else's kernels: torch.compile/inductor, a library's or exec'd Triton kernels doing the work",
+            "the launch hook records where each launched kernel's Python function was defined; only the submitted "
+            "file counts (policy switch: allow_foreign_kernels)",
+            "a Triton kernel not defined in your submission was launched; write the kernels yourself in the submitted file",
+        ),
+        Rule(
+            "side_stream", Severity.fatal,
+            "side streams: launching on another CUDA stream so the timing events stop early",
+            "the launch hook compares the current CUDA stream with the default stream at every launch (GPU only)",
+            "a kernel was launched on a non-default CUDA stream; launch everything on the current default stream",
+        ),
+        Rule(
+            "background_thread", Severity.fatal,
+            "background threads that finish the work after forward returns",
+            "every function that starts a thread is wrapped before import; untrusted callers are refused",
+            "your code started a thread; forward must do its work synchronously",
+        ),
+        Rule(
+            "low_triton_time_fraction", Severity.fatal,
+            "partial fallback that dispatch tracing cannot see (other libraries' GPU kernels doing the work)",
+            "torch's profiler measures GPU kernel time per kernel; the share in the submission's Triton kernels must "
+            "reach min_triton_time_fraction (GPU only)",
+            "most of the GPU time was spent outside your Triton kernels; do the work in your kernels",
+        ),
+        Rule(
+            "suspicious_source", Severity.warning,
+            "obfuscation hints in the source: exec/eval/compile, getattr on torch with a computed name, "
+            "__torch_function__/__torch_dispatch__, _make_subclass, gc/inspect/ctypes imports, try/except around a launch",
+            "AST scan of the submission before anything runs (a hint only: dynamic checks decide)",
+            "the source contains constructs typical of evaluator exploits",
+        ),
+        Rule(
             "degenerate_problem", Severity.warning,
             "problems whose reference output does not depend on the inputs, so constant outputs would pass",
             "the reference output for two different random inputs is compared at the problem's tolerance",

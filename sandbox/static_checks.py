@@ -86,3 +86,40 @@ def check_problem(source: str) -> ast.Module:
     if missing:
         raise ProblemSourceError(f"the reference does not define {', '.join(missing)} (KernelBench format)")
     return tree
+
+
+_SUSPICIOUS_CALLS = {"exec", "eval", "compile", "__import__", "_make_subclass", "as_subclass"}
+_SUSPICIOUS_MODULES = {"gc", "inspect", "ctypes", "socket", "subprocess", "signal", "multiprocessing", "threading", "_thread"}
+_SUSPICIOUS_DEFS = {"__torch_function__", "__torch_dispatch__"}
+
+
+def _is_launch(node: ast.AST) -> bool:
+    """`kernel[grid](...)`: a call whose function is a subscript."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)
+
+
+def suspicious_constructs(source: str) -> list[dict[str, object]]:
+    """Hints only (source can be obfuscated); each with its line. Empty for unparsable source."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    found: list[dict[str, object]] = []
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", None)
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in _SUSPICIOUS_CALLS:
+                found.append({"line": line, "construct": f"call to {name}"})
+            if name == "getattr" and len(node.args) >= 2 and not isinstance(node.args[1], ast.Constant):
+                found.append({"line": line, "construct": "getattr with a computed name"})
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for module in modules:
+                if module.split(".")[0] in _SUSPICIOUS_MODULES:
+                    found.append({"line": line, "construct": f"import of {module}"})
+        elif isinstance(node, ast.FunctionDef) and node.name in _SUSPICIOUS_DEFS:
+            found.append({"line": line, "construct": f"defines {node.name}"})
+        elif isinstance(node, ast.Try) and node.handlers and any(_is_launch(n) for stmt in node.body for n in ast.walk(stmt)):
+            found.append({"line": line, "construct": "try/except around a kernel launch (a fallback path?)"})
+    return found[:50]

@@ -1,6 +1,8 @@
-"""The anti-cheat corpus: every file in tests/exploits/ names (first line, `# expect: RULE`) the
-rule that must reject it; every file in tests/honest/ must be accepted with no fatal violation.
-All are checked against tests/exploits/problem.py on the CPU with Triton's interpreter."""
+"""The anti-cheat corpus: every file in tests/exploits/ names on its first line what must reject it:
+`# expect: RULE` (verdict `cheating` with that rule among the violations) or `# expect: verdict=V`
+(cheats that simply fail: partial work, precision downgrades, forged verdicts). Every file in
+tests/honest/ must be accepted with no fatal violation. All run against tests/exploits/problem.py
+on the CPU with Triton's interpreter; tests/gpu/ runs the GPU-only classes."""
 
 from __future__ import annotations
 
@@ -29,14 +31,20 @@ def check(path: Path):
 
 
 @pytest.mark.parametrize("path", EXPLOITS, ids=lambda p: p.stem)
-def test_exploit_is_rejected_by_its_rule(path: Path) -> None:
+def test_exploit_is_rejected(path: Path) -> None:
+    expected = expected_rule(path)
     result = check(path)
     rules = [v.rule for v in result.anti_cheat.violations]
+    assert not result.correct and result.reward <= 0, (result.verdict, rules)
+    if expected.startswith("verdict="):
+        assert result.verdict.value == expected.removeprefix("verdict="), (result.verdict, rules, result.feedback)
+        return
     assert result.verdict == Verdict.cheating, (result.verdict, rules, result.feedback)
-    assert expected_rule(path) in rules, rules
+    assert expected in rules, rules
     assert result.reward == -1.0
-    fired = next(v for v in result.anti_cheat.violations if v.rule == expected_rule(path))
+    fired = next(v for v in result.anti_cheat.violations if v.rule == expected)
     assert fired.evidence and fired.message
+    assert f"rule {expected} fired" in result.feedback
 
 
 @pytest.mark.parametrize("path", HONEST, ids=lambda p: p.stem)

@@ -68,6 +68,36 @@ class AuditGuard:
 
     def install(self) -> None:
         sys.addaudithook(self._hook)
+        self._watch_threads()
+
+    def _watch_threads(self) -> None:
+        """Python has no audit event for new threads; wrap every function that starts one."""
+        import _thread
+        import threading
+
+        for module in (_thread, threading):
+            for name in ("start_new_thread", "_start_new_thread", "start_joinable_thread", "_start_joinable_thread"):
+                original = getattr(module, name, None)
+                if original is not None:
+                    setattr(module, name, self._guard_thread_start(original))
+
+    def _guard_thread_start(self, original: Any) -> Any:
+        guard = self
+
+        def start(*args: Any, **kwargs: Any) -> Any:
+            if guard.active and not guard._in_hook:
+                guard._in_hook = True
+                try:
+                    caller = guard._untrusted_caller()
+                finally:
+                    guard._in_hook = False
+                if caller is not None:
+                    reason = "starting a thread (work must not continue after forward returns)"
+                    guard.events.append({"event": "thread.start", "reason": reason, "detail": caller})
+                    raise PermissionError(f"Referee sandbox: {reason} is not allowed")
+            return original(*args, **kwargs)
+
+        return start
 
     def _untrusted(self, filename: str) -> bool:
         if filename == self.candidate_file:
@@ -132,7 +162,7 @@ class AuditGuard:
             return "reading another part of the job (the reference)"
         if real.startswith(self._harness_dir + os.sep):
             return "reading the harness"
-        if real.startswith(("/etc/", "/root", "/home", "/proc/1/", "/var/")):
+        if real.startswith(("/etc/", "/root", "/home", "/proc/1/", "/var/")) or real.endswith("/mem"):
             return "reading system files"
         return None
 

@@ -15,7 +15,7 @@ from .dispatch import OpRecorder, compute_ops
 from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, resolve_device
-from .timing import CudaTimer, time_on_host
+from .timing import CudaTimer, profile_kernels, time_on_host
 
 
 def _compile_error_types() -> tuple[type[BaseException], ...]:
@@ -103,7 +103,16 @@ class CandidateRole:
             events, self.audit.events = self.audit.events, []
         return {"tampering": self.snapshot.changes() if self.snapshot else [], "audit_events": events}
 
+    def _poison(self, inputs: list[Any]) -> None:
+        """Fill memory the allocator will hand out next with NaN (0xFF bytes), so output elements a
+        kernel never writes cannot pass by luck or by recycling someone else's result."""
+        nbytes = sum(x.numel() * x.element_size() for x in inputs if isinstance(x, torch.Tensor))
+        poison = torch.empty(min(2 * nbytes + (1 << 20), 2 << 30), dtype=torch.uint8, device=self.device)
+        poison.fill_(0xFF)
+        del poison
+
     def _forward(self, inputs: list[Any]) -> Any:
+        self._poison(inputs)
         try:
             with torch.no_grad(), self.ops:
                 outputs = self.model(*inputs)
@@ -129,6 +138,7 @@ class CandidateRole:
             "compute_ops": compute_ops(ops, self.allowed_ops),
             "device_to_host": device_to_host,
             "unwritten_outputs": _unwritten_outputs(outputs, written),
+            "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
             **self.observations(),
         }
         try:
@@ -161,7 +171,25 @@ class CandidateRole:
         ops, device_to_host = self.ops.take()
         stats["launches"] = sum(1 for launch in launches if launch.own)
         return {"ok": True, "stats": stats, "compute_ops": compute_ops(ops, self.allowed_ops),
+                "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
                 "device_to_host": device_to_host, **self.observations()}, b""
+
+    def cmd_profile(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """GPU only: the share of kernel time spent in the submission's own Triton kernels."""
+        assert self.recorder is not None
+        input_sets = tensors.decode(header["inputs"], payload, self.device)
+        own = set(self.recorder.totals)
+        try:
+            kernel_times = profile_kernels(lambda inputs: self.model(*inputs), input_sets, self.ops)
+        except BaseException as exc:
+            raise self._failure(exc) from None
+        self.recorder.take()
+        self.ops.take()
+        total = sum(kernel_times.values())
+        own_time = sum(t for name, t in kernel_times.items() if any(name == k or name.startswith(k + "_") for k in own))
+        top = sorted(kernel_times.items(), key=lambda item: -item[1])[:10]
+        return {"ok": True, "fraction": own_time / total if total else None, "kernels_us": dict(top),
+                **self.observations()}, b""
 
     def cmd_summary(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         assert self.recorder is not None

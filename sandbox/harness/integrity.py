@@ -16,6 +16,9 @@ from typing import Any
 
 
 def _critical_objects() -> dict[str, Any]:
+    import _thread
+    import threading
+
     import torch.nn.functional
     import torch.testing
     import triton.testing
@@ -23,6 +26,8 @@ def _critical_objects() -> dict[str, Any]:
 
     objects: dict[str, Any] = {
         "builtins": builtins,
+        "_thread": _thread,
+        "threading": threading,
         "time": time,
         "torch": torch,
         "torch.Tensor": torch.Tensor,

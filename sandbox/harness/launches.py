@@ -21,6 +21,7 @@ class Launch:
     kernel: str
     own: bool
     storages: set[int]  # storage addresses of every tensor argument
+    side_stream: bool = False  # launched on a CUDA stream other than the default one
 
 
 @dataclass
@@ -48,9 +49,10 @@ class LaunchRecorder:
         recorder = self
 
         def run(fn_self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
-            if not warmup and recorder.recording:
+            result = original(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
+            if not warmup and recorder.recording:  # counted once it ran: a launch that failed did no work
                 recorder.record(fn_self, args, kwargs)
-            return original(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
+            return result
 
         run.__wrapped__ = original  # type: ignore[attr-defined]
         return run
@@ -65,7 +67,8 @@ class LaunchRecorder:
             for value in list(args) + list(kwargs.values())
             if isinstance(value, torch.Tensor)
         }
-        self.launches.append(Launch(kernel=name, own=own, storages=storages))
+        side_stream = torch.cuda.is_initialized() and torch.cuda.current_stream() != torch.cuda.default_stream()
+        self.launches.append(Launch(kernel=name, own=own, storages=storages, side_stream=side_stream))
         (self.totals if own else self.foreign)[name] += 1
 
     def take(self) -> list[Launch]:

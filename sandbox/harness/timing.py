@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile  # imported before the integrity snapshot
 
 _perf_counter = time.perf_counter  # bound before any candidate code is imported
 
@@ -120,3 +122,18 @@ def time_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequ
     stats["method"] = "host_clock"
     stats["stable"] = False
     return stats
+
+
+def profile_kernels(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], mode: Any, reps: int = 3) -> dict[str, float]:
+    """GPU kernel time (microseconds) per kernel name over `reps` calls, from torch's profiler."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(reps):
+            with torch.no_grad(), mode:
+                call(input_sets[i % len(input_sets)])
+        torch.cuda.synchronize()
+    times: dict[str, float] = {}
+    for event in prof.events():
+        if getattr(event, "device_type", None) == DeviceType.CUDA:
+            times[event.name] = times.get(event.name, 0.0) + float(getattr(event, "device_time", 0.0) or getattr(event, "cuda_time", 0.0))
+    return times
