@@ -10,6 +10,6 @@ export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import torch, triton, pydantic, typer, rich; assert torch.cuda.is_available(); print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" || exit 91
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 status=0
-python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" || status=1
+REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1
 python3 bench/gpu_examples.py --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1
 exit $status

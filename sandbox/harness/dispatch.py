@@ -28,6 +28,7 @@ BOOKKEEPING_OPS = frozenset({
     "chunk", "unbind", "flatten", "unflatten", "view_as", "movedim", "diagonal", "unfold",
     # copies and casts
     "copy_", "clone", "_to_copy", "contiguous", "_copy_from", "_copy_from_and_resize",
+    "_local_scalar_dense",  # .item(): a copy to the host, counted below when the source is on a GPU
 })
 
 
@@ -48,7 +49,7 @@ class OpRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         name = op_name(func)
         self.ops[name] += 1
-        if name in ("_to_copy", "copy_", "_copy_from") and _moves_to_host(name, args, kwargs):
+        if name in ("_to_copy", "copy_", "_copy_from", "_local_scalar_dense") and _moves_to_host(name, args, kwargs):
             self.device_to_host += 1
         return func(*args, **kwargs)
 
@@ -60,6 +61,8 @@ class OpRecorder(TorchDispatchMode):
 
 def _moves_to_host(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """A copy whose source is on a GPU and whose destination is the CPU."""
+    if name == "_local_scalar_dense":
+        return bool(args) and isinstance(args[0], torch.Tensor) and args[0].is_cuda
     if name == "_to_copy":
         source = args[0] if args else None
         target = kwargs.get("device")

@@ -1,0 +1,60 @@
+"""The whole anti-cheat corpus on a GPU: the CPU corpus (tests/exploits, tests/honest) plus the
+GPU-only classes in tests/gpu/exploits and tests/gpu/honest (side streams, device-to-host copies).
+Writes a table of every outcome to $REFEREE_RESULTS_DIR when set."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sandbox.evaluate import evaluate
+from sandbox.models import EvalConfig, Submission, Verdict
+from tests.test_corpus import EXPLOITS, HONEST, PROBLEM, expected_rule
+
+GPU = Path(__file__).parent
+ALL_EXPLOITS = EXPLOITS + sorted((GPU / "exploits").glob("*.py"))
+ALL_HONEST = HONEST + sorted((GPU / "honest").glob("*.py"))
+pytestmark = pytest.mark.gpu
+ROWS: list[dict[str, object]] = []
+
+
+def check(path: Path):
+    result = evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cuda", trials=2, timeout_s=120))
+    ROWS.append({
+        "file": str(path.relative_to(GPU.parent)), "expected": expected_rule(path), "verdict": result.verdict.value,
+        "rules": [v.rule for v in result.anti_cheat.violations], "triton_time_fraction": result.performance.triton_time_fraction,
+        "speedup": result.performance.speedup, "wall_ms": result.timings_ms.total,
+    })
+    return result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def results_table():
+    yield
+    directory = os.environ.get("REFEREE_RESULTS_DIR")
+    if directory:
+        Path(directory, "gpu-corpus.json").write_text(json.dumps(ROWS, indent=1) + "\n")
+
+
+@pytest.mark.parametrize("path", ALL_EXPLOITS, ids=lambda p: p.stem)
+def test_exploit_is_rejected_on_gpu(path: Path) -> None:
+    expected = expected_rule(path)
+    result = check(path)
+    rules = [v.rule for v in result.anti_cheat.violations]
+    assert not result.correct, (result.verdict, rules)
+    if expected.startswith("verdict="):
+        assert result.verdict.value == expected.removeprefix("verdict="), (result.verdict, rules, result.feedback)
+    else:
+        assert result.verdict == Verdict.cheating and expected in rules, (result.verdict, rules, result.feedback)
+
+
+@pytest.mark.parametrize("path", ALL_HONEST, ids=lambda p: p.stem)
+def test_honest_kernel_is_accepted_on_gpu(path: Path) -> None:
+    result = check(path)
+    assert result.anti_cheat.violations == [], result.anti_cheat.violations
+    assert result.verdict == Verdict.correct, result.feedback
+    assert result.performance.meaningful and result.performance.triton_time_fraction is not None
+    assert result.performance.triton_time_fraction >= 0.5
