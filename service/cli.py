@@ -6,10 +6,11 @@ unreadable, oversized or unusable input file; 3 Referee itself failed.
 
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -27,6 +28,8 @@ from sandbox.models import (
     Verdict,
 )
 from sandbox.static_checks import ProblemSourceError
+
+from .client import ApiError, RefereeClient
 
 EXIT_CORRECT, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
@@ -130,46 +133,196 @@ EXPECTED_VERDICTS = {
 }
 
 
-@app.command()
-def demo(
-    examples: Annotated[Path, typer.Argument(help="directory of example problems")] = Path("examples"),
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
-) -> None:
-    """Check every example candidate and print a summary table (exit 1 if any verdict is unexpected)."""
-    pairs = [
+def _example_pairs(examples: Path) -> list[tuple[Path, Path]]:
+    if not examples.is_dir():
+        return []
+    return [
         (problem_dir, candidate)
         for problem_dir in sorted(p for p in examples.iterdir() if (p / "reference.py").is_file())
         for candidate in sorted(problem_dir.glob("candidate*.py"))
     ]
+
+
+def _score_examples(client: RefereeClient, examples: Path, device: str, title: str) -> int:
+    """Submit every example pair as one batch, follow it with a progress bar, print the table;
+    return the number of unexpected verdicts (a missing result counts as one)."""
+    pairs = _example_pairs(examples)
     if not pairs:
         err.print(f"error: no examples (DIR/*/reference.py) under {examples}")
         raise typer.Exit(EXIT_USAGE)
+    items = [{"reference": read_source(problem_dir / "reference.py", "reference"), "candidate": read_source(path, "candidate"),
+              "name": f"{problem_dir.name}/{path.stem}", "device": device} for problem_dir, path in pairs]
     console = Console()
-    table = Table(title="Triton Referee: examples")
+    batch = client.create_batch(items, name=title)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"checking {len(items)} candidates", total=len(items))
+
+        def advance(item: dict) -> None:
+            progress.update(task, advance=1, description=f"{items[item['index']]['name']}: {item['result']['verdict']}")
+
+        results = client.follow(batch["id"], len(items), advance)
+    table = Table(title=title)
     for column in ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"):
         table.add_column(column)
     surprises = 0
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("checking", total=len(pairs))
-        for problem_dir, candidate_path in pairs:
-            progress.update(task, description=f"{problem_dir.name}/{candidate_path.name}")
-            started = time.monotonic()
-            result = evaluate(
-                Problem(source=read_source(problem_dir / "reference.py", "reference"), name=problem_dir.name),
-                Submission(source=read_source(candidate_path, "candidate")),
-                EvalConfig(device=device),  # type: ignore[arg-type]
-            )
-            expected = EXPECTED_VERDICTS.get(candidate_path.stem)
-            surprises += expected is not None and expected != result.verdict
-            speedup = f"{result.performance.speedup:.2f}x" if result.performance.speedup is not None else "n/a (cpu)"
-            colour = "green" if expected in (None, result.verdict) else "red"
-            table.add_row(problem_dir.name, candidate_path.stem.removeprefix("candidate").lstrip("_") or "honest", f"[{colour}]{result.verdict.value}[/]",
-                          expected.value if expected else "-", f"{result.reward:g}", speedup, f"{time.monotonic() - started:.1f}")
-            progress.advance(task)
+    for index, (problem_dir, path) in enumerate(pairs):
+        expected = EXPECTED_VERDICTS.get(path.stem)
+        result = results.get(index)
+        label = path.stem.removeprefix("candidate").lstrip("_") or "honest"
+        if result is None:
+            surprises += 1
+            table.add_row(problem_dir.name, label, "[red]no result[/]", expected.value if expected else "-", "-", "-", "-")
+            continue
+        verdict = result["verdict"]
+        surprises += expected is not None and expected.value != verdict
+        speedup = result["performance"].get("speedup")
+        colour = "green" if expected is None or expected.value == verdict else "red"
+        table.add_row(problem_dir.name, label, f"[{colour}]{verdict}[/]", expected.value if expected else "-", f"{result['reward']:g}",
+                      f"{speedup:.2f}x" if speedup is not None else "n/a (cpu)", f"{result['timings_ms']['total'] / 1e3:.1f}")
     console.print(table)
+    return surprises
+
+
+@app.command()
+def demo(
+    examples: Annotated[Path, typer.Argument(help="directory of example problems")] = Path("examples"),
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    workers: Annotated[int, typer.Option(min=1, help="evaluations run at once")] = 2,
+) -> None:
+    """Start the embedded server, submit every example over HTTP, print the table, stop (exit 1 if a verdict is unexpected)."""
+    from .server import background_server
+    from .settings import Settings
+
+    if not _example_pairs(examples):
+        err.print(f"error: no examples (DIR/*/reference.py) under {examples}")
+        raise typer.Exit(EXIT_USAGE)
+    settings = Settings(redis_url=None, auth="off", embedded_workers=workers)
+    with background_server(settings) as url, RefereeClient(url) as client:
+        err.print(f"[dim]embedded Referee at {url}[/]")
+        surprises = _score_examples(client, examples, device, "Triton Referee: examples")
     if surprises:
         err.print(f"{surprises} example(s) got an unexpected verdict")
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def batch(
+    examples: Annotated[Path, typer.Argument(help="directory of problems: DIR/*/reference.py with DIR/*/candidate*.py")],
+    server: Annotated[str, typer.Option(envvar="REFEREE_SERVER", help="base URL of a Referee server")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="REFEREE_API_KEY", help="sent as X-API-Key")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+) -> None:
+    """Score every candidate under DIR on a server as one batch, with a progress bar and a table."""
+    try:
+        with RefereeClient(server, api_key) as client:
+            surprises = _score_examples(client, examples, device, f"Triton Referee: {examples}")
+    except (ApiError, httpx.HTTPError) as exc:
+        err.print(f"error: {server}: {exc}")
+        raise typer.Exit(EXIT_INFRA) from None
+    if surprises:
+        err.print(f"{surprises} candidate(s) got an unexpected verdict")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def submit(
+    reference: Annotated[Path, typer.Argument(help="KernelBench-format reference")],
+    candidate: Annotated[Path, typer.Argument(help="candidate defining ModelNew")],
+    server: Annotated[str, typer.Option(envvar="REFEREE_SERVER", help="base URL of a Referee server")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="REFEREE_API_KEY", help="sent as X-API-Key")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print exactly one JSON result document")] = False,
+    trials: Annotated[int, typer.Option(min=1, max=100, help="correctness trials")] = 5,
+    seed: Annotated[int | None, typer.Option(help="fix the input salt")] = None,
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the result")] = 3600.0,
+) -> None:
+    """Submit one evaluation to a server and wait for its result (exit codes as `referee check`)."""
+    try:
+        body = {"reference": read_source(reference, "reference"), "candidate": read_source(candidate, "candidate"),
+                "trials": trials, "seed": seed, "name": candidate.stem}
+    except InputFileError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        with RefereeClient(server, api_key) as client:
+            view = client.submit(body, wait=min(timeout, 60.0))
+            if "verdict" not in view:
+                view = client.result(view["id"], timeout=timeout)
+    except ApiError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE if exc.status in (404, 413, 422) else EXIT_INFRA) from None
+    except httpx.HTTPError as exc:
+        err.print(f"error: {server}: {exc}")
+        raise typer.Exit(EXIT_INFRA) from None
+    if "verdict" not in view:
+        err.print(f"error: no result after {timeout:g} s (evaluation {view['id']} is {view['status']})")
+        raise typer.Exit(EXIT_INFRA)
+    result = EvaluationResult.model_validate(view)
+    if json_output:
+        typer.echo(json.dumps(view))
+    else:
+        print_summary(Console(), result)
+    raise typer.Exit(exit_code(result))
+
+
+@app.command()
+def serve(
+    embedded: Annotated[bool, typer.Option("--embedded", help="in-process queue and worker, no Redis (the default without a Redis URL)")] = False,
+    redis_url: Annotated[str | None, typer.Option(help="Redis for the queue and results (or REFEREE_REDIS_URL)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="embedded mode: evaluations run at once")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the HTTP API. Settings come from REFEREE_* variables; these options override them."""
+    from .server import serve as run_server
+    from .settings import Settings
+
+    if embedded and redis_url:
+        err.print("error: --embedded and --redis-url exclude each other")
+        raise typer.Exit(EXIT_USAGE)
+    overrides: dict = {key: value for key, value in {"host": host, "port": port, "embedded_workers": workers}.items() if value is not None}
+    if embedded:
+        overrides["redis_url"] = None
+    elif redis_url:
+        overrides["redis_url"] = redis_url
+    try:
+        settings = Settings(**overrides)
+        settings.check()
+    except ValueError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    err.print(f"Referee API on http://{settings.host}:{settings.port} ({'embedded' if settings.embedded else settings.redis_url}; "
+              f"auth {'on' if settings.auth_enabled else 'off'})")
+    run_server(settings, log_level=log_level)
+
+
+@app.command()
+def worker(
+    redis_url: Annotated[str, typer.Option(envvar="REFEREE_REDIS_URL", help="Redis holding the queue")],
+    gpu: Annotated[int | None, typer.Option(help="pin this GPU (CUDA_VISIBLE_DEVICES) for every job")] = None,
+    queue: Annotated[str, typer.Option(envvar="REFEREE_QUEUE_NAME", help="queue name")] = "referee",
+    name: Annotated[str | None, typer.Option(help="worker name (default: host, GPU and pid)")] = None,
+    burst: Annotated[bool, typer.Option(help="exit when the queue is empty")] = False,
+    monitoring_interval: Annotated[int, typer.Option(min=1, help="seconds between job heartbeats")] = 10,
+    heartbeat_grace: Annotated[int, typer.Option(min=1, help="seconds a heartbeat may be late before the job counts as abandoned")] = 60,
+    maintenance_interval: Annotated[int, typer.Option(min=1, help="seconds between this worker's registry sweeps")] = 600,
+    worker_ttl: Annotated[int, typer.Option(min=5, help="seconds this worker stays registered without a heartbeat")] = 420,
+) -> None:
+    """Run one RQ worker (one per GPU): takes evaluations from Redis and runs them."""
+    from worker.main import WorkerOptions, pin_gpu, run_worker
+
+    pin_gpu(gpu)  # first: nothing below may see another GPU
+    run_worker(WorkerOptions(redis_url=redis_url, gpu=gpu, queue=queue, name=name, burst=burst,
+                             monitoring_interval=monitoring_interval, heartbeat_grace=heartbeat_grace,
+                             maintenance_interval=maintenance_interval, worker_ttl=worker_ttl))
+
+
+@app.command()
+def openapi() -> None:
+    """Print the API's OpenAPI document as YAML (`referee openapi > openapi.yaml`)."""
+    from .openapi import to_yaml
+
+    typer.echo(to_yaml(), nl=False)
 
 
 def main() -> None:

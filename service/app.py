@@ -1,0 +1,133 @@
+"""The FastAPI application: `create_app(settings)` wires the store, the queue, metrics and routes.
+
+Run it with `referee serve` (embedded unless REFEREE_REDIS_URL or --redis-url is given), or
+`uvicorn --factory service.app:create_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .evaluations import Evaluations
+from .metrics import Metrics
+from .queue import EmbeddedQueue, JobQueue, RQQueue
+from .routes import router
+from .settings import Settings
+from .store import MemoryKV, RedisKV, Store
+
+log = logging.getLogger("referee")
+VERSION = "0.1.0"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a body over the limit, before it is read in full or parsed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, receive, send, int(length))
+            return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(scope, receive, send, received)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        detail = f"the request body is {'over ' if size else ''}{size} bytes; the limit is {self.limit} bytes"
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def _build(settings: Settings) -> tuple[Store, JobQueue]:
+    if settings.embedded:
+        return Store(MemoryKV(), settings.result_ttl_s), EmbeddedQueue(settings.embedded_workers, retries=settings.job_retries)
+    connection = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+    queue = RQQueue(connection, settings.queue_name, retries=settings.job_retries, result_ttl=settings.result_ttl_s,
+                    worker_stale_s=settings.worker_stale_s)
+    return Store(RedisKV(connection), settings.result_ttl_s), queue
+
+
+def _maintenance(referee: Evaluations, interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        try:
+            referee.maintain()
+        except Exception:  # Redis away for a moment: try again next round, never die
+            log.exception("maintenance sweep failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.check()
+    store, queue = _build(settings)
+    metrics = Metrics()
+    referee = Evaluations(settings, store, queue, metrics)
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if isinstance(queue, EmbeddedQueue):
+            queue.start()
+        sweeper = threading.Thread(target=_maintenance, args=(referee, settings.maintenance_interval_s, stop),
+                                   name="referee-maintenance", daemon=True)
+        sweeper.start()
+        yield
+        stop.set()
+        sweeper.join(timeout=10)
+        queue.close()
+
+    app = FastAPI(title="Triton Referee", version=VERSION, lifespan=lifespan,
+                  description="Verifies Triton kernels against PyTorch references: correctness, speed and anti-cheat, "
+                              "as one reward JSON document per evaluation.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.referee = referee
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def observe(request: Any, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.http_seconds.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
+            time.perf_counter() - started)
+        return response
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,101 @@
+"""`referee worker --redis-url URL [--gpu N]`: one RQ worker per GPU.
+
+The GPU is pinned (CUDA_VISIBLE_DEVICES) before anything else of the project is imported, so no
+later import can initialise CUDA on the wrong device; the harness processes inherit it. Each job
+runs in a forked work horse (RQ's default), which dies with the worker: a horse left running
+without its worker would go on unsupervised while RQ hands the job to another worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class WorkerOptions:
+    redis_url: str
+    gpu: int | None = None
+    queue: str = "referee"
+    name: str | None = None
+    burst: bool = False
+    # RQ checks the horse and refreshes the job's heartbeat every `monitoring_interval` s; a job whose
+    # heartbeat is `heartbeat_grace` s overdue counts as abandoned (RQ's fixed grace is 60 s).
+    monitoring_interval: int = 10
+    heartbeat_grace: int = 60
+    maintenance_interval: int = 600
+    worker_ttl: int = 420
+    log_level: str = "INFO"
+
+
+def pin_gpu(gpu: int | None) -> None:
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; exit at once if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the heartbeat sweep still recovers the job
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def make_worker(options: WorkerOptions) -> Any:
+    import redis
+    from rq import Queue, Worker
+    from rq.serializers import JSONSerializer
+
+    import worker.jobs  # noqa: F401  imported once here, so every forked horse starts with it loaded
+
+    class RefereeWorker(Worker):
+        heartbeat_grace = options.heartbeat_grace
+        parent_pid = os.getpid()
+
+        def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+            # RQ adds a fixed 60 s; the grace is configurable so a dead worker's job is recovered sooner.
+            return int(super().get_heartbeat_ttl(job, working_time) - 60 + self.heartbeat_grace)
+
+        def main_work_horse(self, job: Any, queue: Any) -> None:
+            _die_with_parent(self.parent_pid)
+            super().main_work_horse(job, queue)
+
+    connection = redis.Redis.from_url(options.redis_url)
+    label = f"gpu{options.gpu}" if options.gpu is not None else "gpu-any"
+    name = options.name or f"referee-{socket.gethostname()}-{label}-{os.getpid()}"
+    return RefereeWorker(
+        [Queue(options.queue, connection=connection, serializer=JSONSerializer)],
+        connection=connection, name=name, serializer=JSONSerializer,
+        job_monitoring_interval=options.monitoring_interval, worker_ttl=options.worker_ttl,
+        maintenance_interval=options.maintenance_interval,
+    )
+
+
+def run_worker(options: WorkerOptions) -> None:
+    pin_gpu(options.gpu)
+    make_worker(options).work(burst=options.burst, logging_level=options.log_level, with_scheduler=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.main", description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=os.environ.get("REFEREE_REDIS_URL"), required="REFEREE_REDIS_URL" not in os.environ)
+    parser.add_argument("--gpu", type=int)
+    parser.add_argument("--queue", default="referee")
+    parser.add_argument("--burst", action="store_true")
+    args = parser.parse_args(argv)
+    run_worker(WorkerOptions(redis_url=args.redis_url, gpu=args.gpu, queue=args.queue, burst=args.burst))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
