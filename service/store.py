@@ -49,6 +49,9 @@ class RedisKV:
 
     def set_add_count(self, key: str, members: Iterable[str], ttl: int) -> int:
         """Add members and return the set's size, atomically."""
+        members = list(members)
+        if not members:
+            return int(self.r.scard(PREFIX + key))
         with self.r.pipeline(transaction=True) as pipe:
             pipe.sadd(PREFIX + key, *members)
             pipe.expire(PREFIX + key, ttl)
@@ -213,7 +216,8 @@ class Store:
         return self.kv.set_members(f"active:{owner}")
 
     def mark_pending(self, ids: list[str]) -> None:
-        self.kv.set_add_count(PENDING, ids, self.ttl)
+        if ids:
+            self.kv.set_add_count(PENDING, ids, self.ttl)
 
     def pending(self) -> list[str]:
         return self.kv.set_members(PENDING)

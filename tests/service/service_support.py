@@ -1,0 +1,172 @@
+"""Sources and helpers shared by the service tests (conftest.py holds the fixtures)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# y = 2x on a 1-D tensor: the smallest problem the engine checks in full.
+TINY_REFERENCE = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+
+        def forward(self, x):
+            return x * 2
+
+
+    n = 256
+
+
+    def get_inputs():
+        return [torch.randn(n)]
+
+
+    def get_init_inputs():
+        return []
+    """
+)
+
+TINY_CANDIDATE = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+    import triton
+    import triton.language as tl
+
+
+    @triton.jit
+    def double_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=mask) * 2, mask=mask)
+
+
+    class ModelNew(nn.Module):
+        def __init__(self):
+            super().__init__()
+
+        def forward(self, x):
+            x = x.contiguous()
+            out = torch.empty_like(x)
+            double_kernel[(triton.cdiv(x.numel(), 256),)](x, out, x.numel(), BLOCK=256)
+            return out
+    """
+)
+
+# Options that keep a full evaluation as short as it gets on the CPU.
+FAST = {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05}
+
+
+def static_reject(tag: str) -> str:
+    """A distinct candidate the engine answers without starting a process (no @triton.jit kernel)."""
+    return f"# {tag}\nimport torch.nn as nn\n\n\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+
+
+def full(candidate: str = TINY_CANDIDATE, **options: Any) -> dict[str, Any]:
+    return {"reference": TINY_REFERENCE, "candidate": candidate, **FAST, **options}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def live_workers(url: str, queue: str) -> list[str]:
+    from rq import Queue, Worker
+
+    connection = redis.Redis.from_url(url)
+    try:
+        return [w.name for w in Worker.all(queue=Queue(queue, connection=connection))]
+    finally:
+        connection.close()
+
+
+API_KEYS = ["key-alice", "key-bob", "key-limits"]
+
+
+def redis_settings(redis_url: str, queue: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"redis_url": redis_url, "queue_name": queue, "api_keys": API_KEYS, "maintenance_interval_s": 0.5,
+                              "result_ttl_s": 3600, "worker_stale_s": 30}
+    return Settings(**{**values, **overrides})
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
