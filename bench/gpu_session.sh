@@ -11,5 +11,6 @@ python3 -c "import torch, triton, pydantic, typer, rich; assert torch.cuda.is_av
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
 status=0
 REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1
+python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1
 python3 bench/gpu_examples.py --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1
 exit $status

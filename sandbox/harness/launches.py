@@ -21,6 +21,7 @@ class Launch:
     kernel: str
     own: bool
     storages: set[int]  # storage addresses of every tensor argument
+    keep_alive: list[Any]  # the storages themselves: freed memory would be reused at the same address
     side_stream: bool = False  # launched on a CUDA stream other than the default one
 
 
@@ -62,13 +63,10 @@ class LaunchRecorder:
         code = getattr(python_fn, "__code__", None)
         name = getattr(python_fn, "__name__", type(jit_fn).__name__)
         own = code is not None and code.co_filename == self.candidate_file
-        storages = {
-            value.untyped_storage().data_ptr()
-            for value in list(args) + list(kwargs.values())
-            if isinstance(value, torch.Tensor)
-        }
+        held = [value.untyped_storage() for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor)]
+        storages = {storage.data_ptr() for storage in held}
         side_stream = torch.cuda.is_initialized() and torch.cuda.current_stream() != torch.cuda.default_stream()
-        self.launches.append(Launch(kernel=name, own=own, storages=storages, side_stream=side_stream))
+        self.launches.append(Launch(kernel=name, own=own, storages=storages, keep_alive=held, side_stream=side_stream))
         (self.totals if own else self.foreign)[name] += 1
 
     def take(self) -> list[Launch]:

@@ -134,12 +134,9 @@ class ReferenceRole:
         return {"ok": True, "inputs": description}, data
 
     def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        def call(inputs: list[Any]) -> Any:
-            with torch.no_grad():
-                return self.model(*inputs)
-
-        if self.device.type == "cuda":
-            stats = CudaTimer(self.device).run(call, self.timing_inputs, **header.get("options", {}))
-        else:
-            stats = time_on_host(call, self.timing_inputs)
+        with torch.no_grad():  # entered once around the loop, as on the candidate's side
+            if self.device.type == "cuda":
+                stats = CudaTimer(self.device).run(lambda inputs: self.model(*inputs), self.timing_inputs, **header.get("options", {}))
+            else:
+                stats = time_on_host(lambda inputs: self.model(*inputs), self.timing_inputs)
         return {"ok": True, "stats": stats}, b""

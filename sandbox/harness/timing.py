@@ -127,10 +127,9 @@ def time_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequ
 def profile_kernels(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], mode: Any, reps: int = 3) -> dict[str, float]:
     """GPU kernel time (microseconds) per kernel name over `reps` calls, from torch's profiler."""
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.no_grad(), mode:
         for i in range(reps):
-            with torch.no_grad(), mode:
-                call(input_sets[i % len(input_sets)])
+            call(input_sets[i % len(input_sets)])
         torch.cuda.synchronize()
     times: dict[str, float] = {}
     for event in prof.events():
