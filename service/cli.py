@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -29,7 +28,8 @@ from sandbox.models import (
 )
 from sandbox.static_checks import ProblemSourceError
 
-from .client import ApiError, RefereeClient
+if TYPE_CHECKING:
+    from .client import RefereeClient
 
 EXIT_CORRECT, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
@@ -190,6 +190,7 @@ def demo(
     workers: Annotated[int, typer.Option(min=1, help="evaluations run at once")] = 2,
 ) -> None:
     """Start the embedded server, submit every example over HTTP, print the table, stop (exit 1 if a verdict is unexpected)."""
+    from .client import RefereeClient
     from .server import background_server
     from .settings import Settings
 
@@ -213,6 +214,10 @@ def batch(
     device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
 ) -> None:
     """Score every candidate under DIR on a server as one batch, with a progress bar and a table."""
+    import httpx
+
+    from .client import ApiError, RefereeClient
+
     try:
         with RefereeClient(server, api_key) as client:
             surprises = _score_examples(client, examples, device, f"Triton Referee: {examples}")
@@ -236,6 +241,10 @@ def submit(
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the result")] = 3600.0,
 ) -> None:
     """Submit one evaluation to a server and wait for its result (exit codes as `referee check`)."""
+    import httpx
+
+    from .client import ApiError, RefereeClient
+
     try:
         body = {"reference": read_source(reference, "reference"), "candidate": read_source(candidate, "candidate"),
                 "trials": trials, "seed": seed, "name": candidate.stem}

@@ -84,7 +84,12 @@ def make_worker(options: WorkerOptions) -> Any:
 
 def run_worker(options: WorkerOptions) -> None:
     pin_gpu(options.gpu)
-    make_worker(options).work(burst=options.burst, logging_level=options.log_level, with_scheduler=False)
+    rq_worker = make_worker(options)
+    heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
+    print(f"referee worker {rq_worker.name} on queue {options.queue}: "
+          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset: every GPU)')}"
+          + (f"; warning: {', '.join(heavy)} imported in the worker" if heavy else ""), file=sys.stderr, flush=True)
+    rq_worker.work(burst=options.burst, logging_level=options.log_level, with_scheduler=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from service_support import (
     API_KEYS,
+    ROOT,
     TINY_CANDIDATE,
     TINY_REFERENCE,
     WorkerProcess,
@@ -246,3 +250,12 @@ def test_a_worker_killed_with_no_retry_left_ends_as_infrastructure_error(redis_u
         # Submitting it again makes a new job rather than returning the failure.
         again = http.post("/v1/evaluations", json=full(TINY_CANDIDATE + f"\n# {tag}\n")).json()
         assert again["id"] != evaluation_id and again["deduplicated"] is False
+
+
+def test_a_worker_pins_its_gpu_before_anything_imports_torch(redis_url: str) -> None:
+    queue = f"pinned-{uuid.uuid4().hex[:8]}"
+    completed = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--redis-url", redis_url, "--queue", queue,
+                                "--gpu", "3", "--burst"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert f"referee worker referee-{socket.gethostname()}-gpu3-" in completed.stderr
+    assert "CUDA_VISIBLE_DEVICES=3" in completed.stderr and "imported in the worker" not in completed.stderr
