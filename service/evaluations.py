@@ -271,7 +271,7 @@ class Evaluations:
         records = [r for r in self.store.evaluations(wanted) if r is not None]
         views = self.collect(records)
         for lost in set(wanted) - set(views):  # the record expired with the result TTL
-            views[lost] = {"id": lost, "status": "completed", "verdict": "infrastructure_error", "error": {"message": "the result has expired"}}
+            views[lost] = failure_document(lost, "the evaluation's record and result have expired (REFEREE_RESULT_TTL_S)")
         items = []
         for index, evaluation_id in enumerate(ids):
             if only is not None and index not in only:

@@ -35,7 +35,7 @@ def _redis_server_binary() -> str:
     return shutil.which("redis-server") or pytest.fail("redis-server is still missing after apt-get install")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free loopback port, without persistence, for the session."""
     binary = _redis_server_binary()
@@ -67,7 +67,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `referee worker` processes (real RQ workers) with short heartbeats; all stopped at the end."""
     started: list[WorkerProcess] = []
@@ -94,18 +94,18 @@ def start_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         worker.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def queue_name() -> str:
     return f"referee-test-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def workers(start_worker: Callable[..., WorkerProcess], queue_name: str) -> list[WorkerProcess]:
     """Two workers on the shared test queue (two cores here)."""
     return [start_worker(queue_name) for _ in range(2)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api_url(redis_url: str, queue_name: str, workers: list[WorkerProcess]) -> Iterator[str]:
     """The API with Redis and the two workers, served by uvicorn on a loopback port."""
     with background_server(redis_settings(redis_url, queue_name)) as url:
