@@ -219,6 +219,8 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
         violations.append(rules.violation("foreign_kernel", {"trial": label, "kernels": outcome["foreign_launches"]}))
     if outcome["launches"] == 0:
         violations.append(rules.violation("no_triton_launch", {"trial": label, "foreign_kernels": outcome["foreign_launches"]}))
+    if report.get("undecodable"):
+        violations.append(rules.violation("non_plain_output", {"trial": label, "detail": report["undecodable"]}))
     if outcome.get("output_problem"):
         violations.append(rules.violation("non_plain_output", {"trial": label, "detail": outcome["output_problem"]}))
     if not report["inputs"]["unchanged"]:

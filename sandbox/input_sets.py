@@ -42,13 +42,14 @@ def declared_input_sets(tree: ast.Module) -> list[dict[str, int]] | None:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "INPUT_SETS" for t in node.targets):
             try:
                 value = ast.literal_eval(node.value)
-            except ValueError as exc:
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
                 raise ValueError("INPUT_SETS must be a literal list of {name: int} dicts") from exc
             if not isinstance(value, list) or not all(
-                isinstance(item, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in item.items())
+                isinstance(item, dict)
+                and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0 for k, v in item.items())
                 for item in value
             ):
-                raise ValueError("INPUT_SETS must be a literal list of {name: int} dicts")
+                raise ValueError("INPUT_SETS must be a literal list of {name: positive int} dicts")
             return value
     return None
 

@@ -100,6 +100,7 @@ class HarnessProcess:
             "--role", self.role,
             "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
         ]
+        parent_fds = (to_child_w, to_parent_r, key_w)
         try:
             self.process = subprocess.Popen(
                 argv,
@@ -111,12 +112,23 @@ class HarnessProcess:
                 stderr=subprocess.PIPE,
                 start_new_session=True,
             )
+        except BaseException:
+            for fd in parent_fds:
+                os.close(fd)
+            raise
         finally:
             for fd in child_fds:
                 os.close(fd)
         key = secrets.token_bytes(KEY_BYTES)
-        os.write(key_w, key)
-        os.close(key_w)
+        try:
+            os.write(key_w, key)
+        except OSError:
+            self.kill()
+            for fd in parent_fds[:2]:
+                os.close(fd)
+            raise
+        finally:
+            os.close(key_w)
         for fd in (to_child_w, to_parent_r):
             os.set_blocking(fd, False)
         self.channel = Channel(to_parent_r, to_child_w, key, is_parent=True)

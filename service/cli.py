@@ -117,6 +117,9 @@ def check(
     except ProblemSourceError as exc:
         err.print(f"error: {reference}: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
+    except Exception as exc:  # a fault of Referee itself: exit 3, never the candidate's 1
+        err.print(f"internal error: {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_INFRA) from None
     if json_output:
         typer.echo(result.model_dump_json())
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def test_correct_relu_example(relu_correct_result):
     assert result.verdict == Verdict.correct, (result.error, result.feedback)
     assert result.correct is True
     assert result.compiled is True
-    assert result.correctness.passed == result.correctness.trials == 2
+    # trials=2 was asked for; every one of the 3 input sets gets at least one trial
+    assert result.correctness.input_sets == 3
+    assert result.correctness.passed == result.correctness.trials == 3
     assert result.correctness.recheck_passed is True
     assert result.anti_cheat.violations == []
     assert result.reward == 1.0
@@ -129,57 +132,81 @@ def test_fake_success_on_stdout_is_never_a_verdict(tiny_reference, make_tiny_can
 # --- timeout -------------------------------------------------------------------------------------
 
 
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, process group) of a process, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
 def _live_members(pgid: int) -> list[int]:
     """Processes of group `pgid` that are still running (zombies awaiting a reaper do not count)."""
     members = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state, process_group = fields[0], int(fields[2])
-        if process_group == pgid and state not in ("Z", "X"):
-            members.append(int(entry))
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
+            state, _, group = stat
+            if group == pgid and state not in ("Z", "X"):
+                members.append(int(entry))
     return members
 
 
-def test_timeout_kills_the_whole_process_group(tiny_reference, make_tiny_candidate, tmp_path):
-    pid_file = tmp_path / "pids.txt"
+def _harness_children() -> dict[str, int]:
+    """role -> pid of the harness processes this test process has started and that still run."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or (stat := _proc_stat(int(entry))) is None or stat[1] != os.getpid():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--role" in argv:
+            found[argv[argv.index(b"--role") + 1].decode()] = int(entry)
+    return found
+
+
+def test_timeout_kills_the_whole_process_group(tiny_reference, make_tiny_candidate):
     candidate = make_tiny_candidate(
         """
         while True:
             pass
-        """,
-        prelude=f"""
-        import subprocess
-
-        _sleeper = subprocess.Popen(["sleep", "300"])
-        with open({str(pid_file)!r}, "w") as _f:
-            _f.write(f"{{os.getpid()}} {{os.getpgid(0)}} {{_sleeper.pid}}")
-        """,
+        """
     )
     timeout_s = 15.0
-    started = time.monotonic()
-    result = evaluate(Problem(source=tiny_reference), Submission(source=candidate),
-                      EvalConfig(device="cpu", trials=2, timeout_s=timeout_s))
-    elapsed = time.monotonic() - started
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        outcome["result"] = evaluate(Problem(source=tiny_reference), Submission(source=candidate),
+                                     EvalConfig(device="cpu", trials=2, timeout_s=timeout_s))
+        outcome["elapsed"] = time.monotonic() - started
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    seen: dict[str, int] = {}
+    while worker.is_alive():  # note the harness processes while they run
+        seen.update(_harness_children())
+        time.sleep(0.05)
+    worker.join()
+
+    result, elapsed = outcome["result"], outcome["elapsed"]
     _assert_failure_shape(result, Verdict.timeout)
     assert result.reward == 0.0
     assert elapsed < timeout_s + 10, f"the evaluation took {elapsed:.1f} s for a {timeout_s:g} s limit"
     assert elapsed >= timeout_s - 1, "the candidate should have been given its whole time budget"
     assert "Timed out" in result.feedback
 
-    harness_pid, pgid, sleeper_pid = (int(v) for v in pid_file.read_text().split())
-    assert pgid == harness_pid, "the candidate harness should lead its own process group"
-    assert pgid != os.getpgid(0)
-    deadline = time.monotonic() + 5
-    while _live_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _live_members(pgid) == [], "processes of the candidate's group survived the timeout"
-    assert sleeper_pid not in _live_members(pgid)
+    assert set(seen) == {"reference", "candidate"}, seen
+    for role, pid in seen.items():
+        assert pid != os.getpgid(0)
+        deadline = time.monotonic() + 5
+        while _live_members(pid) and time.monotonic() < deadline:  # each harness leads its own group
+            time.sleep(0.1)
+        assert _live_members(pid) == [], f"processes of the {role}'s group survived the timeout"
+    assert _harness_children() == {}
 
 
 # --- invalid_submission --------------------------------------------------------------------------
@@ -283,3 +310,69 @@ def test_completed_evaluation_leaks_no_file_descriptors(tiny_reference, honest_t
                       EvalConfig(device="cpu", trials=1))
     assert result.verdict == Verdict.correct, (result.error, result.feedback)
     assert _open_fds() - before == set()
+
+
+def test_malformed_output_description_from_the_candidate_is_not_an_infrastructure_error(
+        tiny_reference, make_tiny_candidate, evaluate_source):
+    """The candidate's process encodes its outputs, and the candidate can patch that encoder. A
+    description the reference cannot decode is the candidate's doing: it must never come back as
+    infrastructure_error (which a trainer retries or drops instead of scoring), nor as correct."""
+    candidate = make_tiny_candidate(
+        """
+        x = x.contiguous()
+        return launch_relu(x, torch.empty_like(x))
+        """,
+        prelude="""
+        _codec = sys.modules["harness.tensors"]
+        _real_encode = _codec.encode
+
+
+        def _forged_encode(value):
+            description, data = _real_encode(value)
+            if description.get("t") == "tensor":  # the outputs (inputs travel as a list)
+                description = {**description, "dtype": "float8_forged"}
+            return description, data
+
+
+        _codec.encode = _forged_encode
+        """,
+    )
+    result = evaluate_source(tiny_reference, candidate)
+    assert result.verdict not in (Verdict.correct, Verdict.infrastructure_error), (result.verdict, result.error)
+    assert result.reward <= 0.0
+
+
+def test_patching_the_harness_in_its_own_process_does_not_silence_anti_cheat(
+        tiny_reference, make_tiny_candidate, evaluate_source):
+    """The candidate runs in the same process as the harness role that reports on it. Replacing the
+    role's helpers (here the torch-fallback classifier) must not turn a torch fallback into a pass:
+    either the replacement is caught as tampering, or the check does not depend on it."""
+    candidate = make_tiny_candidate(
+        """
+        out = torch.relu(x)  # the work, done by PyTorch
+        launch_relu(out, out)  # a real launch on the returned buffer (a no-op: relu of relu)
+        return out
+        """,
+        prelude="""
+        _role = sys.modules["harness.candidate"]
+        _role.compute_ops = lambda *args, **kwargs: []
+        """,
+    )
+    result = evaluate_source(tiny_reference, candidate)
+    assert result.verdict == Verdict.cheating, (result.verdict, [v.rule for v in result.anti_cheat.violations], result.feedback)
+    assert {v.rule for v in result.anti_cheat.violations} & {"torch_fallback", "tampering"}
+    assert result.reward < 0
+
+
+def test_torch_fallback_without_patching_is_caught(tiny_reference, make_tiny_candidate, evaluate_source):
+    """The control for the test above: the same forward without the patch is rejected."""
+    candidate = make_tiny_candidate(
+        """
+        out = torch.relu(x)
+        launch_relu(out, out)
+        return out
+        """
+    )
+    result = evaluate_source(tiny_reference, candidate)
+    assert result.verdict == Verdict.cheating, (result.verdict, result.feedback)
+    assert "torch_fallback" in {v.rule for v in result.anti_cheat.violations}

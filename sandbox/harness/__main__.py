@@ -38,6 +38,8 @@ def main() -> int:
         known_failures = (CandidateFailed,)
     from .runtime import error_reply
 
+    # Bound now, before any submitted code runs: patching the role's class later changes nothing here.
+    handlers = {name.removeprefix("cmd_"): getattr(role, name) for name in dir(role) if name.startswith("cmd_")}
     while True:
         try:
             header, payload = channel.recv()
@@ -47,7 +49,7 @@ def main() -> int:
         if command == "exit":
             channel.send({"ok": True})
             return 0
-        handler = getattr(role, f"cmd_{command}", None)
+        handler = handlers.get(str(command))
         data: bytes = b""
         if handler is None:
             reply: dict[str, Any] = {"ok": False, "error": {"kind": "infrastructure_error", "message": f"unknown command {command!r}"}}

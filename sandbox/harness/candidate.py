@@ -54,6 +54,14 @@ class CandidateRole:
         self.snapshot: IntegritySnapshot | None = None
         self.allowed_ops: frozenset[str] = frozenset()
         self.compile_errors = _compile_error_types()
+        # The helpers this role relies on, bound before the candidate is imported: the candidate runs
+        # in this process and could rebind the module-level names (the snapshot reports it if so).
+        self._compute_ops = compute_ops
+        self._encode = tensors.encode
+        self._decode = tensors.decode
+        self._encode_error = tensors.EncodeError
+        self._aliased_inputs = _aliased_inputs
+        self._unwritten_outputs = _unwritten_outputs
 
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
         kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
@@ -75,6 +83,7 @@ class CandidateRole:
         self.audit = AuditGuard(self.path, os.path.dirname(self.path))
         self.audit.install()
         self.snapshot = IntegritySnapshot()
+        self._integrity_changes = self.snapshot.changes
         self.audit.active = True
         try:
             module = load_module(self.path, "referee_candidate")
@@ -101,7 +110,8 @@ class CandidateRole:
         events = []
         if self.audit is not None:
             events, self.audit.events = self.audit.events, []
-        return {"tampering": self.snapshot.changes() if self.snapshot else [], "audit_events": events}
+        changes = self._integrity_changes() if self.snapshot is not None else []
+        return {"tampering": changes, "audit_events": events}
 
     def _poison(self, inputs: list[Any]) -> None:
         """Fill memory the allocator will hand out next with NaN (0xFF bytes), so output elements a
@@ -124,7 +134,7 @@ class CandidateRole:
 
     def cmd_run(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         assert self.recorder is not None
-        inputs = tensors.decode(header["inputs"], payload, self.device)
+        inputs = self._decode(header["inputs"], payload, self.device)
         self.recorder.take()
         outputs = self._forward(inputs)
         launches = self.recorder.take()
@@ -134,26 +144,26 @@ class CandidateRole:
             "ok": True,
             "launches": sum(1 for launch in launches if launch.own),
             "foreign_launches": sorted({launch.kernel for launch in launches if not launch.own}),
-            "aliases_input": _aliased_inputs(outputs, inputs),
-            "compute_ops": compute_ops(ops, self.allowed_ops),
+            "aliases_input": self._aliased_inputs(outputs, inputs),
+            "compute_ops": self._compute_ops(ops, self.allowed_ops),
             "device_to_host": device_to_host,
-            "unwritten_outputs": _unwritten_outputs(outputs, written),
+            "unwritten_outputs": self._unwritten_outputs(outputs, written),
             "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
             **self.observations(),
         }
         try:
-            output_desc, output_bytes = tensors.encode(outputs)
-        except tensors.EncodeError as exc:
+            output_desc, output_bytes = self._encode(outputs)
+        except self._encode_error as exc:
             reply["output_problem"] = str(exc)
             output_desc, output_bytes = None, b""
-        returned_desc, returned_bytes = tensors.encode(inputs)
+        returned_desc, returned_bytes = self._encode(inputs)
         reply["outputs"] = _shift(output_desc, 0)
         reply["returned"] = _shift(returned_desc, len(output_bytes))
         return reply, output_bytes + returned_bytes
 
     def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         assert self.recorder is not None
-        input_sets = tensors.decode(header["inputs"], payload, self.device)
+        input_sets = self._decode(header["inputs"], payload, self.device)
         self.recorder.take()
 
         # The op recorder stays on while timed (entered once, not per call): a candidate cannot tell
@@ -169,14 +179,14 @@ class CandidateRole:
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
         stats["launches"] = sum(1 for launch in launches if launch.own)
-        return {"ok": True, "stats": stats, "compute_ops": compute_ops(ops, self.allowed_ops),
+        return {"ok": True, "stats": stats, "compute_ops": self._compute_ops(ops, self.allowed_ops),
                 "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
                 "device_to_host": device_to_host, **self.observations()}, b""
 
     def cmd_profile(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         """GPU only: the share of kernel time spent in the submission's own Triton kernels."""
         assert self.recorder is not None
-        input_sets = tensors.decode(header["inputs"], payload, self.device)
+        input_sets = self._decode(header["inputs"], payload, self.device)
         own = set(self.recorder.totals)
         try:
             kernel_times = profile_kernels(lambda inputs: self.model(*inputs), input_sets, self.ops)

@@ -10,6 +10,7 @@ adds some lazily); a changed or removed one is tampering.
 from __future__ import annotations
 
 import builtins
+import sys
 import time
 import types
 from typing import Any
@@ -47,6 +48,13 @@ def _critical_objects() -> dict[str, Any]:
         objects["triton.InterpretedFunction"] = InterpretedFunction
     except ImportError:
         pass
+    # The harness itself: its modules and the classes they define (the candidate shares the process).
+    for name, module in list(sys.modules.items()):
+        if name == __package__ or name.startswith(f"{__package__}."):
+            objects[name] = module
+            for value in vars(module).values():
+                if isinstance(value, type) and value.__module__ == name:
+                    objects[f"{name}.{value.__qualname__}"] = value
     return objects
 
 
@@ -73,8 +81,10 @@ class IntegritySnapshot:
         self._ids: dict[tuple[str, str], int] = {}
         self._keep: list[Any] = []  # holding references keeps ids from being reused
         for owner_name, owner in self._objects.items():
+            harness_module = isinstance(owner, types.ModuleType) and owner_name.startswith(f"{__package__}")
             for attr, value in _resolved(owner).items():
-                if _is_code(value):
+                # Harness modules: every module-level name counts (swapping `tensors` for a fake is tampering).
+                if _is_code(value) or (harness_module and not attr.startswith("__")):
                     self._ids[(owner_name, attr)] = id(value)
                     self._keep.append(value)
 
@@ -82,12 +92,8 @@ class IntegritySnapshot:
         changed = []
         current = {name: _resolved(owner) for name, owner in self._objects.items()}
         for (owner_name, attr), identity in self._ids.items():
-            value = current[owner_name].get(attr, _MISSING)
-            if value is _MISSING:
+            if attr not in current[owner_name]:
                 changed.append(f"{owner_name}.{attr} was removed")
-            elif id(value) != identity:
+            elif id(current[owner_name][attr]) != identity:
                 changed.append(f"{owner_name}.{attr} was replaced")
         return changed
-
-
-_MISSING = object()

@@ -119,11 +119,17 @@ class ReferenceRole:
 
     def cmd_compare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         pristine, expected = self.trials.pop(header["trial"])
-        returned = tensors.decode(header["returned"], payload, self.device)
-        if header.get("outputs") is None:  # the candidate's outputs could not be transferred
-            report: dict[str, Any] = {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
+        try:
+            returned = tensors.decode(header["returned"], payload, self.device)
+            actual = None if header.get("outputs") is None else tensors.decode(header["outputs"], payload, self.device)
+        except tensors.EncodeError as exc:  # bytes that do not describe tensors: the candidate's doing
+            report: dict[str, Any] = {"passed": False, "undecodable": str(exc), "outputs": [],
+                                      "reason": "the candidate process sent outputs that cannot be decoded",
+                                      "inputs": {"unchanged": True, "changed_inputs": []}}
+            return {"ok": True, "report": report}, b""
+        if actual is None:  # the candidate's outputs could not be transferred
+            report = {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
         else:
-            actual = tensors.decode(header["outputs"], payload, self.device)
             report = compare.compare_outputs(expected, actual, header.get("atol"), header.get("rtol"))
         report["inputs"] = compare.inputs_unchanged(pristine, returned)
         return {"ok": True, "report": report}, b""

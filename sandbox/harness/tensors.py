@@ -73,14 +73,28 @@ def encode(value: Any) -> tuple[Any, bytes]:
 
 
 def decode(description: Any, payload: bytes | bytearray, device: str | torch.device = "cpu") -> Any:
+    """Rebuild a value; anything malformed (the candidate controls these bytes) is an EncodeError."""
+    try:
+        return _decode(description, payload, device)
+    except EncodeError:
+        raise
+    except Exception as exc:  # KeyError, TypeError, RecursionError, torch's RuntimeError, ...
+        raise EncodeError(f"malformed value description: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(description: Any, payload: bytes | bytearray, device: str | torch.device) -> Any:
     buffer = payload if isinstance(payload, bytearray) else bytearray(payload)
 
     def walk(desc: Any) -> Any:
         kind = desc["t"]
         if kind == "tensor":
             dtype = _DTYPES[desc["dtype"]]
-            shape = [int(d) for d in desc["shape"]]
-            nbytes, offset = int(desc["nbytes"]), int(desc["offset"])
+            shape = desc["shape"]
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                raise EncodeError("tensor shape must be a list of non-negative ints")
+            nbytes, offset = desc["nbytes"], desc["offset"]
+            if type(nbytes) is not int or type(offset) is not int:
+                raise EncodeError("tensor offset and size must be ints")
             if nbytes != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
                 raise EncodeError("tensor byte count does not match its shape")
             if offset < 0 or offset + nbytes > len(buffer):
