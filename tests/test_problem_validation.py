@@ -1,0 +1,82 @@
+"""Problem validation (degenerate problems) and the documented rule table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox.evaluate import evaluate
+from sandbox.models import EvalConfig, Problem, Submission, Verdict
+from sandbox.rules import RULES
+
+ROOT = Path(__file__).resolve().parents[1]
+HONEST_FILL = '''
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def fill_kernel(out_ptr, n, value, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.zeros([BLOCK], dtype=tl.float32) + value, mask=offs < n)
+
+
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        out = torch.empty_like(x)
+        fill_kernel[(triton.cdiv(x.numel(), 256),)](out, x.numel(), 1.0, BLOCK=256)
+        return out
+'''
+
+CONSTANT = '''
+import torch
+import torch.nn as nn
+
+n = 64
+
+
+class Model(nn.Module):
+    def forward(self, x):
+        return torch.ones_like(x)
+
+
+def get_inputs():
+    return [torch.randn(n)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+INPUT_IGNORED = CONSTANT.replace("return torch.ones_like(x)", "return x * 0 + 1")
+
+
+@pytest.mark.parametrize("source", [CONSTANT, INPUT_IGNORED], ids=["constant", "input_ignored"])
+def test_degenerate_problem_gets_a_warning(source: str) -> None:
+    result = evaluate(Problem(source=source), Submission(source=HONEST_FILL), EvalConfig(device="cpu", trials=1))
+    warnings = [w.rule for w in result.anti_cheat.warnings]
+    assert "degenerate_problem" in warnings
+    assert result.verdict == Verdict.correct  # a warning, not a verdict: the fill kernel does match
+
+
+def test_ordinary_problem_gets_no_degenerate_warning() -> None:
+    example = ROOT / "examples" / "relu"
+    result = evaluate(
+        Problem(source=(example / "reference.py").read_text()),
+        Submission(source=(example / "candidate.py").read_text()),
+        EvalConfig(device="cpu", trials=1),
+    )
+    assert result.verdict == Verdict.correct
+    assert "degenerate_problem" not in [w.rule for w in result.anti_cheat.warnings]
+
+
+def test_readme_documents_every_rule() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for rule_id in RULES:
+        assert f"| `{rule_id}` |" in readme, rule_id
