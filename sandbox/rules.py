@@ -58,7 +58,8 @@ RULES: dict[str, Rule] = {
         Rule(
             "output_not_written_by_kernel", Severity.fatal,
             "outputs produced elsewhere (a decoy launch on a scratch buffer, a cached tensor, a torch result)",
-            "the storage of every returned tensor must have been an argument of a Triton launch in the same forward call",
+            "the storage of every returned tensor must have been an argument of a Triton launch in the same forward call "
+            "(not applied when the problem or request allows torch ops)",
             "a returned tensor was not passed to any of your Triton kernels in that call; return the buffers your kernels write",
         ),
         Rule(

@@ -80,3 +80,14 @@ def test_readme_documents_every_rule() -> None:
     readme = (ROOT / "README.md").read_text()
     for rule_id in RULES:
         assert f"| `{rule_id}` |" in readme, rule_id
+
+
+def test_problem_allowlist_admits_a_named_torch_op() -> None:
+    """The partial fallback of tests/exploits/torch_fallback_partial.py (an `add` after the kernel)
+    is fatal by default and accepted when the problem allows `add`."""
+    problem = (ROOT / "tests" / "exploits" / "problem.py").read_text()
+    candidate = Submission(source=(ROOT / "tests" / "exploits" / "torch_fallback_partial.py").read_text())
+    allowed = evaluate(Problem(source=problem + '\nALLOWED_OPS = ["add"]\n'), candidate, EvalConfig(device="cpu", trials=1))
+    assert allowed.verdict == Verdict.correct, allowed.anti_cheat.violations
+    refused = evaluate(Problem(source=problem), candidate, EvalConfig(device="cpu", trials=1))
+    assert "torch_fallback" in [v.rule for v in refused.anti_cheat.violations]

@@ -59,6 +59,7 @@ class ReferenceRole:
             "init_inputs": description,
             "atol": getattr(self.module, "ATOL", None),
             "rtol": getattr(self.module, "RTOL", None),
+            "allowed_ops": [str(op) for op in getattr(self.module, "ALLOWED_OPS", [])],
             "warnings": warnings,
             "valid_sets": valid_sets,
         }
