@@ -77,7 +77,7 @@ class CandidateRole:
         self.recorder.install()
         if os.environ.get("TRITON_INTERPRET") == "1":
             host_clock_autotuning()
-        with self.ops:  # first entry imports torch._dynamo, which rewraps torch functions: before the snapshot
+        with self.ops:  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
             torch.empty(0)
         self.ops.take()
         self.audit = AuditGuard(self.path, os.path.dirname(self.path))

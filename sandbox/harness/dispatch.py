@@ -40,6 +40,12 @@ def op_name(func: Any) -> str:
 class OpRecorder(TorchDispatchMode):
     """Counts dispatched ops and device-to-host copies."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Otherwise torch wraps __torch_dispatch__ so that its first call imports torch._dynamo
+        # (1.5 s per candidate process); this mode never runs under torch.compile.
+        return False
+
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
