@@ -12,5 +12,6 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=cs
 status=0
 REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1
 python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1
-python3 bench/gpu_examples.py --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1
+python3 bench/timing_overhead.py --out "$OUT" 2>&1 | tee "$OUT/timing-overhead.log" || status=1
+python3 bench/gpu_examples.py --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1
 exit $status
