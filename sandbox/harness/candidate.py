@@ -4,6 +4,7 @@ outputs, returned inputs, launch counts and timings."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
@@ -80,6 +81,9 @@ class CandidateRole:
         with self.ops:  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
             torch.empty(0)
         self.ops.take()
+        if self.device.type == "cuda":
+            # The profiler imports torch._dynamo lazily, and that rewraps torch.manual_seed.
+            importlib.import_module("torch._dynamo")
         self.audit = AuditGuard(self.path, os.path.dirname(self.path))
         self.audit.install()
         self.snapshot = IntegritySnapshot()
