@@ -102,17 +102,23 @@ class _Run:
         return reply, data
 
 
+def plan_problem(source: str, input_sets: list[dict[str, int]] | None = None) -> list[dict[str, int]]:
+    """Check a reference statically and return the input sets it will be checked on (the first is
+    the original). Raises ProblemSourceError for a reference that is not a usable problem."""
+    tree = static_checks.check_problem(source)
+    try:
+        return [{}] + [s for s in input_sets if s] if input_sets is not None else plan_input_sets(tree)
+    except ValueError as exc:
+        raise ProblemSourceError(str(exc)) from exc
+
+
 def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None = None, *,
              job_id: str | None = None, python: str | None = None) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem."""
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
-    tree = static_checks.check_problem(problem.source)
-    try:
-        input_sets = [{}] + [s for s in config.input_sets if s] if config.input_sets is not None else plan_input_sets(tree)
-    except ValueError as exc:
-        raise ProblemSourceError(str(exc)) from exc
+    input_sets = plan_problem(problem.source, config.input_sets)
     failure = static_checks.check_candidate(submission.source)
     static_ms = (time.monotonic() - started) * 1e3
     if failure is not None:

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_SOURCE_BYTES = 256 * 1024
+MAX_SOURCE_BYTES = 256 * 1024  # the default limit at the edges (CLI files, API requests)
+_MAX_MODEL_SOURCE_CHARS = 16 * MAX_SOURCE_BYTES  # a hard cap in the models, above any configured limit
 
 
 class Verdict(str, Enum):
@@ -34,7 +35,7 @@ class _Strict(BaseModel):
 class Problem(_Strict):
     """A KernelBench-format reference: `Model`, `get_inputs()`, `get_init_inputs()`."""
 
-    source: str = Field(min_length=1, max_length=MAX_SOURCE_BYTES)
+    source: str = Field(min_length=1, max_length=_MAX_MODEL_SOURCE_CHARS)
     name: str = "problem"
 
     @property
@@ -45,7 +46,7 @@ class Problem(_Strict):
 class Submission(_Strict):
     """A candidate defining `ModelNew` with at least one `@triton.jit` kernel."""
 
-    source: str = Field(max_length=MAX_SOURCE_BYTES)
+    source: str = Field(max_length=_MAX_MODEL_SOURCE_CHARS)
     name: str = "candidate"
 
     @property

@@ -18,8 +18,8 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from sandbox.input_sets import plan_input_sets
-from sandbox.static_checks import ProblemSourceError, check_problem
+from sandbox.evaluate import plan_problem
+from sandbox.static_checks import ProblemSourceError
 from worker.jobs import failure_document
 
 from .metrics import Metrics
@@ -78,9 +78,8 @@ class Evaluations:
     def _validate_problem(self, source: str, input_sets: list[dict[str, int]] | None, what: str) -> list[dict[str, int]]:
         """The engine's own static problem checks, so an unusable reference is a 422 now, not a result later."""
         try:
-            tree = check_problem(source)
-            return [{}] + [s for s in input_sets if s] if input_sets is not None else plan_input_sets(tree)
-        except (ProblemSourceError, ValueError) as exc:
+            return plan_problem(source, input_sets)
+        except ProblemSourceError as exc:
             raise self._reject(422, "problem_source", f"{what}: {exc}") from exc
 
     def prepare(self, owner: str, request: EvaluationRequest, where: str = "") -> Prepared:
