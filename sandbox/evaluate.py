@@ -32,6 +32,7 @@ from .models import (
     Violation,
 )
 from .process import HarnessDied, HarnessProcess, HarnessTimeout
+from .reference_cache import ReferenceCache
 from .reward import compute_reward
 from .static_checks import ProblemSourceError
 
@@ -74,6 +75,9 @@ class _Run:
     performance: Performance = field(default_factory=Performance)
     anti_cheat: AntiCheat = field(default_factory=AntiCheat)
     environment: Environment = field(default_factory=Environment)
+    problem_sha256: str = ""
+    input_sets: list[dict[str, int]] = field(default_factory=list)
+    reference_cache: ReferenceCache | None = None
     tolerance: tuple[float | None, float | None] = (None, None)
     allowed_ops: list[str] = field(default_factory=list)
     compiled: bool = False
@@ -113,8 +117,10 @@ def plan_problem(source: str, input_sets: list[dict[str, int]] | None = None) ->
 
 
 def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None = None, *,
-             job_id: str | None = None, python: str | None = None) -> EvaluationResult:
-    """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem."""
+             job_id: str | None = None, python: str | None = None,
+             reference_cache: ReferenceCache | None = None) -> EvaluationResult:
+    """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
+    With `reference_cache`, the reference's timing is reused for the same problem, plan and card."""
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
@@ -141,6 +147,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         config=config, device=device, salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python),
         candidate=HarnessProcess("candidate", workdir / "candidate", device, python),
+        problem_sha256=problem.sha256, reference_cache=reference_cache,
     )
     run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
@@ -187,6 +194,7 @@ def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list
         config.rtol if config.rtol is not None else reply.get("rtol"),
     )
     run.allowed_ops = sorted({*config.allowed_ops, *reply.get("allowed_ops", [])})
+    run.input_sets = input_sets
     run.correctness.input_sets = len(input_sets)
     run.correctness.input_set_overrides = input_sets
 
@@ -284,7 +292,18 @@ def _time(run: _Run) -> None:
     seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
     options = {"max_seconds": run.config.max_timing_seconds}
     reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
-    reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})
+    cache_key = None
+    if run.reference_cache is not None:
+        cache_key = run.reference_cache.key(run.problem_sha256, run.input_sets, run.environment.model_dump(),
+                                            {"sets": run.config.timing_sets, **options})
+    cached = run.reference_cache.get(cache_key) if run.reference_cache is not None and cache_key else None
+    if cached is not None:
+        reference = {"stats": cached}
+        run.performance.reference_cached = True
+    else:
+        reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})
+        if run.reference_cache is not None and cache_key:
+            run.reference_cache.put(cache_key, reference["stats"])
     candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": reply["inputs"], "options": options}, bytes(inputs))
     run.add_violations(_watch_violations(candidate, "timing"))
     if run.device == "cuda":

@@ -126,6 +126,7 @@ class Performance(_Strict):
     method: str | None = None
     triton_time_fraction: float | None = None
     host_event_ratio: float | None = None
+    reference_cached: bool = False
     meaningful: bool = False
     note: str | None = None
 

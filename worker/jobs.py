@@ -6,11 +6,20 @@ returns, and the service turns that, or a failure, into the final result.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sandbox.evaluate import evaluate
 from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from sandbox.reference_cache import ReferenceCache
 from sandbox.static_checks import ProblemSourceError
+
+# Shared by every job of this host (RQ runs each job in a fresh work-horse process, so the
+# directory is what carries reference timings from one evaluation of a problem to the next).
+REFERENCE_CACHE = ReferenceCache(
+    os.environ.get("REFEREE_REFERENCE_CACHE_DIR") or Path.home() / ".cache" / "triton-referee" / "reference"
+)
 
 
 def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +35,7 @@ def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
     submission = Submission.model_validate(payload["submission"])
     config = EvalConfig.model_validate(payload["config"])
     try:
-        result = evaluate(problem, submission, config, job_id=evaluation_id)
+        result = evaluate(problem, submission, config, job_id=evaluation_id, reference_cache=REFERENCE_CACHE)
     except ProblemSourceError as exc:
         result = EvaluationResult(
             id=evaluation_id,
