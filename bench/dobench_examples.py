@@ -7,21 +7,17 @@ example, candidate and reference, in one plain process (no harness, no hooks).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import torch
 import triton.testing
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "sandbox"))
 
-
-def load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from harness.runtime import load_module  # noqa: E402
 
 
 def main() -> None:
@@ -30,8 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = {}
     for problem_dir in sorted(p for p in (ROOT / "examples").iterdir() if (p / "candidate.py").is_file()):
-        reference = load(problem_dir / "reference.py", f"ref_{problem_dir.name}")
-        candidate = load(problem_dir / "candidate.py", f"cand_{problem_dir.name}")
+        reference = load_module(problem_dir / "reference.py", f"ref_{problem_dir.name}")
+        candidate = load_module(problem_dir / "candidate.py", f"cand_{problem_dir.name}")
         torch.manual_seed(0)
         with torch.device("cuda"):
             model = reference.Model(*reference.get_init_inputs())

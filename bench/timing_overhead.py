@@ -7,7 +7,6 @@ one process with the harness's watchers added one at a time.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -22,14 +21,8 @@ sys.path.insert(0, str(ROOT / "sandbox"))
 from harness.audit import AuditGuard  # noqa: E402
 from harness.dispatch import OpRecorder  # noqa: E402
 from harness.launches import LaunchRecorder  # noqa: E402
+from harness.runtime import load_module  # noqa: E402
 from harness.timing import CudaTimer  # noqa: E402
-
-
-def load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -38,10 +31,10 @@ def main() -> None:
     parser.add_argument("--problem", default="relu")
     args = parser.parse_args()
     device = torch.device("cuda")
-    reference = load(ROOT / "examples" / args.problem / "reference.py", "ref")
+    reference = load_module(ROOT / "examples" / args.problem / "reference.py", "ref")
     candidate_path = ROOT / "examples" / args.problem / "candidate.py"
     recorder = LaunchRecorder(candidate_file=str(candidate_path))
-    candidate = load(candidate_path, "cand")
+    candidate = load_module(candidate_path, "cand")
     with torch.device(device):
         model = candidate.ModelNew(*reference.get_init_inputs())
         input_sets = [reference.get_inputs() for _ in range(4)]
