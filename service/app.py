@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .evaluations import Evaluations
+from .integrations.openrlhf import router as openrlhf_router
 from .metrics import Metrics
 from .queue import EmbeddedQueue, JobQueue, RQQueue
 from .routes import router
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.referee = referee
     app.include_router(router)
+    app.include_router(openrlhf_router)
 
     @app.middleware("http")
     async def observe(request: Any, call_next: Any) -> Any:

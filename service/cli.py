@@ -7,8 +7,9 @@ unreadable, oversized or unusable input file; 3 Referee itself failed.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -93,8 +94,13 @@ def check(
     reward: Annotated[str, typer.Option(help="reward preset: tritonrl, fast_p or drkernel")] = "tritonrl",
     atol: Annotated[float | None, typer.Option(help="absolute tolerance override")] = None,
     rtol: Annotated[float | None, typer.Option(help="relative tolerance override")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="text, json, or github (workflow annotations on the offending lines)")] = "text",
+    junit: Annotated[Path | None, typer.Option(help="also write the result as JUnit XML to this file")] = None,
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
+    if output_format not in ("text", "json", "github"):
+        err.print(f"error: --format must be text, json or github, not {output_format!r}")
+        raise typer.Exit(EXIT_USAGE)
     if device not in ("auto", "cuda", "cpu"):
         err.print(f"error: --device must be auto, cuda or cpu, not {device!r}")
         raise typer.Exit(EXIT_USAGE)
@@ -103,7 +109,8 @@ def check(
         raise typer.Exit(EXIT_USAGE)
     try:
         problem = Problem(source=read_source(reference, "reference"), name=reference.stem)
-        submission = Submission(source=read_source(candidate, "candidate"), name=candidate.stem)
+        candidate_source = read_source(candidate, "candidate")
+        submission = Submission(source=candidate_source, name=candidate.stem)
     except InputFileError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -120,8 +127,22 @@ def check(
     except Exception as exc:  # a fault of Referee itself: exit 3, never the candidate's 1
         err.print(f"internal error: {type(exc).__name__}: {exc}")
         raise typer.Exit(EXIT_INFRA) from None
-    if json_output:
+    if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
+        from sandbox.feedback import write_feedback
+
+        result.feedback = write_feedback(result, source=candidate_source)  # quote the offending lines
+    if junit is not None:
+        from .reports import Case, junit_xml
+
+        problem_name = reference.parent.name if reference.stem == "reference" else reference.stem
+        junit.write_text(junit_xml([Case(name=str(candidate), problem=problem_name, result=result, candidate_path=str(candidate))]))
+    if json_output or output_format == "json":
         typer.echo(result.model_dump_json())
+    elif output_format == "github":
+        from .reports import github_annotations
+
+        for line in github_annotations(result, str(candidate), candidate_source):
+            typer.echo(line)
     else:
         print_summary(Console(), result)
     raise typer.Exit(exit_code(result))
@@ -209,24 +230,157 @@ def demo(
         raise typer.Exit(EXIT_FAILED)
 
 
+@dataclass
+class BatchItem:
+    problem: str
+    name: str
+    reference: str
+    candidate: str | None  # None: the completion held no code (answered locally, never sent)
+    candidate_path: str | None = None
+    expected: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _manifest_items(manifest: Path) -> list[BatchItem]:
+    """JSONL: {"reference": PATH, "candidate": PATH | "completion": TEXT, "name"?, "problem"?, "expected"?, "options"?};
+    paths are relative to the manifest; `reference_source` / `candidate_source` give sources inline."""
+    from .completions import extract_candidate
+
+    items = []
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise ValueError("not a JSON object")
+            if "reference_source" in entry:
+                reference, problem = entry["reference_source"], entry.get("problem", f"problem{number}")
+            else:
+                path = manifest.parent / entry["reference"]
+                reference = read_source(path, "reference")
+                problem = entry.get("problem") or (path.parent.name if path.stem == "reference" else path.stem)
+            candidate_path = None
+            if "candidate_source" in entry:
+                candidate = entry["candidate_source"]
+            elif "completion" in entry:
+                candidate = extract_candidate(entry["completion"])
+            else:
+                candidate_path = str(manifest.parent / entry["candidate"])
+                candidate = read_source(Path(candidate_path), "candidate")
+            name = entry.get("name") or (Path(candidate_path).stem if candidate_path else f"item{number}")
+            items.append(BatchItem(problem, name, reference, candidate, candidate_path, entry.get("expected"), entry.get("options", {})))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputFileError(f"{manifest}:{number}: {type(exc).__name__}: {exc}") from exc
+    return items
+
+
+def _directory_items(problems: Path, candidates: Path | None) -> list[BatchItem]:
+    """DIR/*/reference.py with DIR/*/candidate*.py; or, with --candidates CDIR, KernelBench-style
+    problem files DIR/*.py (or DIR/*/reference.py) and their candidates CDIR/STEM.py or CDIR/STEM/*.py."""
+    if candidates is None:
+        return [BatchItem(problem_dir.name, path.stem, read_source(problem_dir / "reference.py", "reference"),
+                          read_source(path, "candidate"), str(path),
+                          EXPECTED_VERDICTS[path.stem].value if path.stem in EXPECTED_VERDICTS else None)
+                for problem_dir, path in _example_pairs(problems)]
+    items = []
+    references = sorted(problems.glob("*.py")) + sorted(problems.glob("*/reference.py"))
+    for reference in references:
+        stem = reference.parent.name if reference.name == "reference.py" else reference.stem
+        found = sorted(candidates.glob(f"{stem}.py")) + sorted((candidates / stem).glob("*.py"))
+        source = read_source(reference, "reference")
+        items += [BatchItem(stem, path.stem if path.parent != candidates else path.name, source, read_source(path, "candidate"), str(path))
+                  for path in found]
+    return items
+
+
+def _write_batch_outputs(out: Path, items: list[BatchItem], results: list[EvaluationResult], title: str) -> dict[str, Any]:
+    from .reports import Case, html_report, summarize
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    with (out / "results.jsonl").open("w") as stream:
+        for index, (item, result) in enumerate(zip(items, results, strict=True)):
+            stream.write(json.dumps({"index": index, "problem": item.problem, "name": item.name, "candidate_path": item.candidate_path,
+                                     "result": result.model_dump(mode="json")}) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    cases = [Case(item.name, item.problem, result, item.candidate_path) for item, result in zip(items, results, strict=True)]
+    (out / "report.html").write_text(html_report(cases, summary, title))
+    return summary
+
+
 @app.command()
 def batch(
-    examples: Annotated[Path, typer.Argument(help="directory of problems: DIR/*/reference.py with DIR/*/candidate*.py")],
+    source: Annotated[Path, typer.Argument(help="DIR/*/reference.py with DIR/*/candidate*.py, a problem directory with --candidates, "
+                                                 "or a JSONL manifest")],
     server: Annotated[str, typer.Option(envvar="REFEREE_SERVER", help="base URL of a Referee server")] = "http://127.0.0.1:8000",
     api_key: Annotated[str | None, typer.Option(envvar="REFEREE_API_KEY", help="sent as X-API-Key")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    candidates: Annotated[Path | None, typer.Option(help="directory of candidates: CDIR/PROBLEM.py or CDIR/PROBLEM/*.py")] = None,
+    out: Annotated[Path | None, typer.Option(help="write results.jsonl, summary.json and report.html here")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, max=100, help="correctness trials per candidate")] = None,
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the whole batch")] = 3600.0,
 ) -> None:
-    """Score every candidate under DIR on a server as one batch, with a progress bar and a table."""
+    """Score many candidates on a server as one batch, with a progress bar, a table and a summary
+    (fast_p at p = 0, 1, 1.5, 2; geometric-mean speedup; verdicts; violations by rule)."""
     import httpx
 
-    from .client import ApiError, RefereeClient
+    from .client import ApiError, RefereeClient, missing_result
+    from .completions import no_code_result
+    from .reports import summarize
 
     try:
+        items = _manifest_items(source) if source.is_file() else _directory_items(source, candidates)
+    except InputFileError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if not items:
+        err.print(f"error: no candidates found under {source}")
+        raise typer.Exit(EXIT_USAGE)
+    sent = [i for i, item in enumerate(items) if item.candidate is not None]
+    bodies = [{"reference": items[i].reference, "candidate": items[i].candidate, "name": f"{items[i].problem}/{items[i].name}",
+               "device": device, **({"trials": trials} if trials else {}), **items[i].options} for i in sent]
+    console = Console()
+    found: dict[int, dict[str, Any]] = {}
+    try:
         with RefereeClient(server, api_key) as client:
-            surprises = _score_examples(client, examples, device, f"Triton Referee: {examples}")
+            if bodies:
+                created = client.create_batch(bodies, name=f"referee batch {source}")
+                with Progress(console=console, transient=True) as progress:
+                    task = progress.add_task(f"checking {len(bodies)} candidates", total=len(bodies))
+
+                    def advance(item: dict) -> None:
+                        progress.update(task, advance=1, description=f"{bodies[item['index']]['name']}: {item['result']['verdict']}")
+
+                    found = client.follow(created["id"], len(bodies), advance, timeout=timeout)
     except (ApiError, httpx.HTTPError) as exc:
         err.print(f"error: {server}: {exc}")
         raise typer.Exit(EXIT_INFRA) from None
+    results: list[EvaluationResult] = [no_code_result() for _ in items]
+    for position, index in enumerate(sent):
+        view = found.get(position)
+        results[index] = EvaluationResult.model_validate(view) if view else missing_result(f"item-{index}", f"no result after {timeout:g} s")
+    table = Table(title=f"Triton Referee: {source}")
+    for column in ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"):
+        table.add_column(column)
+    surprises = 0
+    for item, result in zip(items, results, strict=True):
+        verdict = result.verdict.value
+        surprises += item.expected is not None and item.expected != verdict
+        colour = "green" if item.expected in (None, verdict) else "red"
+        speedup = result.performance.speedup
+        table.add_row(item.problem, item.name, f"[{colour}]{verdict}[/]", item.expected or "-", f"{result.reward:g}",
+                      f"{speedup:.2f}x" if speedup is not None else "n/a (cpu)", f"{result.timings_ms.total / 1e3:.1f}")
+    console.print(table)
+    summary = _write_batch_outputs(out, items, results, f"Triton Referee: {source}") if out else summarize(results)
+    fast_p = ", ".join(f"fast_{p}={'n/a' if v is None else f'{v:.3f}'}" for p, v in summary["fast_p"].items())
+    geomean = summary["geomean_speedup"]
+    console.print(f"{summary['total']} candidates: {', '.join(f'{k} {v}' for k, v in summary['verdicts'].items() if v)}")
+    console.print(f"{fast_p}; geometric-mean speedup {'n/a' if geomean is None else f'{geomean:.3f}x'}")
+    if summary["violations_by_rule"]:
+        console.print("violations: " + ", ".join(f"{k} {v}" for k, v in summary["violations_by_rule"].items()))
+    if out:
+        console.print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'}, {out / 'report.html'}")
     if surprises:
         err.print(f"{surprises} candidate(s) got an unexpected verdict")
         raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,111 @@
+"""What every adapter shares: configuration, the problem spec, completion -> result -> score."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.feedback import write_feedback
+from sandbox.models import EvaluationResult, Verdict
+
+from ..client import RefereeClient
+from ..completions import extract_candidate, no_code_result
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+_PROBLEM_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def problem_spec(value: Any) -> dict[str, Any]:
+    """The problem part of a request from a trainer's label / ground truth:
+
+    - a dict with `reference` or `problem_id` (and optionally `options`, merged into the request);
+    - a JSON string of such a dict;
+    - a 64-hex string: a problem id registered with POST /v1/problems;
+    - any other string: the reference source itself."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("{"):
+            try:
+                value = json.loads(stripped)
+            except ValueError:
+                pass
+        elif _PROBLEM_ID.match(stripped):
+            return {"problem_id": stripped}
+    if isinstance(value, dict):
+        spec = {k: value[k] for k in ("reference", "problem_id") if value.get(k)}
+        if not spec:
+            raise ValueError("the ground truth names no problem: give `reference` (source) or `problem_id`")
+        return {**value.get("options", {}), **spec}
+    if isinstance(value, str) and value.strip():
+        return {"reference": value}
+    raise ValueError(f"cannot read a problem from {type(value).__name__} {str(value)[:80]!r}")
+
+
+def _env_options() -> dict[str, Any]:
+    raw = os.environ.get("REFEREE_OPTIONS", "").strip()
+    return json.loads(raw) if raw else {}
+
+
+@dataclass
+class RefereeScorer:
+    """Completions in, result documents out, through one Referee server.
+
+    `options` go into every request (trials, reward preset, timeout_s, ...); `concurrency` bounds
+    the evaluations in flight for a batch of completions."""
+
+    url: str = DEFAULT_URL
+    api_key: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    concurrency: int = 16
+    timeout: float = 900.0
+
+    def results(self, completions: Sequence[str], problems: Sequence[Any]) -> list[EvaluationResult]:
+        """One result per completion (same order). Completions without code never reach the server."""
+        if len(completions) != len(problems):
+            raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
+        sources = [extract_candidate(c) for c in completions]
+        results: list[EvaluationResult | None] = [None if s is not None else no_code_result() for s in sources]
+        pending = [i for i, s in enumerate(sources) if s is not None]
+        bodies = [{**self.options, **problem_spec(problems[i]), "candidate": sources[i]} for i in pending]
+        if bodies:
+            with RefereeClient(self.url, self.api_key, timeout=60.0) as client:
+                for i, result in zip(pending, client.evaluate_many(bodies, concurrency=self.concurrency, timeout=self.timeout), strict=True):
+                    if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
+                        result.feedback = write_feedback(result, source=sources[i])  # quote the offending lines
+                    results[i] = result
+        return [r for r in results if r is not None]
+
+    def result(self, completion: str, problem: Any) -> EvaluationResult:
+        return self.results([completion], [problem])[0]
+
+
+def scorer_from_env(**overrides: Any) -> RefereeScorer:
+    """REFEREE_URL (or REFEREE_SERVER), REFEREE_API_KEY, REFEREE_OPTIONS (a JSON object), REFEREE_CONCURRENCY."""
+    values: dict[str, Any] = {
+        "url": os.environ.get("REFEREE_URL") or os.environ.get("REFEREE_SERVER") or DEFAULT_URL,
+        "api_key": os.environ.get("REFEREE_API_KEY") or None,
+        "options": _env_options(),
+        "concurrency": int(os.environ.get("REFEREE_CONCURRENCY", "16")),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RefereeScorer(**values)
+
+
+def components(result: EvaluationResult) -> dict[str, Any]:
+    """The reward and its parts, flat (what trainers log next to the score)."""
+    speedup = result.performance.speedup
+    return {
+        "score": float(result.reward),
+        "correctness": float(result.rewards.correctness),
+        "speedup_reward": float(result.rewards.speedup),
+        "speedup": float(speedup) if speedup is not None else 0.0,
+        "compiled": float(result.compiled),
+        "correct": float(result.correct),
+        "cheating": float(result.verdict == Verdict.cheating),
+        "verdict": result.verdict.value,
+        "feedback": result.feedback,
+    }
