@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import math
@@ -86,9 +87,25 @@ def annotation_lines(result: EvaluationResult, source: str | None) -> list[int]:
         for op in sorted(ops):
             pattern = re.compile(rf"[.\s(]{re.escape(op)}\s*\(")
             lines += [i for i, line in enumerate(text, 1) if pattern.search(line) and not line.lstrip().startswith("#")]
+    if result.verdict == Verdict.cheating and not lines:
+        lines = _forward_returns(source)
     if result.verdict in (Verdict.incorrect, Verdict.cheating) and not lines:
         lines = [i for i, line in enumerate(text, 1) if re.match(r"\s*@\s*triton\s*\.\s*jit", line)]
     return sorted(set(lines))
+
+
+def _forward_returns(source: str) -> list[int]:
+    """The `return` lines of ModelNew.forward (parsed, never run)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "ModelNew":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "forward":
+                    return [n.lineno for n in ast.walk(item) if isinstance(n, ast.Return)]
+    return []
 
 
 def github_annotations(result: EvaluationResult, path: str, source: str | None = None) -> list[str]:
