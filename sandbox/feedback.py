@@ -99,7 +99,7 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
             text += f" Passed {c.passed} of {c.trials} trials"
             if c.max_abs_error is not None:
                 text += f"; max abs error {c.max_abs_error:.3g}"
-            if c.max_rel_error is not None:
+            if c.max_rel_error:
                 text += f", max rel error {c.max_rel_error:.3g}"
             if c.atol is not None:
                 text += f" (tolerance atol={c.atol:g}, rtol={c.rtol:g})"
