@@ -148,6 +148,59 @@ def check(
     raise typer.Exit(exit_code(result))
 
 
+@app.command("check-kernels")
+def check_kernels(
+    candidates: Annotated[list[Path], typer.Argument(help="candidate files; each is checked against REFERENCE_NAME in its directory")],
+    reference_name: Annotated[str, typer.Option(help="the reference's file name next to each candidate")] = "reference.py",
+    trials: Annotated[int, typer.Option(min=1, max=100, help="correctness trials")] = 5,
+    timeout: Annotated[float, typer.Option(min=1.0, help="wall-clock limit per candidate in seconds")] = 120.0,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    output_format: Annotated[str, typer.Option("--format", help="text or github (workflow annotations)")] = "text",
+    junit: Annotated[Path | None, typer.Option(help="write every result as one JUnit XML file")] = None,
+) -> None:
+    """Check several candidates, each against the reference next to it (the pre-commit hook and the
+    GitHub Action use this). Files without a reference beside them, and references, are skipped.
+    Exit 0 only when every checked candidate is correct; 3 if Referee failed on one."""
+    from sandbox.feedback import write_feedback
+
+    from .reports import Case, github_annotations, junit_xml
+
+    if output_format not in ("text", "github") or device not in ("auto", "cuda", "cpu"):
+        err.print("error: --format must be text or github and --device auto, cuda or cpu")
+        raise typer.Exit(EXIT_USAGE)
+    config = EvalConfig(trials=trials, timeout_s=timeout, device=device)  # type: ignore[arg-type]
+    cases: list[Case] = []
+    console = Console()
+    for candidate in candidates:
+        reference = candidate.parent / reference_name
+        if candidate.name == reference_name or not reference.is_file():
+            err.print(f"skipped {candidate}: no {reference_name} beside it")
+            continue
+        try:
+            source = read_source(candidate, "candidate")
+            problem = Problem(source=read_source(reference, "reference"), name=candidate.parent.name)
+            result = evaluate(problem, Submission(source=source, name=candidate.stem), config)
+        except (InputFileError, ProblemSourceError, ValueError) as exc:
+            err.print(f"error: {candidate}: {exc}")
+            raise typer.Exit(EXIT_USAGE) from None
+        if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
+            result.feedback = write_feedback(result, source=source)
+        cases.append(Case(name=str(candidate), problem=candidate.parent.name, result=result, candidate_path=str(candidate), source=source))
+        if output_format == "github":
+            for line in github_annotations(result, str(candidate), source):
+                typer.echo(line)
+        else:
+            console.print(f"[bold]{candidate}[/]")
+            print_summary(console, result)
+    if junit is not None:
+        junit.write_text(junit_xml(cases))
+    verdicts = [case.result.verdict for case in cases]
+    err.print(f"checked {len(cases)} candidate(s): {sum(v == Verdict.correct for v in verdicts)} correct")
+    if Verdict.infrastructure_error in verdicts:
+        raise typer.Exit(EXIT_INFRA)
+    raise typer.Exit(EXIT_FAILED if any(v != Verdict.correct for v in verdicts) else EXIT_CORRECT)
+
+
 # What each example candidate file is expected to get (used by `referee demo`).
 EXPECTED_VERDICTS = {
     "candidate": Verdict.correct,
