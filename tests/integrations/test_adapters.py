@@ -124,3 +124,22 @@ def test_openrlhf_endpoint_scores_queries_with_labels_or_the_prompt(server_url: 
     mismatched = httpx.post(f"{server_url}/v1/openrlhf/reward", json={"query": ["a", "b"], "prompts": ["a"]})
     assert mismatched.status_code == 422
     assert openrlhf.response_of("PROMPTresponse", "PROMPT") == "response"
+
+
+def test_client_waits_out_a_429_and_retries() -> None:
+    """A key over its queue limit gets 429 with Retry-After; the client sleeps that long and succeeds."""
+    from service.server import background_server
+    from service.settings import Settings
+
+    with background_server(Settings(redis_url=None, auth="off", embedded_workers=1, max_queued_per_key=1)) as url:
+        with RefereeClient(url, retries=0) as impatient, RefereeClient(url, retries=2) as patient:
+            first = impatient.submit({"reference": REFERENCE, "candidate": CANDIDATE, **FAST})
+            assert first["status"] in ("queued", "started")
+            with pytest.raises(ApiError) as refused:
+                impatient.evaluate(REFERENCE, "# other\nimport torch\n", **FAST)
+            assert refused.value.status == 429
+            started = time.monotonic()
+            result = patient.evaluate(REFERENCE, "# other\nimport torch\n", **FAST)
+            assert result.verdict == Verdict.invalid_submission
+            assert time.monotonic() - started >= 9.5  # the first job (seconds on the CPU) still ran: refused, slept Retry-After (10 s)
+            assert patient.wait(first["id"]).verdict == Verdict.correct
