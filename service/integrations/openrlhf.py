@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..auth import require_owner
 from ..completions import NO_CODE_MESSAGE, extract_candidate, fenced_blocks
+from ..routes import _wait_for
 from ..schemas import EvaluationRequest
 from ._common import problem_spec
 
@@ -60,8 +61,6 @@ def reference_in_prompt(prompt: str | None) -> str | None:
 async def openrlhf_reward(body: OpenRLHFRewardRequest, request: Request,
                           owner: Annotated[str, Depends(require_owner)]) -> OpenRLHFRewardResponse:
     """Score a batch of OpenRLHF rollouts; answers when every item has its result (or the wait cap passed)."""
-    from ..routes import _wait_for
-
     n = len(body.query)
     for what, values in (("prompts", body.prompts), ("labels", body.labels)):
         if values is not None and len(values) != n:
