@@ -130,7 +130,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     if failure is not None:
         error = {"kind": failure.verdict.value, "message": failure.message, "line": failure.line}
         return _finish(result_id, config, failure.verdict, error, Correctness(), Performance(), AntiCheat(),
-                       Environment(), False, {}, StageTimings(static=static_ms), started)
+                       Environment(), False, {}, StageTimings(static=static_ms), started, submission.source)
 
     hints = static_checks.suspicious_constructs(submission.source)
     static_warnings = [rules.violation("suspicious_source", {"constructs": hints})] if hints else []
@@ -177,7 +177,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         candidate=run.candidate.busy_seconds * 1e3,
     )
     return _finish(result_id, config, verdict, error, run.correctness, run.performance, run.anti_cheat,
-                   run.environment, run.compiled, output, timings, started)
+                   run.environment, run.compiled, output, timings, started, submission.source)
 
 
 def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list[dict[str, int]]) -> None:
@@ -334,7 +334,8 @@ def _time(run: _Run) -> None:
 
 def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[str, Any] | None,
             correctness: Correctness, performance: Performance, anti_cheat: AntiCheat, environment: Environment,
-            compiled: bool, output: dict[str, str], timings: StageTimings, started: float) -> EvaluationResult:
+            compiled: bool, output: dict[str, str], timings: StageTimings, started: float,
+            source: str | None = None) -> EvaluationResult:
     if verdict == Verdict.compile_error:
         compiled = False
     elif verdict in (Verdict.correct, Verdict.incorrect, Verdict.cheating):
@@ -357,5 +358,5 @@ def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[st
         environment=environment,
         timings_ms=timings,
     )
-    result.feedback = write_feedback(result)
+    result.feedback = write_feedback(result, source)  # with the source, feedback quotes the offending lines
     return result
