@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,62 +15,10 @@ from typing import Any
 import redis
 
 from service.settings import Settings
+from tests.tiny_problem import CANDIDATE as TINY_CANDIDATE
+from tests.tiny_problem import REFERENCE as TINY_REFERENCE
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# y = 2x on a 1-D tensor: the smallest problem the engine checks in full.
-TINY_REFERENCE = textwrap.dedent(
-    """
-    import torch
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-
-        def forward(self, x):
-            return x * 2
-
-
-    n = 256
-
-
-    def get_inputs():
-        return [torch.randn(n)]
-
-
-    def get_init_inputs():
-        return []
-    """
-)
-
-TINY_CANDIDATE = textwrap.dedent(
-    """
-    import torch
-    import torch.nn as nn
-    import triton
-    import triton.language as tl
-
-
-    @triton.jit
-    def double_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=mask) * 2, mask=mask)
-
-
-    class ModelNew(nn.Module):
-        def __init__(self):
-            super().__init__()
-
-        def forward(self, x):
-            x = x.contiguous()
-            out = torch.empty_like(x)
-            double_kernel[(triton.cdiv(x.numel(), 256),)](x, out, x.numel(), BLOCK=256)
-            return out
-    """
-)
 
 # Options that keep a full evaluation as short as it gets on the CPU.
 FAST = {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05}
