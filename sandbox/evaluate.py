@@ -292,18 +292,16 @@ def _time(run: _Run) -> None:
     seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
     options = {"max_seconds": run.config.max_timing_seconds}
     reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
-    cache_key = None
-    if run.reference_cache is not None:
-        cache_key = run.reference_cache.key(run.problem_sha256, run.input_sets, run.environment.model_dump(),
-                                            {"sets": run.config.timing_sets, **options})
-    cached = run.reference_cache.get(cache_key) if run.reference_cache is not None and cache_key else None
-    if cached is not None:
-        reference = {"stats": cached}
-        run.performance.reference_cached = True
-    else:
+    cache = run.reference_cache
+    cache_key = ReferenceCache.key(run.problem_sha256, run.input_sets, run.environment.model_dump(),
+                                   {"sets": run.config.timing_sets, **options})
+    ref_stats = cache.get(cache_key) if cache is not None else None
+    run.performance.reference_cached = ref_stats is not None
+    if ref_stats is None:
         reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})
-        if run.reference_cache is not None and cache_key:
-            run.reference_cache.put(cache_key, reference["stats"])
+        ref_stats = reference["stats"]
+        if cache is not None:
+            cache.put(cache_key, ref_stats)
     candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": reply["inputs"], "options": options}, bytes(inputs))
     run.add_violations(_watch_violations(candidate, "timing"))
     if run.device == "cuda":
@@ -314,7 +312,7 @@ def _time(run: _Run) -> None:
         if fraction < run.config.min_triton_time_fraction:
             run.add_violations([rules.violation("low_triton_time_fraction", {
                 "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": profiled["kernels_us"]})])
-    ref_stats, cand_stats = reference["stats"], candidate["stats"]
+    cand_stats = candidate["stats"]
     perf = run.performance
     perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})
     perf.candidate_ms = TimingStats(**{k: v for k, v in cand_stats.items() if k in TimingStats.model_fields})
