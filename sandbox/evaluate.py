@@ -17,6 +17,7 @@ from typing import Any
 from . import rules, static_checks
 from .feedback import write_feedback
 from .input_sets import plan_input_sets
+from .isolation import Isolation
 from .models import (
     AntiCheat,
     Correctness,
@@ -118,7 +119,7 @@ def plan_problem(source: str, input_sets: list[dict[str, int]] | None = None) ->
 
 def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None = None, *,
              job_id: str | None = None, python: str | None = None,
-             reference_cache: ReferenceCache | None = None) -> EvaluationResult:
+             reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
     With `reference_cache`, the reference's timing is reused for the same problem, plan and card."""
     config = config or EvalConfig()
@@ -145,8 +146,8 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     candidate_path.write_text(submission.source)
     run = _Run(
         config=config, device=device, salt=salt, deadline=started + config.timeout_s,
-        reference=HarnessProcess("reference", workdir / "reference", device, python),
-        candidate=HarnessProcess("candidate", workdir / "candidate", device, python),
+        reference=HarnessProcess("reference", workdir / "reference", device, python, isolation),
+        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation),
         problem_sha256=problem.sha256, reference_cache=reference_cache,
     )
     run.anti_cheat.warnings.extend(static_warnings)
@@ -186,7 +187,8 @@ def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list
     reply, init_payload = run.ask(run.reference, {
         "cmd": "setup", "path": reference_path, "device": run.device, "init_seed": init_seed, "input_sets": input_sets,
     })
-    run.environment = Environment(**{k: v for k, v in reply["environment"].items() if k in Environment.model_fields})
+    run.environment = Environment(**{k: v for k, v in reply["environment"].items() if k in Environment.model_fields},
+                                  isolation=run.reference.isolation.name)
     run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
     input_sets = [input_sets[i] for i in reply.get("valid_sets", range(len(input_sets)))]
     run.tolerance = (

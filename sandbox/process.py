@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
+from .isolation import Isolation, ProcessIsolation
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
 OUTPUT_CAP_BYTES = 64 * 1024
@@ -79,8 +80,10 @@ def child_environment(workdir: Path, role: str, device: str) -> dict[str, str]:
 
 
 class HarnessProcess:
-    def __init__(self, role: str, workdir: Path, device: str, python: str | None = None) -> None:
+    def __init__(self, role: str, workdir: Path, device: str, python: str | None = None,
+                 isolation: Isolation | None = None) -> None:
         self.role = role
+        self.isolation = isolation or ProcessIsolation()
         self.workdir = workdir
         self.device = device
         self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or sys.executable
@@ -103,7 +106,7 @@ class HarnessProcess:
         parent_fds = (to_child_w, to_parent_r, key_w)
         try:
             self.process = subprocess.Popen(
-                argv,
+                self.isolation.command(argv, self.workdir, self.device),
                 cwd=self.workdir,
                 env=child_environment(self.workdir, self.role, self.device),
                 pass_fds=child_fds,
