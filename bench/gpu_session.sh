@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# Everything this session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see README).
-# Writes results under $OUT (or bench/results when OUT is unset).
+# Everything a session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see README).
+# Writes results under $OUT (or bench/results when OUT is unset). Usage: bench/gpu_session.sh [STEP...]
+# Steps: performance (issue 6), tests (the GPU-marked tests), isolation (issue 5), dobench, examples.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 90
 export PYTHONPATH=/tmp/site:$PWD
-python3 -c "import torch, triton, pydantic, typer, rich; assert torch.cuda.is_available(); print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" || exit 91
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/nvidia-smi.txt"
+python3 -c "import torch, triton, pydantic, typer, rich, fastapi, uvicorn, httpx, rq, redis, prometheus_client, yaml; assert torch.cuda.is_available(); print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" || exit 91
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
+steps=${*:-performance tests}
 status=0
-REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1
-python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1
-python3 bench/timing_overhead.py --out "$OUT" 2>&1 | tee "$OUT/timing-overhead.log" || status=1
-python3 bench/gpu_examples.py --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1
+for step in $steps; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    performance) python3 bench/performance.py --out "$OUT" 2>&1 | tee "$OUT/performance.log" || status=1 ;;
+    tests) REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
+    isolation) python3 bench/gpu_isolation.py --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
+    compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
+    dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
+    examples) python3 bench/gpu_examples.py --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1 ;;
+    *) echo "unknown step $step"; status=1 ;;
+  esac
+done
+echo "=== done $(date +%T)"
 exit $status

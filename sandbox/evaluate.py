@@ -32,10 +32,12 @@ from .models import (
     Verdict,
     Violation,
 )
+from .pool import PoolClient, PoolUnavailable
 from .process import HarnessDied, HarnessProcess, HarnessTimeout
 from .reference_cache import ReferenceCache
 from .reward import compute_reward
 from .static_checks import ProblemSourceError
+from .timing_lock import TimingLock
 
 _FAILURE_VERDICTS = {
     "compile_error": Verdict.compile_error,
@@ -79,15 +81,19 @@ class _Run:
     problem_sha256: str = ""
     input_sets: list[dict[str, int]] = field(default_factory=list)
     reference_cache: ReferenceCache | None = None
+    timing_lock: TimingLock | None = None
     tolerance: tuple[float | None, float | None] = (None, None)
     allowed_ops: list[str] = field(default_factory=list)
     compiled: bool = False
+    steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
 
     def add_violations(self, violations: list[Violation]) -> None:
         known = {v.rule for v in self.anti_cheat.violations}
         self.anti_cheat.violations.extend(v for v in violations if v.rule not in known)
 
     def ask(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytearray]:
+        step = f"{process.role}.{header['cmd']}"
+        started = time.monotonic()
         try:
             reply, data = process.request(header, payload, deadline=self.deadline)
         except HarnessTimeout as exc:
@@ -97,6 +103,8 @@ class _Run:
         except HarnessDied as exc:
             verdict = Verdict.runtime_error if process is self.candidate else Verdict.infrastructure_error
             raise _Stop(verdict, {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}) from exc
+        finally:
+            self.steps[step] = self.steps.get(step, 0.0) + (time.monotonic() - started) * 1e3
         if not reply.get("ok"):
             error = reply.get("error") or {"kind": "infrastructure_error", "message": "malformed reply"}
             kind = error.get("kind")
@@ -105,6 +113,14 @@ class _Run:
             verdict = _FAILURE_VERDICTS.get(kind, Verdict.infrastructure_error) if process is self.candidate else Verdict.infrastructure_error
             raise _Stop(verdict, error)
         return reply, data
+
+
+def _jobs_root() -> Path:
+    """Where fresh-process evaluations keep their working directories: one place, so a candidate's
+    guard can refuse reads of any other job's files."""
+    root = Path(tempfile.gettempdir()) / "referee-jobs"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
 
 
 def plan_problem(source: str, input_sets: list[dict[str, int]] | None = None) -> list[dict[str, int]]:
@@ -119,9 +135,12 @@ def plan_problem(source: str, input_sets: list[dict[str, int]] | None = None) ->
 
 def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None = None, *,
              job_id: str | None = None, python: str | None = None,
-             reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None) -> EvaluationResult:
+             reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None,
+             pool: PoolClient | None = None, timing_lock: TimingLock | None = None) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
-    With `reference_cache`, the reference's timing is reused for the same problem, plan and card."""
+    With `reference_cache`, the reference's timing is reused for the same problem, plan and card.
+    With `pool`, both harness processes are forked by the warm pool's zygote (its isolation applies)
+    instead of started fresh. With `timing_lock`, the GPU is held only while timing."""
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
@@ -137,7 +156,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     static_warnings = [rules.violation("suspicious_source", {"constructs": hints})] if hints else []
     device = detect_device() if config.device == "auto" else config.device
     salt = config.seed if config.seed is not None else secrets.randbits(62)
-    workdir = Path(tempfile.mkdtemp(prefix="referee-"))
+    workdir = Path(tempfile.mkdtemp(prefix="job-", dir=pool.scratch if pool is not None else _jobs_root()))
     (workdir / "reference").mkdir()
     (workdir / "candidate").mkdir()
     reference_path = workdir / "reference" / "problem.py"
@@ -146,9 +165,9 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     candidate_path.write_text(submission.source)
     run = _Run(
         config=config, device=device, salt=salt, deadline=started + config.timeout_s,
-        reference=HarnessProcess("reference", workdir / "reference", device, python, isolation),
-        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation),
-        problem_sha256=problem.sha256, reference_cache=reference_cache,
+        reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
+        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool),
+        problem_sha256=problem.sha256, reference_cache=reference_cache, timing_lock=timing_lock,
     )
     run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
@@ -161,7 +180,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         )
     except _Stop as stop:
         verdict, error = stop.verdict, stop.error
-    except OSError as exc:
+    except (OSError, PoolUnavailable) as exc:
         verdict, error = Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": f"{type(exc).__name__}: {exc}"}
     finally:
         run.candidate.close()
@@ -174,6 +193,8 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
             error = {**error, "reference_stderr": reference_stderr[-2000:]}
     timings = StageTimings(
         static=static_ms,
+        start=(run.reference.start_seconds + run.candidate.start_seconds) * 1e3,
+        steps={name: round(ms, 3) for name, ms in run.steps.items()},
         reference=run.reference.busy_seconds * 1e3,
         candidate=run.candidate.busy_seconds * 1e3,
     )
@@ -188,7 +209,7 @@ def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list
         "cmd": "setup", "path": reference_path, "device": run.device, "init_seed": init_seed, "input_sets": input_sets,
     })
     run.environment = Environment(**{k: v for k, v in reply["environment"].items() if k in Environment.model_fields},
-                                  isolation=run.reference.isolation.name)
+                                  isolation=run.reference.isolation_name)
     run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
     input_sets = [input_sets[i] for i in reply.get("valid_sets", range(len(input_sets)))]
     run.tolerance = (
@@ -290,7 +311,17 @@ def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
 
 
 def _time(run: _Run) -> None:
-    """Time the reference and the candidate the same way on the same rotated inputs."""
+    """Time the reference and the candidate the same way on the same rotated inputs, holding the
+    GPU's timing lock (when there is one) so no other evaluation's timing runs meanwhile."""
+    if run.timing_lock is None or run.device != "cuda":
+        _time_unlocked(run)
+        return
+    with run.timing_lock.held() as waited_s:
+        run.performance.lock_wait_ms = waited_s * 1e3
+        _time_unlocked(run)
+
+
+def _time_unlocked(run: _Run) -> None:
     seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
     options = {"max_seconds": run.config.max_timing_seconds}
     reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})

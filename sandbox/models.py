@@ -127,6 +127,7 @@ class Performance(_Strict):
     triton_time_fraction: float | None = None
     host_event_ratio: float | None = None
     reference_cached: bool = False
+    lock_wait_ms: float | None = None  # time spent waiting for the GPU's timing lock
     meaningful: bool = False
     note: str | None = None
 
@@ -156,6 +157,8 @@ class Environment(_Strict):
 class StageTimings(_Strict):
     queued: float = 0.0
     static: float = 0.0
+    start: float = 0.0  # starting (or taking from the warm pool) both harness processes
+    steps: dict[str, float] = {}  # per harness command, e.g. "candidate.setup" (import and compile) or "candidate.time"
     reference: float = 0.0
     candidate: float = 0.0
     total: float = 0.0

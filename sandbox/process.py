@@ -8,6 +8,7 @@ same command line.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -20,10 +21,13 @@ from typing import Any
 
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
 from .isolation import Isolation, ProcessIsolation
+from .pool import PoolClient, PoolUnavailable
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
 OUTPUT_CAP_BYTES = 64 * 1024
 _BOOTSTRAP = "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('harness', run_name='__main__', alter_sys=True)"
+# Core dumps of a candidate would be large and could hold the channel key.
+DEFAULT_LIMITS = {"core_bytes": 0}
 _PASSED_ENV = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_PTXAS_PATH", "TRITON_LIBCUDA_PATH")
 
 
@@ -79,42 +83,106 @@ def child_environment(workdir: Path, role: str, device: str) -> dict[str, str]:
     return env
 
 
+class _FreshChild:
+    """A harness process started for this evaluation alone."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class _PooledChild:
+    """A harness process forked by the warm pool's zygote (its pid is the zygote's to manage)."""
+
+    def __init__(self, pool: PoolClient, pid: int) -> None:
+        self.pool = pool
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                running, code = self.pool.exit_status(self.pid)
+            except PoolUnavailable:  # the zygote is gone, and its children with it (PDEATHSIG)
+                running, code = False, -signal.SIGKILL
+            if not running:
+                self.returncode = code if code is not None else -signal.SIGKILL
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code
+
+    def kill(self) -> None:
+        try:
+            self.pool.kill(self.pid)
+        except PoolUnavailable:
+            pass
+
+
 class HarnessProcess:
     def __init__(self, role: str, workdir: Path, device: str, python: str | None = None,
-                 isolation: Isolation | None = None) -> None:
+                 isolation: Isolation | None = None, pool: PoolClient | None = None,
+                 limits: dict[str, int] | None = None) -> None:
         self.role = role
-        self.isolation = isolation or ProcessIsolation()
         self.workdir = workdir
         self.device = device
+        self.pool = pool
+        self.isolation = isolation or ProcessIsolation()
+        self.isolation_name = pool.isolation_name if pool is not None else self.isolation.name
         self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or sys.executable
-        self.process: subprocess.Popen[bytes] | None = None
+        self.limits = limits if limits is not None else dict(DEFAULT_LIMITS)
+        self.process: _FreshChild | _PooledChild | None = None
         self.channel: Channel | None = None
         self.busy_seconds = 0.0
+        self.start_seconds = 0.0
         self._readers: list[_CappedReader] = []
+        self._fds: tuple[int, ...] = ()
 
     def start(self) -> None:
+        started = time.monotonic()
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
         key_r, key_w = os.pipe()
-        child_fds = (to_child_r, to_parent_w, key_r)
-        argv = [
-            self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
-            "--role", self.role,
-            "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
-        ]
-        parent_fds = (to_child_w, to_parent_r, key_w)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        child_fds = (to_child_r, to_parent_w, key_r, out_w, err_w)
+        parent_fds = (to_child_w, to_parent_r, key_w, out_r, err_r)
+        env = child_environment(self.workdir, self.role, self.device)
         try:
-            self.process = subprocess.Popen(
-                self.isolation.command(argv, self.workdir, self.device),
-                cwd=self.workdir,
-                env=child_environment(self.workdir, self.role, self.device),
-                pass_fds=child_fds,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            if self.pool is not None:
+                self.process = _PooledChild(self.pool, self.pool.spawn(self.role, self.workdir, env, self.limits, list(child_fds)))
+            else:
+                argv = [
+                    self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
+                    "--role", self.role,
+                    "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
+                    "--limits", json.dumps(self.limits),
+                ]
+                self.process = _FreshChild(subprocess.Popen(
+                    self.isolation.command(argv, self.workdir, self.device),
+                    cwd=self.workdir, env=env, pass_fds=child_fds[:3],
+                    stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                    start_new_session=True
+                ))
         except BaseException:
             for fd in parent_fds:
                 os.close(fd)
@@ -136,10 +204,11 @@ class HarnessProcess:
             os.set_blocking(fd, False)
         self.channel = Channel(to_parent_r, to_child_w, key, is_parent=True)
         self._fds = (to_child_w, to_parent_r)
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self._readers = [_CappedReader(self.process.stdout, OUTPUT_CAP_BYTES), _CappedReader(self.process.stderr, OUTPUT_CAP_BYTES)]
+        self._readers = [_CappedReader(os.fdopen(out_r, "rb", buffering=0), OUTPUT_CAP_BYTES),
+                         _CappedReader(os.fdopen(err_r, "rb", buffering=0), OUTPUT_CAP_BYTES)]
         for reader in self._readers:
             reader.start()
+        self.start_seconds = time.monotonic() - started
 
     def request(self, header: dict[str, Any], payload: bytes = b"", *, deadline: float) -> tuple[dict[str, Any], bytearray]:
         assert self.channel is not None and self.process is not None
@@ -169,11 +238,10 @@ class HarnessProcess:
 
     def _reap(self) -> int | None:
         assert self.process is not None
-        try:
-            return self.process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
+        code = self.process.wait(timeout=2)
+        if code is None:
             self.kill()
-            return None
+        return code
 
     def output(self) -> dict[str, str]:
         for reader in self._readers:
@@ -184,14 +252,8 @@ class HarnessProcess:
         """Kill the whole process group (the candidate may have started children)."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        self.process.kill()
+        self.process.wait(timeout=5)
 
     def close(self) -> None:
         if self.process is None:
@@ -202,7 +264,7 @@ class HarnessProcess:
             except (HarnessDied, HarnessTimeout):
                 pass
         self.kill()  # also reaps anything the process left behind in its group
-        for fd in getattr(self, "_fds", ()):
+        for fd in self._fds:
             try:
                 os.close(fd)
             except OSError:

@@ -6,6 +6,7 @@ Run it with `referee serve` (embedded unless REFEREE_REDIS_URL or --redis-url is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -17,6 +18,8 @@ import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.jobs import start_warm_pool, stop_warm_pool
 
 from .evaluations import Evaluations
 from .integrations.openrlhf import router as openrlhf_router
@@ -103,7 +106,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = None
         if isinstance(queue, EmbeddedQueue):
+            if settings.warm_pool:
+                pool = await asyncio.to_thread(start_warm_pool, None, settings.pool_spares)
             queue.start()
         sweeper = threading.Thread(target=_maintenance, args=(referee, settings.maintenance_interval_s, stop),
                                    name="referee-maintenance", daemon=True)
@@ -112,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop.set()
         sweeper.join(timeout=10)
         queue.close()
+        if pool is not None:
+            stop_warm_pool(pool)
 
     app = FastAPI(title="Triton Referee", version=VERSION, lifespan=lifespan,
                   description="Verifies Triton kernels against PyTorch references: correctness, speed and anti-cheat, "

@@ -526,6 +526,8 @@ def worker(
     heartbeat_grace: Annotated[int, typer.Option(min=1, help="seconds a heartbeat may be late before the job counts as abandoned")] = 60,
     maintenance_interval: Annotated[int, typer.Option(min=1, help="seconds between this worker's registry sweeps")] = 600,
     worker_ttl: Annotated[int, typer.Option(min=5, help="seconds this worker stays registered without a heartbeat")] = 420,
+    concurrency: Annotated[int, typer.Option(min=1, help="RQ workers on this GPU, sharing its warm pool and timing lock")] = 1,
+    warm_pool: Annotated[bool, typer.Option(help="fork harness processes from a zygote with torch imported")] = True,
 ) -> None:
     """Run one RQ worker (one per GPU): takes evaluations from Redis and runs them."""
     from worker.main import WorkerOptions, pin_gpu, run_worker
@@ -533,7 +535,8 @@ def worker(
     pin_gpu(gpu)  # first: nothing below may see another GPU
     run_worker(WorkerOptions(redis_url=redis_url, gpu=gpu, queue=queue, name=name, burst=burst,
                              monitoring_interval=monitoring_interval, heartbeat_grace=heartbeat_grace,
-                             maintenance_interval=maintenance_interval, worker_ttl=worker_ttl))
+                             maintenance_interval=maintenance_interval, worker_ttl=worker_ttl,
+                             concurrency=concurrency, warm_pool=warm_pool))
 
 
 @app.command()

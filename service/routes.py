@@ -55,11 +55,13 @@ def _wait_limit(request: Request, wait: float | None) -> float:
 
 async def _wait_for(referee: Evaluations, owner: str, evaluation_id: str, wait: float) -> dict[str, Any] | None:
     deadline = time.monotonic() + wait
+    pause = POLL_S / 8  # short at first (a fast evaluation answers sooner), then backing off
     while True:
         view = await run_in_threadpool(referee.view, owner, evaluation_id)
         if view is None or "verdict" in view or time.monotonic() >= deadline:
             return view
-        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(POLL_S, pause * 1.5)
 
 
 def _evaluation_response(view: dict[str, Any], deduplicated: bool = False) -> JSONResponse:

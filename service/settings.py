@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     # Embedded mode: evaluations run in threads of the API process.
     embedded_workers: int = Field(default=1, ge=1)
+    # A zygote with torch imported forks each harness process (off: a fresh process per evaluation).
+    warm_pool: bool = True
+    pool_spares: int = Field(default=2, ge=0, description="harness processes forked ahead of demand")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -201,3 +201,13 @@ def python_without_torch(tmp_path_factory: pytest.TempPathFactory) -> str:
     python = str(venv / "bin" / "python")
     assert _lacks_torch(python), "a fresh venv without packages should not import torch"
     return python
+
+
+@pytest.fixture(scope="session")
+def warm_pool() -> Any:
+    """A real warm pool (zygote with torch and triton imported) for the tests that evaluate many
+    candidates: the production path, and a fraction of the cost of fresh processes."""
+    from sandbox.pool import WarmPool
+
+    with WarmPool("cpu", spares=2) as pool:
+        yield pool.client

@@ -2,12 +2,14 @@
 `# expect: RULE` (verdict `cheating` with that rule among the violations) or `# expect: verdict=V`
 (cheats that simply fail: partial work, precision downgrades, forged verdicts). Every file in
 tests/honest/ must be accepted with no fatal violation. All run against tests/exploits/problem.py
-on the CPU with Triton's interpreter; tests/gpu/ runs the GPU-only classes."""
+on the CPU with Triton's interpreter, in processes forked by the warm pool (the production path;
+tests/test_verdicts.py covers fresh processes); tests/gpu/ runs the GPU-only classes."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,14 +28,14 @@ def expected_rule(path: Path) -> str:
     return match.group(1)
 
 
-def check(path: Path):
-    return evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cpu", trials=2, timeout_s=60))
+def check(path: Path, pool: Any):
+    return evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cpu", trials=2, timeout_s=60), pool=pool)
 
 
 @pytest.mark.parametrize("path", EXPLOITS, ids=lambda p: p.stem)
-def test_exploit_is_rejected(path: Path) -> None:
+def test_exploit_is_rejected(path: Path, warm_pool: Any) -> None:
     expected = expected_rule(path)
-    result = check(path)
+    result = check(path, warm_pool)
     rules = [v.rule for v in result.anti_cheat.violations]
     assert not result.correct and result.reward <= 0, (result.verdict, rules)
     if expected.startswith("verdict="):
@@ -48,9 +50,9 @@ def test_exploit_is_rejected(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", HONEST, ids=lambda p: p.stem)
-def test_honest_kernel_is_accepted(path: Path) -> None:
+def test_honest_kernel_is_accepted(path: Path, warm_pool: Any) -> None:
     assert expected_rule(path) == "correct"
-    result = check(path)
+    result = check(path, warm_pool)
     assert result.anti_cheat.violations == [], result.anti_cheat.violations
     assert result.verdict == Verdict.correct, result.feedback
     assert result.anti_cheat.triton_launches > 0

@@ -7,19 +7,48 @@ returns, and the service turns that, or a failure, into the final result.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
-from sandbox.evaluate import evaluate
+from sandbox.evaluate import detect_device, evaluate
 from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from sandbox.pool import WarmPool, client_from_environment
 from sandbox.reference_cache import ReferenceCache
 from sandbox.static_checks import ProblemSourceError
+from sandbox.timing_lock import TimingLock
 
 # Shared by every job of this host (RQ runs each job in a fresh work-horse process, so the
 # directory is what carries reference timings from one evaluation of a problem to the next).
 REFERENCE_CACHE = ReferenceCache(
     os.environ.get("REFEREE_REFERENCE_CACHE_DIR") or Path.home() / ".cache" / "triton-referee" / "reference"
 )
+
+
+def start_warm_pool(device: str | None = None, spares: int = 2) -> WarmPool:
+    """Start this worker's warm pool and publish it to `run_evaluation` through the environment, so
+    RQ's forked work horses and the embedded queue's threads all use it. A watcher restarts the
+    zygote if it dies (a job caught in that moment fails with infrastructure_error and is retried)."""
+    pool = WarmPool(device or detect_device(), spares=spares, warm_target="auto")
+    pool.start()
+    os.environ.update(pool.client.environment())
+
+    def watch() -> None:
+        while not pool.stopped:
+            threading.Event().wait(2.0)
+            try:
+                pool.ensure()
+            except Exception:  # tried again on the next round
+                pass
+
+    threading.Thread(target=watch, name="referee-pool-watch", daemon=True).start()
+    return pool
+
+
+def stop_warm_pool(pool: WarmPool) -> None:
+    for name in pool.client.environment():
+        os.environ.pop(name, None)
+    pool.stop()
 
 
 def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
@@ -34,8 +63,14 @@ def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
     problem = Problem.model_validate(payload["problem"])
     submission = Submission.model_validate(payload["submission"])
     config = EvalConfig.model_validate(payload["config"])
+    pool = client_from_environment()
+    device = detect_device() if config.device == "auto" else config.device
+    if pool is not None and pool.device != device:
+        pool = None  # the zygote's environment was made for another device; start fresh processes
     try:
-        result = evaluate(problem, submission, config, job_id=evaluation_id, reference_cache=REFERENCE_CACHE)
+        caching = os.environ.get("REFEREE_REFERENCE_CACHE", "on") != "off"
+        result = evaluate(problem, submission, config, job_id=evaluation_id, reference_cache=REFERENCE_CACHE if caching else None,
+                          pool=pool, timing_lock=TimingLock.for_gpu())
     except ProblemSourceError as exc:
         result = EvaluationResult(
             id=evaluation_id,

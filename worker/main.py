@@ -34,6 +34,11 @@ class WorkerOptions:
     maintenance_interval: int = 600
     worker_ttl: int = 420
     log_level: str = "INFO"
+    # RQ runs one job at a time per worker process: `concurrency` processes share this GPU, its
+    # warm pool and its timing lock, so one job's start-up, compile and checks overlap another's timing.
+    concurrency: int = 1
+    warm_pool: bool = True
+    pool_spares: int = 2
 
 
 def pin_gpu(gpu: int | None) -> None:
@@ -84,10 +89,42 @@ def make_worker(options: WorkerOptions) -> Any:
 
 def run_worker(options: WorkerOptions) -> None:
     pin_gpu(options.gpu)
-    rq_worker = make_worker(options)
+    from worker.jobs import start_warm_pool, stop_warm_pool
+
+    pool = start_warm_pool(spares=options.pool_spares) if options.warm_pool else None
+    parent = os.getpid()
+    siblings = []
+    for index in range(1, options.concurrency):
+        pid = os.fork()
+        if pid == 0:  # a sibling RQ worker on the same GPU and pool; it dies with this process
+            _die_with_parent(parent)
+            code = 0
+            try:
+                _work(options, f"-{index}")
+            except BaseException:
+                code = 1
+            os._exit(code)
+        siblings.append(pid)
+    try:
+        _work(options, "")
+    finally:
+        for pid in siblings:
+            try:
+                os.kill(pid, signal.SIGTERM)  # RQ's warm shutdown: the current job finishes first
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        if pool is not None:
+            stop_warm_pool(pool)
+
+
+def _work(options: WorkerOptions, suffix: str) -> None:
+    named = options if not (options.name and suffix) else WorkerOptions(**{**options.__dict__, "name": options.name + suffix})
+    rq_worker = make_worker(named)
     heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
     print(f"referee worker {rq_worker.name} on queue {options.queue}: "
           f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset: every GPU)')}"
+          f"; warm pool {'on' if os.environ.get('REFEREE_POOL_SOCKET') else 'off'}"
           + (f"; warning: {', '.join(heavy)} imported in the worker" if heavy else ""), file=sys.stderr, flush=True)
     rq_worker.work(burst=options.burst, logging_level=options.log_level, with_scheduler=False)
 
@@ -98,8 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", type=int)
     parser.add_argument("--queue", default="referee")
     parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--no-warm-pool", dest="warm_pool", action="store_false")
     args = parser.parse_args(argv)
-    run_worker(WorkerOptions(redis_url=args.redis_url, gpu=args.gpu, queue=args.queue, burst=args.burst))
+    run_worker(WorkerOptions(redis_url=args.redis_url, gpu=args.gpu, queue=args.queue, burst=args.burst,
+                             concurrency=args.concurrency, warm_pool=args.warm_pool))
 
 
 if __name__ == "__main__":

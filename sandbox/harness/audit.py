@@ -51,7 +51,9 @@ class AuditGuard:
     def __init__(self, candidate_file: str, job_dir: str) -> None:
         self.candidate_file = candidate_file
         self.job_dir = os.path.realpath(job_dir)
-        self.job_root = os.path.dirname(self.job_dir)
+        # Jobs live at <jobs root>/<job>/<role>: everything else under the root is another
+        # process's (this job's reference, other jobs).
+        self.jobs_root = os.path.dirname(os.path.dirname(self.job_dir))
         self.events: list[dict[str, Any]] = []
         self.active = False
         self._stdlib = tuple(
@@ -158,8 +160,8 @@ class AuditGuard:
             writing = bool(mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND))
         if writing:
             return "writing outside the job directory"
-        if real.startswith(self.job_root + os.sep):
-            return "reading another part of the job (the reference)"
+        if real.startswith(self.jobs_root + os.sep):
+            return "reading the reference's or another job's files"
         if real.startswith(self._harness_dir + os.sep):
             return "reading the harness"
         if real.startswith(("/etc/", "/root", "/home", "/proc/1/", "/var/")) or real.endswith("/mem"):

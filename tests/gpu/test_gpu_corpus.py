@@ -1,17 +1,20 @@
 """The whole anti-cheat corpus on a GPU: the CPU corpus (tests/exploits, tests/honest) plus the
-GPU-only classes in tests/gpu/exploits and tests/gpu/honest (side streams, device-to-host copies).
-Writes a table of every outcome to $REFEREE_RESULTS_DIR when set."""
+GPU-only classes in tests/gpu/exploits and tests/gpu/honest (side streams, device-to-host copies),
+in harness processes forked by a real warm pool (the production path; test_gpu_engine.py covers
+fresh processes). Writes a table of every outcome to $REFEREE_RESULTS_DIR when set."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.evaluate import evaluate
 from sandbox.models import EvalConfig, Submission, Verdict
+from sandbox.pool import PoolClient, WarmPool
 from tests.test_corpus import EXPLOITS, HONEST, PROBLEM, expected_rule
 
 GPU = Path(__file__).parent
@@ -21,8 +24,14 @@ pytestmark = pytest.mark.gpu
 ROWS: list[dict[str, object]] = []
 
 
-def check(path: Path):
-    result = evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cuda", trials=2, timeout_s=120))
+@pytest.fixture(scope="module")
+def gpu_pool() -> Iterator[PoolClient]:
+    with WarmPool("cuda", spares=2, warm_target="auto") as pool:
+        yield pool.client
+
+
+def check(path: Path, pool: PoolClient):
+    result = evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cuda", trials=2, timeout_s=120), pool=pool)
     ROWS.append({
         "file": str(path.relative_to(GPU.parent)), "expected": expected_rule(path), "verdict": result.verdict.value,
         "rules": [v.rule for v in result.anti_cheat.violations], "triton_time_fraction": result.performance.triton_time_fraction,
@@ -40,9 +49,9 @@ def results_table():
 
 
 @pytest.mark.parametrize("path", ALL_EXPLOITS, ids=lambda p: p.stem)
-def test_exploit_is_rejected_on_gpu(path: Path) -> None:
+def test_exploit_is_rejected_on_gpu(path: Path, gpu_pool: PoolClient) -> None:
     expected = expected_rule(path)
-    result = check(path)
+    result = check(path, gpu_pool)
     rules = [v.rule for v in result.anti_cheat.violations]
     assert not result.correct, (result.verdict, rules)
     if expected.startswith("verdict="):
@@ -52,8 +61,8 @@ def test_exploit_is_rejected_on_gpu(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", ALL_HONEST, ids=lambda p: p.stem)
-def test_honest_kernel_is_accepted_on_gpu(path: Path) -> None:
-    result = check(path)
+def test_honest_kernel_is_accepted_on_gpu(path: Path, gpu_pool: PoolClient) -> None:
+    result = check(path, gpu_pool)
     assert result.anti_cheat.violations == [], result.anti_cheat.violations
     assert result.verdict == Verdict.correct, result.feedback
     assert result.performance.meaningful and result.performance.triton_time_fraction is not None

@@ -1,0 +1,231 @@
+"""Issue 6's benchmark, end to end through the HTTP API of an embedded Referee, in one run:
+
+- latency: single submissions of small problems, one at a time (`?wait=`), compile included;
+- throughput: one batch of >= 100 submissions over >= 10 problems, sustained evaluations/minute;
+- stability: the same honest kernel evaluated 5 times on each of three large problems, the
+  coefficient of variation of its speedup;
+- agreement: Referee's kernel medians against `triton.testing.do_bench` on the same kernels;
+- per-stage overhead (from each result's `timings_ms`), and a baseline measured in the same run:
+  Referee with the warm pool and the reference cache off (a fresh process per evaluation).
+
+Every submission carries a nonce, so none is answered from the result cache.
+
+    python3 bench/performance.py --out DIR            # on the GPU host (bench/gpu_session.sh)
+    python3 bench/performance.py --out DIR --quick    # a small smoke run (CPU interpreter too)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.problems import BenchProblem, large_problems, small_problems  # noqa: E402
+from service.server import background_server  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def card_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=20, check=True).stdout.splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return f"cpu-{platform.machine()}"
+
+
+class Bench:
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self.client = httpx.Client(base_url=url, timeout=900)
+        self.options = options
+
+    def single(self, problem: BenchProblem) -> tuple[float, dict[str, Any]]:
+        started = time.monotonic()
+        response = self.client.post("/v1/evaluations", params={"wait": 600},
+                                    json={**problem.submission(uuid.uuid4().hex), **self.options})
+        response.raise_for_status()
+        result = response.json()
+        if "verdict" not in result:
+            raise RuntimeError(f"no result within the wait: {result}")
+        return time.monotonic() - started, result
+
+    def batch(self, problems: list[BenchProblem], count: int) -> tuple[float, list[dict[str, Any]]]:
+        items = [{**problems[i % len(problems)].submission(uuid.uuid4().hex), **self.options} for i in range(count)]
+        started = time.monotonic()
+        response = self.client.post("/v1/batches", json={"items": items, "name": "throughput"})
+        response.raise_for_status()
+        batch_id = response.json()["id"]
+        while True:
+            view = self.client.get(f"/v1/batches/{batch_id}", params={"results": False}).json()
+            if view["status"] == "completed":
+                break
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        results = [item["result"] for item in self.client.get(f"/v1/batches/{batch_id}").json()["items"]]
+        return elapsed, results
+
+
+def stage_overhead(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Median milliseconds per stage and per harness step over the results."""
+    stages: dict[str, list[float]] = {}
+    for result in results:
+        timings = result.get("timings_ms") or {}
+        for key, value in timings.items():
+            if isinstance(value, (int, float)):
+                stages.setdefault(key, []).append(float(value))
+        for key, value in (timings.get("steps") or {}).items():
+            stages.setdefault(f"step:{key}", []).append(float(value))
+        lock = (result.get("performance") or {}).get("lock_wait_ms")
+        if lock is not None:
+            stages.setdefault("timing_lock_wait", []).append(float(lock))
+    return {key: round(statistics.median(values), 2) for key, values in sorted(stages.items())}
+
+
+def verdicts(results: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.get("verdict", "missing")] = counts.get(result.get("verdict", "missing"), 0) + 1
+    return counts
+
+
+def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stability_n: int, large: list[BenchProblem],
+             options: dict[str, Any]) -> dict[str, Any]:
+    os.environ["REFEREE_REFERENCE_CACHE"] = "on" if warm else "off"
+    os.environ["REFEREE_REFERENCE_CACHE_DIR"] = tempfile.mkdtemp(prefix="referee-bench-cache-")
+    settings = Settings(redis_url=None, auth="off", embedded_workers=workers, warm_pool=warm)
+    small = small_problems()
+    out: dict[str, Any] = {"warm_pool": warm, "reference_cache": warm, "embedded_workers": workers}
+    started = time.monotonic()
+    with background_server(settings) as url:
+        out["server_start_s"] = round(time.monotonic() - started, 2)
+        bench = Bench(url, options)
+        warmup_s, _ = bench.single(small[0])  # the first evaluation also warms the host's caches
+        out["first_evaluation_s"] = round(warmup_s, 3)
+        latencies, single_results = [], []
+        for i in range(latency_n):
+            seconds, result = bench.single(small[i % len(small)])
+            latencies.append(seconds)
+            single_results.append(result)
+            print(f"  latency {small[i % len(small)].name}: {seconds:.2f} s {result['verdict']}", flush=True)
+        out["latency"] = {"n": latency_n, "p50_s": round(percentile(latencies, 0.5), 3),
+                          "p95_s": round(percentile(latencies, 0.95), 3), "all_s": [round(x, 3) for x in latencies],
+                          "verdicts": verdicts(single_results), "overhead_ms": stage_overhead(single_results)}
+        if batch_n:
+            elapsed, batch_results = bench.batch(small, batch_n)
+            out["throughput"] = {"submissions": batch_n, "problems": min(batch_n, len(small)), "seconds": round(elapsed, 2),
+                                 "evaluations_per_minute": round(batch_n / elapsed * 60, 1), "verdicts": verdicts(batch_results),
+                                 "overhead_ms": stage_overhead(batch_results)}
+            print(f"  throughput: {batch_n} in {elapsed:.1f} s", flush=True)
+        if stability_n:
+            out["stability"] = {}
+            for problem in large:
+                runs = []
+                for _ in range(stability_n):
+                    seconds, result = bench.single(problem)
+                    perf = result.get("performance") or {}
+                    runs.append({"seconds": round(seconds, 2), "verdict": result["verdict"], "speedup": perf.get("speedup"),
+                                 "candidate_ms": (perf.get("candidate_ms") or {}).get("median"),
+                                 "candidate_n": (perf.get("candidate_ms") or {}).get("n"),
+                                 "reference_ms": (perf.get("reference_ms") or {}).get("median"),
+                                 "reference_cached": perf.get("reference_cached"),
+                                 "speedup_ci95": perf.get("speedup_ci95")})
+                    print(f"  stability {problem.name}: {runs[-1]}", flush=True)
+                speedups = [r["speedup"] for r in runs if r["speedup"]]
+                candidate_ms = [r["candidate_ms"] for r in runs if r["candidate_ms"]]
+                out["stability"][problem.name] = {
+                    "runs": runs,
+                    "speedup_cv_percent": round(statistics.pstdev(speedups) / statistics.mean(speedups) * 100, 3)
+                    if len(speedups) >= 2 else None,
+                    "candidate_ms_cv_percent": round(statistics.pstdev(candidate_ms) / statistics.mean(candidate_ms) * 100, 3)
+                    if len(candidate_ms) >= 2 else None,
+                }
+    return out
+
+
+def agreement(large: list[BenchProblem], stability: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Referee's median kernel times (median over the stability runs) against do_bench's."""
+    problems_file = out_dir / "dobench-problems-input.json"
+    problems_file.write_text(json.dumps([{"name": p.name, "reference": p.reference, "candidate": p.candidate} for p in large]))
+    result_file = out_dir / "dobench-problems.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "dobench_problems.py"), str(problems_file), str(result_file)],
+                   check=True, timeout=600)
+    problems_file.unlink()
+    dobench = json.loads(result_file.read_text())["rows"]
+    rows = {}
+    for name, measured in dobench.items():
+        runs = stability.get(name, {}).get("runs", [])
+        referee = {key: statistics.median([r[key] for r in runs if r[key]]) for key in ("candidate_ms", "reference_ms")
+                   if any(r[key] for r in runs)}
+        rows[name] = {"do_bench_ms": measured, "referee_ms": referee,
+                      "difference_percent": {key: round((referee[key] / measured[key] - 1) * 100, 2) for key in referee}}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="a few submissions of each kind (smoke test)")
+    parser.add_argument("--workers", type=int, default=4, help="evaluations at once (embedded workers)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    card = card_name()
+    on_gpu = not card.startswith("cpu-")
+    large = large_problems() if on_gpu else []
+    options: dict[str, Any] = {"trials": 1}
+    quick = args.quick
+    report: dict[str, Any] = {
+        "card": card, "date": datetime.date.today().isoformat(), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "method": "embedded HTTP API, warm pool, per-GPU timing lock; every submission unique (nonce); trials=1 "
+                  "(each input set still checked once, plus the recheck after timing)",
+    }
+    print("Referee with the warm pool and caches", flush=True)
+    report["referee"] = run_mode(warm=True, workers=args.workers, latency_n=4 if quick else 28, batch_n=12 if quick else 112,
+                                 stability_n=0 if quick else 5, large=large, options=options)
+    print("baseline: fresh processes, no reference cache", flush=True)
+    report["baseline"] = run_mode(warm=False, workers=args.workers, latency_n=2 if quick else 8, batch_n=4 if quick else 28,
+                                  stability_n=0, large=large, options=options)
+    if on_gpu and not quick:
+        report["agreement_with_do_bench"] = agreement(large, report["referee"]["stability"], args.out)
+    warm, base = report["referee"], report["baseline"]
+    report["p50_latency_s"] = warm["latency"]["p50_s"]
+    report["p95_latency_s"] = warm["latency"]["p95_s"]
+    report["evaluations_per_minute"] = warm["throughput"]["evaluations_per_minute"]
+    cvs = [v["speedup_cv_percent"] for v in warm.get("stability", {}).values() if v["speedup_cv_percent"] is not None]
+    report["max_speedup_cv_percent"] = max(cvs) if cvs else None
+    report["per_stage_overhead_ms"] = warm["latency"]["overhead_ms"]
+    report["baseline_p50_latency_s"] = base["latency"]["p50_s"]
+    report["baseline_evaluations_per_minute"] = base["throughput"]["evaluations_per_minute"]
+    report["ratio_to_baseline"] = {
+        "p50_latency": round(base["latency"]["p50_s"] / warm["latency"]["p50_s"], 2),
+        "evaluations_per_minute": round(warm["throughput"]["evaluations_per_minute"] / base["throughput"]["evaluations_per_minute"], 2),
+    }
+    slug = card.lower().replace(" ", "-")
+    path = args.out / f"{slug}-{report['date']}{'-quick' if quick else ''}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("referee", "baseline")}, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The warm pool's zygote: a process that has imported torch, triton and the harness but never
+touched CUDA, and forks a fresh harness process per request.
+
+`python -m harness.zygote --listen-fd L --lifeline-fd F [--spares N] [--warm-target cuda:90:32]`
+
+The worker made the listening socket (AF_UNIX, SOCK_SEQPACKET) and passed it in; its path need
+not be visible inside the isolation. The lifeline is a pipe whose other end only the worker holds:
+when it reads as closed, the worker is gone and the zygote exits (and its children with it). Each connection carries one request and gets one reply:
+
+    {"op": "spawn", "role": R, "cwd": D, "env": {...}, "limits": {...}}  + 5 descriptors
+        (channel read, channel write, key read, stdout write, stderr write) -> {"ok": true, "pid": P}
+    {"op": "kill", "pid": P}    -> kills that child's process group
+    {"op": "status", "pid": P}  -> {"ok": true, "exit": code | -signal | null}
+    {"op": "ping"}              -> {"ok": true, "children": n, "spares": n, "warm": {...}}
+
+Forking after CUDA initialises is unsafe, so the zygote checks it never did. Children are forked
+ahead of demand ("spares") and wait, holding nothing, for their assignment; each then starts its
+own session, takes its descriptors, environment, working directory and limits, and becomes an
+ordinary harness process (`server.serve`). Children die with the zygote (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .limits import apply_limits
+
+MAX_MESSAGE = 256 * 1024
+FD_NAMES = ("read", "write", "key", "stdout", "stderr")
+PR_SET_PDEATHSIG = 1
+
+
+def _preload(warm_target: str | None) -> dict[str, Any]:
+    """Import what every harness process needs, and optionally compile a kernel without a GPU
+    context so the compiler's first-use costs are paid here once."""
+    started = time.monotonic()
+    import torch
+    import triton  # noqa: F401
+
+    from . import candidate, reference  # noqa: F401  the roles and everything they import
+
+    if warm_target:  # a GPU child imports these on its first profile or dynamo check; pay once here
+        import torch._dynamo
+        import torch.profiler
+    facts: dict[str, Any] = {"import_s": round(time.monotonic() - started, 3)}
+    if warm_target:
+        started = time.monotonic()
+        try:
+            _compile_for(warm_target)
+            facts["compile_s"] = round(time.monotonic() - started, 3)
+        except Exception as exc:  # a cold compiler is slower, not wrong
+            facts["compile_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    if torch.cuda.is_initialized():
+        raise SystemExit("the zygote initialised CUDA; forking it would be unsafe")
+    return facts
+
+
+def _compile_for(target: str) -> None:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    backend, arch, warp = target.split(":")
+
+    @triton.jit
+    def _warm(x_ptr, n, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) * 2.0, mask=mask)
+
+    source = ASTSource(fn=_warm, signature={"x_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"}, constexprs={"BLOCK": 128})
+    triton.compile(source, target=GPUTarget(backend, int(arch), int(warp)))
+
+
+class Zygote:
+    def __init__(self, listener: socket.socket, lifeline: int, spares: int) -> None:
+        self.listener = listener
+        self.lifeline = lifeline
+        self.spares_wanted = spares
+        self.spares: list[tuple[int, socket.socket]] = []  # (pid, our end of its assignment socket)
+        self.children: set[int] = set()
+        self.exits: dict[int, int] = {}
+        self.facts: dict[str, Any] = {}
+
+    # ---- the zygote's side
+    def run(self) -> int:
+        self.refill()
+        while True:
+            self.reap()
+            ready, _, _ = select.select([self.listener, self.lifeline], [], [], 0.5)
+            if self.lifeline in ready:
+                return 0
+            if self.listener in ready:
+                try:
+                    connection, _ = self.listener.accept()
+                except OSError:
+                    continue
+                with connection:
+                    connection.settimeout(5)
+                    try:
+                        self.serve_one(connection)
+                    except (OSError, ValueError):
+                        continue
+            self.refill()
+
+    def serve_one(self, connection: socket.socket) -> None:
+        message, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, len(FD_NAMES))
+        try:
+            request = json.loads(message)
+            reply = self.handle(request, fds)
+        except Exception as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        connection.sendall(json.dumps(reply).encode())
+
+    def handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "spawn":
+            if len(fds) != len(FD_NAMES):
+                raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors, got {len(fds)}")
+            assignment = {key: request[key] for key in ("role", "cwd", "env", "limits")}
+            while True:
+                pid, link = self.spares.pop(0) if self.spares else self.fork_spare()
+                try:
+                    socket.send_fds(link, [json.dumps(assignment).encode()], fds)
+                    break
+                except OSError:  # that spare died; take another
+                    self.children.discard(pid)
+                finally:
+                    link.close()
+            return {"ok": True, "pid": pid}
+        if op == "kill":
+            pid = int(request["pid"])
+            if pid in self.children:
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            return {"ok": True}
+        if op == "status":
+            self.reap()
+            pid = int(request["pid"])
+            return {"ok": True, "exit": self.exits.get(pid), "running": pid in self.children}
+        if op == "ping":
+            return {"ok": True, "children": len(self.children), "spares": len(self.spares), "warm": self.facts}
+        raise ValueError(f"unknown op {op!r}")
+
+    def refill(self) -> None:
+        while len(self.spares) < self.spares_wanted:
+            self.spares.append(self.fork_spare())
+
+    def fork_spare(self) -> tuple[int, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            try:
+                self.become_child(theirs)
+            except BaseException:
+                os._exit(70)
+            os._exit(71)
+        theirs.close()
+        self.children.add(pid)
+        return pid, ours
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self.exits[pid] = os.waitstatus_to_exitcode(status)
+            self.spares = [(p, link) for p, link in self.spares if p != pid]
+            if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
+                for old in list(self.exits)[:1024]:
+                    del self.exits[old]
+
+    # ---- a child's side, after fork
+    def become_child(self, link: socket.socket) -> None:
+        zygote_pid = os.getppid()
+        self.listener.close()
+        os.close(self.lifeline)
+        for _, other in self.spares:  # the zygote's ends of its other spares' sockets
+            other.close()
+        _die_with_parent(zygote_pid)
+        os.setsid()
+        message, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, len(FD_NAMES))
+        link.close()
+        if len(fds) != len(FD_NAMES):
+            os._exit(72)
+        assignment = json.loads(message)
+        named = dict(zip(FD_NAMES, fds, strict=True))
+        os.dup2(named["stdout"], 1)
+        os.dup2(named["stderr"], 2)
+        os.close(named["stdout"])
+        os.close(named["stderr"])
+        os.environ.clear()
+        os.environ.update(assignment["env"])
+        tempfile.tempdir = None  # recomputed from the new TMPDIR
+        os.chdir(assignment["cwd"])
+        apply_limits(assignment.get("limits"))
+        sys.argv = ["harness", "--role", assignment["role"]]
+        from .server import serve
+
+        code = serve(assignment["role"], named["read"], named["write"], named["key"])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="harness.zygote")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--lifeline-fd", type=int, required=True)
+    parser.add_argument("--spares", type=int, default=2)
+    parser.add_argument("--warm-target", default=None, help="backend:arch:warp_size, e.g. cuda:90:32")
+    args = parser.parse_args()
+    listener = socket.socket(fileno=args.listen_fd)
+    zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares))
+    zygote.facts = _preload(args.warm_target)
+    return zygote.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The warm pool: a zygote process (sandbox/harness/zygote.py) that has imported torch and triton
+once and forks a fresh harness process per request, so an evaluation pays for a CUDA context and
+its compiles but not for `import torch`.
+
+`WarmPool` owns the zygote (starts it through the isolation backend, restarts it when it dies);
+`PoolClient` is what an evaluation uses, from any thread or process that knows the socket path
+(RQ's work horses included). The listening socket is created here and handed to the zygote, so
+its path never has to be visible inside the isolation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .isolation import Isolation, ProcessIsolation
+
+MAX_REPLY = 64 * 1024
+_ZYGOTE_BOOTSTRAP = (
+    "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('harness.zygote', run_name='__main__', alter_sys=True)"
+)
+
+
+class PoolUnavailable(Exception):
+    """The zygote did not answer (it is starting, restarting or dead)."""
+
+
+@dataclass(frozen=True)
+class PoolClient:
+    """Talks to a zygote over its control socket: one connection per request."""
+
+    socket_path: str
+    scratch: str  # where jobs' working directories must be (visible inside the isolation)
+    device: str = "cpu"  # what the zygote was started for (its environment decided the Triton mode)
+    isolation_name: str = "process"
+
+    def environment(self) -> dict[str, str]:
+        """Variables that hand this pool to another process (RQ's work horses inherit them)."""
+        return {"REFEREE_POOL_SOCKET": self.socket_path, "REFEREE_POOL_SCRATCH": self.scratch,
+                "REFEREE_POOL_DEVICE": self.device, "REFEREE_POOL_ISOLATION": self.isolation_name}
+
+    def request(self, message: dict[str, Any], fds: list[int] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
+                connection.settimeout(timeout)
+                connection.connect(self.socket_path)
+                socket.send_fds(connection, [json.dumps(message).encode()], fds or [])
+                reply = json.loads(connection.recv(MAX_REPLY) or b"null")
+        except (OSError, ValueError) as exc:
+            raise PoolUnavailable(f"the warm pool did not answer {message.get('op')!r}: {exc}") from exc
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            raise PoolUnavailable(f"the warm pool refused {message.get('op')!r}: {reply}")
+        return reply
+
+    def spawn(self, role: str, cwd: Path, env: dict[str, str], limits: dict[str, int], fds: list[int]) -> int:
+        reply = self.request({"op": "spawn", "role": role, "cwd": str(cwd), "env": env, "limits": limits}, fds)
+        return int(reply["pid"])
+
+    def kill(self, pid: int) -> None:
+        self.request({"op": "kill", "pid": pid}, timeout=5)
+
+    def exit_status(self, pid: int) -> tuple[bool, int | None]:
+        """(still running, exit code or -signal when known)."""
+        reply = self.request({"op": "status", "pid": pid}, timeout=5)
+        return bool(reply["running"]), reply.get("exit")
+
+
+class WarmPool:
+    """Starts and keeps one zygote for this worker (one device, one isolation backend)."""
+
+    def __init__(self, device: str, *, isolation: Isolation | None = None, python: str | None = None,
+                 spares: int = 2, warm_target: str | None = None, root: Path | None = None) -> None:
+        self.device = device
+        self.isolation = isolation or ProcessIsolation()
+        self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or _default_python()
+        self.spares = spares
+        self.warm_target = detect_warm_target() if warm_target == "auto" and device == "cuda" else (
+            None if warm_target == "auto" else warm_target)
+        self.root = Path(tempfile.mkdtemp(prefix="referee-pool-", dir=root))
+        self.scratch = self.root / "jobs"  # bound into the isolation; the control socket is not
+        self.scratch.mkdir(mode=0o700)
+        (self.root / "control").mkdir(mode=0o700)
+        self.socket_path = str(self.root / "control" / "zygote.sock")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self._lifeline: int | None = None
+        self.stopped = False
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> PoolClient:
+        return PoolClient(self.socket_path, str(self.scratch), self.device, self.isolation.name)
+
+    def start(self, wait_s: float = 180.0) -> dict[str, Any]:
+        """Start the zygote and wait until it answers; returns its ping (import and warm-up times)."""
+        from .process import HARNESS_PARENT, child_environment
+
+        with self._lock:
+            if os.path.exists(self.socket_path):
+                os.unlink(self.socket_path)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            listener.bind(self.socket_path)
+            listener.listen(64)
+            zygote_home = self.scratch / ".zygote"
+            zygote_home.mkdir(exist_ok=True)
+            lifeline_r, self._lifeline = os.pipe()
+            argv = [self.python, "-I", "-c", _ZYGOTE_BOOTSTRAP, str(HARNESS_PARENT),
+                    "--listen-fd", str(listener.fileno()), "--lifeline-fd", str(lifeline_r), "--spares", str(self.spares)]
+            if self.warm_target:
+                argv += ["--warm-target", self.warm_target]
+            try:
+                self.process = subprocess.Popen(
+                    self.isolation.command(argv, self.scratch, self.device),
+                    cwd=zygote_home, env=child_environment(zygote_home, "zygote", self.device),
+                    pass_fds=(listener.fileno(), lifeline_r), stdin=subprocess.DEVNULL, start_new_session=True,
+                )
+            finally:
+                listener.close()  # the zygote holds it now; clients connect by path
+                os.close(lifeline_r)
+            self.started_at = time.monotonic()
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.client.request({"op": "ping"}, timeout=max(1.0, deadline - time.monotonic()))
+            except PoolUnavailable:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise PoolUnavailable(f"the zygote did not start (exit {self.process.poll()})") from None
+                time.sleep(0.2)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ensure(self) -> None:
+        """Restart the zygote if it died (its children died with it)."""
+        if not self.stopped and not self.alive():
+            self.restarts += 1
+            if self._lifeline is not None:
+                os.close(self._lifeline)
+                self._lifeline = None
+            self.start()
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> WarmPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _default_python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def detect_warm_target() -> str | None:
+    """`cuda:<arch>:32` of the first visible GPU, asked of nvidia-smi (this process never touches CUDA)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout.split()
+        major, minor = out[0].split(".")
+        return f"cuda:{int(major) * 10 + int(minor)}:32"
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def client_from_environment() -> PoolClient | None:
+    """The pool a worker process started for its jobs (RQ work horses inherit the variables)."""
+    path, scratch = os.environ.get("REFEREE_POOL_SOCKET"), os.environ.get("REFEREE_POOL_SCRATCH")
+    if not path or not scratch:
+        return None
+    return PoolClient(path, scratch, os.environ.get("REFEREE_POOL_DEVICE", "cpu"),
+                      os.environ.get("REFEREE_POOL_ISOLATION", "process"))
