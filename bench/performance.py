@@ -11,7 +11,7 @@
 Every submission carries a nonce, so none is answered from the result cache.
 
     python3 bench/performance.py --out DIR            # on the GPU host (bench/gpu_session.sh)
-    python3 bench/performance.py --out DIR --quick    # a small smoke run (CPU interpreter too)
+    python3 bench/performance.py --out DIR --latency 4 --batch 8 --stability 0   # a smoke run (CPU too)
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ class Bench:
         self.client = httpx.Client(base_url=url, timeout=900)
         self.options = options
 
-    def single(self, problem: BenchProblem) -> tuple[float, dict[str, Any]]:
+    def single(self, problem: BenchProblem, options: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
         started = time.monotonic()
         response = self.client.post("/v1/evaluations", params={"wait": 600},
-                                    json={**problem.submission(uuid.uuid4().hex), **self.options})
+                                    json={**problem.submission(uuid.uuid4().hex), **self.options, **(options or {})})
         response.raise_for_status()
         result = response.json()
         if "verdict" not in result:
@@ -110,12 +110,14 @@ def verdicts(results: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stability_n: int, large: list[BenchProblem],
-             options: dict[str, Any]) -> dict[str, Any]:
+             options: dict[str, Any], save: Any, into: dict[str, Any], key: str) -> dict[str, Any]:
+    """One configuration's phases; the partial results are saved after each phase."""
     os.environ["REFEREE_REFERENCE_CACHE"] = "on" if warm else "off"
     os.environ["REFEREE_REFERENCE_CACHE_DIR"] = tempfile.mkdtemp(prefix="referee-bench-cache-")
     settings = Settings(redis_url=None, auth="off", embedded_workers=workers, warm_pool=warm)
     small = small_problems()
     out: dict[str, Any] = {"warm_pool": warm, "reference_cache": warm, "embedded_workers": workers}
+    into[key] = out
     started = time.monotonic()
     with background_server(settings) as url:
         out["server_start_s"] = round(time.monotonic() - started, 2)
@@ -131,18 +133,20 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
         out["latency"] = {"n": latency_n, "p50_s": round(percentile(latencies, 0.5), 3),
                           "p95_s": round(percentile(latencies, 0.95), 3), "all_s": [round(x, 3) for x in latencies],
                           "verdicts": verdicts(single_results), "overhead_ms": stage_overhead(single_results)}
+        save()
         if batch_n:
             elapsed, batch_results = bench.batch(small, batch_n)
             out["throughput"] = {"submissions": batch_n, "problems": min(batch_n, len(small)), "seconds": round(elapsed, 2),
                                  "evaluations_per_minute": round(batch_n / elapsed * 60, 1), "verdicts": verdicts(batch_results),
                                  "overhead_ms": stage_overhead(batch_results)}
             print(f"  throughput: {batch_n} in {elapsed:.1f} s", flush=True)
+            save()
         if stability_n:
             out["stability"] = {}
             for problem in large:
                 runs = []
                 for _ in range(stability_n):
-                    seconds, result = bench.single(problem)
+                    seconds, result = bench.single(problem, {"trials": 1, "timing_sets": 2})
                     perf = result.get("performance") or {}
                     runs.append({"seconds": round(seconds, 2), "verdict": result["verdict"], "speedup": perf.get("speedup"),
                                  "candidate_ms": (perf.get("candidate_ms") or {}).get("median"),
@@ -160,6 +164,7 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
                     "candidate_ms_cv_percent": round(statistics.pstdev(candidate_ms) / statistics.mean(candidate_ms) * 100, 3)
                     if len(candidate_ms) >= 2 else None,
                 }
+                save()
     return out
 
 
@@ -182,47 +187,67 @@ def agreement(large: list[BenchProblem], stability: dict[str, Any], out_dir: Pat
     return rows
 
 
+def summarize(report: dict[str, Any]) -> None:
+    """The headline keys, from whatever phases have run so far."""
+    warm, base = report.get("referee") or {}, report.get("baseline") or {}
+    if "latency" in warm:
+        report["p50_latency_s"] = warm["latency"]["p50_s"]
+        report["p95_latency_s"] = warm["latency"]["p95_s"]
+        report["per_stage_overhead_ms"] = warm["latency"]["overhead_ms"]
+    if "throughput" in warm:
+        report["evaluations_per_minute"] = warm["throughput"]["evaluations_per_minute"]
+    cvs = [v["speedup_cv_percent"] for v in warm.get("stability", {}).values() if v["speedup_cv_percent"] is not None]
+    if cvs:
+        report["max_speedup_cv_percent"] = max(cvs)
+    if "latency" in base and "latency" in warm:
+        report["baseline_p50_latency_s"] = base["latency"]["p50_s"]
+        report.setdefault("ratio_to_baseline", {})["p50_latency"] = round(base["latency"]["p50_s"] / warm["latency"]["p50_s"], 2)
+    if "throughput" in base and "throughput" in warm:
+        report["baseline_evaluations_per_minute"] = base["throughput"]["evaluations_per_minute"]
+        report.setdefault("ratio_to_baseline", {})["evaluations_per_minute"] = round(
+            warm["throughput"]["evaluations_per_minute"] / base["throughput"]["evaluations_per_minute"], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true", help="a few submissions of each kind (smoke test)")
     parser.add_argument("--workers", type=int, default=4, help="evaluations at once (embedded workers)")
+    parser.add_argument("--latency", type=int, default=20, help="single submissions timed one by one")
+    parser.add_argument("--batch", type=int, default=100, help="submissions in the throughput batch")
+    parser.add_argument("--stability", type=int, default=5, help="evaluations of each large problem (0: skip)")
+    parser.add_argument("--baseline-latency", type=int, default=6)
+    parser.add_argument("--baseline-batch", type=int, default=24)
+    parser.add_argument("--label", default="", help="suffix of the results file name")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     card = card_name()
     on_gpu = not card.startswith("cpu-")
     large = large_problems() if on_gpu else []
-    options: dict[str, Any] = {"trials": 1}
-    quick = args.quick
     report: dict[str, Any] = {
         "card": card, "date": datetime.date.today().isoformat(), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "method": "embedded HTTP API, warm pool, per-GPU timing lock; every submission unique (nonce); trials=1 "
-                  "(each input set still checked once, plus the recheck after timing)",
-    }
-    print("Referee with the warm pool and caches", flush=True)
-    report["referee"] = run_mode(warm=True, workers=args.workers, latency_n=4 if quick else 28, batch_n=12 if quick else 112,
-                                 stability_n=0 if quick else 5, large=large, options=options)
-    print("baseline: fresh processes, no reference cache", flush=True)
-    report["baseline"] = run_mode(warm=False, workers=args.workers, latency_n=2 if quick else 8, batch_n=4 if quick else 28,
-                                  stability_n=0, large=large, options=options)
-    if on_gpu and not quick:
-        report["agreement_with_do_bench"] = agreement(large, report["referee"]["stability"], args.out)
-    warm, base = report["referee"], report["baseline"]
-    report["p50_latency_s"] = warm["latency"]["p50_s"]
-    report["p95_latency_s"] = warm["latency"]["p95_s"]
-    report["evaluations_per_minute"] = warm["throughput"]["evaluations_per_minute"]
-    cvs = [v["speedup_cv_percent"] for v in warm.get("stability", {}).values() if v["speedup_cv_percent"] is not None]
-    report["max_speedup_cv_percent"] = max(cvs) if cvs else None
-    report["per_stage_overhead_ms"] = warm["latency"]["overhead_ms"]
-    report["baseline_p50_latency_s"] = base["latency"]["p50_s"]
-    report["baseline_evaluations_per_minute"] = base["throughput"]["evaluations_per_minute"]
-    report["ratio_to_baseline"] = {
-        "p50_latency": round(base["latency"]["p50_s"] / warm["latency"]["p50_s"], 2),
-        "evaluations_per_minute": round(warm["throughput"]["evaluations_per_minute"] / base["throughput"]["evaluations_per_minute"], 2),
+        "method": "embedded HTTP API, warm pool, per-GPU timing lock, default evaluation options (small problems: 3 input "
+                  "sets, 5 trials, recheck, profile); every submission unique (nonce). Large problems: trials=1, "
+                  "timing_sets=2 (one input set; 256 MB inputs do not fit in L2 anyway)",
     }
     slug = card.lower().replace(" ", "-")
-    path = args.out / f"{slug}-{report['date']}{'-quick' if quick else ''}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = args.out / f"{slug}-{report['date']}{args.label}.json"
+
+    def save() -> None:
+        summarize(report)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+
+    print("Referee with the warm pool and caches", flush=True)
+    report["referee"] = run_mode(warm=True, workers=args.workers, latency_n=args.latency, batch_n=args.batch,
+                                 stability_n=args.stability, large=large, options={}, save=save, into=report, key="referee")
+    save()
+    if args.baseline_latency or args.baseline_batch:
+        print("baseline: fresh processes, no reference cache", flush=True)
+        report["baseline"] = run_mode(warm=False, workers=args.workers, latency_n=args.baseline_latency, batch_n=args.baseline_batch,
+                                      stability_n=0, large=large, options={}, save=save, into=report, key="baseline")
+        save()
+    if on_gpu and args.stability:
+        report["agreement_with_do_bench"] = agreement(large, report["referee"]["stability"], args.out)
+        save()
     print(json.dumps({k: v for k, v in report.items() if k not in ("referee", "baseline")}, indent=1))
     print(f"wrote {path}")
 

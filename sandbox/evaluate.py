@@ -86,25 +86,28 @@ class _Run:
     allowed_ops: list[str] = field(default_factory=list)
     compiled: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
+    _started: dict[str, float] = field(default_factory=dict)
 
     def add_violations(self, violations: list[Violation]) -> None:
         known = {v.rule for v in self.anti_cheat.violations}
         self.anti_cheat.violations.extend(v for v in violations if v.rule not in known)
 
     def ask(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytearray]:
+        self.post(process, header, payload)
+        return self.collect(process, header)
+
+    def post(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> None:
+        """Send a command; its answer is collected later, so two processes can work at once."""
+        self._started[process.role] = time.monotonic()
+        self._failing(process, lambda: process.post(header, payload, deadline=self.deadline))
+
+    def collect(self, process: HarnessProcess, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray]:
         step = f"{process.role}.{header['cmd']}"
-        started = time.monotonic()
         try:
-            reply, data = process.request(header, payload, deadline=self.deadline)
-        except HarnessTimeout as exc:
-            if process is self.candidate:
-                raise _Stop(Verdict.timeout, {"kind": "timeout", "message": f"{exc} (limit {self.config.timeout_s:g} s)"}) from exc
-            raise _Stop(Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": str(exc)}) from exc
-        except HarnessDied as exc:
-            verdict = Verdict.runtime_error if process is self.candidate else Verdict.infrastructure_error
-            raise _Stop(verdict, {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}) from exc
+            reply, data = self._failing(process, lambda: process.collect(header, deadline=self.deadline))
         finally:
-            self.steps[step] = self.steps.get(step, 0.0) + (time.monotonic() - started) * 1e3
+            elapsed = (time.monotonic() - self._started.get(process.role, time.monotonic())) * 1e3
+            self.steps[step] = self.steps.get(step, 0.0) + elapsed
         if not reply.get("ok"):
             error = reply.get("error") or {"kind": "infrastructure_error", "message": "malformed reply"}
             kind = error.get("kind")
@@ -113,6 +116,18 @@ class _Run:
             verdict = _FAILURE_VERDICTS.get(kind, Verdict.infrastructure_error) if process is self.candidate else Verdict.infrastructure_error
             raise _Stop(verdict, error)
         return reply, data
+
+    def _failing(self, process: HarnessProcess, step: Any) -> Any:
+        """Run a channel step, turning a dead or silent process into the verdict it earns."""
+        try:
+            return step()
+        except HarnessTimeout as exc:
+            if process is self.candidate:
+                raise _Stop(Verdict.timeout, {"kind": "timeout", "message": f"{exc} (limit {self.config.timeout_s:g} s)"}) from exc
+            raise _Stop(Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": str(exc)}) from exc
+        except HarnessDied as exc:
+            verdict = Verdict.runtime_error if process is self.candidate else Verdict.infrastructure_error
+            raise _Stop(verdict, {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}) from exc
 
 
 def _jobs_root() -> Path:
@@ -205,9 +220,14 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
 def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list[dict[str, int]]) -> None:
     config = run.config
     init_seed = derive_seed(run.salt, "init")
+    # The candidate process sets up its device (CUDA context, Triton's driver) while the reference
+    # builds its model: both before any candidate code is loaded.
+    prepare = {"cmd": "prepare", "device": run.device}
+    run.post(run.candidate, prepare)
     reply, init_payload = run.ask(run.reference, {
         "cmd": "setup", "path": reference_path, "device": run.device, "init_seed": init_seed, "input_sets": input_sets,
     })
+    run.collect(run.candidate, prepare)
     run.environment = Environment(**{k: v for k, v in reply["environment"].items() if k in Environment.model_fields},
                                   isolation=run.reference.isolation_name)
     run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
@@ -313,18 +333,32 @@ def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
 def _time(run: _Run) -> None:
     """Time the reference and the candidate the same way on the same rotated inputs, holding the
     GPU's timing lock (when there is one) so no other evaluation's timing runs meanwhile."""
-    if run.timing_lock is None or run.device != "cuda":
-        _time_unlocked(run)
-        return
-    with run.timing_lock.held() as waited_s:
-        run.performance.lock_wait_ms = waited_s * 1e3
-        _time_unlocked(run)
-
-
-def _time_unlocked(run: _Run) -> None:
     seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
-    options = {"max_seconds": run.config.max_timing_seconds}
     reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
+    if run.timing_lock is None or run.device != "cuda":
+        _time_unlocked(run, reply["inputs"], inputs)
+    else:
+        with run.timing_lock.held() as waited_s:
+            run.performance.lock_wait_ms = waited_s * 1e3
+            _time_unlocked(run, reply["inputs"], inputs)
+    if run.device == "cuda":
+        _profile(run, reply["inputs"], inputs)
+
+
+def _profile(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
+    """The share of GPU time in the submission's own kernels (the profiler sees only this process's
+    kernels, so this needs no timing lock)."""
+    profiled, _ = run.ask(run.candidate, {"cmd": "profile", "inputs": header_inputs}, bytes(inputs))
+    run.add_violations(_watch_violations(profiled, "profile"))
+    run.performance.triton_time_fraction = profiled["fraction"]
+    fraction = profiled["fraction"] or 0.0
+    if fraction < run.config.min_triton_time_fraction:
+        run.add_violations([rules.violation("low_triton_time_fraction", {
+            "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": profiled["kernels_us"]})])
+
+
+def _time_unlocked(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
+    options = {"max_seconds": run.config.max_timing_seconds}
     cache = run.reference_cache
     cache_key = ReferenceCache.key(run.problem_sha256, run.input_sets, run.environment.model_dump(),
                                    {"sets": run.config.timing_sets, **options})
@@ -335,16 +369,8 @@ def _time_unlocked(run: _Run) -> None:
         ref_stats = reference["stats"]
         if cache is not None:
             cache.put(cache_key, ref_stats)
-    candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": reply["inputs"], "options": options}, bytes(inputs))
+    candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": header_inputs, "options": options}, bytes(inputs))
     run.add_violations(_watch_violations(candidate, "timing"))
-    if run.device == "cuda":
-        profiled, _ = run.ask(run.candidate, {"cmd": "profile", "inputs": reply["inputs"]}, bytes(inputs))
-        run.add_violations(_watch_violations(profiled, "profile"))
-        run.performance.triton_time_fraction = profiled["fraction"]
-        fraction = profiled["fraction"] or 0.0
-        if fraction < run.config.min_triton_time_fraction:
-            run.add_violations([rules.violation("low_triton_time_fraction", {
-                "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": profiled["kernels_us"]})])
     cand_stats = candidate["stats"]
     perf = run.performance
     perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})

@@ -153,6 +153,7 @@ class HarnessProcess:
         self.channel: Channel | None = None
         self.busy_seconds = 0.0
         self.start_seconds = 0.0
+        self._posted_at = 0.0
         self._readers: list[_CappedReader] = []
         self._fds: tuple[int, ...] = ()
 
@@ -211,23 +212,35 @@ class HarnessProcess:
         self.start_seconds = time.monotonic() - started
 
     def request(self, header: dict[str, Any], payload: bytes = b"", *, deadline: float) -> tuple[dict[str, Any], bytearray]:
+        self.post(header, payload, deadline=deadline)
+        return self.collect(header, deadline=deadline)
+
+    def post(self, header: dict[str, Any], payload: bytes = b"", *, deadline: float) -> None:
+        """Send a command without waiting for its answer (collect it later with `collect`)."""
         assert self.channel is not None and self.process is not None
-        started = time.monotonic()
+        self._posted_at = time.monotonic()
+        self._guarded(header, lambda: self.channel.send(header, payload, deadline=deadline))  # type: ignore[union-attr]
+
+    def collect(self, header: dict[str, Any], *, deadline: float) -> tuple[dict[str, Any], bytearray]:
+        assert self.channel is not None
         try:
-            self.channel.send(header, payload, deadline=deadline)
-            reply, data = self.channel.recv(deadline=deadline)
+            reply, data = self._guarded(header, lambda: self.channel.recv(deadline=deadline))  # type: ignore[union-attr]
+        finally:
+            self.busy_seconds += time.monotonic() - self._posted_at
+        if reply.get("cmd") != header.get("cmd"):
+            self.kill()
+            raise HarnessDied(f"the {self.role} process answered out of order", None)
+        return reply, data
+
+    def _guarded(self, header: dict[str, Any], step: Any) -> Any:
+        try:
+            return step()
         except ChannelTimeout as exc:
             self.kill()
             raise HarnessTimeout(f"the {self.role} process did not answer {header.get('cmd')!r} in time") from exc
         except (ChannelClosed, ProtocolError) as exc:
             returncode = self._reap()
             raise HarnessDied(f"the {self.role} process {self._describe_exit(returncode, exc)}", returncode) from exc
-        finally:
-            self.busy_seconds += time.monotonic() - started
-        if reply.get("cmd") != header.get("cmd"):
-            self.kill()
-            raise HarnessDied(f"the {self.role} process answered out of order", None)
-        return reply, data
 
     def _describe_exit(self, returncode: int | None, exc: Exception) -> str:
         if returncode is None:

@@ -15,7 +15,7 @@ from .audit import AuditGuard
 from .dispatch import OpRecorder, compute_ops
 from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
-from .runtime import environment, error_reply, host_clock_autotuning, load_module, resolve_device
+from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device
 from .timing import CudaTimer, profile_kernels, time_on_host
 
 
@@ -67,6 +67,9 @@ class CandidateRole:
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
         kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
         return CandidateFailed(error_reply(kind, exc, self.path))
+
+    def cmd_prepare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        return prepare_device(header["device"]), b""
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])

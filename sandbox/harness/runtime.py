@@ -23,6 +23,19 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def prepare_device(requested: str) -> dict[str, Any]:
+    """Make the device ready before any submitted code is loaded: the CUDA context and Triton's
+    driver (whose C utilities the warm pool seeded into this process's Triton cache)."""
+    device = resolve_device(requested)
+    if device.type == "cuda":
+        torch.empty(1, device=device)
+        torch.cuda.synchronize(device)
+        import triton
+
+        triton.runtime.driver.active.get_current_device()
+    return {"ok": True}
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     import triton
 
