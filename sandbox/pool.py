@@ -116,7 +116,8 @@ class WarmPool:
             zygote_home.mkdir(exist_ok=True)
             lifeline_r, self._lifeline = os.pipe()
             argv = [self.python, "-I", "-c", _ZYGOTE_BOOTSTRAP, str(HARNESS_PARENT),
-                    "--listen-fd", str(listener.fileno()), "--lifeline-fd", str(lifeline_r), "--spares", str(self.spares)]
+                    "--listen-fd", str(listener.fileno()), "--lifeline-fd", str(lifeline_r), "--spares", str(self.spares),
+                    "--device", self.device]
             if self.warm_target:
                 argv += ["--warm-target", self.warm_target]
             try:

@@ -109,7 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = None
         if isinstance(queue, EmbeddedQueue):
             if settings.warm_pool:
-                pool = await asyncio.to_thread(start_warm_pool, None, settings.pool_spares)
+                # Two harness processes per evaluation: keep enough forked ahead for every worker thread.
+                spares = max(settings.pool_spares, 2 * settings.embedded_workers)
+                pool = await asyncio.to_thread(start_warm_pool, None, spares)
             queue.start()
         sweeper = threading.Thread(target=_maintenance, args=(referee, settings.maintenance_interval_s, stop),
                                    name="referee-maintenance", daemon=True)

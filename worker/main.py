@@ -91,7 +91,8 @@ def run_worker(options: WorkerOptions) -> None:
     pin_gpu(options.gpu)
     from worker.jobs import start_warm_pool, stop_warm_pool
 
-    pool = start_warm_pool(spares=options.pool_spares) if options.warm_pool else None
+    spares = max(options.pool_spares, 2 * options.concurrency)  # two harness processes per job
+    pool = start_warm_pool(spares=spares) if options.warm_pool else None
     parent = os.getpid()
     siblings = []
     for index in range(1, options.concurrency):

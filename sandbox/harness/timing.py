@@ -56,8 +56,11 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
 class CudaTimer:
     """Times `call(inputs)` with CUDA events and an L2 flush per call."""
 
-    def __init__(self, device: torch.device, flush_bytes: int = 256 << 20) -> None:
+    def __init__(self, device: torch.device, flush_bytes: int | None = None) -> None:
         self.device = device
+        if flush_bytes is None:  # twice the L2 (50 MB on an H100): enough to evict it, cheap to write
+            l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (64 << 20)
+            flush_bytes = max(2 * l2_bytes, 32 << 20)
         self._flush = torch.empty(flush_bytes // 4, dtype=torch.int32, device=device)
         self._Event = torch.cuda.Event
         self._synchronize = torch.cuda.synchronize

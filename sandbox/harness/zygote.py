@@ -62,6 +62,9 @@ def _preload(warm_target: str | None) -> dict[str, Any]:
         except Exception as exc:  # a cold compiler is slower, not wrong
             facts["compile_error"] = f"{type(exc).__name__}: {exc}"[:300]
         started = time.monotonic()
+        from triton.backends.nvidia import driver
+
+        driver.libcuda_dirs()  # runs `ldconfig -p` once here, not in every child (cached per process)
         facts["driver_utils_built"] = _build_driver_utils()
         facts["driver_utils_s"] = round(time.monotonic() - started, 3)
     if torch.cuda.is_initialized():
@@ -138,7 +141,8 @@ def _compile_for(target: str) -> None:
 
 
 class Zygote:
-    def __init__(self, listener: socket.socket, lifeline: int, spares: int) -> None:
+    def __init__(self, listener: socket.socket, lifeline: int, spares: int, device: str = "cpu") -> None:
+        self.device = device
         self.listener = listener
         self.lifeline = lifeline
         self.spares_wanted = spares
@@ -259,6 +263,11 @@ class Zygote:
             other.close()
         _die_with_parent(zygote_pid)
         os.setsid()
+        if self.device == "cuda":
+            # Ahead of demand: a CUDA context takes ~0.3-0.6 s to create (safe here: the zygote has none).
+            import torch
+
+            torch.empty(1, device="cuda")
         message, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, len(FD_NAMES))
         link.close()
         if len(fds) != len(FD_NAMES):
@@ -298,11 +307,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="harness.zygote")
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--lifeline-fd", type=int, required=True)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: spares create their CUDA context early")
     parser.add_argument("--spares", type=int, default=2)
     parser.add_argument("--warm-target", default=None, help="backend:arch:warp_size, e.g. cuda:90:32")
     args = parser.parse_args()
     listener = socket.socket(fileno=args.listen_fd)
-    zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares))
+    zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device)
     zygote.facts = _preload(args.warm_target)
     zygote.seed = seed_files(zygote.seed_dir)
     zygote.facts["seed_files"] = len(zygote.seed)
