@@ -6,6 +6,7 @@ Run it with `referee serve` (embedded unless REFEREE_REDIS_URL or --redis-url is
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -14,7 +15,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +31,19 @@ from .store import MemoryKV, RedisKV, Store
 
 log = logging.getLogger("referee")
 VERSION = "0.1.0"
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a 422 echoes the input, which may hold lone
+    surrogates that UTF-8 cannot encode (starlette's default rendering would fail with a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 
 class _BodyTooLarge(Exception):
@@ -121,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.referee = referee
     app.include_router(router)
     app.include_router(openrlhf_router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.middleware("http")
     async def observe(request: Any, call_next: Any) -> Any:
