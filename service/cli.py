@@ -495,7 +495,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API. Settings come from REFEREE_* variables; these options override them."""
     from .server import serve as run_server
-    from .settings import Settings
+    from .settings import Settings, redact_url
 
     if embedded and redis_url:
         err.print("error: --embedded and --redis-url exclude each other")
@@ -511,7 +511,7 @@ def serve(
     except ValueError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    err.print(f"Referee API on http://{settings.host}:{settings.port} ({'embedded' if settings.embedded else settings.redis_url}; "
+    err.print(f"Referee API on http://{settings.host}:{settings.port} ({'embedded' if settings.embedded else redact_url(settings.redis_url)}; "
               f"auth {'on' if settings.auth_enabled else 'off'})")
     if processes > 1 and settings.embedded:
         err.print("error: --processes needs Redis (--redis-url): embedded mode keeps its queue in one process")
