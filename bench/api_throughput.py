@@ -4,7 +4,7 @@ workers (jobs only pile up in the queue), distinct submissions so none is dedupl
 The load generator is a bare asyncio HTTP/1.1 client on keep-alive connections, in this process,
 on the same machine as the API and Redis: all three share the CPUs, as they would on a small host.
 
-    python bench/api_throughput.py [--requests 4000] [--connections 32] [--batch 100] [--out bench/results/X.json]
+    python bench/api_throughput.py [--requests 4000] [--connections 32] [--batch 100] [--processes 2] [--out bench/results/X.json]
 """
 
 from __future__ import annotations
@@ -77,10 +77,10 @@ async def drive(port: int, requests: list[bytes], connections: int) -> tuple[flo
     return time.perf_counter() - started, latencies, statuses
 
 
-def run(requests: int, connections: int, batch: int, workdir: Path) -> dict[str, Any]:
+def run(requests: int, connections: int, batch: int, workdir: Path, processes: int = 1) -> dict[str, Any]:
     redis_server = RedisServer(workdir / "redis").start()
     api = ApiServer(redis_server.url, workdir / "api.log",
-                    env={"REFEREE_API_KEYS": KEY, "REFEREE_MAX_QUEUED_PER_KEY": "100000000", "REFEREE_QUEUE_NAME": "bench"}).start()
+                    env={"REFEREE_API_KEYS": KEY, "REFEREE_MAX_QUEUED_PER_KEY": "100000000", "REFEREE_QUEUE_NAME": "bench"}, processes=processes).start()
     port = api.port
     tag = uuid.uuid4().hex
     try:
@@ -111,11 +111,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=1, help="API processes (referee serve --processes)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="referee-bench-") as folder:
-        figures = run(args.requests, args.connections, args.batch, Path(folder))
-    report = {"benchmark": "api_throughput", "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU",
+        figures = run(args.requests, args.connections, args.batch, Path(folder), args.processes)
+    report = {"benchmark": "api_throughput", "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU", "api_processes": args.processes,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), **figures}
     text = json.dumps(report, indent=2)
     print(text)
