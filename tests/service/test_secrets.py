@@ -13,8 +13,9 @@ from service_support import TINY_CANDIDATE, TINY_REFERENCE, full, static_reject,
 
 from bench.stack import ApiServer, RedisServer, Worker, live_workers
 
-# Prints its whole environment: the harness must have been started without the worker's secrets.
-ENV_PRINTER = "import os\nprint(sorted(os.environ.items()))\n" + TINY_CANDIDATE
+# Prints its whole environment (flushed: a harness killed at the end loses buffered output): the harness
+# must have been started without the worker's secrets.
+ENV_PRINTER = "import os\nprint(sorted(os.environ.items()), flush=True)\n" + TINY_CANDIDATE
 
 
 def test_keys_and_the_redis_password_appear_nowhere(tmp_path: Path, redis_binary: str) -> None:
