@@ -490,11 +490,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="embedded mode: evaluations run at once")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Redis mode: API processes sharing the port (uvicorn workers)")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the HTTP API. Settings come from REFEREE_* variables; these options override them."""
     from .server import serve as run_server
-    from .settings import Settings
+    from .settings import Settings, redact_url
 
     if embedded and redis_url:
         err.print("error: --embedded and --redis-url exclude each other")
@@ -510,9 +511,12 @@ def serve(
     except ValueError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    err.print(f"Referee API on http://{settings.host}:{settings.port} ({'embedded' if settings.embedded else settings.redis_url}; "
+    err.print(f"Referee API on http://{settings.host}:{settings.port} ({'embedded' if settings.embedded else redact_url(settings.redis_url)}; "
               f"auth {'on' if settings.auth_enabled else 'off'})")
-    run_server(settings, log_level=log_level)
+    if processes > 1 and settings.embedded:
+        err.print("error: --processes needs Redis (--redis-url): embedded mode keeps its queue in one process")
+        raise typer.Exit(EXIT_USAGE)
+    run_server(settings, log_level=log_level, processes=processes)
 
 
 @app.command()

@@ -8,6 +8,7 @@ periodic sweep (`maintain`), whichever comes first; the first one stored wins.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -47,6 +48,7 @@ class Prepared:
 class Admitted:
     id: str
     deduplicated: bool
+    created_at: float | None = None  # set when this request created the job (it is queued now)
 
 
 def _sha256(text: str) -> str:
@@ -55,6 +57,13 @@ def _sha256(text: str) -> str:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=256)
+def _planned(source: str, input_sets_json: str) -> tuple[dict[str, int], ...]:
+    """plan_problem, remembered: an RL group sends many candidates for one reference, and parsing it
+    was a tenth of the API's CPU per submission. (Failures are not cached; they raise every time.)"""
+    return tuple(plan_problem(source, json.loads(input_sets_json)))
 
 
 class Evaluations:
@@ -78,7 +87,7 @@ class Evaluations:
     def _validate_problem(self, source: str, input_sets: list[dict[str, int]] | None, what: str) -> list[dict[str, int]]:
         """The engine's own static problem checks, so an unusable reference is a 422 now, not a result later."""
         try:
-            return plan_problem(source, input_sets)
+            return [dict(s) for s in _planned(source, _canonical(input_sets))]
         except ProblemSourceError as exc:
             raise self._reject(422, "problem_source", f"{what}: {exc}") from exc
 
@@ -105,29 +114,38 @@ class Evaluations:
         return Prepared(digest, payload, timeout, request.name, request.reward.preset)
 
     def admit(self, owner: str, items: list[Prepared]) -> list[Admitted]:
-        """Dedup, apply the per-key queued limit (all or nothing), record and enqueue."""
-        admitted: list[Admitted] = []
-        fresh: list[tuple[str, Prepared]] = []
-        seen: dict[str, str] = {}  # digest -> id within this request
+        """Dedup, apply the per-key queued limit (all or nothing), record and enqueue.
+
+        Three Redis round trips for any number of items (records and dedup claims; the limit and
+        the pending index; the jobs): this is the API's hot path."""
         now = time.time()
+        unique: dict[str, Prepared] = {}  # digest -> the first item with it in this request
         for item in items:
-            if item.digest in seen:
-                admitted.append(Admitted(seen[item.digest], True))
-                continue
-            new_id = uuid.uuid4().hex
-            # The record goes in before the dedup claim, so a claimed id always has a record.
-            self.store.put_evaluation({"id": new_id, "owner": owner, "created_at": now, "name": item.name,
-                                       "digest": item.digest, "reward_preset": item.reward_preset})
-            existing = self.store.claim_dedup(owner, item.digest, new_id)
+            unique.setdefault(item.digest, item)
+        records = [{"id": uuid.uuid4().hex, "owner": owner, "created_at": now, "name": item.name,
+                    "digest": digest, "reward_preset": item.reward_preset} for digest, item in unique.items()]
+        previous = self.store.put_evaluations_and_claim(owner, records, list(unique))
+        resolved: dict[str, tuple[str, bool]] = {}  # digest -> (id, deduplicated)
+        fresh: list[tuple[str, Prepared]] = []
+        unused: list[str] = []
+        for record, (digest, item), existing in zip(records, unique.items(), previous, strict=True):
             if existing is not None and not self._reusable(existing):
-                self.store.replace_dedup(owner, item.digest, new_id)
+                self.store.replace_dedup(owner, digest, record["id"])
                 existing = None
             if existing is None:
-                fresh.append((new_id, item))
+                fresh.append((record["id"], item))
             else:
-                self.store.delete_evaluations([new_id])
-            seen[item.digest] = existing or new_id
-            admitted.append(Admitted(existing or new_id, existing is not None))
+                unused.append(record["id"])
+            resolved[digest] = (existing or record["id"], existing is not None)
+        if unused:
+            self.store.delete_evaluations(unused)
+        admitted: list[Admitted] = []
+        seen: set[str] = set()
+        for item in items:
+            evaluation_id, deduplicated = resolved[item.digest]
+            repeat = item.digest in seen or deduplicated
+            admitted.append(Admitted(evaluation_id, repeat, None if repeat else now))
+            seen.add(item.digest)
         new_ids = [new_id for new_id, _ in fresh]
 
         def undo() -> None:
@@ -147,7 +165,6 @@ class Evaluations:
             self.store.release(owner, new_ids)
             undo()
             raise self._reject(503, "queue_unavailable", f"the queue is unavailable: {type(exc).__name__}: {exc}") from exc
-        self.store.mark_pending(new_ids)
         self.metrics.submitted.labels("new").inc(len(new_ids))
         self.metrics.submitted.labels("deduplicated").inc(len(items) - len(new_ids))
         return admitted

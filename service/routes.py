@@ -88,15 +88,21 @@ async def create_evaluation(body: EvaluationRequest, request: Request, owner: Ow
     referee = _referee(request)
     canonical = body.model_dump_json()
 
-    def submit() -> tuple[str, bool]:
+    def submit() -> tuple[str, bool, float | None]:
         prior = referee.idempotent(owner, "evaluation", idempotency_key, canonical)
         if prior is not None:
-            return prior, False
+            return prior, False, None
         admitted = referee.submit(owner, body)
-        return referee.remember_idempotent(owner, "evaluation", idempotency_key, canonical, admitted.id), admitted.deduplicated
+        evaluation_id = referee.remember_idempotent(owner, "evaluation", idempotency_key, canonical, admitted.id)
+        return evaluation_id, admitted.deduplicated, admitted.created_at if evaluation_id == admitted.id else None
 
-    evaluation_id, deduplicated = await run_in_threadpool(submit)
-    view = await _wait_for(referee, owner, evaluation_id, _wait_limit(request, wait))
+    evaluation_id, deduplicated, created_at = await run_in_threadpool(submit)
+    wait_s = _wait_limit(request, wait)
+    if created_at is not None and wait_s == 0:
+        # Enqueued by this very request and nobody waits: it is queued; skip reading it back (the hot path).
+        queued = {"id": evaluation_id, "status": "queued", "created_at": created_at, "name": body.name}
+        return _evaluation_response(queued, deduplicated=False)
+    view = await _wait_for(referee, owner, evaluation_id, wait_s)
     if view is None:  # expired between submission and now
         raise HTTPException(404, f"evaluation {evaluation_id} not found")
     return _evaluation_response(view, deduplicated)

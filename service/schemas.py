@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandbox.models import EvalConfig
+
+
+def _utf8(value: str | None) -> str | None:
+    """JSON may carry lone surrogates (`"\\ud800"`) that no file or hash can encode: refuse them here (422)."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"the text is not valid Unicode (a lone surrogate at index {exc.start}); send UTF-8 source") from None
+    return value
 
 
 class EvaluationRequest(EvalConfig):
@@ -18,6 +28,8 @@ class EvaluationRequest(EvalConfig):
     problem_id: str | None = Field(default=None, description="id of a problem registered with POST /v1/problems")
     candidate: str = Field(description="candidate source defining ModelNew with @triton.jit kernels")
     name: str | None = Field(default=None, max_length=200, description="a label kept with the evaluation")
+
+    _encodable = field_validator("reference", "problem_id", "candidate", "name")(_utf8)
 
     @model_validator(mode="after")
     def _one_problem(self) -> EvaluationRequest:
@@ -48,6 +60,8 @@ class BatchRequest(BaseModel):
     items: list[EvaluationRequest] = Field(min_length=1)
     name: str | None = Field(default=None, max_length=200)
 
+    _encodable = field_validator("name")(_utf8)
+
 
 class BatchItem(BaseModel):
     index: int
@@ -73,6 +87,8 @@ class ProblemRequest(BaseModel):
 
     source: str = Field(min_length=1, description="KernelBench-format reference source")
     name: str = Field(default="problem", max_length=200)
+
+    _encodable = field_validator("source", "name")(_utf8)
 
 
 class Problem(BaseModel):

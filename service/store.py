@@ -38,6 +38,16 @@ class RedisKV:
         previous = self.r.set(PREFIX + key, value, ex=ttl, nx=True, get=True)
         return previous.decode() if isinstance(previous, bytes) else previous
 
+    def put_and_claim(self, puts: list[tuple[str, str]], claims: list[tuple[str, str]], ttl: int) -> list[str | None]:
+        """`put` each of `puts`, then `claim` each of `claims`, in one round trip; the claims' previous values."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key, value in puts:
+                pipe.set(PREFIX + key, value, ex=ttl)
+            for key, value in claims:
+                pipe.set(PREFIX + key, value, ex=ttl, nx=True, get=True)
+            replies = pipe.execute()[len(puts):]
+        return [v.decode() if isinstance(v, bytes) else v for v in replies]
+
     def delete(self, keys: list[str]) -> None:
         if keys:
             self.r.delete(*[PREFIX + k for k in keys])
@@ -47,12 +57,15 @@ class RedisKV:
         self.r.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
                     1, PREFIX + key, value)
 
-    def set_add_count(self, key: str, members: Iterable[str], ttl: int) -> int:
-        """Add members and return the set's size, atomically."""
+    def set_add_count(self, key: str, members: Iterable[str], ttl: int, also: str | None = None) -> int:
+        """Add members and return the set's size, atomically; with `also`, add them to that set too (same round trip)."""
         members = list(members)
         if not members:
             return int(self.r.scard(PREFIX + key))
         with self.r.pipeline(transaction=True) as pipe:
+            if also is not None:
+                pipe.sadd(PREFIX + also, *members)
+                pipe.expire(PREFIX + also, ttl)
             pipe.sadd(PREFIX + key, *members)
             pipe.expire(PREFIX + key, ttl)
             pipe.scard(PREFIX + key)
@@ -105,6 +118,11 @@ class MemoryKV:
                 self._values[key] = (value, time.monotonic() + ttl)
             return previous
 
+    def put_and_claim(self, puts: list[tuple[str, str]], claims: list[tuple[str, str]], ttl: int) -> list[str | None]:
+        for key, value in puts:
+            self.put(key, value, ttl)
+        return [self.claim(key, value, ttl) for key, value in claims]
+
     def delete(self, keys: list[str]) -> None:
         with self._lock:
             for key in keys:
@@ -115,7 +133,10 @@ class MemoryKV:
             if self._live(key) == value:
                 del self._values[key]
 
-    def set_add_count(self, key: str, members: Iterable[str], ttl: int) -> int:
+    def set_add_count(self, key: str, members: Iterable[str], ttl: int, also: str | None = None) -> int:
+        members = list(members)
+        if also is not None:
+            self.set_add_count(also, members, ttl)
         with self._lock:
             current = self._live(key) or set()
             current |= set(members)
@@ -159,9 +180,6 @@ class Store:
         self.kv.put(key, json.dumps(value), self.ttl)
 
     # evaluations
-    def put_evaluation(self, record: dict[str, Any]) -> None:
-        self._put_json(f"eval:{record['id']}", record)
-
     def delete_evaluations(self, ids: list[str]) -> None:
         self.kv.delete([f"eval:{i}" for i in ids])
 
@@ -184,10 +202,13 @@ class Store:
         self.kv.set_remove(PENDING, [evaluation_id])
         return won
 
-    # dedup and idempotency
-    def claim_dedup(self, owner: str, digest: str, evaluation_id: str) -> str | None:
-        return self.kv.claim(f"dedup:{owner}:{digest}", evaluation_id, self.ttl)
+    def put_evaluations_and_claim(self, owner: str, records: list[dict[str, Any]], digests: list[str]) -> list[str | None]:
+        """Write the records, then claim each one's dedup entry, in one round trip: the ids already
+        holding the claims (None where this record's id won). Records go first, so a claimed id always has one."""
+        return self.kv.put_and_claim([(f"eval:{r['id']}", json.dumps(r)) for r in records],
+                                     [(f"dedup:{owner}:{d}", r["id"]) for r, d in zip(records, digests, strict=True)], self.ttl)
 
+    # dedup and idempotency
     def replace_dedup(self, owner: str, digest: str, evaluation_id: str) -> None:
         self.kv.put(f"dedup:{owner}:{digest}", evaluation_id, self.ttl)
 
@@ -203,21 +224,20 @@ class Store:
 
     # the per-key queued limit
     def reserve(self, owner: str, ids: list[str], limit: int) -> bool:
-        """Count `ids` as active for `owner` unless that makes more than `limit`; all or nothing."""
-        if self.kv.set_add_count(f"active:{owner}", ids, self.ttl) > limit:
-            self.kv.set_remove(f"active:{owner}", ids)
+        """Count `ids` as active for `owner` and pending for the sweep, unless that makes more than
+        `limit` active; all or nothing. (Pending before enqueued is fine: the sweep gives a job
+        missing from the queue a grace period.)"""
+        if self.kv.set_add_count(f"active:{owner}", ids, self.ttl, also=PENDING) > limit:
+            self.release(owner, ids)
             return False
         return True
 
     def release(self, owner: str, ids: list[str]) -> None:
         self.kv.set_remove(f"active:{owner}", ids)
+        self.kv.set_remove(PENDING, ids)
 
     def active(self, owner: str) -> list[str]:
         return self.kv.set_members(f"active:{owner}")
-
-    def mark_pending(self, ids: list[str]) -> None:
-        if ids:
-            self.kv.set_add_count(PENDING, ids, self.ttl)
 
     def pending(self) -> list[str]:
         return self.kv.set_members(PENDING)

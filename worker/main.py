@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +59,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def make_worker(options: WorkerOptions) -> Any:
+def make_worker(options: WorkerOptions, suffix: str = "") -> Any:
     import redis
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
@@ -78,7 +80,7 @@ def make_worker(options: WorkerOptions) -> Any:
 
     connection = redis.Redis.from_url(options.redis_url)
     label = f"gpu{options.gpu}" if options.gpu is not None else "gpu-any"
-    name = options.name or f"referee-{socket.gethostname()}-{label}-{os.getpid()}"
+    name = (options.name or f"referee-{socket.gethostname()}-{label}-{os.getpid()}") + suffix
     return RefereeWorker(
         [Queue(options.queue, connection=connection, serializer=JSONSerializer)],
         connection=connection, name=name, serializer=JSONSerializer,
@@ -87,7 +89,32 @@ def make_worker(options: WorkerOptions) -> Any:
     )
 
 
+def _wait_for_redis(options: WorkerOptions) -> None:
+    """Block until Redis answers again (backing off to 5 s); SIGTERM/SIGINT end the process meanwhile."""
+    import redis
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    delay = 0.5
+    while True:
+        connection = redis.Redis.from_url(options.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            if connection.ping():
+                return
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            pass
+        finally:
+            connection.close()
+        time.sleep(delay)
+        delay = min(5.0, delay * 2)
+
+
 def run_worker(options: WorkerOptions) -> None:
+    """Run the RQ worker; when Redis goes away (a restart, a failover), wait for it and start a fresh one.
+
+    RQ's worker survives Redis only while it waits for a job: a connection error anywhere else
+    (a heartbeat, finishing a job, its teardown) ends `work()`, and every worker of the fleet would
+    exit at once. Its abandoned job, if any, is retried by the API's sweep as for a dead worker."""
     pin_gpu(options.gpu)
     from worker.jobs import start_warm_pool, stop_warm_pool
 
@@ -120,14 +147,29 @@ def run_worker(options: WorkerOptions) -> None:
 
 
 def _work(options: WorkerOptions, suffix: str) -> None:
-    named = options if not (options.name and suffix) else WorkerOptions(**{**options.__dict__, "name": options.name + suffix})
-    rq_worker = make_worker(named)
-    heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
-    print(f"referee worker {rq_worker.name} on queue {options.queue}: "
-          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset: every GPU)')}"
-          f"; warm pool {'on' if os.environ.get('REFEREE_POOL_SOCKET') else 'off'}"
-          + (f"; warning: {', '.join(heavy)} imported in the worker" if heavy else ""), file=sys.stderr, flush=True)
-    rq_worker.work(burst=options.burst, logging_level=options.log_level, with_scheduler=False)
+    """One RQ worker's life, restarted (under a fresh name) whenever Redis goes away and comes back."""
+    import redis
+    from rq.worker.base import StopRequested
+
+    for generation in itertools.count():
+        # A fresh name each time: the old registration may outlive the outage (RQ refuses a live name).
+        rq_worker = make_worker(options, suffix=suffix + (f"-r{generation}" if generation else ""))
+        heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
+        print(f"referee worker {rq_worker.name} on queue {options.queue}: "
+              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset: every GPU)')}"
+              f"; warm pool {'on' if os.environ.get('REFEREE_POOL_SOCKET') else 'off'}"
+              + (f"; warning: {', '.join(heavy)} imported in the worker" if heavy else ""), file=sys.stderr, flush=True)
+        try:
+            rq_worker.work(burst=options.burst, logging_level=options.log_level, with_scheduler=False)
+        except StopRequested:
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            print(f"referee worker {rq_worker.name}: Redis went away ({type(exc).__name__}); waiting for it", file=sys.stderr, flush=True)
+        else:
+            if options.burst or rq_worker._stop_requested:
+                return
+            print(f"referee worker {rq_worker.name}: the RQ worker stopped on an error; waiting for Redis", file=sys.stderr, flush=True)
+        _wait_for_redis(options)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,11 @@ def _redis_server_binary() -> str:
     return shutil.which("redis-server") or pytest.fail("redis-server is still missing after apt-get install")
 
 
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    return _redis_server_binary()
+
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free loopback port, without persistence, for the session."""

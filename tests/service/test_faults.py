@@ -1,0 +1,119 @@
+"""Faults, each ending with every job in a final, correct state: a candidate that crashes its
+harness, hangs in a kernel or floods its output (the worker goes on); Redis restarted mid-batch
+(AOF on); the API restarted mid-batch. The SIGKILLed worker is in test_redis_workers.py.
+
+Redis, the API (`referee serve`) and the workers (`referee worker`) are real processes here
+(bench/stack.py), so each can be killed and started again."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from service_support import API_KEYS, TINY_CANDIDATE, TINY_REFERENCE, WorkerProcess, full, static_reject, wait_until
+
+from bench.stack import ApiServer, RedisServer, Worker, executions, live_workers
+
+KEY = {"X-API-Key": API_KEYS[0]}
+
+# Kills its own harness process with a real segmentation fault (no audit event guards faulthandler).
+CRASHING = TINY_CANDIDATE.replace("        x = x.contiguous()\n", "        import faulthandler\n        faulthandler._sigsegv()\n")
+# An endless loop inside the kernel: the interpreter runs it as Python and never returns.
+HANGING = TINY_CANDIDATE.replace("    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n",
+                                 "    i = 0\n    while i >= 0:\n        i += 1\n    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n")
+# 100 MB on stdout at import, then an honest kernel.
+FLOODING = "import sys\nsys.stdout.write('x' * (100 * 1024 * 1024))\nsys.stdout.flush()\n" + TINY_CANDIDATE
+
+
+def _static(tag: str) -> dict[str, Any]:
+    return {"reference": TINY_REFERENCE, "candidate": static_reject(tag)}
+
+
+def _batch_done(http: httpx.Client, batch_id: str) -> dict[str, Any] | None:
+    try:
+        view = http.get(f"/v1/batches/{batch_id}")
+    except httpx.HTTPError:
+        return None  # the API or Redis is being restarted
+    return view.json() if view.status_code == 200 and view.json()["status"] == "completed" else None
+
+
+def test_crash_hang_and_flood_end_in_verdicts_and_the_workers_go_on(api_url: str, workers: list[WorkerProcess]) -> None:
+    tag = uuid.uuid4().hex
+    items = [full(CRASHING + f"# {tag}\n"), full(HANGING + f"# {tag}\n", timeout_s=25), full(FLOODING + f"# {tag}\n"),
+             full(TINY_CANDIDATE + f"# {tag}\n")]
+    with httpx.Client(base_url=api_url, headers=KEY, timeout=60) as http:
+        batch = http.post("/v1/batches", json={"items": items}).json()
+        done = wait_until(lambda: _batch_done(http, batch["id"]), 150, "the batch", interval=1.0)
+    crashed, hung, flooded, honest = (item["result"] for item in done["items"])
+    assert crashed["verdict"] == "runtime_error", crashed
+    assert "killed by signal SIGSEGV" in crashed["error"]["message"]
+    assert hung["verdict"] == "timeout" and hung["timings_ms"]["total"] < 25_000 + 5_000, hung["error"]
+    assert flooded["verdict"] == "correct", flooded
+    stdout = flooded["output"]["stdout"]
+    assert len(stdout) < 70 * 1024 and stdout.endswith(f"[… {100 * 1024 * 1024 - 64 * 1024} more bytes dropped]")
+    assert honest["verdict"] == "correct", honest
+    assert all(w.process.poll() is None for w in workers), "a worker died"
+
+
+@pytest.fixture()
+def stack(tmp_path: Path, redis_binary: str) -> Iterator[tuple[RedisServer, ApiServer, list[Worker]]]:
+    """Redis with AOF (every write fsynced), the API and two workers, all separate processes."""
+    queue = f"faults-{uuid.uuid4().hex[:8]}"
+    redis_server = RedisServer(tmp_path / "redis", binary=redis_binary, aof=True).start()
+    env = {"REFEREE_API_KEYS": ",".join(API_KEYS), "REFEREE_QUEUE_NAME": queue, "REFEREE_MAINTENANCE_INTERVAL_S": "0.5",
+           "REFEREE_WORKER_STALE_S": "30"}
+    api = ApiServer(redis_server.url, tmp_path / "api.log", env=env).start()
+    pool = [Worker(redis_server.url, queue, tmp_path / f"worker-{n}.log").start() for n in range(2)]
+    try:
+        wait_until(lambda: live_workers(redis_server.url, queue) >= 2, 60, "two workers")
+        yield redis_server, api, pool
+    finally:
+        for worker in pool:
+            worker.stop()
+        api.stop()
+        redis_server.kill()
+
+
+def _assert_final(done: dict[str, Any], real: int, static: int, pool: list[Worker]) -> None:
+    assert done["verdicts"] == {"correct": real, "invalid_submission": static}, done["verdicts"]
+    ids = [item["id"] for item in done["items"]]
+    dequeued, finished = executions(w.text() for w in pool)
+    assert all(finished[i] == 1 for i in ids), {i: (dequeued[i], finished[i]) for i in ids if finished[i] != 1}
+
+
+def test_redis_restarted_mid_batch_loses_nothing(stack: tuple[RedisServer, ApiServer, list[Worker]]) -> None:
+    redis_server, api, pool = stack
+    tag = uuid.uuid4().hex
+    items = [full(TINY_CANDIDATE + f"# {tag}\n")] + [_static(f"{tag} {i}") for i in range(60)]
+    with httpx.Client(base_url=api.url, headers=KEY, timeout=30) as http:
+        batch = http.post("/v1/batches", json={"items": items}).json()
+        single = http.post("/v1/evaluations", json=_static(f"{tag} single")).json()["id"]
+        wait_until(lambda: http.get(f"/v1/batches/{batch['id']}", params={"results": False}).json()["completed"] >= 3, 60,
+                   "a few results")
+        redis_server.restart(down_s=1.0, sig=signal.SIGKILL)  # a crash: only the AOF survives
+        done = wait_until(lambda: _batch_done(http, batch["id"]), 120, "the batch after the restart", interval=1.0)
+        assert http.get(f"/v1/evaluations/{single}", params={"wait": 30}).json()["verdict"] == "invalid_submission"
+    _assert_final(done, 1, 60, pool)
+    assert all(w.process is not None and w.process.poll() is None for w in pool), [w.text()[-2000:] for w in pool]
+
+
+def test_the_api_restarted_mid_batch_loses_nothing(stack: tuple[RedisServer, ApiServer, list[Worker]]) -> None:
+    _, api, pool = stack
+    tag = uuid.uuid4().hex
+    items = [full(TINY_CANDIDATE + f"# {tag}\n")] + [_static(f"{tag} {i}") for i in range(40)]
+    with httpx.Client(base_url=api.url, headers=KEY, timeout=30) as http:
+        batch = http.post("/v1/batches", json={"items": items}).json()
+        single = http.post("/v1/evaluations", json=_static(f"{tag} single")).json()["id"]
+        api.stop(signal.SIGKILL)  # no graceful shutdown: accepted jobs live in Redis, not in the API
+        time.sleep(1.0)
+        api.start()
+        done = wait_until(lambda: _batch_done(http, batch["id"]), 120, "the batch after the restart", interval=1.0)
+        assert [item["id"] for item in done["items"]] == [item["id"] for item in batch["items"]]
+        assert http.get(f"/v1/evaluations/{single}", params={"wait": 30}).json()["verdict"] == "invalid_submission"
+    _assert_final(done, 1, 40, pool)
