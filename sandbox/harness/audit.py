@@ -66,6 +66,7 @@ class AuditGuard:
         )
         self._harness_dir = os.path.dirname(os.path.abspath(__file__))
         self._getframe = sys._getframe  # bound now: the hook itself may walk frames
+        self._own_proc = f"/proc/{os.getpid()}"
         self._in_hook = False
 
     def install(self) -> None:
@@ -164,8 +165,12 @@ class AuditGuard:
             return "reading the reference's or another job's files"
         if real.startswith(self._harness_dir + os.sep):
             return "reading the harness"
-        if real.startswith(("/etc/", "/root", "/home", "/proc/1/", "/var/")) or real.endswith("/mem"):
+        if real.startswith(("/etc/", "/root", "/home", "/var/")) or real.endswith("/mem"):
             return "reading system files"
+        # Another process's /proc entries (the worker's command line and environment, the reference's
+        # memory maps); its own (/proc/self resolves to them) are fine.
+        if real.startswith("/proc/") and real.split("/")[2].isdigit() and not (real + "/").startswith(self._own_proc + "/"):
+            return "reading another process's /proc entries"
         return None
 
 
