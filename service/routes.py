@@ -54,14 +54,17 @@ def _wait_limit(request: Request, wait: float | None) -> float:
 
 
 async def _wait_for(referee: Evaluations, owner: str, evaluation_id: str, wait: float) -> dict[str, Any] | None:
-    deadline = time.monotonic() + wait
-    pause = POLL_S / 8  # short at first (a fast evaluation answers sooner), then backing off
+    started = time.monotonic()
+    deadline = started + wait
     while True:
         view = await run_in_threadpool(referee.view, owner, evaluation_id)
-        if view is None or "verdict" in view or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if view is None or "verdict" in view or now >= deadline:
             return view
-        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(POLL_S, pause * 1.5)
+        # Every 50 ms while a small evaluation may be finishing (its answer is not held back by the
+        # poll), then every POLL_S.
+        pause = POLL_S / 4 if now - started < 10 else POLL_S
+        await asyncio.sleep(min(pause, max(0.0, deadline - now)))
 
 
 def _evaluation_response(view: dict[str, Any], deduplicated: bool = False) -> JSONResponse:
