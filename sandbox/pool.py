@@ -69,10 +69,10 @@ class PoolClient:
     def kill(self, pid: int) -> None:
         self.request({"op": "kill", "pid": pid}, timeout=5)
 
-    def exit_status(self, pid: int) -> tuple[bool, int | None]:
-        """(still running, exit code or -signal when known)."""
+    def exit_status(self, pid: int) -> tuple[bool, int | None, int | None]:
+        """(still running, exit code or -signal when known, resident bytes if killed for memory)."""
         reply = self.request({"op": "status", "pid": pid}, timeout=5)
-        return bool(reply["running"]), reply.get("exit")
+        return bool(reply["running"]), reply.get("exit"), reply.get("memory_killed_bytes")
 
 
 class WarmPool:

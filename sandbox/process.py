@@ -26,8 +26,10 @@ from .pool import PoolClient, PoolUnavailable
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
 OUTPUT_CAP_BYTES = 64 * 1024
 _BOOTSTRAP = "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('harness', run_name='__main__', alter_sys=True)"
-# Core dumps of a candidate would be large and could hold the channel key.
-DEFAULT_LIMITS = {"core_bytes": 0}
+# Core dumps of a candidate would be large and could hold the channel key. Memory is watched (a
+# poll of resident pages: CUDA reserves far more address space than it uses, so no RLIMIT_AS) by
+# the warm pool's zygote; fresh processes leave it to the isolation backend.
+DEFAULT_LIMITS = {"core_bytes": 0, "memory_bytes": 16 << 30}
 _PASSED_ENV = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_PTXAS_PATH", "TRITON_LIBCUDA_PATH")
 
 
@@ -113,11 +115,12 @@ class _PooledChild:
         self.pool = pool
         self.pid = pid
         self.returncode: int | None = None
+        self.memory_killed_bytes: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
             try:
-                running, code = self.pool.exit_status(self.pid)
+                running, code, self.memory_killed_bytes = self.pool.exit_status(self.pid)
             except PoolUnavailable:  # the zygote is gone, and its children with it (PDEATHSIG)
                 running, code = False, -signal.SIGKILL
             if not running:
@@ -176,7 +179,7 @@ class HarnessProcess:
                     self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
                     "--role", self.role,
                     "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
-                    "--limits", json.dumps(self.limits),
+                    "--limits", json.dumps({k: v for k, v in self.limits.items() if k != "memory_bytes"}),
                 ]
                 self.process = _FreshChild(subprocess.Popen(
                     self.isolation.command(argv, self.workdir, self.device),
@@ -243,6 +246,9 @@ class HarnessProcess:
             raise HarnessDied(f"the {self.role} process {self._describe_exit(returncode, exc)}", returncode) from exc
 
     def _describe_exit(self, returncode: int | None, exc: Exception) -> str:
+        killed = getattr(self.process, "memory_killed_bytes", None)
+        if killed:
+            return f"was killed for holding {killed >> 20} MiB, over its memory limit of {self.limits.get('memory_bytes', 0) >> 20} MiB"
         if returncode is None:
             return f"broke the result channel ({exc})"
         if returncode < 0:

@@ -149,6 +149,8 @@ class Zygote:
         self.spares: list[tuple[int, socket.socket]] = []  # (pid, our end of its assignment socket)
         self.children: set[int] = set()
         self.exits: dict[int, int] = {}
+        self.memory_limits: dict[int, int] = {}  # child pid -> resident bytes it may use
+        self.memory_kills: dict[int, int] = {}  # child pid -> resident bytes seen when killed
         self.facts: dict[str, Any] = {}
         self.seed_dir = os.environ.get("TRITON_CACHE_DIR")
         self.seed: dict[str, str] = {}
@@ -158,7 +160,8 @@ class Zygote:
         self.refill()
         while True:
             self.reap()
-            ready, _, _ = select.select([self.listener, self.lifeline], [], [], 0.5)
+            self.watch_memory()
+            ready, _, _ = select.select([self.listener, self.lifeline], [], [], 0.2)
             if self.lifeline in ready:
                 return 0
             if self.listener in ready:
@@ -192,6 +195,8 @@ class Zygote:
             if len(fds) != len(FD_NAMES):
                 raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors, got {len(fds)}")
             assignment = {key: request[key] for key in ("role", "cwd", "env", "limits")}
+            memory = (request.get("limits") or {}).pop("memory_bytes", None)
+            assignment["limits"] = {k: v for k, v in (request.get("limits") or {}).items() if k != "memory_bytes"}
             while True:
                 pid, link = self.spares.pop(0) if self.spares else self.fork_spare()
                 try:
@@ -201,6 +206,8 @@ class Zygote:
                     self.children.discard(pid)
                 finally:
                     link.close()
+            if memory:
+                self.memory_limits[pid] = int(memory)
             return {"ok": True, "pid": pid}
         if op == "kill":
             pid = int(request["pid"])
@@ -214,7 +221,8 @@ class Zygote:
         if op == "status":
             self.reap()
             pid = int(request["pid"])
-            return {"ok": True, "exit": self.exits.get(pid), "running": pid in self.children}
+            return {"ok": True, "exit": self.exits.get(pid), "running": pid in self.children,
+                    "memory_killed_bytes": self.memory_kills.get(pid)}
         if op == "ping":
             return {"ok": True, "children": len(self.children), "spares": len(self.spares), "warm": self.facts}
         raise ValueError(f"unknown op {op!r}")
@@ -248,11 +256,42 @@ class Zygote:
             if pid == 0:
                 return
             self.children.discard(pid)
+            self.memory_limits.pop(pid, None)
             self.exits[pid] = os.waitstatus_to_exitcode(status)
             self.spares = [(p, link) for p, link in self.spares if p != pid]
             if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
                 for old in list(self.exits)[:1024]:
                     del self.exits[old]
+
+    def watch_memory(self) -> None:
+        """Kill a child whose process tree holds more resident memory than its limit (a poll of
+        /proc: CUDA reserves far more address space than it uses, so RLIMIT_AS cannot do this)."""
+        if not self.memory_limits:
+            return
+        parents: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                        stat = handle.read()
+                    parents.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(entry.name))
+                except (OSError, ValueError):
+                    continue
+        for pid, limit in list(self.memory_limits.items()):
+            tree, todo = [], [pid]
+            while todo:
+                current = todo.pop()
+                tree.append(current)
+                todo.extend(parents.get(current, ()))
+            used = sum(_resident_bytes(member) for member in tree)
+            if used > limit:
+                self.memory_kills[pid] = used
+                del self.memory_limits[pid]
+                for member in tree:
+                    try:
+                        os.kill(member, signal.SIGKILL)
+                    except OSError:
+                        pass
 
     # ---- a child's side, after fork
     def become_child(self, link: socket.socket) -> None:
@@ -292,6 +331,15 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _resident_bytes(pid: int) -> int:
+    """Anonymous and shared-memory resident pages (mapped libraries do not count)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            return sum(int(line.split()[1]) * 1024 for line in handle if line.startswith((b"RssAnon:", b"RssShmem:")))
+    except (OSError, ValueError):
+        return 0
 
 
 def _die_with_parent(parent_pid: int) -> None:
