@@ -4,12 +4,14 @@ CUDA context died with its harness process. Run with bench/gpu_session.sh."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.evaluate import evaluate
 from sandbox.models import EvalConfig, Problem, Submission, Verdict
+from sandbox.pool import PoolClient, WarmPool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.gpu
@@ -20,13 +22,21 @@ ILLEGAL_ADDRESS = (EXAMPLES / "relu" / "candidate.py").read_text().replace(
     "    tl.store(out_ptr + offs, y, mask=mask)", "    tl.store(out_ptr + offs + (1 << 40), y)")
 
 
-def test_an_illegal_address_then_an_honest_job_on_the_same_gpu() -> None:
+@pytest.fixture(scope="module")
+def gpu_pool() -> Iterator[PoolClient]:
+    with WarmPool("cuda", spares=2, warm_target="auto") as pool:
+        yield pool.client
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "warm_pool"])
+def test_an_illegal_address_then_an_honest_job_on_the_same_gpu(pooled: bool, request: pytest.FixtureRequest) -> None:
     assert "1 << 40" in ILLEGAL_ADDRESS
+    pool = request.getfixturevalue("gpu_pool") if pooled else None
     problem = Problem(source=(EXAMPLES / "relu" / "reference.py").read_text())
-    poisoned = evaluate(problem, Submission(source=ILLEGAL_ADDRESS), EvalConfig(device="cuda", timeout_s=120))
+    poisoned = evaluate(problem, Submission(source=ILLEGAL_ADDRESS), EvalConfig(device="cuda", timeout_s=120), pool=pool)
     assert poisoned.verdict == Verdict.runtime_error, (poisoned.verdict, poisoned.error, poisoned.feedback)
     message = f"{poisoned.error} {poisoned.output}".lower()
     assert "illegal" in message or "cuda" in message, poisoned.error
-    honest = evaluate(problem, Submission(source=(EXAMPLES / "relu" / "candidate.py").read_text()), EvalConfig(device="cuda"))
+    honest = evaluate(problem, Submission(source=(EXAMPLES / "relu" / "candidate.py").read_text()), EvalConfig(device="cuda"), pool=pool)
     assert honest.verdict == Verdict.correct, (honest.verdict, honest.error, honest.feedback)
     assert honest.performance.meaningful and honest.performance.speedup is not None
