@@ -4,6 +4,7 @@ are hints, never proof that a candidate is honest (source can be obfuscated)."""
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass
 
 from .models import Verdict
@@ -20,16 +21,38 @@ class ProblemSourceError(ValueError):
     """The reference file is not a usable KernelBench-format problem (bad input, not a verdict)."""
 
 
+# Python refuses decimal integer literals over 4300 digits (its default int/str conversion limit).
+# A hex, octal or binary literal of that size parses, but its value cannot be printed or sent as
+# JSON (the input-set overrides, the result document): refuse it the same way.
+MAX_INT_DIGITS = 4300
+_MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10))  # every int of at most this many bits has <= 4300 digits
+
+
+def _huge_int(tree: ast.Module) -> ast.Constant | None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) and node.value.bit_length() > _MAX_INT_BITS:
+            return node
+    return None
+
+
 def _parse(source: str, what: str) -> ast.Module | StaticFailure:
     if "\x00" in source:
         return StaticFailure(Verdict.invalid_submission, f"the {what} contains NUL bytes; it is not Python source")
     try:
-        return ast.parse(source)
+        tree = ast.parse(source)
     except SyntaxError as exc:
         where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
         return StaticFailure(Verdict.compile_error, f"SyntaxError at {where}: {exc.msg}", exc.lineno)
-    except (ValueError, RecursionError, MemoryError) as exc:
+    except (RecursionError, MemoryError) as exc:
+        # CPython's parser gives up on deep nesting (`-` * 100000, `f()` * 100000, ...) with one of these.
+        return StaticFailure(Verdict.compile_error, f"the {what} is nested too deeply for Python's parser ({type(exc).__name__})")
+    except ValueError as exc:  # e.g. text that UTF-8 cannot encode (a lone surrogate)
         return StaticFailure(Verdict.compile_error, f"the {what} cannot be parsed: {type(exc).__name__}: {exc}")
+    huge = _huge_int(tree)
+    if huge is not None:
+        return StaticFailure(Verdict.compile_error, f"SyntaxError at line {huge.lineno}: an integer literal over {MAX_INT_DIGITS} "
+                                                    f"digits ({huge.value.bit_length()} bits)", huge.lineno)
+    return tree
 
 
 def _is_triton_jit(decorator: ast.expr) -> bool:

@@ -36,6 +36,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", descripti
 POLL_S = 0.2
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a body that is not JSON text in UTF-8, or (evaluations, batches) an Idempotency-Key that is not 1 to 255 characters"},
     401: {"model": ErrorBody, "description": "missing or unknown API key"},
     404: {"model": ErrorBody, "description": "no such resource for this API key"},
     413: {"model": ErrorBody, "description": "a source, the batch or the body is over its limit"},
@@ -182,7 +183,7 @@ async def _ndjson(referee: Evaluations, owner: str, batch_id: str, total: int, w
 
 
 @router.post("/v1/problems", response_model=Problem, status_code=201, tags=["problems"],
-             responses={200: {"model": Problem, "description": "already registered"}, **{k: ERRORS[k] for k in (401, 413, 422)}})
+             responses={200: {"model": Problem, "description": "already registered"}, **{k: ERRORS[k] for k in (400, 401, 413, 422)}})
 async def create_problem(body: ProblemRequest, request: Request, owner: Owner) -> JSONResponse:
     """Register a reference once (validated now); submit candidates against it with `problem_id`."""
     problem, created = await run_in_threadpool(_referee(request).register_problem, owner, body)

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..auth import require_owner
 from ..completions import NO_CODE_MESSAGE, extract_candidate, fenced_blocks
-from ..routes import _wait_for
+from ..routes import ERRORS, _wait_for
 from ..schemas import EvaluationRequest
 from ._common import problem_spec
 
@@ -57,7 +57,7 @@ def reference_in_prompt(prompt: str | None) -> str | None:
 
 
 @router.post("/v1/openrlhf/reward", response_model=OpenRLHFRewardResponse, tags=["integrations"],
-             responses={401: {"description": "missing or unknown API key"}, 422: {"description": "malformed request"}})
+             responses={**{k: ERRORS[k] for k in (400, 401, 413)}, 422: {"description": "malformed request"}})
 async def openrlhf_reward(body: OpenRLHFRewardRequest, request: Request,
                           owner: Annotated[str, Depends(require_owner)]) -> OpenRLHFRewardResponse:
     """Score a batch of OpenRLHF rollouts; answers when every item has its result (or the wait cap passed)."""

@@ -43,3 +43,12 @@ def test_lone_surrogates_are_a_422_not_a_500(api: TestClient, path: str, body: d
 def test_a_body_that_is_not_utf8_is_a_4xx(api: TestClient) -> None:
     response = api.post("/v1/evaluations", content=b'{"reference": "\xff\xfe", "candidate": "\xc3("}', headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500 and response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/evaluations", "/v1/batches", "/v1/problems", "/v1/openrlhf/reward"])
+def test_the_400_for_an_unparsable_body_is_documented(api: TestClient, path: str) -> None:
+    # Found by schemathesis: the 400 was answered but missing from openapi.yaml (an undocumented status code).
+    response = api.post(path, content=b'{"source": "\xff"}', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json() == {"detail": "There was an error parsing the body"}
+    documented = api.get("/openapi.json").json()["paths"][path]["post"]["responses"]
+    assert documented["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
