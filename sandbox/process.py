@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
-from .isolation import Isolation, ProcessIsolation
+from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, start_watchdog
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
 OUTPUT_CAP_BYTES = 64 * 1024
@@ -91,6 +91,7 @@ class HarnessProcess:
         self.channel: Channel | None = None
         self.busy_seconds = 0.0
         self._readers: list[_CappedReader] = []
+        self.watchdog: MemoryWatchdog | None = None
 
     def start(self) -> None:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -122,6 +123,7 @@ class HarnessProcess:
         finally:
             for fd in child_fds:
                 os.close(fd)
+        self.watchdog = start_watchdog(self.process.pid, self.isolation)
         key = secrets.token_bytes(KEY_BYTES)
         try:
             os.write(key_w, key)
@@ -161,6 +163,8 @@ class HarnessProcess:
         return reply, data
 
     def _describe_exit(self, returncode: int | None, exc: Exception) -> str:
+        if self.watchdog is not None and self.watchdog.tripped:
+            return f"was killed for using {self.watchdog.tripped >> 20} MiB, over the memory limit of {self.watchdog.limit >> 20} MiB"
         if returncode is None:
             return f"broke the result channel ({exc})"
         if returncode < 0:
@@ -182,6 +186,8 @@ class HarnessProcess:
 
     def kill(self) -> None:
         """Kill the whole process group (the candidate may have started children)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.process is None:
             return
         try:
@@ -195,6 +201,7 @@ class HarnessProcess:
 
     def close(self) -> None:
         if self.process is None:
+            self._release()
             return
         if self.process.poll() is None:
             try:
@@ -208,3 +215,10 @@ class HarnessProcess:
             except OSError:
                 pass
         self._fds = ()
+        self._release()
+
+    def _release(self) -> None:
+        """Tell a pooling backend (docker) that this process is done with its container."""
+        release = getattr(self.isolation, "release", None)
+        if release is not None:
+            release(self.workdir)
