@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.evaluate import evaluate
+from sandbox.isolation import cached_isolation
 from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 from sandbox.reference_cache import ReferenceCache
 from sandbox.static_checks import ProblemSourceError
@@ -35,7 +36,8 @@ def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
     submission = Submission.model_validate(payload["submission"])
     config = EvalConfig.model_validate(payload["config"])
     try:
-        result = evaluate(problem, submission, config, job_id=evaluation_id, reference_cache=REFERENCE_CACHE)
+        result = evaluate(problem, submission, config, job_id=evaluation_id, reference_cache=REFERENCE_CACHE,
+                          isolation=cached_isolation(os.environ.get("REFEREE_ISOLATION") or "auto"))
     except ProblemSourceError as exc:
         result = EvaluationResult(
             id=evaluation_id,
