@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from sandbox.isolation import BwrapIsolation, Isolation, Limits, ProcessIsolation, UnshareIsolation
-from sandbox.process import HARNESS_PARENT, child_environment
 
 from .images import build_image
 
@@ -107,49 +106,6 @@ def make_isolation(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     yield make
     for pool in pools:
         pool.shutdown()
-
-
-def run_probe(isolation: Isolation, source: str, workdir: Path, config: dict[str, Any] | None = None,
-              timeout: float = 60, kill_after: float | None = None) -> tuple[int | None, str, str]:
-    """Run `source` confined the way HarnessProcess runs the harness (same argv shape, fds, clean
-    environment, own session); return (exit code or None when killed by us, stdout, stderr)."""
-    import json
-
-    pipes = [os.pipe() for _ in range(3)]
-    child_fds = [pipes[0][0], pipes[1][1], pipes[2][0]]
-    argv = [sys.executable, "-I", "-c", source, str(HARNESS_PARENT), "--role", "candidate",
-            "--read-fd", str(child_fds[0]), "--write-fd", str(child_fds[1]), "--key-fd", str(child_fds[2])]
-    env = child_environment(workdir, "candidate", "cpu")
-    env["REFEREE_PROBE"] = json.dumps(config or {})
-    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    command = isolation.command(argv, workdir, "cpu")
-    process = subprocess.Popen(command, cwd=workdir, env=env, pass_fds=child_fds, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    for fd in child_fds:
-        os.close(fd)
-    watchdog = None
-    if not getattr(isolation, "enforces_memory", False):
-        from sandbox.isolation import start_watchdog
-
-        watchdog = start_watchdog(process.pid, isolation)
-    try:
-        stdout, stderr = process.communicate(timeout=kill_after or timeout)
-        code: int | None = process.returncode
-    except subprocess.TimeoutExpired:
-        if kill_after is None:
-            raise
-        os.killpg(process.pid, 9)  # what HarnessProcess.kill does at the wall-clock limit
-        stdout, stderr = process.communicate(timeout=30)
-        code = None
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
-        for fd in (pipes[0][1], pipes[1][0], pipes[2][1]):
-            os.close(fd)
-        release = getattr(isolation, "release", None)
-        if release is not None:
-            release(workdir)
-    return code, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
 
 @pytest.fixture

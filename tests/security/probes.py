@@ -8,6 +8,16 @@ Each probe is the source of a `python -I -c` program. It reads its parameters fr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sandbox.isolation import Isolation, start_watchdog
+from sandbox.process import HARNESS_PARENT, child_environment
+
 ESCAPES = r'''
 import errno, json, os, signal, socket, sys
 cfg = json.loads(os.environ["REFEREE_PROBE"])
@@ -139,3 +149,42 @@ print("looping", flush=True)
 while True:
     pass
 '''
+
+
+def run_probe(isolation: Isolation, source: str, workdir: Path, config: dict[str, Any] | None = None,
+              timeout: float = 60, kill_after: float | None = None, device: str = "cpu") -> tuple[int | None, str, str]:
+    """Run `source` confined the way HarnessProcess runs the harness (same argv shape, fds, clean
+    environment, own session); return (exit code or None when killed by us, stdout, stderr)."""
+    pipes = [os.pipe() for _ in range(3)]
+    child_fds = [pipes[0][0], pipes[1][1], pipes[2][0]]
+    argv = [sys.executable, "-I", "-c", source, str(HARNESS_PARENT), "--role", "candidate",
+            "--read-fd", str(child_fds[0]), "--write-fd", str(child_fds[1]), "--key-fd", str(child_fds[2])]
+    env = child_environment(workdir, "candidate", device)
+    env["REFEREE_PROBE"] = json.dumps(config or {})
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    command = isolation.command(argv, workdir, device)
+    process = subprocess.Popen(command, cwd=workdir, env=env, pass_fds=child_fds, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    for fd in child_fds:
+        os.close(fd)
+    watchdog = None
+    if not getattr(isolation, "enforces_memory", False):
+        watchdog = start_watchdog(process.pid, isolation)
+    try:
+        stdout, stderr = process.communicate(timeout=kill_after or timeout)
+        code: int | None = process.returncode
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            raise
+        os.killpg(process.pid, 9)  # what HarnessProcess.kill does at the wall-clock limit
+        stdout, stderr = process.communicate(timeout=30)
+        code = None
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+        for fd in (pipes[0][1], pipes[1][0], pipes[2][1]):
+            os.close(fd)
+        release = getattr(isolation, "release", None)
+        if release is not None:
+            release(workdir)
+    return code, stdout.decode(errors="replace"), stderr.decode(errors="replace")

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from . import probes
-from .conftest import CONFINING, ROOT, run_probe
+from .conftest import CONFINING, ROOT
+from .probes import run_probe
 
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "probe-aws-" + uuid.uuid4().hex, "REFEREE_API_KEYS": "probe-key-" + uuid.uuid4().hex}
 
