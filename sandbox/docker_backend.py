@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ class DockerIsolation:
     jobs_per_container: int = 50
     strict: bool = False
     slots: int = 8
-    user: str = f"{NOBODY}:{NOBODY}"
+    # nobody when the worker is root (it can hand the control directory over); else the worker's own
+    # uid, which owns the control directory: either way never root inside the container.
+    user: str = field(default_factory=lambda: f"{NOBODY}:{NOBODY}" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}")
     state_dir: Path = field(default_factory=lambda: Path(os.environ.get("REFEREE_DOCKER_STATE_DIR")
                                                              or Path(tempfile.gettempdir()) / "referee-docker"))
     enforces_memory: bool = True  # the container's cgroup does; no watchdog needed
@@ -153,18 +156,21 @@ class DockerIsolation:
             time.sleep(0.1)
 
     def _ready_container(self, key: str, gpu: int | None, device: str) -> tuple[str, Path]:
-        """A running container for this slot with an idle launcher: the old one if still good."""
-        name = f"referee-{self._pool}-{key}"
+        """A running container for this slot with an idle launcher: the old one if still good.
+        Names are unique per container (a strict pool removes the last one in the background while
+        the next is created); the slot's current one is recorded in `<key>.name`."""
+        record = self.state_dir / f"{key}.name"
         control = self.state_dir / key
         client = _client()
-        container = _get(client, name)
+        previous = record.read_text().strip() if record.exists() else ""
+        container = _get(client, previous) if previous else None
         healthy = (container is not None and container.status == "running" and not self.strict
                    and not (control / "tainted").exists() and not (control / "retired").exists()
                    and (control / "launch.sock").exists())
         if healthy:
-            return name, control
+            return previous, control
         if container is not None:
-            self._remove(name)
+            self._remove(previous)
         if control.exists():
             for entry in control.iterdir():
                 entry.unlink()
@@ -172,6 +178,8 @@ class DockerIsolation:
         uid, gid = (int(x) for x in self.user.split(":"))
         if os.geteuid() == 0:
             os.chown(control, uid, gid)  # the launcher (non-root) creates its socket there
+        name = f"referee-{self._pool}-{key}-{uuid.uuid4().hex[:8]}"
+        record.write_text(name)
         self._create(client, name, control, gpu, device)
         deadline = time.monotonic() + 60
         polls = 0
