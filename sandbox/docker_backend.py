@@ -240,7 +240,7 @@ class DockerIsolation:
         """Remove every container of this pool (tests, and a worker that stops)."""
         client = _client()
         for container in client.containers.list(all=True, filters={"label": f"referee.pool={self._pool}"}):
-            container.remove(force=True)
+            self._remove(container.name)  # tolerates one a strict release is removing right now
 
 
 def _get(client: Any, name: str) -> Any:

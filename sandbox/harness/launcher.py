@@ -173,6 +173,7 @@ def serve(control: str, max_jobs: int) -> int:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(4)
+    own_socket = os.stat(path).st_ino
     tmp_roots = sorted({"/tmp", os.environ.get("REFEREE_CONTAINER_TMP", "/tmp")})
     jobs = 0
     while jobs < max_jobs:
@@ -190,6 +191,14 @@ def serve(control: str, max_jobs: int) -> int:
             leftovers = sweep()
             if leftovers and fault is None:
                 fault = f"{leftovers} processes left behind"
+            # The control directory is writable from inside: a job that replaced the socket (to
+            # impersonate the launcher) or added files taints the container.
+            try:
+                tampered = os.stat(path).st_ino != own_socket or sorted(os.listdir(control)) != ["launch.sock"]
+            except OSError:
+                tampered = True
+            if tampered and fault is None:
+                fault = "the control directory was changed"
             last = fault is not None or jobs >= max_jobs
             if last:  # before answering: the host must not hand this container out again
                 with open(os.path.join(control, "tainted" if fault else "retired"), "w") as handle:

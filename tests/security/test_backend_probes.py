@@ -172,3 +172,15 @@ def test_wall_clock_kill_takes_the_whole_tree(backend: str, make_isolation, job_
     assert not _wait_gone(marker), "a process of the sandbox outlived the kill of its group"
 
 
+
+
+def test_docker_launcher_survives_a_replaced_control_socket(make_isolation, job_dir: Path) -> None:
+    """The control directory is writable from inside the container: a job that swaps the launcher's
+    socket for its own file taints the container, and the next job gets a new one."""
+    isolation = make_isolation("docker")
+    hijack = ("import os, socket\nos.unlink('/control/launch.sock')\ns = socket.socket(socket.AF_UNIX)\n"
+              "s.bind('/control/launch.sock')\nprint('replaced', flush=True)\n")
+    code, stdout, stderr = run_probe(isolation, hijack, job_dir)
+    assert "replaced" in stdout, stderr[-2000:]
+    code, stdout, stderr = run_probe(isolation, "print('next job')", job_dir)
+    assert (code, stdout.strip()) == (0, "next job"), stderr[-2000:]
