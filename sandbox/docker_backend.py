@@ -166,7 +166,7 @@ class DockerIsolation:
         container = _get(client, previous) if previous else None
         healthy = (container is not None and container.status == "running" and not self.strict
                    and not (control / "tainted").exists() and not (control / "retired").exists()
-                   and (control / "launch.sock").exists())
+                   and _launcher_idle(control / "launch.sock"))
         if healthy:
             return previous, control
         if container is not None:
@@ -241,6 +241,26 @@ class DockerIsolation:
         client = _client()
         for container in client.containers.list(all=True, filters={"label": f"referee.pool={self._pool}"}):
             self._remove(container.name)  # tolerates one a strict release is removing right now
+
+
+def _launcher_idle(path: Path, timeout: float = 15.0) -> bool:
+    """Ask the launcher; it answers only between jobs, so a container still finishing (or killing) the
+    last job is waited for, and one that is quitting after a fault answers nothing and is replaced."""
+    import socket
+    import struct
+
+    if not path.exists():
+        return False
+    body = json.dumps({"ping": True}).encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(struct.pack("!I", len(body)) + body)
+            reply = sock.recv(4096)
+        return b"idle" in reply
+    except OSError:
+        return False
 
 
 def _get(client: Any, name: str) -> Any:

@@ -2,7 +2,7 @@
 
 `python -I -S launcher.py CONTROL_DIR [--max-jobs N]` listens on CONTROL_DIR/launch.sock (the
 directory is bind-mounted from the host). The host connects and sends one request: a
-length-prefixed JSON object `{"argv", "env", "cwd", "files", "dirs"}` whose first bytes carry, as
+length-prefixed JSON object `{"argv", "env", "cwd", "files", "dirs"}` (or `{"ping": true}`, answered when idle) whose first bytes carry, as
 SCM_RIGHTS, the child's channel fds (in `argv` as "{fd0}", "{fd1}", ...) followed by its stdout and
 stderr. The launcher writes the files into the container's private tmpfs, starts the child in its
 own session with exactly those fds, and answers `{"exit": code}` when it ends. If the connection
@@ -185,6 +185,14 @@ def serve(control: str, max_jobs: int) -> int:
                 request, fds = recv_request(conn)
             except (OSError, ValueError) as exc:
                 print(f"launcher: bad request: {exc}", file=sys.stderr)
+                continue
+            if request.get("ping"):  # the host asks before reuse: answered only when idle
+                for fd in fds:
+                    os.close(fd)
+                try:
+                    send_message(conn, {"idle": True})
+                except OSError:
+                    pass
                 continue
             jobs += 1
             code, fault = run_job(conn, request, fds)
