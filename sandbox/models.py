@@ -84,7 +84,7 @@ class EvalConfig(_Strict):
         default=0.5, ge=0.0, le=1.0, description="GPU: least share of kernel time in the submission's own kernels"
     )
     reward: RewardConfig = RewardConfig()
-    isolation: Literal["process"] = "process"
+    # No `isolation` here: the worker's setting decides, and a request must not be able to lower it.
 
 
 class Violation(_Strict):

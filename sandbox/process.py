@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
-from .isolation import Isolation, ProcessIsolation
+from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, start_watchdog
 from .pool import PoolClient, PoolUnavailable
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
@@ -159,6 +159,7 @@ class HarnessProcess:
         self._posted_at = 0.0
         self._readers: list[_CappedReader] = []
         self._fds: tuple[int, ...] = ()
+        self.watchdog: MemoryWatchdog | None = None
 
     def start(self) -> None:
         started = time.monotonic()
@@ -194,6 +195,8 @@ class HarnessProcess:
         finally:
             for fd in child_fds:
                 os.close(fd)
+        if self.pool is None:  # the zygote watches the memory of its own children
+            self.watchdog = start_watchdog(self.process.pid, self.isolation)
         key = secrets.token_bytes(KEY_BYTES)
         try:
             os.write(key_w, key)
@@ -249,6 +252,8 @@ class HarnessProcess:
         killed = getattr(self.process, "memory_killed_bytes", None)
         if killed:
             return f"was killed for holding {killed >> 20} MiB, over its memory limit of {self.limits.get('memory_bytes', 0) >> 20} MiB"
+        if self.watchdog is not None and self.watchdog.tripped:
+            return f"was killed for holding {self.watchdog.tripped >> 20} MiB, over its memory limit of {self.watchdog.limit >> 20} MiB"
         if returncode is None:
             return f"broke the result channel ({exc})"
         if returncode < 0:
@@ -269,6 +274,8 @@ class HarnessProcess:
 
     def kill(self) -> None:
         """Kill the whole process group (the candidate may have started children)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.process is None:
             return
         self.process.kill()
@@ -276,6 +283,7 @@ class HarnessProcess:
 
     def close(self) -> None:
         if self.process is None:
+            self._release()
             return
         if self.process.poll() is None:
             try:
@@ -289,3 +297,10 @@ class HarnessProcess:
             except OSError:
                 pass
         self._fds = ()
+        self._release()
+
+    def _release(self) -> None:
+        """Tell a pooling backend (docker) that this process is done with its container."""
+        release = getattr(self.isolation, "release", None)
+        if release is not None:
+            release(self.workdir)

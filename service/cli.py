@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sandbox.evaluate import evaluate
+from sandbox.isolation import BACKENDS, Isolation, select_isolation
 from sandbox.models import (
     MAX_SOURCE_BYTES,
     EvalConfig,
@@ -52,6 +53,25 @@ def read_source(path: Path, what: str) -> str:
         raise InputFileError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise InputFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def choose_isolation(name: str) -> Isolation:
+    """The backend for --isolation, or exit 2 saying why it cannot run here."""
+    if name not in BACKENDS:
+        err.print(f"error: --isolation must be one of {', '.join(BACKENDS)}, not {name!r}")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        isolation = select_isolation(name)
+    except RuntimeError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if isolation.name == "process":
+        err.print("warning: isolation 'process' confines nothing beyond a clean environment and the audit hook; "
+                  "it is for development only, never for untrusted candidates")
+    return isolation
+
+
+IsolationOption = Annotated[str, typer.Option(help="auto (docker, then bwrap, then unshare), docker, bwrap, unshare or process (development only)")]
 
 
 def exit_code(result: EvaluationResult) -> int:
@@ -96,6 +116,7 @@ def check(
     rtol: Annotated[float | None, typer.Option(help="relative tolerance override")] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, json, or github (workflow annotations on the offending lines)")] = "text",
     junit: Annotated[Path | None, typer.Option(help="also write the result as JUnit XML to this file")] = None,
+    isolation: IsolationOption = "auto",
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
     if output_format not in ("text", "json", "github"):
@@ -119,8 +140,9 @@ def check(
         raise typer.Exit(EXIT_USAGE) from None
     config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,  # type: ignore[arg-type]
                         reward=RewardConfig(preset=reward))  # type: ignore[arg-type]
+    backend = choose_isolation(isolation)
     try:
-        result = evaluate(problem, submission, config)
+        result = evaluate(problem, submission, config, isolation=backend)
     except ProblemSourceError as exc:
         err.print(f"error: {reference}: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -157,6 +179,7 @@ def check_kernels(
     device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
     output_format: Annotated[str, typer.Option("--format", help="text or github (workflow annotations)")] = "text",
     junit: Annotated[Path | None, typer.Option(help="write every result as one JUnit XML file")] = None,
+    isolation: IsolationOption = "auto",
 ) -> None:
     """Check several candidates, each against the reference next to it (the pre-commit hook and the
     GitHub Action use this). Files without a reference beside them, and references, are skipped.
@@ -169,6 +192,7 @@ def check_kernels(
         err.print("error: --format must be text or github and --device auto, cuda or cpu")
         raise typer.Exit(EXIT_USAGE)
     config = EvalConfig(trials=trials, timeout_s=timeout, device=device)  # type: ignore[arg-type]
+    backend = choose_isolation(isolation)
     cases: list[Case] = []
     console = Console()
     for candidate in candidates:
@@ -179,7 +203,7 @@ def check_kernels(
         try:
             source = read_source(candidate, "candidate")
             problem = Problem(source=read_source(reference, "reference"), name=candidate.parent.name)
-            result = evaluate(problem, Submission(source=source, name=candidate.stem), config)
+            result = evaluate(problem, Submission(source=source, name=candidate.stem), config, isolation=backend)
         except (InputFileError, ProblemSourceError, ValueError) as exc:
             err.print(f"error: {candidate}: {exc}")
             raise typer.Exit(EXIT_USAGE) from None

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = Field(default=5.0, gt=0, description="abandoned-job sweep and result collection")
     worker_stale_s: float = Field(default=480.0, gt=0, description="a worker silent this long does not count as live")
 
+    # How workers confine harness processes (read by worker/jobs.py from REFEREE_ISOLATION): `auto` takes
+    # docker when a daemon and the image answer, then bwrap, then unshare. Never set per request.
+    isolation: Literal["auto", "docker", "bwrap", "unshare", "process"] = "auto"
+
     # Embedded mode: evaluations run in threads of the API process.
     embedded_workers: int = Field(default=1, ge=1)
     # A zygote with torch imported forks each harness process (off: a fresh process per evaluation).

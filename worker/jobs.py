@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.evaluate import detect_device, evaluate
+from sandbox.isolation import Isolation, cached_isolation
 from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 from sandbox.pool import WarmPool, client_from_environment
 from sandbox.reference_cache import ReferenceCache
@@ -25,11 +26,22 @@ REFERENCE_CACHE = ReferenceCache(
 )
 
 
-def start_warm_pool(device: str | None = None, spares: int = 2) -> WarmPool:
+def worker_isolation() -> Isolation:
+    """The backend this worker confines harness processes with (`REFEREE_ISOLATION`, default auto)."""
+    return cached_isolation(os.environ.get("REFEREE_ISOLATION") or "auto")
+
+
+def start_warm_pool(device: str | None = None, spares: int = 2) -> WarmPool | None:
     """Start this worker's warm pool and publish it to `run_evaluation` through the environment, so
     RQ's forked work horses and the embedded queue's threads all use it. A watcher restarts the
     zygote if it dies (a job caught in that moment fails with infrastructure_error and is retried)."""
-    pool = WarmPool(device or detect_device(), spares=spares, warm_target="auto")
+    isolation = worker_isolation()
+    if isolation.name != "process":
+        # The namespace and container backends give every harness process its own private root and
+        # work directory, made when it starts; a zygote's children would share one. Those backends
+        # start fresh processes (docker keeps its own pool of containers).
+        return None
+    pool = WarmPool(device or detect_device(), spares=spares, warm_target="auto", isolation=isolation)
     pool.start()
     os.environ.update(pool.client.environment())
 
@@ -63,14 +75,15 @@ def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
     problem = Problem.model_validate(payload["problem"])
     submission = Submission.model_validate(payload["submission"])
     config = EvalConfig.model_validate(payload["config"])
+    isolation = worker_isolation()
     pool = client_from_environment()
     device = detect_device() if config.device == "auto" else config.device
-    if pool is not None and pool.device != device:
-        pool = None  # the zygote's environment was made for another device; start fresh processes
+    if pool is not None and (pool.device != device or pool.isolation_name != isolation.name):
+        pool = None  # the zygote was made for another device or backend; start fresh processes
     try:
         caching = os.environ.get("REFEREE_REFERENCE_CACHE", "on") != "off"
         result = evaluate(problem, submission, config, job_id=evaluation_id, reference_cache=REFERENCE_CACHE if caching else None,
-                          pool=pool, timing_lock=TimingLock.for_gpu())
+                          isolation=isolation, pool=pool, timing_lock=TimingLock.for_gpu())
     except ProblemSourceError as exc:
         result = EvaluationResult(
             id=evaluation_id,

@@ -1,0 +1,69 @@
+"""Hostile candidates through the whole engine on each backend: every one gets a verdict, and the
+next job on the same backend (the same pooled containers for docker) is an honest candidate that
+must come out `correct`. The audit hook refuses most escapes first (`cheating`/`forbidden_call`);
+the memory bomb and the endless loop are left to the operating-system layer."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sandbox.evaluate import evaluate
+from sandbox.models import EvalConfig, Problem, Submission, Verdict
+
+from ..tiny_problem import CANDIDATE, CANDIDATE_TEMPLATE, REFERENCE
+
+EXPLOITS = Path(__file__).resolve().parents[1] / "exploits"
+
+
+def _with_prelude(prelude: str) -> str:
+    """The honest tiny candidate with `prelude` run at import."""
+    head, _, tail = CANDIDATE_TEMPLATE.replace("FACTOR", "2").partition("class ModelNew")
+    return head + textwrap.dedent(prelude) + "\n\nclass ModelNew" + tail
+
+
+MEMORY_BOMB = _with_prelude("""
+    hoard = []
+    for _ in range(200):  # 12.5 GiB in 64 MiB pieces, every page written
+        hoard.append(bytearray(b"x" * (64 << 20)))
+""")
+ENDLESS = _with_prelude("""
+    while True:
+        pass
+""")
+CASES = {
+    "redis_connect": ((EXPLOITS / "escape_socket.py").read_text(), {Verdict.cheating}),
+    "kill_parent": ((EXPLOITS / "escape_kill_parent.py").read_text(), {Verdict.cheating}),
+    "memory_bomb": (MEMORY_BOMB, {Verdict.runtime_error}),
+    "endless_loop": (ENDLESS, {Verdict.timeout}),
+}
+
+
+def _evaluate(source: str, isolation, reference: str = REFERENCE, timeout: float = 60):
+    return evaluate(Problem(source=reference), Submission(source=source),
+                    EvalConfig(device="cpu", trials=2, timeout_s=timeout), isolation=isolation)
+
+
+@pytest.mark.parametrize("backend", ["docker", "bwrap", "unshare"])
+def test_hostile_candidates_then_an_honest_one(backend: str, make_isolation) -> None:
+    isolation = make_isolation(backend, memory_bytes=1536 << 20)
+    exploit_problem = (EXPLOITS / "problem.py").read_text()
+    for name, (source, verdicts) in CASES.items():
+        reference = REFERENCE if name in ("memory_bomb", "endless_loop") else exploit_problem
+        result = _evaluate(source, isolation, reference, timeout=15 if name == "endless_loop" else 60)
+        assert result.verdict in verdicts, (name, result.verdict, result.error, result.feedback)
+        if result.verdict == Verdict.cheating:
+            assert "forbidden_call" in [v.rule for v in result.anti_cheat.violations]
+        if name == "memory_bomb" and backend != "docker":
+            assert "memory limit" in result.error["message"], result.error
+        honest = _evaluate(CANDIDATE, isolation)
+        assert honest.verdict == Verdict.correct, (name, honest.verdict, honest.error)
+        assert honest.environment.isolation == backend
+
+
+def test_strict_docker_gives_each_evaluation_fresh_containers(make_isolation) -> None:
+    isolation = make_isolation("docker-strict")
+    result = _evaluate(CANDIDATE, isolation)
+    assert result.verdict == Verdict.correct and result.environment.isolation == "docker-strict"
