@@ -218,13 +218,17 @@ def main() -> None:
     parser.add_argument("--baseline-latency", type=int, default=6)
     parser.add_argument("--baseline-batch", type=int, default=24)
     parser.add_argument("--label", default="", help="suffix of the results file name")
+    parser.add_argument("--isolation", default=None, help="REFEREE_ISOLATION for the embedded workers (default: auto)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.isolation:
+        os.environ["REFEREE_ISOLATION"] = args.isolation
     card = card_name()
     on_gpu = not card.startswith("cpu-")
     large = large_problems() if on_gpu else []
     report: dict[str, Any] = {
         "card": card, "date": datetime.date.today().isoformat(), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "isolation": os.environ.get("REFEREE_ISOLATION") or "auto",
         "method": "embedded HTTP API, warm pool, per-GPU timing lock, default evaluation options (small problems: 3 input "
                   "sets, 5 trials, recheck, profile); every submission unique (nonce). Large problems: trials=1, "
                   "timing_sets=2 (one input set; 256 MB inputs do not fit in L2 anyway)",

@@ -172,12 +172,10 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     device = detect_device() if config.device == "auto" else config.device
     salt = config.seed if config.seed is not None else secrets.randbits(62)
     workdir = Path(tempfile.mkdtemp(prefix="job-", dir=pool.scratch if pool is not None else _jobs_root()))
-    (workdir / "reference").mkdir()
-    (workdir / "candidate").mkdir()
+    # Each harness process writes its source into its own directory (which, under a namespace
+    # backend or in the warm pool, exists only inside the isolation).
     reference_path = workdir / "reference" / "problem.py"
     candidate_path = workdir / "candidate" / "candidate.py"
-    reference_path.write_text(problem.source)
-    candidate_path.write_text(submission.source)
     run = _Run(
         config=config, device=device, salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
@@ -189,7 +187,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     try:
         run.reference.start()
         run.candidate.start()
-        _check(run, str(reference_path), str(candidate_path), input_sets)
+        _check(run, (str(reference_path), problem.source), (str(candidate_path), submission.source), input_sets)
         verdict = Verdict.cheating if run.anti_cheat.violations else (
             Verdict.correct if run.correctness.passed == run.correctness.trials and run.correctness.recheck_passed is not False else Verdict.incorrect
         )
@@ -217,7 +215,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
                    run.environment, run.compiled, output, timings, started, submission.source)
 
 
-def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list[dict[str, int]]) -> None:
+def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], input_sets: list[dict[str, int]]) -> None:
     config = run.config
     init_seed = derive_seed(run.salt, "init")
     # The candidate process sets up its device (CUDA context, Triton's driver) while the reference
@@ -225,7 +223,8 @@ def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list
     prepare = {"cmd": "prepare", "device": run.device}
     run.post(run.candidate, prepare)
     reply, init_payload = run.ask(run.reference, {
-        "cmd": "setup", "path": reference_path, "device": run.device, "init_seed": init_seed, "input_sets": input_sets,
+        "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device, "init_seed": init_seed,
+        "input_sets": input_sets,
     })
     run.collect(run.candidate, prepare)
     run.environment = Environment(**{k: v for k, v in reply["environment"].items() if k in Environment.model_fields},
@@ -241,7 +240,7 @@ def _check(run: _Run, reference_path: str, candidate_path: str, input_sets: list
     run.correctness.input_sets = len(input_sets)
     run.correctness.input_set_overrides = input_sets
 
-    setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate_path, "device": run.device,
+    setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
                                        "init_seed": init_seed, "init_inputs": reply["init_inputs"],
                                        "allowed_ops": run.allowed_ops}, bytes(init_payload))
     run.add_violations(_watch_violations(setup, "import"))

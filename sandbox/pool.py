@@ -43,11 +43,13 @@ class PoolClient:
     scratch: str  # where jobs' working directories must be (visible inside the isolation)
     device: str = "cpu"  # what the zygote was started for (its environment decided the Triton mode)
     isolation_name: str = "process"
+    memory_bytes: int = 16 << 30  # resident memory each harness process may hold (the backend's limit)
 
     def environment(self) -> dict[str, str]:
         """Variables that hand this pool to another process (RQ's work horses inherit them)."""
         return {"REFEREE_POOL_SOCKET": self.socket_path, "REFEREE_POOL_SCRATCH": self.scratch,
-                "REFEREE_POOL_DEVICE": self.device, "REFEREE_POOL_ISOLATION": self.isolation_name}
+                "REFEREE_POOL_DEVICE": self.device, "REFEREE_POOL_ISOLATION": self.isolation_name,
+                "REFEREE_POOL_MEMORY_BYTES": str(self.memory_bytes)}
 
     def request(self, message: dict[str, Any], fds: list[int] | None = None, timeout: float = 10.0) -> dict[str, Any]:
         try:
@@ -100,7 +102,9 @@ class WarmPool:
 
     @property
     def client(self) -> PoolClient:
-        return PoolClient(self.socket_path, str(self.scratch), self.device, self.isolation.name)
+        limits = getattr(self.isolation, "limits", None)
+        return PoolClient(self.socket_path, str(self.scratch), self.device, self.isolation.name,
+                          getattr(limits, "memory_bytes", 16 << 30))
 
     def start(self, wait_s: float = 180.0) -> dict[str, Any]:
         """Start the zygote and wait until it answers; returns its ping (import and warm-up times)."""
@@ -112,8 +116,7 @@ class WarmPool:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             listener.bind(self.socket_path)
             listener.listen(64)
-            zygote_home = self.scratch / ".zygote"
-            zygote_home.mkdir(exist_ok=True)
+            zygote_home = self.scratch / ".zygote"  # made by the zygote, inside its isolation
             lifeline_r, self._lifeline = os.pipe()
             argv = [self.python, "-I", "-c", _ZYGOTE_BOOTSTRAP, str(HARNESS_PARENT),
                     "--listen-fd", str(listener.fileno()), "--lifeline-fd", str(lifeline_r), "--spares", str(self.spares),
@@ -123,7 +126,7 @@ class WarmPool:
             try:
                 self.process = subprocess.Popen(
                     self.isolation.command(argv, self.scratch, self.device),
-                    cwd=zygote_home, env=child_environment(zygote_home, "zygote", self.device),
+                    cwd=self.scratch, env=child_environment(zygote_home, "zygote", self.device),
                     pass_fds=(listener.fileno(), lifeline_r), stdin=subprocess.DEVNULL, start_new_session=True,
                 )
             finally:
@@ -195,4 +198,5 @@ def client_from_environment() -> PoolClient | None:
     if not path or not scratch:
         return None
     return PoolClient(path, scratch, os.environ.get("REFEREE_POOL_DEVICE", "cpu"),
-                      os.environ.get("REFEREE_POOL_ISOLATION", "process"))
+                      os.environ.get("REFEREE_POOL_ISOLATION", "process"),
+                      int(os.environ.get("REFEREE_POOL_MEMORY_BYTES") or 16 << 30))

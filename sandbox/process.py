@@ -152,6 +152,8 @@ class HarnessProcess:
         self.isolation_name = pool.isolation_name if pool is not None else self.isolation.name
         self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or sys.executable
         self.limits = limits if limits is not None else dict(DEFAULT_LIMITS)
+        if pool is not None and limits is None:
+            self.limits["memory_bytes"] = pool.memory_bytes
         self.process: _FreshChild | _PooledChild | None = None
         self.channel: Channel | None = None
         self.busy_seconds = 0.0
@@ -163,7 +165,8 @@ class HarnessProcess:
 
     def start(self) -> None:
         started = time.monotonic()
-        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        if self.pool is None:  # a pooled child makes its own directory, inside the pool's isolation
+            (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
         key_r, key_w = os.pipe()

@@ -26,6 +26,10 @@ REFERENCE_CACHE = ReferenceCache(
 )
 
 
+# Backends the zygote can run inside: it and its children share one namespace and private root.
+POOLED_BACKENDS = ("process", "unshare", "bwrap")
+
+
 def worker_isolation() -> Isolation:
     """The backend this worker confines harness processes with (`REFEREE_ISOLATION`, default auto)."""
     return cached_isolation(os.environ.get("REFEREE_ISOLATION") or "auto")
@@ -36,11 +40,9 @@ def start_warm_pool(device: str | None = None, spares: int = 2) -> WarmPool | No
     RQ's forked work horses and the embedded queue's threads all use it. A watcher restarts the
     zygote if it dies (a job caught in that moment fails with infrastructure_error and is retried)."""
     isolation = worker_isolation()
-    if isolation.name != "process":
-        # The namespace and container backends give every harness process its own private root and
-        # work directory, made when it starts; a zygote's children would share one. Those backends
-        # start fresh processes (docker keeps its own pool of containers).
-        return None
+    if isolation.name not in POOLED_BACKENDS:
+        return None  # docker keeps its own pool of containers, each harness process in one
+
     pool = WarmPool(device or detect_device(), spares=spares, warm_target="auto", isolation=isolation)
     pool.start()
     os.environ.update(pool.client.environment())

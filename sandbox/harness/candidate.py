@@ -15,7 +15,7 @@ from .audit import AuditGuard
 from .dispatch import OpRecorder, compute_ops
 from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
-from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device
+from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, profile_kernels, time_on_host
 
 
@@ -73,7 +73,7 @@ class CandidateRole:
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
-        self.path = header["path"]
+        self.path = write_source(header)
         init_inputs = tensors.decode(header["init_inputs"], payload, "cpu")
         self.allowed_ops = frozenset(header.get("allowed_ops", ()))
         # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.

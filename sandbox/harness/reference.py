@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from . import compare, tensors
-from .runtime import environment, load_module, resolve_device
+from .runtime import environment, load_module, resolve_device, write_source
 from .timing import CudaTimer, time_on_host
 
 REQUIRED = ("Model", "get_inputs", "get_init_inputs")
@@ -32,9 +32,9 @@ class ReferenceRole:
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
-        self.keep_file = header["path"]
+        self.keep_file = write_source(header)
         try:
-            self.module = load_module(header["path"], "referee_problem")
+            self.module = load_module(self.keep_file, "referee_problem")
         except Exception as exc:
             raise ProblemError(f"the reference module failed to import: {type(exc).__name__}: {exc}") from exc
         missing = [name for name in REQUIRED if not hasattr(self.module, name)]

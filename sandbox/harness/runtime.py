@@ -48,6 +48,17 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def write_source(header: dict[str, Any]) -> str:
+    """Write the submitted source (sent with `setup`) to the path it names, in this process's own
+    directory, before anything is imported; return the path."""
+    path = header["path"]
+    if "source" in header:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(header["source"])
+    return path
+
+
 def load_module(path: str, name: str) -> ModuleType:
     """Import a source file as module `name` (Triton reads kernel source through the file)."""
     spec = importlib.util.spec_from_file_location(name, path)

@@ -5,6 +5,7 @@ Replies are {"ok": true, ...} or {"ok": false, "error": {"kind": ..., ...}}."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .protocol import Channel, ChannelClosed, read_key
@@ -29,6 +30,7 @@ def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int) -> int:
         known_failures = (CandidateFailed,)
     from .runtime import error_reply
 
+    streams = (sys.stdout, sys.stderr)  # bound now: the candidate may replace sys.stdout
     # Bound now, before any submitted code runs: patching the role's class later changes nothing here.
     handlers = {name.removeprefix("cmd_"): getattr(role, name) for name in dir(role) if name.startswith("cmd_")}
     while True:
@@ -52,4 +54,9 @@ def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int) -> int:
             except Exception as exc:
                 reply = error_reply("infrastructure_error", exc)
         reply["cmd"] = command
+        for stream in streams:  # what the candidate printed reaches the evidence even if it is killed later
+            try:
+                stream.flush()
+            except Exception:
+                pass
         channel.send(reply, data)

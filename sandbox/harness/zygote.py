@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -151,6 +152,7 @@ class Zygote:
         self.exits: dict[int, int] = {}
         self.memory_limits: dict[int, int] = {}  # child pid -> resident bytes it may use
         self.memory_kills: dict[int, int] = {}  # child pid -> resident bytes seen when killed
+        self.workdirs: dict[int, str] = {}  # child pid -> its directory, removed when it has exited
         self.facts: dict[str, Any] = {}
         self.seed_dir = os.environ.get("TRITON_CACHE_DIR")
         self.seed: dict[str, str] = {}
@@ -208,6 +210,7 @@ class Zygote:
                     link.close()
             if memory:
                 self.memory_limits[pid] = int(memory)
+            self.workdirs[pid] = str(assignment["cwd"])
             return {"ok": True, "pid": pid}
         if op == "kill":
             pid = int(request["pid"])
@@ -258,6 +261,13 @@ class Zygote:
             self.children.discard(pid)
             self.memory_limits.pop(pid, None)
             self.exits[pid] = os.waitstatus_to_exitcode(status)
+            workdir = self.workdirs.pop(pid, None)
+            if workdir:  # under a namespace backend the worker cannot see it to clean it up
+                shutil.rmtree(workdir, ignore_errors=True)
+                try:
+                    os.rmdir(os.path.dirname(workdir))  # the job's directory, once both roles are gone
+                except OSError:
+                    pass
             self.spares = [(p, link) for p, link in self.spares if p != pid]
             if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
                 for old in list(self.exits)[:1024]:
@@ -322,6 +332,7 @@ class Zygote:
         if self.seed and self.seed_dir and os.environ.get("TRITON_CACHE_DIR"):
             copy_seed(self.seed_dir, os.environ["TRITON_CACHE_DIR"], self.seed)
         tempfile.tempdir = None  # recomputed from the new TMPDIR
+        os.makedirs(os.path.join(assignment["cwd"], "tmp"), exist_ok=True)
         os.chdir(assignment["cwd"])
         apply_limits(assignment.get("limits"))
         sys.argv = ["harness", "--role", assignment["role"]]
@@ -360,6 +371,9 @@ def main() -> int:
     parser.add_argument("--warm-target", default=None, help="backend:arch:warp_size, e.g. cuda:90:32")
     args = parser.parse_args()
     listener = socket.socket(fileno=args.listen_fd)
+    for name in ("TMPDIR", "TRITON_CACHE_DIR"):  # under a namespace backend only the zygote can make them
+        if os.environ.get(name):
+            os.makedirs(os.environ[name], exist_ok=True)
     zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device)
     zygote.facts = _preload(args.warm_target)
     zygote.seed = seed_files(zygote.seed_dir)
