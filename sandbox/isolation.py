@@ -127,7 +127,11 @@ def root_steps(python: str, workdir: Path, device: str, limits: Limits, *, devfs
     binds += [path for path in _SYSTEM_ETC if os.path.exists(path)]
     binds += [*runtime_paths(python), *_env_paths(), str(HARNESS_DIR), str(CONFINE_SCRIPT)]
     made: set[str] = set()
-    for path in dict.fromkeys(binds):
+    # A path under a directory already bound comes with it (binding it again would create a mount
+    # point inside a read-only bind, which fails where it is a symlink, e.g. CUDA_HOME=/usr/local/cuda).
+    unique = list(dict.fromkeys(binds))
+    binds = [p for p in unique if not any(p != q and p.startswith(q.rstrip("/") + "/") and os.path.isdir(q) for q in unique)]
+    for path in binds:
         # Parents are made 0755 explicitly: bwrap would make them 0700, closed to `nobody`.
         for parent in reversed(Path(path).parents[:-1] if len(Path(path).parents) > 1 else ()):
             if str(parent) not in made:
