@@ -74,6 +74,10 @@ def child_environment(workdir: Path, role: str, device: str) -> dict[str, str]:
         HOME=str(workdir),
         TMPDIR=str(workdir / "tmp"),
         LANG="C.UTF-8",
+        # A sandbox has no /etc/passwd: without these, getpass.getuser() (torch._dynamo's cache
+        # directory) asks getpwuid and fails.
+        USER="referee",
+        LOGNAME="referee",
         TRITON_CACHE_DIR=str(workdir / f"triton-cache-{role}"),
         PYTHONDONTWRITEBYTECODE="1",
     )
