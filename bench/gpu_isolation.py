@@ -18,11 +18,9 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -97,20 +95,9 @@ def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
 
 def run_probes(out: dict[str, Any]) -> None:
     from sandbox.isolation import select_isolation
-    from tests.security.probes import ESCAPES, run_probe
+    from tests.security.probes import ESCAPES, run_probe, start_loopback_service
 
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-
-    def serve() -> None:
-        while True:
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(64)
-                conn.sendall(b"+PONG\r\n")
-
-    threading.Thread(target=serve, daemon=True).start()
+    port = start_loopback_service()
     other = Path(tempfile.mkdtemp(prefix="referee-"))
     (other / "expected.txt").write_text("another job's data")
     job = Path(tempfile.mkdtemp(prefix="referee-")) / "candidate"
@@ -118,7 +105,7 @@ def run_probes(out: dict[str, Any]) -> None:
     sentinel = subprocess.Popen(["sleep", "300"], start_new_session=True)
     secrets = {"AWS_SECRET_ACCESS_KEY": "gpu-probe-" + uuid.uuid4().hex, "REFEREE_API_KEYS": "gpu-probe-" + uuid.uuid4().hex}
     os.environ.update(secrets)
-    config = {"port": server.getsockname()[1], "outside": "1.1.1.1", "other_job_file": str(other / "expected.txt"),
+    config = {"port": port, "outside": "1.1.1.1", "other_job_file": str(other / "expected.txt"),
               "worker_file": str(ROOT / "service" / "settings.py"),
               "outside_file": str(Path(tempfile.gettempdir()) / f"referee-escape-{uuid.uuid4().hex}"),
               "repo_file": str(ROOT / f"escape-{uuid.uuid4().hex}.txt"),

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +190,21 @@ def run_probe(isolation: Isolation, source: str, workdir: Path, config: dict[str
         if release is not None:
             release(workdir)
     return code, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+
+def start_loopback_service() -> int:
+    """A TCP service on the host's loopback (where Redis would be) that answers every connection;
+    returns its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"+PONG\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 
 from . import probes
 from .conftest import CONFINING, ROOT
-from .probes import run_probe
+from .probes import run_probe, start_loopback_service
 
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "probe-aws-" + uuid.uuid4().hex, "REFEREE_API_KEYS": "probe-key-" + uuid.uuid4().hex}
 
@@ -26,19 +24,7 @@ SECRETS = {"AWS_SECRET_ACCESS_KEY": "probe-aws-" + uuid.uuid4().hex, "REFEREE_AP
 @pytest.fixture(scope="module")
 def loopback_service() -> int:
     """A TCP service on the host's loopback (where Redis would be) that answers every connection."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-
-    def serve() -> None:
-        while True:
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(64)
-                conn.sendall(b"+PONG\r\n")
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server.getsockname()[1]
+    return start_loopback_service()
 
 
 @pytest.fixture
