@@ -117,7 +117,8 @@ def gpu_device_nodes() -> list[str]:
 
 def root_steps(python: str, workdir: Path, device: str, limits: Limits, *, devfs: bool = True) -> list[list]:
     """The new root, as steps both `confine.py` and the bwrap renderer understand."""
-    steps: list[list] = []
+    # The private /tmp first: binds below it (a checkout or a virtualenv under /tmp) go on top of it.
+    steps: list[list] = [["tmpfs", "/tmp", limits.tmp_bytes, 0o1777]]
     binds: list[str] = []
     for path in _SYSTEM_DIRS:
         if os.path.islink(path):
@@ -144,7 +145,6 @@ def root_steps(python: str, workdir: Path, device: str, limits: Limits, *, devfs
         steps += [["dev", node, node] for node in gpu_device_nodes()]
         steps.append(["ro", "/sys", "/sys"])  # CUDA and NVML read the PCI topology there
     steps.append(["proc"])
-    steps.append(["tmpfs", "/tmp", limits.tmp_bytes, 0o1777])
     # The work directory is a fresh tmpfs at the same path (the harness is told absolute paths);
     # the files the worker put there before start are copied in, nothing else of the host's /tmp.
     steps.append(["tmpfs", str(workdir), limits.workdir_bytes, 0o1777])
