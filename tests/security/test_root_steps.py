@@ -36,3 +36,12 @@ def test_unshare_starts_with_cuda_home_a_symlink_under_usr(cuda_home_symlink: st
     result = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), EvalConfig(device="cpu", trials=1),
                       isolation=UnshareIsolation())
     assert result.verdict == Verdict.correct, result.error
+
+
+def test_the_private_tmp_comes_before_binds_below_it(tmp_path: Path) -> None:
+    """A checkout or virtualenv under /tmp (CI clones there) is bound on top of the private /tmp,
+    not hidden by it."""
+    steps = root_steps(sys.executable, tmp_path / "job", "cpu", Limits())
+    mounts = [step[2] if step[0] == "ro" else step[1] for step in steps if step[0] in ("ro", "tmpfs")]
+    assert mounts[0] == "/tmp"
+    assert mounts.count("/tmp") == 1
