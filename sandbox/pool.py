@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -84,7 +85,7 @@ class WarmPool:
                  spares: int = 2, warm_target: str | None = None, root: Path | None = None) -> None:
         self.device = device
         self.isolation = isolation or ProcessIsolation()
-        self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or _default_python()
+        self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or sys.executable
         self.spares = spares
         self.warm_target = detect_warm_target() if warm_target == "auto" and device == "cuda" else (
             None if warm_target == "auto" else warm_target)
@@ -93,6 +94,7 @@ class WarmPool:
         self.scratch.mkdir(mode=0o700)
         (self.root / "control").mkdir(mode=0o700)
         self.socket_path = str(self.root / "control" / "zygote.sock")
+        self.log_path = self.root / "control" / "zygote.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.restarts = 0
@@ -124,11 +126,13 @@ class WarmPool:
             if self.warm_target:
                 argv += ["--warm-target", self.warm_target]
             try:
-                self.process = subprocess.Popen(
-                    self.isolation.command(argv, self.scratch, self.device),
-                    cwd=self.scratch, env=child_environment(zygote_home, "zygote", self.device),
-                    pass_fds=(listener.fileno(), lifeline_r), stdin=subprocess.DEVNULL, start_new_session=True,
-                )
+                with open(self.log_path, "ab") as log:  # the zygote's own output; its children have their own pipes
+                    self.process = subprocess.Popen(
+                        self.isolation.command(argv, self.scratch, self.device),
+                        cwd=self.scratch, env=child_environment(zygote_home, "zygote", self.device),
+                        pass_fds=(listener.fileno(), lifeline_r), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                        start_new_session=True,
+                    )
             finally:
                 listener.close()  # the zygote holds it now; clients connect by path
                 os.close(lifeline_r)
@@ -139,7 +143,8 @@ class WarmPool:
                 return self.client.request({"op": "ping"}, timeout=max(1.0, deadline - time.monotonic()))
             except PoolUnavailable:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise PoolUnavailable(f"the zygote did not start (exit {self.process.poll()})") from None
+                    tail = self.log_path.read_bytes()[-2000:].decode("utf-8", "replace") if self.log_path.exists() else ""
+                    raise PoolUnavailable(f"the zygote did not start (exit {self.process.poll()}): {tail}") from None
                 time.sleep(0.2)
 
     def alive(self) -> bool:
@@ -173,12 +178,6 @@ class WarmPool:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _default_python() -> str:
-    import sys
-
-    return sys.executable
 
 
 def detect_warm_target() -> str | None:
