@@ -94,13 +94,14 @@ def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
 
 
 def run_probes(out: dict[str, Any]) -> None:
+    from sandbox.evaluate import jobs_root
     from sandbox.isolation import select_isolation
     from tests.security.probes import ESCAPES, run_probe, start_loopback_service
 
     port = start_loopback_service()
-    other = Path(tempfile.mkdtemp(prefix="referee-"))
+    other = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root()))
     (other / "expected.txt").write_text("another job's data")
-    job = Path(tempfile.mkdtemp(prefix="referee-")) / "candidate"
+    job = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root())) / "candidate"
     job.mkdir()
     sentinel = subprocess.Popen(["sleep", "300"], start_new_session=True)
     secrets = {"AWS_SECRET_ACCESS_KEY": "gpu-probe-" + uuid.uuid4().hex, "REFEREE_API_KEYS": "gpu-probe-" + uuid.uuid4().hex}

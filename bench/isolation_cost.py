@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sandbox.evaluate import evaluate  # noqa: E402
+from sandbox.evaluate import evaluate, jobs_root  # noqa: E402
 from sandbox.isolation import Isolation, select_isolation  # noqa: E402
 from sandbox.models import EvalConfig, Problem, Submission  # noqa: E402
 from sandbox.process import HARNESS_PARENT, HarnessProcess, child_environment  # noqa: E402
@@ -38,7 +38,7 @@ from tests.tiny_problem import CANDIDATE, REFERENCE  # noqa: E402
 
 
 def sandbox_start(isolation: Isolation) -> float:
-    job = Path(tempfile.mkdtemp(prefix="referee-"))
+    job = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root()))
     workdir = job / "candidate"
     workdir.mkdir()
     pipes = [os.pipe() for _ in range(3)]
@@ -62,7 +62,7 @@ def sandbox_start(isolation: Isolation) -> float:
 
 
 def harness_start(isolation: Isolation) -> float:
-    job = Path(tempfile.mkdtemp(prefix="referee-"))
+    job = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root()))
     process = HarnessProcess("candidate", job / "candidate", "cpu", isolation=isolation)
     started = time.perf_counter()
     try:

@@ -198,11 +198,15 @@ class DockerIsolation:
         volumes = {str(control): {"bind": CONTROL, "mode": "rw"}}
         if self.harness_lib is None:
             volumes[str(HARNESS_DIR)] = {"bind": f"{CONTAINER_LIB}/harness", "mode": "ro"}
-        tmp = tempfile.gettempdir()
-        tmpfs = {"/tmp": f"size={limits.workdir_bytes},mode=1777", "/dev/shm": "size=64m,mode=1777"}
-        if tmp != "/tmp":
-            tmpfs[tmp] = f"size={limits.workdir_bytes},mode=1777"
         python = self.python or sys.executable
+        tmp = tempfile.gettempdir()
+        # A private tmpfs over /tmp, unless the interpreter lives under it (a checkout in /tmp, as CI
+        # may clone): then only the jobs' directory gets one, and the image's /tmp stays read-only.
+        under_tmp = any(os.path.realpath(path).startswith(os.path.realpath(tmp) + os.sep) for path in (python, sys.prefix))
+        scratch = os.path.join(tmp, "referee-jobs") if under_tmp else tmp
+        tmpfs = {scratch: f"size={limits.workdir_bytes},mode=1777", "/dev/shm": "size=64m,mode=1777"}
+        if not under_tmp and tmp != "/tmp":
+            tmpfs["/tmp"] = f"size={limits.workdir_bytes},mode=1777"
         client.containers.run(
             self.image,
             command=[python, "-I", "-S", f"{lib}/harness/launcher.py", CONTROL, "--max-jobs", str(self.jobs_per_container)],
@@ -221,7 +225,7 @@ class DockerIsolation:
             ulimits=[Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds),
                      Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes),
                      Ulimit(name="core", soft=0, hard=0)],
-            environment={"REFEREE_CONTAINER_TMP": tmp, "HOME": "/tmp"},
+            environment={"REFEREE_CONTAINER_TMP": scratch, "HOME": scratch},
             volumes=volumes,
             working_dir="/tmp",
             labels={"referee.pool": self._pool},

@@ -130,7 +130,7 @@ class _Run:
             raise _Stop(verdict, {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}) from exc
 
 
-def _jobs_root() -> Path:
+def jobs_root() -> Path:
     """Where fresh-process evaluations keep their working directories: one place, so a candidate's
     guard can refuse reads of any other job's files."""
     root = Path(tempfile.gettempdir()) / "referee-jobs"
@@ -171,7 +171,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     static_warnings = [rules.violation("suspicious_source", {"constructs": hints})] if hints else []
     device = detect_device() if config.device == "auto" else config.device
     salt = config.seed if config.seed is not None else secrets.randbits(62)
-    workdir = Path(tempfile.mkdtemp(prefix="job-", dir=pool.scratch if pool is not None else _jobs_root()))
+    workdir = Path(tempfile.mkdtemp(prefix="job-", dir=pool.scratch if pool is not None else jobs_root()))
     # Each harness process writes its source into its own directory (which, under a namespace
     # backend or in the warm pool, exists only inside the isolation).
     reference_path = workdir / "reference" / "problem.py"

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.evaluate import jobs_root
 from sandbox.isolation import BwrapIsolation, Isolation, Limits, ProcessIsolation, UnshareIsolation
 
 from .images import build_image
@@ -111,7 +112,7 @@ def make_isolation(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 @pytest.fixture
 def job_dir() -> Iterator[Path]:
     """A job's work directory where the engine makes them (under the system temp dir)."""
-    root = Path(tempfile.mkdtemp(prefix="referee-"))
+    root = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root()))
     (root / "candidate").mkdir()
     yield root / "candidate"
     shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.evaluate import jobs_root
+
 from . import probes
 from .conftest import CONFINING, ROOT
 from .probes import run_probe, start_loopback_service
@@ -29,7 +31,7 @@ def loopback_service() -> int:
 
 @pytest.fixture
 def escape_targets(loopback_service: int, job_dir: Path) -> dict:
-    other = Path(tempfile.mkdtemp(prefix="referee-"))
+    other = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root()))
     (other / "reference").mkdir()
     (other / "reference" / "expected.txt").write_text("other job's expected output")
     sentinel = subprocess.Popen(["sleep", "120"], start_new_session=True)
