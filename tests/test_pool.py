@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from sandbox.evaluate import evaluate
 from sandbox.harness import tensors
+from sandbox.harness.zygote import Zygote
 from sandbox.models import EvalConfig, Problem, Submission, Verdict
 from sandbox.pool import PoolUnavailable, WarmPool
 from sandbox.process import HarnessDied, HarnessProcess
@@ -105,3 +107,17 @@ def _alive(pid: int) -> bool:
         return b"Z" not in Path(f"/proc/{pid}/stat").read_bytes().split(b")")[-1][:3]
     except OSError:
         return False
+
+
+
+def test_the_zygote_refuses_requests_from_its_children_and_their_sessions() -> None:
+    """SO_PEERCRED on the control socket: a harness process (or anything in its session) that found
+    the socket past the audit hook gets no answer; the worker's side does."""
+    worker_end, peer_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with worker_end, peer_end:
+        zygote = Zygote(listener=worker_end, lifeline=-1, spares=0)
+        assert not zygote.from_a_child(peer_end)
+        zygote.children.add(os.getpid())  # the peer is "a child"
+        assert zygote.from_a_child(peer_end)
+        zygote.children = {os.getsid(0)}  # the peer is in a child's session
+        assert zygote.from_a_child(peer_end)

@@ -30,6 +30,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -182,6 +183,8 @@ class Zygote:
     def serve_one(self, connection: socket.socket) -> None:
         message, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, len(FD_NAMES))
         try:
+            if self.from_a_child(connection):
+                raise PermissionError("requests come from the worker, not from a harness process")
             request = json.loads(message)
             reply = self.handle(request, fds)
         except Exception as exc:
@@ -191,14 +194,26 @@ class Zygote:
                 os.close(fd)
         connection.sendall(json.dumps(reply).encode())
 
+    def from_a_child(self, connection: socket.socket) -> bool:
+        """Whether the peer is one of this zygote's children or in one of their sessions (a candidate
+        that found the socket). The worker, outside the isolation's pid namespace, shows as pid 0."""
+        pid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        if pid <= 0:
+            return False
+        try:
+            session = os.getsid(pid)
+        except OSError:
+            return False
+        return pid in self.children or session in self.children
+
     def handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         op = request.get("op")
         if op == "spawn":
             if len(fds) != len(FD_NAMES):
                 raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors, got {len(fds)}")
-            assignment = {key: request[key] for key in ("role", "cwd", "env", "limits")}
-            memory = (request.get("limits") or {}).pop("memory_bytes", None)
-            assignment["limits"] = {k: v for k, v in (request.get("limits") or {}).items() if k != "memory_bytes"}
+            limits = dict(request.get("limits") or {})
+            memory = limits.pop("memory_bytes", None)  # watched here, not an rlimit
+            assignment = {"role": request["role"], "cwd": request["cwd"], "env": request["env"], "limits": limits}
             while True:
                 pid, link = self.spares.pop(0) if self.spares else self.fork_spare()
                 try:
