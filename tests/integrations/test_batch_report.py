@@ -153,7 +153,8 @@ def _chromium() -> str:
 def test_report_histogram_renders_in_headless_chromium(tmp_path: Path) -> None:
     cases = _gpu_corpus_results()
     summary = summarize([c.result for c in cases])
-    assert summary["speedups_measured"] == 10 and summary["geomean_speedup"] > 1.5
+    honest = sum(1 for row in json.loads(GPU_CORPUS.read_text()) if row["verdict"] == "correct" and row["speedup"])
+    assert summary["speedups_measured"] == honest >= 10 and summary["geomean_speedup"] > 1.5
     assert summary["verdicts"]["cheating"] > 30 and summary["fast_p"]["2"] < summary["fast_p"]["1"] <= summary["fast_p"]["0"]
     report = tmp_path / "report.html"
     report.write_text(html_report(cases, summary, "H100 corpus"))
