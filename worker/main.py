@@ -166,7 +166,8 @@ def _work(options: WorkerOptions, suffix: str) -> None:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             print(f"referee worker {rq_worker.name}: Redis went away ({type(exc).__name__}); waiting for it", file=sys.stderr, flush=True)
         else:
-            if options.burst or rq_worker._stop_requested:
+            # A stop asked for while idle ends work() without setting _stop_requested (RQ 3).
+            if options.burst or rq_worker._stop_requested or rq_worker._shutdown_requested_date is not None:
                 return
             print(f"referee worker {rq_worker.name}: the RQ worker stopped on an error; waiting for Redis", file=sys.stderr, flush=True)
         _wait_for_redis(options)

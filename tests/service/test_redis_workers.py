@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -259,3 +260,39 @@ def test_a_worker_pins_its_gpu_before_anything_imports_torch(redis_url: str) -> 
     assert completed.returncode == 0, completed.stderr
     assert f"referee worker referee-{socket.gethostname()}-gpu3-" in completed.stderr
     assert "CUDA_VISIBLE_DEVICES=3" in completed.stderr and "imported in the worker" not in completed.stderr
+
+
+def test_an_idle_worker_stops_on_sigterm_with_its_warm_pool(start_worker: Callable[..., WorkerProcess]) -> None:
+    """`docker stop` and systemd send SIGTERM: an idle worker exits at once, and its zygote with it
+    (RQ 3 ends work() without `_stop_requested` when idle; the worker used to restart instead)."""
+    worker = start_worker(f"sigterm-{uuid.uuid4().hex[:8]}")
+    wait_until(lambda: any(b"harness.zygote" in _cmdline(pid) for pid in _descendants(worker.pid)), 60, "the worker's zygote")
+    zygotes = [pid for pid in _descendants(worker.pid) if b"harness.zygote" in _cmdline(pid)]
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(timeout=15)
+    assert "warm shut down requested" in worker.tail()
+    assert "waiting for Redis" not in worker.tail()
+    wait_until(lambda: not any(_cmdline(pid) for pid in zygotes), 15, "the worker's zygote to exit")
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
