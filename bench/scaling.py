@@ -11,7 +11,6 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.performance import card_name  # noqa: E402
 from bench.problems import small_problems  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from bench.stack import free_port  # noqa: E402
 
 
 def start_server(gpu: int, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 
 import redis
 
+from bench.stack import free_port  # noqa: F401  one helper for the tests and the benches
 from service.settings import Settings
 from tests.tiny_problem import CANDIDATE as TINY_CANDIDATE
 from tests.tiny_problem import REFERENCE as TINY_REFERENCE
@@ -31,12 +31,6 @@ def static_reject(tag: str) -> str:
 
 def full(candidate: str = TINY_CANDIDATE, **options: Any) -> dict[str, Any]:
     return {"reference": TINY_REFERENCE, "candidate": candidate, **FAST, **options}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
