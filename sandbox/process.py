@@ -292,12 +292,18 @@ class HarnessProcess:
         if self.process is None:
             self._release()
             return
-        if self.process.poll() is None:
-            try:
-                self.request({"cmd": "exit"}, deadline=time.monotonic() + 2)
-            except (HarnessDied, HarnessTimeout):
-                pass
-        self.kill()  # also reaps anything the process left behind in its group
+        if isinstance(self.process, _PooledChild):
+            # Nothing more is asked of it, and its exit (a CUDA context's teardown, 0.1-0.3 s) is
+            # the zygote's to wait for: killing its group is all this evaluation needs. Its output
+            # is complete once its descriptors close, which happens first as it dies.
+            self.process.kill()
+        else:
+            if self.process.poll() is None:
+                try:
+                    self.request({"cmd": "exit"}, deadline=time.monotonic() + 2)
+                except (HarnessDied, HarnessTimeout):
+                    pass
+            self.kill()  # also reaps anything the process left behind in its group
         for fd in self._fds:
             try:
                 os.close(fd)
