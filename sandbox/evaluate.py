@@ -85,6 +85,7 @@ class _Run:
     tolerance: tuple[float | None, float | None] = (None, None)
     allowed_ops: list[str] = field(default_factory=list)
     compiled: bool = False
+    launchers_built: list[Any] = field(default_factory=list)  # patterns the candidate compiled a launcher for
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
     _started: dict[str, float] = field(default_factory=dict)
 
@@ -200,6 +201,11 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         run.reference.close()
         output = run.candidate.output()
         shutil.rmtree(workdir, ignore_errors=True)
+    if pool is not None and run.launchers_built:
+        try:  # the next evaluations with these argument types skip gcc
+            pool.learn_launchers(run.launchers_built)
+        except (OSError, PoolUnavailable):
+            pass
     if verdict == Verdict.infrastructure_error and run.reference.process is not None:
         reference_stderr = run.reference.output().get("stderr", "")
         if reference_stderr and error is not None:
@@ -255,6 +261,9 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     run.anti_cheat.triton_launches = summary["summary"]["triton_launches"]
     run.anti_cheat.kernels = summary["summary"]["kernels"]
     run.anti_cheat.foreign_kernels = summary["summary"]["foreign_kernels"]
+    launchers = summary.get("launchers") or {}
+    run.environment.launchers_seeded = int(launchers.get("seeded") or 0)
+    run.launchers_built = list(launchers.get("built") or [])[:16]
 
 
 def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:

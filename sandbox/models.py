@@ -152,6 +152,8 @@ class Environment(_Strict):
     python: str | None = None
     isolation: str = "process"
     interpreter: bool | None = None
+    launchers_seeded: int = Field(default=0, description="Triton launchers (C modules per kernel argument-type pattern, "
+                                  "Triton 3.6) taken from the warm pool's verified builds instead of compiled")
 
 
 class StageTimings(_Strict):

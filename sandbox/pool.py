@@ -72,6 +72,10 @@ class PoolClient:
     def kill(self, pid: int) -> None:
         self.request({"op": "kill", "pid": pid}, timeout=5)
 
+    def learn_launchers(self, patterns: list[list[str]]) -> None:
+        """Ask the zygote to build Triton launchers for argument-type patterns a child had to compile."""
+        self.request({"op": "learn", "launchers": patterns}, timeout=5)
+
     def exit_status(self, pid: int) -> tuple[bool, int | None, int | None]:
         """(still running, exit code or -signal when known, resident bytes if killed for memory)."""
         reply = self.request({"op": "status", "pid": pid}, timeout=5)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import tensors
+from . import tensors, triton_cache
 from .audit import AuditGuard
 from .dispatch import OpRecorder, compute_ops
 from .integrity import IntegritySnapshot
@@ -209,7 +209,8 @@ class CandidateRole:
 
     def cmd_summary(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         assert self.recorder is not None
-        return {"ok": True, "summary": self.recorder.summary()}, b""
+        launchers = triton_cache.seeds.report() if triton_cache.seeds is not None else None
+        return {"ok": True, "summary": self.recorder.summary(), "launchers": launchers}, b""
 
 
 def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:

@@ -12,6 +12,8 @@ when it reads as closed, the worker is gone and the zygote exits (and its childr
     {"op": "kill", "pid": P}    -> kills that child's process group
     {"op": "status", "pid": P}  -> {"ok": true, "exit": code | -signal | null}
     {"op": "ping"}              -> {"ok": true, "children": n, "spares": n, "warm": {...}}
+    {"op": "learn", "launchers": [pattern, ...]} -> {"ok": true, "building": n}
+        (argument-type patterns a child had to compile a Triton launcher for; see triton_cache.py)
 
 Forking after CUDA initialises is unsafe, so the zygote checks it never did. Children are forked
 ahead of demand ("spares") and wait, holding nothing, for their assignment; each then starts its
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import json
 import os
 import select
@@ -36,10 +37,12 @@ import tempfile
 import time
 from typing import Any
 
+from . import triton_cache
 from .limits import apply_limits
 
 MAX_MESSAGE = 256 * 1024
 FD_NAMES = ("read", "write", "key", "stdout", "stderr")
+MAX_LAUNCHERS = 512  # argument-type patterns learned per zygote
 PR_SET_PDEATHSIG = 1
 
 
@@ -91,39 +94,6 @@ def _build_driver_utils() -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def _digest(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
-
-
-def seed_files(cache_dir: str | None) -> dict[str, str]:
-    """Relative path -> sha256 of what the zygote's Triton cache holds (trusted: built before any job)."""
-    found: dict[str, str] = {}
-    if cache_dir and os.path.isdir(cache_dir):
-        for folder, _, names in os.walk(cache_dir):
-            for name in names:
-                path = os.path.join(folder, name)
-                found[os.path.relpath(path, cache_dir)] = _digest(path)
-    return found
-
-
-def copy_seed(source: str, target: str, files: dict[str, str]) -> None:
-    """Copy the trusted seed into a child's own Triton cache, skipping anything changed since."""
-    for relative, digest in files.items():
-        origin = os.path.join(source, relative)
-        try:
-            with open(origin, "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        if hashlib.sha256(data).hexdigest() != digest:
-            continue
-        destination = os.path.join(target, relative)
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        with open(destination, "wb") as handle:
-            handle.write(data)
-
-
 def _compile_for(target: str) -> None:
     import triton
     import triton.language as tl
@@ -157,6 +127,9 @@ class Zygote:
         self.facts: dict[str, Any] = {}
         self.seed_dir = os.environ.get("TRITON_CACHE_DIR")
         self.seed: dict[str, str] = {}
+        self.launchers: dict[str, str] = {}  # Triton cache entry -> sha256, built here from a pattern
+        self.patterns: set[tuple[str, ...]] = set()  # built, being built, or failed: asked for once
+        self.builders: dict[int, int] = {}  # pid of a throwaway child building a launcher -> its pipe
 
     # ---- the zygote's side
     def run(self) -> int:
@@ -213,7 +186,8 @@ class Zygote:
                 raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors, got {len(fds)}")
             limits = dict(request.get("limits") or {})
             memory = limits.pop("memory_bytes", None)  # watched here, not an rlimit
-            assignment = {"role": request["role"], "cwd": request["cwd"], "env": request["env"], "limits": limits}
+            assignment = {"role": request["role"], "cwd": request["cwd"], "env": request["env"], "limits": limits,
+                          "launchers": self.launchers}
             while True:
                 pid, link = self.spares.pop(0) if self.spares else self.fork_spare()
                 try:
@@ -242,8 +216,44 @@ class Zygote:
             return {"ok": True, "exit": self.exits.get(pid), "running": pid in self.children,
                     "memory_killed_bytes": self.memory_kills.get(pid)}
         if op == "ping":
-            return {"ok": True, "children": len(self.children), "spares": len(self.spares), "warm": self.facts}
+            return {"ok": True, "children": len(self.children), "spares": len(self.spares),
+                    "warm": {**self.facts, "launchers": len(self.launchers)}}
+        if op == "learn":
+            for pattern in request.get("launchers") or []:
+                self.learn(pattern)
+            return {"ok": True, "building": len(self.builders)}
         raise ValueError(f"unknown op {op!r}")
+
+    def learn(self, pattern: Any) -> None:
+        """Build the launcher for an argument-type pattern a child reported, in a throwaway child
+        (validated: a pattern is a short list of known type names; a few builds at a time)."""
+        if (not self.seed_dir or not triton_cache.valid_pattern(pattern) or tuple(pattern) in self.patterns
+                or len(self.patterns) >= MAX_LAUNCHERS or len(self.builders) >= 4):
+            return
+        self.patterns.add(tuple(pattern))
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                built = triton_cache.build_launcher(pattern, self.seed_dir)
+                os.write(write_end, json.dumps(built).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        self.builders[pid] = read_end
+
+    def builder_done(self, pid: int) -> None:
+        """Record a launcher build: the entry and sha256 the builder computed from its own bytes."""
+        read_end = self.builders.pop(pid)
+        try:
+            built = json.loads(os.read(read_end, 4096) or b"null")
+        except ValueError:
+            built = None
+        finally:
+            os.close(read_end)
+        if isinstance(built, list) and len(built) == 2 and all(isinstance(x, str) for x in built):
+            self.launchers[built[0]] = built[1]
 
     def refill(self) -> None:
         while len(self.spares) < self.spares_wanted:
@@ -266,13 +276,16 @@ class Zygote:
         return pid, ours
 
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.builders:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if pid in self.builders:
+                self.builder_done(pid)
+                continue
             self.children.discard(pid)
             self.memory_limits.pop(pid, None)
             self.exits[pid] = os.waitstatus_to_exitcode(status)
@@ -345,7 +358,10 @@ class Zygote:
         os.environ.clear()
         os.environ.update(assignment["env"])
         if self.seed and self.seed_dir and os.environ.get("TRITON_CACHE_DIR"):
-            copy_seed(self.seed_dir, os.environ["TRITON_CACHE_DIR"], self.seed)
+            triton_cache.copy_seed(self.seed_dir, os.environ["TRITON_CACHE_DIR"], self.seed)
+        if self.device == "cuda":  # before any candidate code: later launcher lookups use the builds
+            triton_cache.seeds = triton_cache.LauncherSeeds(assignment.get("launchers") or {}, self.seed_dir)
+            triton_cache.seeds.install()
         tempfile.tempdir = None  # recomputed from the new TMPDIR
         os.makedirs(os.path.join(assignment["cwd"], "tmp"), exist_ok=True)
         os.chdir(assignment["cwd"])
@@ -391,7 +407,7 @@ def main() -> int:
             os.makedirs(os.environ[name], exist_ok=True)
     zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device)
     zygote.facts = _preload(args.warm_target)
-    zygote.seed = seed_files(zygote.seed_dir)
+    zygote.seed = triton_cache.seed_files(zygote.seed_dir)
     zygote.facts["seed_files"] = len(zygote.seed)
     return zygote.run()
 
