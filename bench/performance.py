@@ -96,9 +96,17 @@ def stage_overhead(results: list[dict[str, Any]]) -> dict[str, float]:
                 stages.setdefault(key, []).append(float(value))
         for key, value in (timings.get("steps") or {}).items():
             stages.setdefault(f"step:{key}", []).append(float(value))
-        lock = (result.get("performance") or {}).get("lock_wait_ms")
+        performance = result.get("performance") or {}
+        lock = performance.get("lock_wait_ms")
         if lock is not None:
             stages.setdefault("timing_lock_wait", []).append(float(lock))
+        for side in ("candidate", "reference"):  # how many timed calls the stopping rule took
+            reps = (performance.get(f"{side}_ms") or {}).get("n")
+            if reps is not None:
+                stages.setdefault(f"timed_calls:{side}", []).append(float(reps))
+        seeded = (result.get("environment") or {}).get("launchers_seeded")
+        if seeded is not None:
+            stages.setdefault("launchers_seeded", []).append(float(seeded))
     return {key: round(statistics.median(values), 2) for key, values in sorted(stages.items())}
 
 
