@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see README).
 # Writes results under $OUT (or bench/results when OUT is unset). Usage: bench/gpu_session.sh [STEP...]
-# Steps: performance (issue 6), tests (the GPU-marked tests), isolation (issue 5), dobench, examples.
+# Steps: performance (issue 6), tests (the GPU-marked tests), diag (a short performance look), isolation (issue 5),
+# compile, dobench, examples.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -18,6 +19,11 @@ for step in $steps; do
   case $step in
     performance) python3 bench/performance.py --out "$OUT" 2>&1 | tee "$OUT/performance.log" || status=1 ;;
     tests) REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
+    diag) # a short look at latency and throughput after a change (no baseline, no stability)
+      python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_launchers.py tests/gpu/test_gpu_engine.py --tb=short 2>&1 | tee "$OUT/gpu-tests-diag.log" || status=1
+      for workers in 4 8; do
+        python3 bench/performance.py --out "$OUT" --workers $workers --latency 12 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label "-diag-w$workers" 2>&1 | tee "$OUT/performance-diag-w$workers.log" || status=1
+      done ;;
     isolation) python3 bench/gpu_isolation.py --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
     compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
     dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
