@@ -22,7 +22,7 @@ for step in $steps; do
     diag) # a short look at latency and throughput after a change (no baseline, no stability)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_launchers.py tests/gpu/test_gpu_engine.py --tb=short 2>&1 | tee "$OUT/gpu-tests-diag.log" || status=1
       for workers in 4 8; do
-        python3 bench/performance.py --out "$OUT" --workers $workers --latency 12 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label "-diag-w$workers" 2>&1 | tee "$OUT/performance-diag-w$workers.log" || status=1
+        python3 bench/performance.py --out "$OUT" --workers $workers --latency 12 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-diag-w$workers" 2>&1 | tee "$OUT/performance-diag-w$workers.log" || status=1
       done ;;
     isolation) python3 bench/gpu_isolation.py --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
     compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;

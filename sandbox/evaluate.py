@@ -85,7 +85,6 @@ class _Run:
     tolerance: tuple[float | None, float | None] = (None, None)
     allowed_ops: list[str] = field(default_factory=list)
     compiled: bool = False
-    launchers_built: list[Any] = field(default_factory=list)  # patterns the candidate compiled a launcher for
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
     _started: dict[str, float] = field(default_factory=dict)
 
@@ -201,9 +200,9 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         run.reference.close()
         output = run.candidate.output()
         shutil.rmtree(workdir, ignore_errors=True)
-    if pool is not None and run.launchers_built:
+    if pool is not None and run.environment.launchers_built:
         try:  # the next evaluations with these argument types skip gcc
-            pool.learn_launchers(run.launchers_built)
+            pool.learn_launchers(run.environment.launchers_built)
         except (OSError, PoolUnavailable):
             pass
     if verdict == Verdict.infrastructure_error and run.reference.process is not None:
@@ -263,7 +262,7 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     run.anti_cheat.foreign_kernels = summary["summary"]["foreign_kernels"]
     launchers = summary.get("launchers") or {}
     run.environment.launchers_seeded = int(launchers.get("seeded") or 0)
-    run.launchers_built = list(launchers.get("built") or [])[:16]
+    run.environment.launchers_built = [list(map(str, pattern)) for pattern in (launchers.get("built") or [])[:16]]
 
 
 def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:

@@ -154,6 +154,8 @@ class Environment(_Strict):
     interpreter: bool | None = None
     launchers_seeded: int = Field(default=0, description="Triton launchers (C modules per kernel argument-type pattern, "
                                   "Triton 3.6) taken from the warm pool's verified builds instead of compiled")
+    launchers_built: list[list[str]] = Field(default=[], description="argument-type patterns the candidate's process "
+                                             "compiled a launcher for (the warm pool builds them for later evaluations)")
 
 
 class StageTimings(_Strict):

@@ -238,6 +238,8 @@ class Zygote:
             try:
                 built = triton_cache.build_launcher(pattern, self.seed_dir)
                 os.write(write_end, json.dumps(built).encode())
+            except BaseException as exc:
+                print(f"zygote: building the launcher for {pattern} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -254,6 +256,8 @@ class Zygote:
             os.close(read_end)
         if isinstance(built, list) and len(built) == 2 and all(isinstance(x, str) for x in built):
             self.launchers[built[0]] = built[1]
+        else:
+            print(f"zygote: a launcher build gave {built!r}", file=sys.stderr, flush=True)
 
     def refill(self) -> None:
         while len(self.spares) < self.spares_wanted:

@@ -30,9 +30,11 @@ def test_a_later_candidate_with_the_same_argument_types_takes_the_learned_launch
         first = evaluate(problem, Submission(source=honest), EvalConfig(device="cuda"), pool=pool.client)
         assert first.verdict == Verdict.correct, first.feedback
         assert first.environment.launchers_seeded == 0
+        assert first.environment.launchers_built, first.environment
         deadline = time.monotonic() + 60
         while pool.client.request({"op": "ping"})["warm"]["launchers"] < 1:
-            assert time.monotonic() < deadline, "the zygote did not build the launcher"
+            log = pool.log_path.read_text(errors="replace")[-3000:] if pool.log_path.exists() else ""
+            assert time.monotonic() < deadline, f"the zygote did not build the launcher; its log:\n{log}"
             time.sleep(0.2)
         second = evaluate(problem, Submission(source=variant), EvalConfig(device="cuda"), pool=pool.client)
         assert second.verdict == Verdict.correct, second.feedback
