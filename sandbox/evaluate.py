@@ -10,6 +10,8 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,17 @@ class _Run:
     compiled: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
     _started: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def gpu_step(self, holds: bool = True) -> Iterator[None]:
+        """Around a step that runs kernels but is not timing: holds the GPU shared, so no timing
+        runs meanwhile (see timing_lock.py)."""
+        if not holds or self.timing_lock is None or self.device != "cuda":
+            yield
+            return
+        with self.timing_lock.shared() as waited_s:
+            self.steps["wait.gpu"] = self.steps.get("wait.gpu", 0.0) + waited_s * 1e3
+            yield
 
     def add_violations(self, violations: list[Violation]) -> None:
         known = {v.rule for v in self.anti_cheat.violations}
@@ -268,14 +281,17 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
 def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     """One correctness trial on fresh inputs; returns whether it passed."""
     seed = derive_seed(run.salt, label)
-    reply, inputs = run.ask(run.reference, {"cmd": "inputs", "trial": label, "set_index": set_index, "seed": seed})
-    outcome, data = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, bytes(inputs))
+    with run.gpu_step():
+        reply, inputs = run.ask(run.reference, {"cmd": "inputs", "trial": label, "set_index": set_index, "seed": seed})
+    with run.gpu_step(holds=run.compiled):  # the first run is mostly compiling: it holds nothing
+        outcome, data = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, bytes(inputs))
     run.compiled = run.compiled or outcome["launches"] > 0
     if counted:
         run.correctness.trials += 1
     compare_header = {"cmd": "compare", "trial": label, "outputs": outcome["outputs"], "returned": outcome["returned"],
                       "atol": run.tolerance[0], "rtol": run.tolerance[1]}
-    compared, _ = run.ask(run.reference, compare_header, bytes(data))
+    with run.gpu_step():
+        compared, _ = run.ask(run.reference, compare_header, bytes(data))
     report = compared["report"]
     _record_comparison(run, report)
     violations = _watch_violations(outcome, label)
@@ -341,7 +357,8 @@ def _time(run: _Run) -> None:
     """Time the reference and the candidate the same way on the same rotated inputs, holding the
     GPU's timing lock (when there is one) so no other evaluation's timing runs meanwhile."""
     seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
-    reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
+    with run.gpu_step():
+        reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
     if run.timing_lock is None or run.device != "cuda":
         _time_unlocked(run, reply["inputs"], inputs)
     else:
@@ -354,8 +371,9 @@ def _time(run: _Run) -> None:
 
 def _profile(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
     """The share of GPU time in the submission's own kernels (the profiler sees only this process's
-    kernels, so this needs no timing lock)."""
-    profiled, _ = run.ask(run.candidate, {"cmd": "profile", "inputs": header_inputs}, bytes(inputs))
+    kernels; it holds the GPU shared only so as not to disturb another evaluation's timing)."""
+    with run.gpu_step():
+        profiled, _ = run.ask(run.candidate, {"cmd": "profile", "inputs": header_inputs}, bytes(inputs))
     run.add_violations(_watch_violations(profiled, "profile"))
     run.performance.triton_time_fraction = profiled["fraction"]
     fraction = profiled["fraction"] or 0.0

@@ -99,11 +99,14 @@ def valid_pattern(tokens: Any) -> bool:
 
 
 def launcher_entry(source: str) -> str:
-    """Where Triton's cache keeps the launcher compiled from `source` (Triton's own key)."""
+    """Where Triton's cache keeps the launcher compiled from `source`: Triton's key, a sha256 of the
+    source and the platform, names the directory (base32-encoded where Triton does so)."""
+    from triton.runtime import cache
     from triton.runtime.build import platform_key
 
     key = hashlib.sha256((source + platform_key()).encode("utf-8")).hexdigest()
-    return f"{key}/{LAUNCHER}{sysconfig.get_config_var('EXT_SUFFIX')}"
+    directory = cache._base32(key) if hasattr(cache, "_base32") else key
+    return f"{directory}/{LAUNCHER}{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
 def build_launcher(tokens: list[str], cache_dir: str) -> tuple[str, str] | None:
