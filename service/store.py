@@ -17,9 +17,20 @@ import redis
 PREFIX = "referee:"
 
 
+# Set KEYS[1] to ARGV[1] (expiring in ARGV[2] s) unless it exists; reply the value already there, or
+# nil. What `SET key value EX ttl NX GET` does on Redis 7.0+, as a script that Redis 6.2 runs too.
+_CLAIM = """
+local previous = redis.call('get', KEYS[1])
+if previous then return previous end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+
 class RedisKV:
     def __init__(self, connection: redis.Redis) -> None:
         self.r = connection
+        self._claim = connection.register_script(_CLAIM)
 
     def get(self, key: str) -> str | None:
         value = self.r.get(PREFIX + key)
@@ -35,7 +46,7 @@ class RedisKV:
 
     def claim(self, key: str, value: str, ttl: int) -> str | None:
         """Set `key` unless it exists; return the value already there (None when this call set it)."""
-        previous = self.r.set(PREFIX + key, value, ex=ttl, nx=True, get=True)
+        previous = self._claim(keys=[PREFIX + key], args=[value, ttl])
         return previous.decode() if isinstance(previous, bytes) else previous
 
     def put_and_claim(self, puts: list[tuple[str, str]], claims: list[tuple[str, str]], ttl: int) -> list[str | None]:
@@ -44,7 +55,7 @@ class RedisKV:
             for key, value in puts:
                 pipe.set(PREFIX + key, value, ex=ttl)
             for key, value in claims:
-                pipe.set(PREFIX + key, value, ex=ttl, nx=True, get=True)
+                self._claim(keys=[PREFIX + key], args=[value, ttl], client=pipe)
             replies = pipe.execute()[len(puts):]
         return [v.decode() if isinstance(v, bytes) else v for v in replies]
 
