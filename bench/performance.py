@@ -117,6 +117,33 @@ def verdicts(results: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
+# The stability runs' options for the large problems: one correctness trial, and two timing sets
+# (one input set each; 256 MB inputs do not fit in L2 anyway). bench/cv_under_load.py uses them too.
+STABILITY_OPTIONS: dict[str, Any] = {"trials": 1, "timing_sets": 2}
+
+
+def stability_run(seconds: float, result: dict[str, Any]) -> dict[str, Any]:
+    """One stability evaluation's figures, from its result document."""
+    perf = result.get("performance") or {}
+    return {"seconds": round(seconds, 2), "verdict": result.get("verdict"), "speedup": perf.get("speedup"),
+            "candidate_ms": (perf.get("candidate_ms") or {}).get("median"),
+            "candidate_n": (perf.get("candidate_ms") or {}).get("n"),
+            "reference_ms": (perf.get("reference_ms") or {}).get("median"),
+            "reference_cached": perf.get("reference_cached"),
+            "speedup_ci95": perf.get("speedup_ci95")}
+
+
+def cv_percent(values: list[float]) -> float | None:
+    """Coefficient of variation (population), in percent; None for fewer than two values."""
+    return round(statistics.pstdev(values) / statistics.mean(values) * 100, 3) if len(values) >= 2 else None
+
+
+def stability_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"runs": runs,
+            "speedup_cv_percent": cv_percent([r["speedup"] for r in runs if r["speedup"]]),
+            "candidate_ms_cv_percent": cv_percent([r["candidate_ms"] for r in runs if r["candidate_ms"]])}
+
+
 def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stability_n: int, large: list[BenchProblem],
              options: dict[str, Any], save: Any, into: dict[str, Any], key: str) -> dict[str, Any]:
     """One configuration's phases; the partial results are saved after each phase."""
@@ -154,24 +181,10 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
             for problem in large:
                 runs = []
                 for _ in range(stability_n):
-                    seconds, result = bench.single(problem, {"trials": 1, "timing_sets": 2})
-                    perf = result.get("performance") or {}
-                    runs.append({"seconds": round(seconds, 2), "verdict": result["verdict"], "speedup": perf.get("speedup"),
-                                 "candidate_ms": (perf.get("candidate_ms") or {}).get("median"),
-                                 "candidate_n": (perf.get("candidate_ms") or {}).get("n"),
-                                 "reference_ms": (perf.get("reference_ms") or {}).get("median"),
-                                 "reference_cached": perf.get("reference_cached"),
-                                 "speedup_ci95": perf.get("speedup_ci95")})
+                    seconds, result = bench.single(problem, STABILITY_OPTIONS)
+                    runs.append(stability_run(seconds, result))
                     print(f"  stability {problem.name}: {runs[-1]}", flush=True)
-                speedups = [r["speedup"] for r in runs if r["speedup"]]
-                candidate_ms = [r["candidate_ms"] for r in runs if r["candidate_ms"]]
-                out["stability"][problem.name] = {
-                    "runs": runs,
-                    "speedup_cv_percent": round(statistics.pstdev(speedups) / statistics.mean(speedups) * 100, 3)
-                    if len(speedups) >= 2 else None,
-                    "candidate_ms_cv_percent": round(statistics.pstdev(candidate_ms) / statistics.mean(candidate_ms) * 100, 3)
-                    if len(candidate_ms) >= 2 else None,
-                }
+                out["stability"][problem.name] = stability_summary(runs)
                 save()
     return out
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -144,20 +145,31 @@ class ApiServer:
         _stop(self.process, sig)
 
 
+# Short heartbeats, so a dead worker's job is noticed in seconds (the fault and load runs).
+SHORT_HEARTBEATS = ("--monitoring-interval", "1", "--heartbeat-grace", "3", "--maintenance-interval", "30", "--worker-ttl", "20")
+
+
 @dataclass
 class Worker:
-    """`referee worker` with short heartbeats, so a dead one's job is noticed in seconds."""
+    """`referee worker` (by default with short heartbeats); `gpu` and `concurrency` as on the command line."""
 
     redis_url: str
     queue: str
     log: Path
+    gpu: int | None = None
+    concurrency: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    options: tuple[str, ...] = SHORT_HEARTBEATS
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         command = [sys.executable, "-m", "service.cli", "worker", "--redis-url", self.redis_url, "--queue", self.queue,
-                   "--monitoring-interval", "1", "--heartbeat-grace", "3", "--maintenance-interval", "30", "--worker-ttl", "20"]
+                   "--concurrency", str(self.concurrency), *self.options]
+        if self.gpu is not None:
+            command += ["--gpu", str(self.gpu)]
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env}, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -176,6 +188,88 @@ def live_workers(redis_url: str, queue: str) -> int:
         return len(RQWorker.all(queue=Queue(queue, connection=connection)))
     finally:
         connection.close()
+
+
+_GPU_IN_NAME = re.compile(r"-gpu(\d+|-any)-")
+
+
+@dataclass
+class ServiceStack:
+    """The service for one host with GPUs: `referee serve` (auth off) and one `referee worker --gpu i
+    --concurrency K` per GPU in `gpus`, on a Redis URL the caller provides (and owns), with their
+    own queue. Worker logs are `folder/worker-gpuI.log`; `env` goes to the API and the workers."""
+
+    redis_url: str
+    gpus: list[int]
+    concurrency: int
+    folder: Path
+    env: dict[str, str] = field(default_factory=dict)
+    worker_options: tuple[str, ...] = ()  # production heartbeats unless given
+    queue: str = field(default_factory=lambda: "referee-" + uuid.uuid4().hex[:8])
+    api: ApiServer | None = None
+    workers: dict[int, Worker] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        assert self.api is not None
+        return self.api.url
+
+    def start(self, timeout: float = 300) -> ServiceStack:
+        """Start the workers and the API; return once every RQ worker (GPUs x concurrency) is registered
+        and /readyz answers 200. Raises, with the log's tail, when a worker exits meanwhile."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        env = {**self.env, "REFEREE_QUEUE_NAME": self.queue, "REFEREE_AUTH": "off"}
+        for gpu in self.gpus:
+            self.workers[gpu] = Worker(self.redis_url, self.queue, self.folder / f"worker-gpu{gpu}.log", gpu=gpu,
+                                       concurrency=self.concurrency, env=env, options=self.worker_options).start()
+        self.api = ApiServer(self.redis_url, self.folder / "api.log", env=env).start()
+        expected = len(self.gpus) * self.concurrency
+
+        def ready() -> bool:
+            for gpu, worker in self.workers.items():
+                if worker.process is not None and worker.process.poll() is not None:
+                    raise RuntimeError(f"the worker for GPU {gpu} exited ({worker.process.returncode}):\n{worker.text()[-3000:]}")
+            try:
+                response = httpx.get(self.url + "/readyz", timeout=5)
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200 and len(response.json().get("workers") or []) >= expected
+
+        wait_for(ready, timeout, f"{expected} RQ workers on GPUs {self.gpus} and /readyz", interval=0.5)
+        return self
+
+    def stop(self) -> None:
+        for worker in self.workers.values():  # RQ's warm shutdown: each finishes its job first
+            if worker.process is not None and worker.process.poll() is None:
+                try:
+                    os.killpg(worker.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for worker in self.workers.values():
+            worker.stop()
+        if self.api is not None:
+            self.api.stop()
+
+    def job_counts(self) -> dict[str, dict[str, int]]:
+        """Jobs each GPU's RQ workers ran so far (RQ's own counters), by GPU label ("0", "1", ...)."""
+        from rq import Queue
+        from rq import Worker as RQWorker
+
+        connection = redis.Redis.from_url(self.redis_url)
+        counts: dict[str, dict[str, int]] = {str(gpu): {"succeeded": 0, "failed": 0, "rq_workers": 0} for gpu in self.gpus}
+        try:
+            for worker in RQWorker.all(queue=Queue(self.queue, connection=connection)):
+                found = _GPU_IN_NAME.findall(worker.name)  # the last: a host name may hold "-gpuN-" too
+                entry = counts.setdefault(found[-1] if found else "?", {"succeeded": 0, "failed": 0, "rq_workers": 0})
+                entry["succeeded"] += worker.successful_job_count
+                entry["failed"] += worker.failed_job_count
+                entry["rq_workers"] += 1
+        finally:
+            connection.close()
+        return counts
+
+    def worker_logs(self) -> dict[int, str]:
+        return {gpu: worker.text() for gpu, worker in self.workers.items()}
 
 
 def executions(logs: Iterable[str]) -> tuple[Counter[str], Counter[str]]:
