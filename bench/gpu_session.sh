@@ -2,7 +2,8 @@
 # Everything a session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see README).
 # Writes results under $OUT (or bench/results when OUT is unset). Usage: bench/gpu_session.sh [STEP...]
 # Steps: performance (issue 6), tests (the GPU-marked tests), diag (a short performance look), isolation (issue 5),
-# compile, dobench, examples.
+# compile, dobench, examples, scaling and cv_load (issue 9: bench/scaling.py, bench/cv_under_load.py; both
+# start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -13,6 +14,9 @@ export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import torch, triton, pydantic, typer, rich, fastapi, uvicorn, httpx, rq, redis, prometheus_client, yaml; assert torch.cuda.is_available(); print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" || exit 91
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
 steps=${*:-performance tests}
+need_redis() {  # the steps with Redis stop at once when the carried redis-server is missing or cannot run here
+  .redis/redis-server --version || { echo "$1: .redis/redis-server is missing or does not run here (bash bench/build_redis.sh, and carry .redis/)"; return 1; }
+}
 status=0
 for step in $steps; do
   echo "=== $step $(date +%T)"
@@ -28,6 +32,8 @@ for step in $steps; do
     compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
     dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
     examples) python3 bench/gpu_examples.py --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1 ;;
+    scaling) need_redis scaling && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
+    cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:-} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done

@@ -101,13 +101,14 @@ class Record:
 
 
 def drive(urls: list[str], make: Callable[[int], Body | None], in_flight: int, stop: threading.Event | None = None,
-          deadline_s: float = 900, wait_s: int = 600) -> list[Record]:
+          deadline_s: float = 900, wait_s: int = 600, records: list[Record] | None = None) -> list[Record]:
     """Keep `in_flight` submissions outstanding (a closed loop: each connection submits the next as soon
     as its previous one has its result) until `make` returns None or `stop` is set; connection j
-    talks to urls[j % len(urls)]. A submission whose `?wait=` runs out is awaited with GET."""
+    talks to urls[j % len(urls)]. A submission whose `?wait=` runs out is awaited with GET.
+    `records`, when given, is filled as submissions go (for a caller watching from another thread)."""
     counter = itertools.count()
     lock = threading.Lock()
-    records: list[Record] = []
+    records = [] if records is None else records
     stop = stop or threading.Event()
     deadline = time.monotonic() + deadline_s
 
