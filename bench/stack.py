@@ -235,7 +235,11 @@ class ServiceStack:
                 return False
             return response.status_code == 200 and len(response.json().get("workers") or []) >= expected
 
-        wait_for(ready, timeout, f"{expected} RQ workers on GPUs {self.gpus} and /readyz", interval=0.5)
+        try:
+            wait_for(ready, timeout, f"{expected} RQ workers on GPUs {self.gpus} and /readyz", interval=0.5)
+        except TimeoutError as exc:
+            tails = "".join(f"\n--- worker for GPU {gpu}:\n{worker.text()[-1500:]}" for gpu, worker in self.workers.items())
+            raise TimeoutError(f"{exc}{tails}") from None
         return self
 
     def stop(self) -> None:
