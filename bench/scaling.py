@@ -430,7 +430,8 @@ def run_scaling(options: Options, gpus: int, phases: list[int]) -> dict[str, Any
         "phases": [],
     }
     slug = card.lower().replace(" ", "-")
-    path = options.out / f"scaling-{slug}-x{max(phases)}-{report['date']}.json"
+    suffix = "" if options.queue == "redis" else f"-{options.queue}"
+    path = options.out / f"scaling-{slug}-x{max(phases)}-{report['date']}{suffix}.json"
     log_folder = options.out / "scaling-logs"
 
     def save() -> None:
