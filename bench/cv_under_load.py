@@ -11,11 +11,11 @@ own queue and `referee serve`): the probe, `referee worker --gpu 0`, and the loa
 `referee worker --gpu I --concurrency K` for each other GPU, fed by bench/scaling.py's closed-loop
 client (K + 1 in flight per GPU, unique submissions). Both are started, and ready, before anything
 is measured. Problem by problem (cheapest first, so a run cut short still has whole pairs): the
-idle runs, then the load is started and warmed (two evaluations per loaded worker slot since it
-started), the loaded runs, and the load is stopped (its evaluations in flight finish) before the
-next problem. Each problem's first idle run times the reference; every later run uses the cached
-reference timing, as in production and in bench/performance.py. The results file is written after
-every problem.
+idle runs; then the load is started, and once it has completed as many evaluations as the loaded
+GPUs have worker slots, the loaded runs; then the load is stopped (its evaluations in flight
+finish) before the next problem. Each problem's first idle run times the reference; every later
+run uses the cached reference timing, as in production and in bench/performance.py. The results
+file is written after every problem.
 
     python3 bench/cv_under_load.py --out DIR [--runs 5] [--problems relu_64M,softmax_8192x4096,matmul_2048]
     python3 bench/cv_under_load.py --out DIR --gpus 2 --smoke --runs 2   # CPU dry run of the plumbing (no speedups)
@@ -133,8 +133,8 @@ def main() -> None:
     parser.add_argument("--problems", default="", help="comma-separated subset of the large problems (default: all three)")
     parser.add_argument("--concurrency", type=int, default=4, help="referee worker --concurrency, probe and load workers")
     parser.add_argument("--in-flight", type=int, default=0, help="load submissions outstanding per loaded GPU (default: concurrency + 1)")
-    parser.add_argument("--load-warmup", type=int, default=-1, help="load evaluations completed before the loaded phase "
-                                                                   "(default: two per loaded worker slot)")
+    parser.add_argument("--load-warmup", type=int, default=-1, help="load evaluations completed, each time the load starts, "
+                                                                   "before the loaded runs (default: one per loaded worker slot)")
     parser.add_argument("--redis-server", default=None, help="redis-server binary (default: .redis/redis-server, then PATH)")
     parser.add_argument("--isolation", default=None, help="REFEREE_ISOLATION for the workers (default: auto)")
     parser.add_argument("--smoke", action="store_true", help="the tiny problem on the CPU interpreter, to try the plumbing")
@@ -152,7 +152,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     load_gpus = list(range(1, gpus))
     in_flight = len(load_gpus) * (args.in_flight or args.concurrency + 1)
-    load_warmup = args.load_warmup if args.load_warmup >= 0 else 2 * len(load_gpus) * args.concurrency
+    load_warmup = args.load_warmup if args.load_warmup >= 0 else len(load_gpus) * args.concurrency
     card = card_name()
     report: dict[str, Any] = {
         "card": card, "gpus": gpus, "date": datetime.date.today().isoformat(),
