@@ -146,8 +146,9 @@ def drive(urls: list[str], make: Callable[[int], Body | None], in_flight: int, s
 
 
 def rates(records: list[Record], started: float) -> dict[str, Any]:
-    """Whole-batch and sustained (middle 80% of completions) evaluations per minute."""
-    done = sorted(r.done for r in records if r.done)
+    """Whole-batch and sustained (middle 80% of completions) evaluations per minute; only submissions
+    that got a result count."""
+    done = sorted(r.done for r in records if r.done and r.result.get("verdict"))
     if not done:
         return {"seconds": 0.0, "evaluations_per_minute": 0.0, "sustained_evaluations_per_minute": None}
     whole_s = done[-1] - started
