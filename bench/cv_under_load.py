@@ -102,7 +102,7 @@ class Load:
             "urls": [self.url], "make": lambda i: self.make(first + i), "in_flight": self.in_flight, "stop": self.stop_event,
             "deadline_s": 3600, "records": self.records})
         self.thread.start()
-        wait_for(lambda: sum(1 for r in list(self.records) if r.done > started) >= warm, 300, f"{warm} load evaluations", interval=0.5)
+        wait_for(lambda: sum(1 for r in list(self.records) if r.done > started and r.result.get("verdict")) >= warm, 300, f"{warm} load evaluations", interval=0.5)
         return time.monotonic() - started
 
     def stop(self) -> None:
