@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see README).
 # Writes results under $OUT (or bench/results when OUT is unset). Usage: bench/gpu_session.sh [STEP...]
-# Steps: performance (issue 6), tests (the GPU-marked tests), diag (a short performance look), isolation (issue 5),
+# Steps: performance (issue 6), tests (the GPU-marked tests), diag (a short performance look), pair (performance on
+# GPU 0 while GPU 1 runs the tests and a timing-lock comparison), isolation (issue 5),
 # compile, dobench, examples, scaling and cv_load (issue 9: bench/scaling.py, bench/cv_under_load.py; both
 # start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS).
 set -uo pipefail
@@ -28,6 +29,16 @@ for step in $steps; do
       for workers in 4 8; do
         python3 bench/performance.py --out "$OUT" --workers $workers --latency 12 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-diag-w$workers" 2>&1 | tee "$OUT/performance-diag-w$workers.log" || status=1
       done ;;
+    pair) # two GPUs at once: the performance benchmark on GPU 0; on GPU 1 the GPU tests, then throughput
+      # with and without exclusive timing (REFEREE_EXCLUSIVE_TIMING) for comparison
+      ( export CUDA_VISIBLE_DEVICES=1
+        REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short > "$OUT/gpu-tests.log" 2>&1 || echo "GPU tests failed" >> "$OUT/gpu-tests.log"
+        for timing in on off; do
+          REFEREE_EXCLUSIVE_TIMING=$timing python3 bench/performance.py --out "$OUT" --latency 3 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-exclusive-timing-$timing" > "$OUT/performance-exclusive-timing-$timing.log" 2>&1
+        done ) &
+      CUDA_VISIBLE_DEVICES=0 python3 bench/performance.py --out "$OUT" --baseline-latency 4 --baseline-batch 12 --label="${PERF_LABEL:-}" 2>&1 | tee "$OUT/performance.log" || status=1
+      wait
+      tail -3 "$OUT/gpu-tests.log"; grep -q "GPU tests failed" "$OUT/gpu-tests.log" && status=1 ;;
     isolation) python3 bench/gpu_isolation.py --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
     compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
     dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;

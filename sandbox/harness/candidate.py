@@ -175,6 +175,7 @@ class CandidateRole:
 
         # The op recorder stays on while timed (entered once, not per call): a candidate cannot tell
         # the timed calls from the checked ones by looking for it.
+        self.recorder.keep_storages = False
         try:
             with torch.no_grad(), self.ops:
                 if self.device.type == "cuda":
@@ -183,6 +184,8 @@ class CandidateRole:
                     stats = time_on_host(lambda inputs: self.model(*inputs), input_sets)
         except BaseException as exc:
             raise self._failure(exc) from None
+        finally:
+            self.recorder.keep_storages = True
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
         stats["launches"] = sum(1 for launch in launches if launch.own)
