@@ -153,6 +153,7 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
                                  "candidate_n": (perf.get("candidate_ms") or {}).get("n"),
                                  "reference_ms": (perf.get("reference_ms") or {}).get("median"),
                                  "reference_cached": perf.get("reference_cached"),
+                                 "reference_outputs_cached": perf.get("reference_outputs_cached"),
                                  "speedup_ci95": perf.get("speedup_ci95")})
                     print(f"  stability {problem.name}: {runs[-1]}", flush=True)
                 speedups = [r["speedup"] for r in runs if r["speedup"]]
