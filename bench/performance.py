@@ -130,6 +130,7 @@ def stability_run(seconds: float, result: dict[str, Any]) -> dict[str, Any]:
             "candidate_n": (perf.get("candidate_ms") or {}).get("n"),
             "reference_ms": (perf.get("reference_ms") or {}).get("median"),
             "reference_cached": perf.get("reference_cached"),
+            "reference_outputs_cached": perf.get("reference_outputs_cached"),
             "speedup_ci95": perf.get("speedup_ci95")}
 
 

@@ -37,6 +37,7 @@ from .models import (
 from .pool import PoolClient, PoolUnavailable
 from .process import HarnessDied, HarnessProcess, HarnessTimeout
 from .reference_cache import ReferenceCache
+from .reference_data import ReferenceData, ReferenceDataCache
 from .reward import compute_reward
 from .static_checks import ProblemSourceError
 from .timing_lock import TimingLock
@@ -83,6 +84,11 @@ class _Run:
     problem_sha256: str = ""
     input_sets: list[dict[str, int]] = field(default_factory=list)
     reference_cache: ReferenceCache | None = None
+    reference_data: ReferenceDataCache | None = None
+    data_key: str = ""
+    cached: ReferenceData | None = None  # a hit: the reference process is a judge, the data comes from here
+    cached_reference_stats: dict[str, Any] | None = None  # the timing that came with a hit
+    recording: ReferenceData | None = None  # a miss being recorded for the cache
     timing_lock: TimingLock | None = None
     tolerance: tuple[float | None, float | None] = (None, None)
     allowed_ops: list[str] = field(default_factory=list)
@@ -164,9 +170,11 @@ def plan_problem(source: str, input_sets: list[dict[str, int]] | None = None) ->
 def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None = None, *,
              job_id: str | None = None, python: str | None = None,
              reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None,
-             pool: PoolClient | None = None, timing_lock: TimingLock | None = None) -> EvaluationResult:
+             pool: PoolClient | None = None, timing_lock: TimingLock | None = None,
+             reference_data: ReferenceDataCache | None = None) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
     With `reference_cache`, the reference's timing is reused for the same problem, plan and card.
+    With `reference_data` too, its inputs and expected outputs are (see `reference_data.py`).
     With `pool`, both harness processes are forked by the warm pool's zygote (its isolation applies)
     instead of started fresh. With `timing_lock`, the GPU is held only while timing."""
     config = config or EvalConfig()
@@ -194,6 +202,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
         candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool),
         problem_sha256=problem.sha256, reference_cache=reference_cache, timing_lock=timing_lock,
+        reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
     )
     run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
@@ -201,6 +210,8 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         run.reference.start()
         run.candidate.start()
         _check(run, (str(reference_path), problem.source), (str(candidate_path), submission.source), input_sets)
+        if run.recording is not None and run.reference_data is not None:
+            run.reference_data.put(run.data_key, run.recording)
         verdict = Verdict.cheating if run.anti_cheat.violations else (
             Verdict.correct if run.correctness.passed == run.correctness.trials and run.correctness.recheck_passed is not False else Verdict.incorrect
         )
@@ -235,18 +246,14 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
 
 def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], input_sets: list[dict[str, int]]) -> None:
     config = run.config
-    init_seed = derive_seed(run.salt, "init")
     # The candidate process sets up its device (CUDA context, Triton's driver) while the reference
     # builds its model: both before any candidate code is loaded.
     prepare = {"cmd": "prepare", "device": run.device}
     run.post(run.candidate, prepare)
-    reply, init_payload = run.ask(run.reference, {
-        "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device, "init_seed": init_seed,
-        "input_sets": input_sets,
-    })
+    reply, init_payload = _setup_reference(run, reference, input_sets)
+    init_seed = derive_seed(run.salt, "init")  # after the setup: a hit brings its entry's salt
     run.collect(run.candidate, prepare)
-    run.environment = Environment(**{k: v for k, v in reply["environment"].items() if k in Environment.model_fields},
-                                  isolation=run.reference.isolation_name)
+    run.environment = _environment(run, reply["environment"])
     run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
     input_sets = [input_sets[i] for i in reply.get("valid_sets", range(len(input_sets)))]
     run.tolerance = (
@@ -278,11 +285,84 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     run.environment.launchers_built = [list(map(str, pattern)) for pattern in (launchers.get("built") or [])[:16]]
 
 
+def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dict[str, int]]) -> tuple[dict[str, Any], bytes]:
+    """The reference's setup reply and init inputs: from the cache on a hit (the reference process
+    stays a judge), else from the problem's model (recorded for the cache when it is on)."""
+    if run.reference_data is not None:
+        judged, _ = run.ask(run.reference, {"cmd": "setup", "judge": True, "device": run.device})
+        run.cached = _cached_reference_data(run, input_sets, judged["environment"])
+        if run.cached is not None:
+            run.salt = run.cached.salt
+            run.performance.reference_outputs_cached = True
+            return run.cached.setup_reply(judged["environment"])
+    reply, init_payload = run.ask(run.reference, {
+        "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device,
+        "init_seed": derive_seed(run.salt, "init"), "input_sets": input_sets,
+    })
+    if run.reference_data is not None:
+        run.recording = ReferenceData.start(run.salt, reply, init_payload)
+    return reply, bytes(init_payload)
+
+
+def _cached_reference_data(run: _Run, input_sets: list[dict[str, int]], reported: dict[str, Any]) -> ReferenceData | None:
+    """This problem's entry in the reference-data cache, if any; a hit also needs the reference's
+    cached timing (kept in the run, as the judge cannot time anything)."""
+    assert run.reference_data is not None and run.reference_cache is not None
+    environment = _environment(run, reported).model_dump()
+    run.data_key = ReferenceDataCache.key(run.problem_sha256, input_sets, environment, trials=run.config.trials,
+                                          timing_sets=run.config.timing_sets, device=run.device, seed=run.config.seed)
+    entry = run.reference_data.take(run.data_key)
+    if entry is None:
+        return None
+    valid_sets = [input_sets[i] for i in entry.setup.get("valid_sets", range(len(input_sets)))]
+    run.cached_reference_stats = run.reference_cache.get(_timing_key(run, valid_sets, environment))
+    return entry if run.cached_reference_stats is not None else None
+
+
+def _environment(run: _Run, reported: dict[str, Any]) -> Environment:
+    return Environment(**{k: v for k, v in reported.items() if k in Environment.model_fields},
+                       isolation=run.reference.isolation_name)
+
+
+def _timing_key(run: _Run, input_sets: list[dict[str, int]], environment: dict[str, Any]) -> str:
+    return ReferenceCache.key(run.problem_sha256, input_sets, environment,
+                              {"sets": run.config.timing_sets, "max_seconds": run.config.max_timing_seconds})
+
+
+def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any], bytes]:
+    """A trial's inputs: cached on a hit; else made by the reference (with its expected outputs
+    while they are being recorded and still fit the cache's entry size)."""
+    if run.cached is not None:
+        return run.cached.inputs(label)
+    header = {"cmd": "inputs", "trial": label, "set_index": set_index, "seed": derive_seed(run.salt, label)}
+    recording, cache = run.recording, run.reference_data
+    if recording is None or cache is None:
+        reply, payload = run.ask(run.reference, header)
+        return reply, bytes(payload)
+    reply, payload = run.ask(run.reference, {**header, "expected_budget": cache.max_entry_bytes - recording.nbytes})
+    if reply.get("expected") is None:  # too large for the cache, or not encodable: not cached
+        run.recording = None
+    else:
+        recording.add_trial(label, set_index, reply, payload)
+    return reply, bytes(payload[:reply["inputs_nbytes"]])
+
+
+def _timing_inputs(run: _Run) -> tuple[dict[str, Any], bytes]:
+    if run.cached is not None:
+        return run.cached.timing_inputs()
+    seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
+    reply, payload = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
+    if run.recording is not None and run.reference_data is not None:
+        run.recording.add_timing(reply["inputs"], payload)
+        if run.recording.nbytes > run.reference_data.max_entry_bytes:
+            run.recording = None
+    return reply, bytes(payload)
+
+
 def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     """One correctness trial on fresh inputs; returns whether it passed."""
-    seed = derive_seed(run.salt, label)
     with run.gpu_step():
-        reply, inputs = run.ask(run.reference, {"cmd": "inputs", "trial": label, "set_index": set_index, "seed": seed})
+        reply, inputs = _trial_inputs(run, label, set_index)
     with run.gpu_step(holds=run.compiled):  # the first run is mostly compiling: it holds nothing
         outcome, data = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, bytes(inputs))
     run.compiled = run.compiled or outcome["launches"] > 0
@@ -290,8 +370,11 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
         run.correctness.trials += 1
     compare_header = {"cmd": "compare", "trial": label, "outputs": outcome["outputs"], "returned": outcome["returned"],
                       "atol": run.tolerance[0], "rtol": run.tolerance[1]}
+    compare_payload = bytes(data)
+    if run.cached is not None:  # a judge: it gets the expected outputs and pristine inputs with the candidate's bytes
+        compare_header, compare_payload = run.cached.compare_request(label, compare_header, compare_payload)
     with run.gpu_step():
-        compared, _ = run.ask(run.reference, compare_header, bytes(data))
+        compared, _ = run.ask(run.reference, compare_header, compare_payload)
     report = compared["report"]
     _record_comparison(run, report)
     violations = _watch_violations(outcome, label)
@@ -356,9 +439,8 @@ def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
 def _time(run: _Run) -> None:
     """Time the reference and the candidate the same way on the same rotated inputs, holding the
     GPU's timing lock (when there is one) so no other evaluation's timing runs meanwhile."""
-    seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
     with run.gpu_step():
-        reply, inputs = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
+        reply, inputs = _timing_inputs(run)
     if run.timing_lock is None or run.device != "cuda":
         _time_unlocked(run, reply["inputs"], inputs)
     else:
@@ -385,9 +467,8 @@ def _profile(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
 def _time_unlocked(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
     options = {"max_seconds": run.config.max_timing_seconds}
     cache = run.reference_cache
-    cache_key = ReferenceCache.key(run.problem_sha256, run.input_sets, run.environment.model_dump(),
-                                   {"sets": run.config.timing_sets, **options})
-    ref_stats = cache.get(cache_key) if cache is not None else None
+    cache_key = _timing_key(run, run.input_sets, run.environment.model_dump())
+    ref_stats = run.cached_reference_stats if run.cached is not None else (cache.get(cache_key) if cache is not None else None)
     run.performance.reference_cached = ref_stats is not None
     if ref_stats is None:
         reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})

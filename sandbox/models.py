@@ -126,7 +126,8 @@ class Performance(_Strict):
     method: str | None = None
     triton_time_fraction: float | None = None
     host_event_ratio: float | None = None
-    reference_cached: bool = False
+    reference_cached: bool = False  # the reference's timing came from the cache
+    reference_outputs_cached: bool = False  # its inputs and expected outputs too: no reference model was built
     lock_wait_ms: float | None = None  # time spent waiting for the GPU's timing lock
     meaningful: bool = False
     note: str | None = None

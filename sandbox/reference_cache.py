@@ -2,8 +2,8 @@
 
 An RL group sends many candidates for one problem; timing the reference is the longest part of the
 reference run (up to `max_timing_seconds`), and its result depends only on the problem, the shapes
-it is timed on, the card and the software. Inputs stay fresh per evaluation: the cache keeps
-timings, never inputs or expected outputs, so nothing a candidate could learn is reused.
+it is timed on, the card and the software. Only timings are kept here; inputs and expected outputs
+are cached, under their own bounds, by `reference_data.py`.
 Entries live in memory and, when a directory is given, as JSON files shared by worker processes.
 """
 

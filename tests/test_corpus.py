@@ -3,7 +3,9 @@
 (cheats that simply fail: partial work, precision downgrades, forged verdicts). Every file in
 tests/honest/ must be accepted with no fatal violation. All run against tests/exploits/problem.py
 on the CPU with Triton's interpreter, in processes forked by the warm pool (the production path;
-tests/test_verdicts.py covers fresh processes); tests/gpu/ runs the GPU-only classes."""
+tests/test_verdicts.py covers fresh processes); tests/gpu/ runs the GPU-only classes. Then every
+file again with the reference-data cache warm: judged from cached inputs and expected outputs, each
+must get the verdict and the rules it got from a live reference."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any
 import pytest
 
 from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
+from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from sandbox.reference_cache import ReferenceCache
+from sandbox.reference_data import ReferenceDataCache
 
 HERE = Path(__file__).parent
 PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())
@@ -28,8 +32,19 @@ def expected_rule(path: Path) -> str:
     return match.group(1)
 
 
-def check(path: Path, pool: Any):
-    return evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cpu", trials=2, timeout_s=60), pool=pool)
+_UNCACHED: dict[Path, EvaluationResult] = {}
+
+
+def check(path: Path, pool: Any, caches: tuple[ReferenceCache, ReferenceDataCache] | None = None) -> EvaluationResult:
+    """Evaluate one file; without `caches` once per session (the cached-reference test compares with it)."""
+    if caches is None and path in _UNCACHED:
+        return _UNCACHED[path]
+    timing, data = caches or (None, None)
+    result = evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cpu", trials=2, timeout_s=60),
+                      pool=pool, reference_cache=timing, reference_data=data)
+    if caches is None:
+        _UNCACHED[path] = result
+    return result
 
 
 @pytest.mark.parametrize("path", EXPLOITS, ids=lambda p: p.stem)
@@ -56,3 +71,25 @@ def test_honest_kernel_is_accepted(path: Path, warm_pool: Any) -> None:
     assert result.anti_cheat.violations == [], result.anti_cheat.violations
     assert result.verdict == Verdict.correct, result.feedback
     assert result.anti_cheat.triton_launches > 0
+
+
+@pytest.fixture(scope="module")
+def warm_caches(warm_pool: Any) -> tuple[ReferenceCache, ReferenceDataCache]:
+    """Caches holding the problem's reference timing and data, stored by an honest evaluation."""
+    caches = ReferenceCache(), ReferenceDataCache(max_uses=10_000)
+    stored = check(HONEST[0], warm_pool, caches)
+    assert stored.verdict == Verdict.correct and stored.performance.reference_outputs_cached is False
+    assert len(caches[1].store.keys()) == 1
+    return caches
+
+
+@pytest.mark.parametrize("path", EXPLOITS + HONEST, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_cached_reference_data_gives_the_same_verdict(path: Path, warm_pool: Any, warm_caches: Any) -> None:
+    uncached = check(path, warm_pool)
+    cached = check(path, warm_pool, warm_caches)
+    if "reference.setup" in uncached.timings_ms.steps:  # not rejected by the static checks alone
+        assert cached.performance.reference_outputs_cached is True
+        assert "reference.inputs" not in cached.timings_ms.steps
+    assert cached.verdict == uncached.verdict, (cached.feedback, uncached.feedback)
+    assert cached.reward == uncached.reward
+    assert sorted(v.rule for v in cached.anti_cheat.violations) == sorted(v.rule for v in uncached.anti_cheat.violations)

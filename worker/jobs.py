@@ -16,6 +16,7 @@ from sandbox.isolation import Isolation, cached_isolation
 from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 from sandbox.pool import WarmPool, client_from_environment
 from sandbox.reference_cache import ReferenceCache
+from sandbox.reference_data import DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_USES, DEFAULT_TTL_S, ReferenceDataCache
 from sandbox.static_checks import ProblemSourceError
 from sandbox.timing_lock import TimingLock
 
@@ -24,6 +25,29 @@ from sandbox.timing_lock import TimingLock
 REFERENCE_CACHE = ReferenceCache(
     os.environ.get("REFEREE_REFERENCE_CACHE_DIR") or Path.home() / ".cache" / "triton-referee" / "reference"
 )
+
+
+def reference_data_cache(directory: Path | None = None) -> ReferenceDataCache:
+    """The cache of reference inputs and expected outputs (`sandbox/reference_data.py`), bounded by
+    REFEREE_REFERENCE_DATA_MAX_USES, REFEREE_REFERENCE_DATA_TTL_S and REFEREE_REFERENCE_DATA_MAX_BYTES."""
+    return ReferenceDataCache(
+        directory,
+        max_uses=int(os.environ.get("REFEREE_REFERENCE_DATA_MAX_USES") or DEFAULT_MAX_USES),
+        ttl_s=float(os.environ.get("REFEREE_REFERENCE_DATA_TTL_S") or DEFAULT_TTL_S),
+        max_entry_bytes=int(os.environ.get("REFEREE_REFERENCE_DATA_MAX_BYTES") or DEFAULT_MAX_ENTRY_BYTES),
+    )
+
+
+# In this process's memory: the embedded server's threads share it. An RQ worker switches to a
+# directory (`use_reference_data_directory`), as each of its jobs runs in a forked work horse.
+REFERENCE_DATA = reference_data_cache()
+
+
+def use_reference_data_directory() -> None:
+    """Keep reference data as files beside the reference timings (private to this host's workers)."""
+    global REFERENCE_DATA
+    root = REFERENCE_CACHE.directory or Path.home() / ".cache" / "triton-referee" / "reference"
+    REFERENCE_DATA = reference_data_cache(root / "data")
 
 
 # Backends the zygote can run inside: it and its children share one namespace and private root.
@@ -84,8 +108,10 @@ def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
         pool = None  # the zygote was made for another device or backend; start fresh processes
     try:
         caching = os.environ.get("REFEREE_REFERENCE_CACHE", "on") != "off"
+        data_caching = caching and os.environ.get("REFEREE_REFERENCE_DATA_CACHE", "on") != "off"
         result = evaluate(problem, submission, config, job_id=evaluation_id, reference_cache=REFERENCE_CACHE if caching else None,
-                          isolation=isolation, pool=pool, timing_lock=TimingLock.for_gpu())
+                          isolation=isolation, pool=pool, timing_lock=TimingLock.for_gpu(),
+                          reference_data=REFERENCE_DATA if data_caching else None)
     except ProblemSourceError as exc:
         result = EvaluationResult(
             id=evaluation_id,

@@ -116,7 +116,9 @@ def run_worker(options: WorkerOptions) -> None:
     (a heartbeat, finishing a job, its teardown) ends `work()`, and every worker of the fleet would
     exit at once. Its abandoned job, if any, is retried by the API's sweep as for a dead worker."""
     pin_gpu(options.gpu)
-    from worker.jobs import start_warm_pool, stop_warm_pool
+    from worker.jobs import start_warm_pool, stop_warm_pool, use_reference_data_directory
+
+    use_reference_data_directory()  # each job runs in a forked work horse: memory would not carry entries over
 
     spares = max(options.pool_spares, 2 * options.concurrency)  # two harness processes per job
     pool = start_warm_pool(spares=spares) if options.warm_pool else None

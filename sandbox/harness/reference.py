@@ -1,6 +1,10 @@
 """The reference role: trusted. Loads the problem, makes every input, computes the expected
 outputs, compares what the candidate returned, and times the reference. It never sees the
-candidate's code, only the bytes of its outputs."""
+candidate's code, only the bytes of its outputs.
+
+As a judge (`setup` with `judge: true`, when the engine holds this problem's reference data in its
+cache) it loads no problem at all: it prepares its device, and `compare` receives the expected
+outputs and the pristine inputs from the engine along with the candidate's bytes."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import torch
 
 from . import compare, tensors
-from .runtime import environment, load_module, resolve_device, write_source
+from .runtime import environment, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, time_on_host
 
 REQUIRED = ("Model", "get_inputs", "get_init_inputs")
@@ -32,6 +36,9 @@ class ReferenceRole:
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
+        if header.get("judge"):  # no module, no model: the engine supplies what a comparison needs
+            prepare_device(header["device"])
+            return {"ok": True, "environment": environment(self.device)}, b""
         self.keep_file = write_source(header)
         try:
             self.module = load_module(self.keep_file, "referee_problem")
@@ -112,14 +119,35 @@ class ReferenceRole:
         return []
 
     def cmd_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """A trial's inputs. With `expected_budget` (bytes), the expected outputs come too, after the
+        inputs' bytes (`inputs_nbytes`), or `expected: null` when they exceed the budget or cannot
+        be encoded: the engine keeps them in its reference-data cache."""
         inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]))
-        self.trials[header["trial"]] = (inputs, self.forward(inputs))
+        expected = self.forward(inputs)
+        self.trials[header["trial"]] = (inputs, expected)
         description, data = tensors.encode(inputs)
         shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
-        return {"ok": True, "inputs": description, "shapes": shapes}, data
+        reply = {"ok": True, "inputs": description, "shapes": shapes}
+        if header.get("expected_budget") is not None:
+            reply["expected"], expected_data = _encode_within(expected, int(header["expected_budget"]) - len(data))
+            reply["inputs_nbytes"] = len(data)
+            data += expected_data
+        return reply, data
+
+    def _supplied(self, header: dict[str, Any], payload: bytearray) -> tuple[Any, Any, bytearray]:
+        """A judge's comparison material: the payload is the candidate's bytes (`candidate_nbytes`),
+        then the expected outputs' (`expected_nbytes`), then the pristine inputs'. Each description
+        is decoded against its own segment only, so the candidate's cannot reach the trusted bytes."""
+        start, middle = int(header["candidate_nbytes"]), int(header["candidate_nbytes"]) + int(header["expected_nbytes"])
+        expected = tensors.decode(header["expected"], payload[start:middle], self.device)
+        pristine = tensors.decode(header["pristine"], payload[middle:], self.device)
+        return pristine, expected, payload[:start]
 
     def cmd_compare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        pristine, expected = self.trials.pop(header["trial"])
+        if "expected" in header:
+            pristine, expected, payload = self._supplied(header, payload)
+        else:
+            pristine, expected = self.trials.pop(header["trial"])
         try:
             returned = tensors.decode(header["returned"], payload, self.device)
             actual = None if header.get("outputs") is None else tensors.decode(header["outputs"], payload, self.device)
@@ -147,3 +175,15 @@ class ReferenceRole:
             else:
                 stats = time_on_host(lambda inputs: self.model(*inputs), self.timing_inputs)
         return {"ok": True, "stats": stats}, b""
+
+
+def _encode_within(value: Any, budget: int) -> tuple[Any, bytes]:
+    """Encode expected outputs if they fit in `budget` bytes (sized before copying them off the device)."""
+    size = sum(x.numel() * x.element_size() for x in compare.flatten_outputs(value) if isinstance(x, torch.Tensor))
+    if size > budget:
+        return None, b""
+    try:
+        description, data = tensors.encode(value)
+    except tensors.EncodeError:
+        return None, b""
+    return (description, data) if len(data) <= budget else (None, b"")

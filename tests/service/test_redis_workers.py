@@ -81,6 +81,21 @@ def test_wait_returns_the_result_document(api_url: str) -> None:
         assert response.json()["verdict"] == "compile_error"
 
 
+def test_a_problem_evaluated_again_reuses_its_reference_data(api_url: str) -> None:
+    # Each RQ job runs in a forked work horse, so the entry must outlive it: workers keep it in a
+    # private directory, shared by the workers of the host.
+    reference = TINY_REFERENCE + f"\n# {uuid.uuid4().hex}\n"  # a problem no earlier run has cached
+    flags = []
+    with client(api_url, ALICE) as http:
+        for i in range(2):
+            accepted = http.post("/v1/evaluations", json={**full(TINY_CANDIDATE + f"\n# {i}\n"), "reference": reference})
+            assert accepted.status_code == 202, accepted.text
+            result = result_of(http, accepted.json()["id"])
+            assert result["verdict"] == "correct", result
+            flags.append(result["performance"]["reference_outputs_cached"])
+    assert flags == [False, True]
+
+
 def test_a_batch_of_50_has_every_result_exactly_once(api_url: str, redis_url: str) -> None:
     # Four full evaluations and 46 distinct candidates that the worker rejects statically: every
     # item goes through Redis, RQ and a worker; only the latter skip the harness processes.

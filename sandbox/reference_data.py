@@ -1,0 +1,293 @@
+"""Reference data cached per problem, input plan, trial count, timing sets, device and environment.
+
+An RL group sends many candidates for one problem, and every evaluation used to build the
+reference model (its setup runs several forwards to validate the input sets and detect degenerate
+problems: ~285 ms on an H100 with a warm process), generate inputs from a fresh secret salt and
+compute the expected outputs. An entry here is what one evaluation got from its reference when its
+salt was the entry's own (random, 62 bits, never sent anywhere): the setup facts (init inputs,
+tolerances, allowed ops, warnings, valid input sets), for every trial label ("trial0", …,
+"recheck") the inputs and the expected outputs, and the timing inputs. An evaluation that finds an
+entry (a hit) starts its reference process as a judge: no problem module, no model. The engine
+sends the candidate the cached inputs and the judge the cached expected outputs and pristine inputs
+with the candidate's bytes; the judge compares exactly as a reference does. The reference's timing
+comes from the timing cache (`reference_cache.py`); without a cached timing there is no hit.
+
+An entry is stored only when its evaluation got through the recheck with the reference healthy
+(whatever the candidate's verdict), so it holds every label a later evaluation with the same key
+asks for.
+
+Why this stays safe. Inputs now repeat across the evaluations that use one entry, but a candidate
+cannot carry anything from one evaluation to the next (a fresh sandboxed process, no network, a
+private tmp, its own Triton cache) and sees only its own run. Within one evaluation every label
+still has its own values, so the recheck (the timed loop's shapes, values that process has not seen)
+still catches a candidate that replays outputs. Expected outputs never enter the candidate's
+process, as before. Reuse is bounded: an entry is replaced (new salt) after `max_uses` uses and
+expires after `ttl_s`. What remains: whoever submits can read a candidate's stdout in the result,
+so a candidate can print its inputs; a later submission, within the same entry's lifetime, could
+carry outputs precomputed for them. Deployments whose submitters are adversaries who see results
+(a public leaderboard) should lower `max_uses`/`ttl_s` or turn this cache off
+(`REFEREE_REFERENCE_DATA_CACHE=off`).
+
+Only small problems are cached (`max_entry_bytes`, default 64 MiB over all labels); larger ones
+take the uncached path. Entries live in memory (LRU by bytes; the embedded server's threads share
+it), or, for RQ workers, whose jobs each run in a forked work horse whose memory dies with the job,
+as files in a private directory (0700, files 0600) that no sandbox mounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAX_ENTRY_BYTES = 64 << 20
+DEFAULT_MAX_TOTAL_BYTES = 512 << 20
+DEFAULT_MAX_USES = 200
+DEFAULT_TTL_S = 3600.0
+_HEADER_LENGTH = struct.Struct(">Q")
+
+
+@dataclass
+class ReferenceData:
+    """One cache entry. Descriptions are the harness's encoded-value descriptions; each blob holds
+    the bytes its description's offsets point into."""
+
+    salt: int
+    setup: dict[str, Any]  # the reference's setup reply, less its environment
+    blobs: dict[str, bytes] = field(default_factory=dict)  # "init", "LABEL.inputs", "LABEL.expected", "timing"
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> set_index, inputs, shapes, expected
+    timing: Any = None  # the timing inputs' description
+    created: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def start(cls, salt: int, setup: dict[str, Any], init_payload: bytes | bytearray) -> ReferenceData:
+        facts = {k: v for k, v in setup.items() if k not in ("environment", "cmd")}
+        return cls(salt=salt, setup=facts, blobs={"init": bytes(init_payload)})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(blob) for blob in self.blobs.values())
+
+    @property
+    def complete(self) -> bool:
+        """Holds the recheck and the timing inputs, so every label before them too."""
+        return "recheck" in self.trials and self.timing is not None
+
+    def add_trial(self, label: str, set_index: int, reply: dict[str, Any], payload: bytes | bytearray) -> None:
+        """Keep an `inputs` reply that carried the expected outputs after the inputs' bytes."""
+        split = reply["inputs_nbytes"]
+        self.trials[label] = {"set_index": set_index, "inputs": reply["inputs"], "shapes": reply.get("shapes"),
+                              "expected": reply["expected"]}
+        self.blobs[f"{label}.inputs"] = bytes(payload[:split])
+        self.blobs[f"{label}.expected"] = bytes(payload[split:])
+
+    def add_timing(self, description: Any, payload: bytes | bytearray) -> None:
+        self.timing = description
+        self.blobs["timing"] = bytes(payload)
+
+    def setup_reply(self, environment: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        return {**self.setup, "environment": environment}, self.blobs["init"]
+
+    def inputs(self, label: str) -> tuple[dict[str, Any], bytes]:
+        trial = self.trials[label]
+        return {"inputs": trial["inputs"], "shapes": trial["shapes"]}, self.blobs[f"{label}.inputs"]
+
+    def timing_inputs(self) -> tuple[dict[str, Any], bytes]:
+        return {"inputs": self.timing}, self.blobs["timing"]
+
+    def compare_request(self, label: str, header: dict[str, Any], candidate_bytes: bytes) -> tuple[dict[str, Any], bytes]:
+        """A judge's `compare`: the candidate's bytes, then the expected outputs', then the pristine
+        inputs', each segment's length named so the judge decodes each description against its own."""
+        trial = self.trials[label]
+        expected = self.blobs[f"{label}.expected"]
+        request = {**header, "expected": trial["expected"], "pristine": trial["inputs"],
+                   "candidate_nbytes": len(candidate_bytes), "expected_nbytes": len(expected)}
+        return request, candidate_bytes + expected + self.blobs[f"{label}.inputs"]
+
+
+class ReferenceDataCache:
+    def __init__(self, directory: Path | str | None = None, *, max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+                 max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, max_uses: int = DEFAULT_MAX_USES,
+                 ttl_s: float = DEFAULT_TTL_S) -> None:
+        self.max_entry_bytes = max_entry_bytes
+        self.max_uses = max_uses
+        self.ttl_s = ttl_s
+        self.store: _MemoryStore | _DirectoryStore = (
+            _MemoryStore(max_total_bytes) if directory is None else _DirectoryStore(Path(directory), max_total_bytes))
+
+    @staticmethod
+    def key(problem_sha256: str, input_plan: list[dict[str, int]], environment: dict[str, Any], *, trials: int,
+            timing_sets: int, device: str, seed: int | None) -> str:
+        """`seed` is the request's fixed salt, if any (then the entry's salt is that seed)."""
+        material = json.dumps({"problem": problem_sha256, "input_plan": input_plan, "environment": environment,
+                               "trials": trials, "timing_sets": timing_sets, "device": device, "seed": seed},
+                              sort_keys=True)
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def take(self, key: str) -> ReferenceData | None:
+        """The entry for `key`, counting one use; None, and the entry dropped, once it has expired or
+        has been used `max_uses` times (the next evaluation then stores a fresh one)."""
+        try:
+            found = self.store.take(key)
+        except OSError:  # a cache that cannot be read is a miss, never a failed evaluation
+            return None
+        if found is None:
+            return None
+        entry, uses = found
+        if uses > self.max_uses or time.time() - entry.created > self.ttl_s:
+            self.store.drop(key)
+            return None
+        return entry
+
+    def put(self, key: str, entry: ReferenceData) -> bool:
+        if not entry.complete or entry.nbytes > self.max_entry_bytes:
+            return False
+        try:
+            self.store.put(key, entry)
+        except OSError:  # e.g. a full disk: the next evaluation misses
+            return False
+        return True
+
+
+class _MemoryStore:
+    """Entries in this process's memory, least recently used dropped first beyond `max_total_bytes`."""
+
+    def __init__(self, max_total_bytes: int) -> None:
+        self.max_total_bytes = max_total_bytes
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()  # key -> [entry, uses]
+        self._lock = threading.Lock()  # the embedded server runs evaluations in threads
+
+    def take(self, key: str) -> tuple[ReferenceData, int] | None:
+        with self._lock:
+            slot = self._entries.get(key)
+            if slot is None:
+                return None
+            self._entries.move_to_end(key)
+            slot[1] += 1
+            return slot[0], slot[1]
+
+    def put(self, key: str, entry: ReferenceData) -> None:
+        with self._lock:
+            self._entries[key] = [entry, 0]
+            self._entries.move_to_end(key)
+            while len(self._entries) > 1 and sum(e.nbytes for e, _ in self._entries.values()) > self.max_total_bytes:
+                self._entries.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+
+class _DirectoryStore:
+    """Entries as files, `KEY.entry` (a JSON header, then the blobs), for processes whose memory does
+    not outlive a job. A use appends one byte to `KEY.ID.uses` (atomic with O_APPEND), so workers
+    sharing the directory count together; least recently used files go first beyond `max_total_bytes`."""
+
+    def __init__(self, directory: Path, max_total_bytes: int) -> None:
+        self.directory = directory
+        self.max_total_bytes = max_total_bytes
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+    def take(self, key: str) -> tuple[ReferenceData, int] | None:
+        path = self.directory / f"{key}.entry"
+        try:
+            entry = _load(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, struct.error):  # damaged: start again
+            self.drop(key)
+            return None
+        fd = os.open(self.directory / f"{key}.{entry.id}.uses", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b".")
+            uses = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+        return entry, uses
+
+    def put(self, key: str, entry: ReferenceData) -> None:
+        # Written to a temporary file (mkstemp: mode 0600) and renamed, so a reader never sees half an entry.
+        fd, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in _dump(entry):
+                    handle.write(chunk)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        self._drop_counts(key)
+        os.replace(temporary, self.directory / f"{key}.entry")
+        self._prune()
+
+    def drop(self, key: str) -> None:
+        (self.directory / f"{key}.entry").unlink(missing_ok=True)
+        self._drop_counts(key)
+
+    def keys(self) -> list[str]:
+        return [path.name.removesuffix(".entry") for path in self.directory.glob("*.entry")]
+
+    def _drop_counts(self, key: str) -> None:
+        for path in self.directory.glob(f"{key}.*.uses"):
+            path.unlink(missing_ok=True)
+
+    def _prune(self) -> None:
+        files = []
+        for path in self.directory.glob("*.entry"):
+            try:
+                status = path.stat()
+            except FileNotFoundError:
+                continue
+            files.append((status.st_mtime, status.st_size, path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        for _, size, path in files[:-1]:
+            if total <= self.max_total_bytes:
+                break
+            self.drop(path.name.removesuffix(".entry"))
+            total -= size
+
+
+def _dump(entry: ReferenceData) -> list[bytes]:
+    names = sorted(entry.blobs)
+    layout, offset = {}, 0
+    for name in names:
+        layout[name] = [offset, len(entry.blobs[name])]
+        offset += len(entry.blobs[name])
+    header = json.dumps({"id": entry.id, "salt": entry.salt, "created": entry.created, "setup": entry.setup,
+                         "trials": entry.trials, "timing": entry.timing, "blobs": layout}).encode()
+    return [_HEADER_LENGTH.pack(len(header)), header, *(entry.blobs[name] for name in names)]
+
+
+def _load(data: bytes) -> ReferenceData:
+    (length,) = _HEADER_LENGTH.unpack_from(data)
+    header = json.loads(data[_HEADER_LENGTH.size:_HEADER_LENGTH.size + length])
+    base = _HEADER_LENGTH.size + length
+    blobs = {}
+    for name, (offset, size) in header["blobs"].items():
+        if offset < 0 or size < 0 or base + offset + size > len(data):
+            raise ValueError("entry blob out of range")
+        blobs[name] = data[base + offset:base + offset + size]
+    if not re.fullmatch(r"[0-9a-f]{32}", str(header["id"])):
+        raise ValueError("entry id malformed")
+    return ReferenceData(salt=int(header["salt"]), setup=header["setup"], blobs=blobs, trials=header["trials"],
+                         timing=header["timing"], created=float(header["created"]), id=str(header["id"]))

@@ -1,0 +1,243 @@
+"""The reference-data cache (sandbox/reference_data.py): a hit judges with cached inputs and expected
+outputs and builds no reference model, with the same results as a miss; entries rotate, expire and
+stay small; off means the old path. tests/test_corpus.py runs the exploit corpus on hits."""
+
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sandbox.evaluate import evaluate
+from sandbox.harness import tensors
+from sandbox.harness.reference import ReferenceRole
+from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from sandbox.reference_cache import ReferenceCache
+from sandbox.reference_data import ReferenceData, ReferenceDataCache
+from tests.conftest import TINY_REFERENCE, tiny_candidate
+
+# Computes relu, then doubles it inside the kernel: launches its own kernel, no torch compute, wrong.
+WRONG_CANDIDATE = tiny_candidate(
+    """
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    double_relu_kernel[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), BLOCK=1024)
+    return out
+    """,
+    prelude="""
+
+    @triton.jit
+    def double_relu_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        tl.store(out_ptr + offs, tl.where(x > 0, 2.0 * x, 0.0), mask=mask)
+    """,
+)
+REFERENCE_MODEL_STEPS = {"reference.inputs", "reference.timing_inputs", "reference.time"}
+
+
+def _run(candidate: str, pool: Any, timing: ReferenceCache | None = None, data: ReferenceDataCache | None = None,
+         **config: Any) -> EvaluationResult:
+    return evaluate(Problem(source=TINY_REFERENCE), Submission(source=candidate),
+                    EvalConfig(device="cpu", trials=2, **config), reference_cache=timing, reference_data=data, pool=pool)
+
+
+def _judged_alike(miss: EvaluationResult, hit: EvaluationResult) -> None:
+    assert hit.verdict == miss.verdict and hit.reward == miss.reward
+    assert hit.correctness == miss.correctness
+    assert hit.anti_cheat == miss.anti_cheat
+    assert hit.environment == miss.environment
+
+
+def test_a_hit_judges_like_a_miss_without_a_reference_model(honest_tiny_candidate: str, warm_pool: Any) -> None:
+    # A fixed seed: the miss and the hit then see the same inputs, so even the errors must agree.
+    timing, data = ReferenceCache(), ReferenceDataCache()
+    first = _run(honest_tiny_candidate, warm_pool, timing, data, seed=7)
+    assert first.performance.reference_outputs_cached is False and len(data.store.keys()) == 1
+    for candidate, verdict in ((honest_tiny_candidate, Verdict.correct), (WRONG_CANDIDATE, Verdict.incorrect)):
+        uncached = _run(candidate, warm_pool, seed=7)
+        hit = _run(candidate, warm_pool, timing, data, seed=7)
+        assert hit.verdict == verdict, hit.feedback
+        assert uncached.performance.reference_outputs_cached is False
+        assert hit.performance.reference_outputs_cached is True
+        assert not REFERENCE_MODEL_STEPS & set(hit.timings_ms.steps), hit.timings_ms.steps
+        assert REFERENCE_MODEL_STEPS & set(uncached.timings_ms.steps)
+        _judged_alike(uncached, hit)
+    assert hit.correctness.first_failure and hit.correctness.first_failure["shapes"] == [[1000]]
+    assert hit.correctness.first_failure["worst_expected"] is not None
+
+
+def test_an_entry_rotates_after_its_uses(honest_tiny_candidate: str, warm_pool: Any) -> None:
+    timing, data = ReferenceCache(), ReferenceDataCache(max_uses=1)
+    flags = []
+    salts = []
+    for _ in range(3):
+        result = _run(honest_tiny_candidate, warm_pool, timing, data)
+        assert result.verdict == Verdict.correct, result.feedback
+        flags.append(result.performance.reference_outputs_cached)
+        (key,) = data.store.keys()
+        salts.append(data.store._entries[key][0].salt)
+    assert flags == [False, True, False]  # stored, used once, then replaced under a new salt
+    assert salts[0] == salts[1] != salts[2]
+
+
+def test_an_oversized_problem_is_not_cached(honest_tiny_candidate: str, warm_pool: Any) -> None:
+    timing, data = ReferenceCache(), ReferenceDataCache(max_entry_bytes=6000)  # one trial's inputs and outputs: 8000
+    results = [_run(honest_tiny_candidate, warm_pool, timing, data) for _ in range(2)]
+    assert [r.verdict for r in results] == [Verdict.correct] * 2
+    assert [r.performance.reference_outputs_cached for r in results] == [False, False]
+    assert results[1].performance.reference_cached is True  # the timing is still cached
+    assert data.store.keys() == []
+
+
+def test_without_a_timing_cache_the_data_cache_stays_unused(honest_tiny_candidate: str, warm_pool: Any) -> None:
+    data = ReferenceDataCache()
+    results = [_run(honest_tiny_candidate, warm_pool, None, data) for _ in range(2)]
+    assert [r.performance.reference_outputs_cached for r in results] == [False, False]
+    assert data.store.keys() == []
+    assert results[1].timings_ms.steps.keys() >= REFERENCE_MODEL_STEPS
+
+
+@pytest.mark.parametrize(("environment", "timing_on", "data_on"), [
+    ({}, True, True),
+    ({"REFEREE_REFERENCE_CACHE": "off"}, False, False),
+    ({"REFEREE_REFERENCE_DATA_CACHE": "off"}, True, False),
+])
+def test_the_worker_switches(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], timing_on: bool, data_on: bool) -> None:
+    import worker.jobs as jobs
+
+    seen: dict[str, Any] = {}
+
+    def fake_evaluate(problem: Any, submission: Any, config: Any, **kwargs: Any) -> EvaluationResult:
+        seen.update(kwargs)
+        return EvaluationResult(id=kwargs["job_id"], verdict=Verdict.correct)
+
+    monkeypatch.setattr(jobs, "evaluate", fake_evaluate)
+    monkeypatch.setattr(jobs, "worker_isolation", lambda: jobs.cached_isolation("process"))
+    for name in ("REFEREE_REFERENCE_CACHE", "REFEREE_REFERENCE_DATA_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    jobs.run_evaluation({"id": "x", "problem": {"source": TINY_REFERENCE}, "submission": {"source": "x"},
+                         "config": {"device": "cpu"}})
+    assert (seen["reference_cache"] is jobs.REFERENCE_CACHE) is timing_on
+    assert (seen["reference_data"] is jobs.REFERENCE_DATA) is data_on
+
+
+def test_an_rq_worker_keeps_reference_data_in_a_private_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import worker.jobs as jobs
+
+    monkeypatch.setattr(jobs, "REFERENCE_CACHE", ReferenceCache(tmp_path / "reference"))
+    monkeypatch.setattr(jobs, "REFERENCE_DATA", jobs.REFERENCE_DATA)  # restored afterwards
+    monkeypatch.setenv("REFEREE_REFERENCE_DATA_MAX_USES", "7")
+    jobs.use_reference_data_directory()
+    assert jobs.REFERENCE_DATA.max_uses == 7
+    assert jobs.REFERENCE_DATA.store.directory == tmp_path / "reference" / "data"  # type: ignore[union-attr]
+    assert stat.S_IMODE((tmp_path / "reference" / "data").stat().st_mode) == 0o700
+
+
+# --- the cache itself, without processes -----------------------------------------------------------
+
+
+def _entry(size: int = 100, salt: int = 1) -> ReferenceData:
+    entry = ReferenceData.start(salt, {"environment": {"device": "cpu"}, "init_inputs": {"t": "list", "items": []},
+                                       "valid_sets": [0]}, b"")
+    for label in ("trial0", "recheck"):
+        entry.add_trial(label, 0, {"inputs": {"t": "tensor"}, "shapes": [[size]], "expected": {"t": "tensor"},
+                                   "inputs_nbytes": size}, bytes(range(256)) * (2 * size // 256) + bytes(2 * size % 256))
+    entry.add_timing({"t": "list", "items": []}, b"timing")
+    return entry
+
+
+@pytest.mark.parametrize("directory", [False, True], ids=["memory", "directory"])
+def test_uses_expiry_and_size_bounds(tmp_path: Path, directory: bool) -> None:
+    def cache(**options: Any) -> ReferenceDataCache:
+        return ReferenceDataCache(tmp_path / "data" if directory else None, **options)
+
+    bounded = cache(max_uses=2)
+    assert bounded.put("k", _entry()) is True
+    assert bounded.take("k") is not None and bounded.take("k") is not None
+    assert bounded.take("k") is None and bounded.take("k") is None  # used up: dropped
+    assert bounded.store.keys() == []
+
+    expiring = cache(ttl_s=60)
+    old = _entry()
+    old.created = time.time() - 61
+    expiring.put("old", old)
+    assert expiring.take("old") is None and "old" not in expiring.store.keys()
+
+    small = cache(max_entry_bytes=500)
+    assert small.put("big", _entry(size=200)) is False  # 2 labels x (200 + 200) bytes
+    incomplete = _entry()
+    del incomplete.trials["recheck"]
+    assert small.put("incomplete", incomplete) is False
+    assert small.store.keys() == []
+
+    lru = cache(max_total_bytes=10_000)
+    for key in ("a", "b", "c"):  # about 4 kB each (and a header on disk): two fit
+        lru.put(key, _entry(size=1000))
+        time.sleep(0.01)  # distinct modification times for the directory store
+        lru.take("a")
+    assert sorted(lru.store.keys()) == ["a", "c"]
+
+
+def test_directory_entries_are_shared_private_and_counted_together(tmp_path: Path) -> None:
+    one, two = (ReferenceDataCache(tmp_path / "data", max_uses=3) for _ in range(2))
+    entry = _entry(salt=12345)
+    one.put("k", entry)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "data" / "k.entry").stat().st_mode) == 0o600
+    found = two.take("k")
+    assert found is not None
+    assert (found.salt, found.setup, found.trials, found.timing, found.blobs, found.id) == (
+        entry.salt, entry.setup, entry.trials, entry.timing, entry.blobs, entry.id)
+    assert one.take("k") is not None and two.take("k") is not None
+    assert one.take("k") is None  # the fourth use, counted across both
+    assert list((tmp_path / "data").iterdir()) == []
+    (tmp_path / "data" / "k.entry").write_bytes(b"\x00\x00\x00\x00\x00\x00\x00\x05{bad")
+    assert one.take("k") is None and not (tmp_path / "data" / "k.entry").exists()
+
+
+# --- the judge ---------------------------------------------------------------------------------------
+
+
+def _judge_compare(outputs: Any, outputs_bytes: bytes, expected: torch.Tensor, pristine: list[Any]) -> dict[str, Any]:
+    judge = ReferenceRole()
+    reply, _ = judge.cmd_setup({"cmd": "setup", "judge": True, "device": "cpu"}, bytearray())
+    assert reply["environment"]["device"] == "cpu" and judge.model is None and judge.module is None
+    returned, returned_bytes = tensors.encode(pristine)
+    expected_desc, expected_bytes = tensors.encode(expected)
+    pristine_desc, pristine_bytes = tensors.encode(pristine)
+    entry = _entry()
+    entry.trials["trial0"].update(expected=expected_desc, inputs=pristine_desc)
+    entry.blobs.update({"trial0.expected": expected_bytes, "trial0.inputs": pristine_bytes})
+    shifted = {**returned, "items": [{**item, "offset": item["offset"] + len(outputs_bytes)} for item in returned["items"]]}
+    header, payload = entry.compare_request("trial0", {"cmd": "compare", "trial": "trial0", "outputs": outputs,
+                                                       "returned": shifted, "atol": None, "rtol": None},
+                                            outputs_bytes + returned_bytes)
+    reply, _ = judge.cmd_compare(header, bytearray(payload))
+    return reply["report"]
+
+
+def test_the_judge_compares_with_the_supplied_expected_outputs() -> None:
+    x = torch.randn(64)
+    expected = torch.relu(x)
+    good_desc, good_bytes = tensors.encode(expected.clone())
+    report = _judge_compare(good_desc, good_bytes, expected, [x])
+    assert report["passed"] is True and report["inputs"]["unchanged"] is True
+    wrong_desc, wrong_bytes = tensors.encode(expected + 1)
+    assert _judge_compare(wrong_desc, wrong_bytes, expected, [x])["passed"] is False
+
+
+def test_a_candidate_description_cannot_reach_the_cached_expected_bytes() -> None:
+    x = torch.randn(64)
+    expected = torch.relu(x)
+    # Outputs described past the candidate's own bytes (its returned inputs), where the expected outputs follow.
+    reaching = {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 256, "nbytes": 256}
+    report = _judge_compare(reaching, b"", expected, [x])
+    assert report["passed"] is False and "undecodable" in report
