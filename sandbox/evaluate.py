@@ -73,7 +73,8 @@ class _Run:
 
     config: EvalConfig
     device: str
-    salt: int
+    salt: int  # the trials' (on a reference-data hit, the cache entry's)
+    fresh_salt: int  # this evaluation's own secret: timing inputs and rechecks
     deadline: float
     reference: HarnessProcess
     candidate: HarnessProcess
@@ -94,7 +95,9 @@ class _Run:
     allowed_ops: list[str] = field(default_factory=list)
     compiled: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
+    answers: dict[str, tuple[dict[str, Any], bytearray]] = field(default_factory=dict)  # deferred commands' replies
     _started: dict[str, float] = field(default_factory=dict)
+    _deferred: dict[str, list[tuple[dict[str, Any], float, str]]] = field(default_factory=dict)
 
     @contextmanager
     def gpu_step(self, holds: bool = True) -> Iterator[None]:
@@ -117,11 +120,23 @@ class _Run:
 
     def post(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> None:
         """Send a command; its answer is collected later, so two processes can work at once."""
+        self.drain(process)
         self._started[process.role] = time.monotonic()
         self._failing(process, lambda: process.post(header, payload, deadline=self.deadline))
 
-    def collect(self, process: HarnessProcess, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray]:
-        step = f"{process.role}.{header['cmd']}"
+    def defer(self, process: HarnessProcess, header: dict[str, Any], step: str) -> None:
+        """Send a command the process works on in the background: its answer is taken (into
+        `answers`, by command) before the next command to that process."""
+        self._failing(process, lambda: process.post(header, b"", deadline=self.deadline))
+        self._deferred.setdefault(process.role, []).append((header, time.monotonic(), step))
+
+    def drain(self, process: HarnessProcess) -> None:
+        for header, started, step in self._deferred.pop(process.role, []):
+            self._started[process.role] = started
+            self.answers[header["cmd"]] = self.collect(process, header, step)
+
+    def collect(self, process: HarnessProcess, header: dict[str, Any], step: str | None = None) -> tuple[dict[str, Any], bytearray]:
+        step = step or f"{process.role}.{header['cmd']}"
         try:
             reply, data = self._failing(process, lambda: process.collect(header, deadline=self.deadline))
         finally:
@@ -198,7 +213,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     reference_path = workdir / "reference" / "problem.py"
     candidate_path = workdir / "candidate" / "candidate.py"
     run = _Run(
-        config=config, device=device, salt=salt, deadline=started + config.timeout_s,
+        config=config, device=device, salt=salt, fresh_salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
         candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool),
         problem_sha256=problem.sha256, reference_cache=reference_cache, timing_lock=timing_lock,
@@ -210,8 +225,8 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         run.reference.start()
         run.candidate.start()
         _check(run, (str(reference_path), problem.source), (str(candidate_path), submission.source), input_sets)
-        if run.recording is not None and run.reference_data is not None:
-            run.reference_data.put(run.data_key, run.recording)
+        if run.recording is not None and run.reference_data is not None and run.correctness.recheck_passed is not None:
+            run.reference_data.put(run.data_key, run.recording)  # it got through every trial
         verdict = Verdict.cheating if run.anti_cheat.violations else (
             Verdict.correct if run.correctness.passed == run.correctness.trials and run.correctness.recheck_passed is not False else Verdict.incorrect
         )
@@ -274,8 +289,11 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
         if not _trial(run, f"trial{trial}", trial % len(input_sets)):
             return
     _time(run)
-    # Same shapes as the timed loop, fresh values: a candidate replaying what it saw while timed fails here.
-    run.correctness.recheck_passed = _trial(run, "recheck", 0, counted=False)
+    # Fresh values on every input set, after timing (the first has the timed loop's shapes): a
+    # candidate replaying what it saw while timed, or carrying outputs for inputs it saw in an
+    # earlier result (cached trial inputs repeat), fails here.
+    run.correctness.recheck_passed = all(_trial(run, "recheck" if k == 0 else f"recheck{k}", k, counted=False)
+                                         for k in range(len(input_sets)))
     summary, _ = run.ask(run.candidate, {"cmd": "summary"})
     run.anti_cheat.triton_launches = summary["summary"]["triton_launches"]
     run.anti_cheat.kernels = summary["summary"]["kernels"]
@@ -287,13 +305,19 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
 
 def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dict[str, int]]) -> tuple[dict[str, Any], bytes]:
     """The reference's setup reply and init inputs: from the cache on a hit (the reference process
-    stays a judge), else from the problem's model (recorded for the cache when it is on)."""
+    judges the trials, and builds the live model in the background for the fresh timing inputs and
+    rechecks), else from the problem's model (recorded for the cache when it is on)."""
     if run.reference_data is not None:
         judged, _ = run.ask(run.reference, {"cmd": "setup", "judge": True, "device": run.device})
         run.cached = _cached_reference_data(run, input_sets, judged["environment"])
         if run.cached is not None:
             run.salt = run.cached.salt
             run.performance.reference_outputs_cached = True
+            valid_sets = [input_sets[i] for i in run.cached.setup.get("valid_sets", range(len(input_sets)))]
+            run.defer(run.reference, {"cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device,
+                                      "init_seed": derive_seed(run.salt, "init"), "input_sets": valid_sets, "checked": True},
+                      "reference.background_setup")
+            run.defer(run.reference, _timing_inputs_header(run), "reference.background_timing_inputs")
             return run.cached.setup_reply(judged["environment"])
     reply, init_payload = run.ask(run.reference, {
         "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device,
@@ -331,12 +355,14 @@ def _timing_key(run: _Run, input_sets: list[dict[str, int]], environment: dict[s
 
 def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any], bytes]:
     """A trial's inputs: cached on a hit; else made by the reference (with its expected outputs
-    while they are being recorded and still fit the cache's entry size)."""
-    if run.cached is not None:
+    while they are being recorded and still fit the cache's entry size). Rechecks are never cached."""
+    if run.cached is not None and label in run.cached.trials:
         return run.cached.inputs(label)
-    header = {"cmd": "inputs", "trial": label, "set_index": set_index, "seed": derive_seed(run.salt, label)}
+    recheck = label.startswith("recheck")
+    header = {"cmd": "inputs", "trial": label, "set_index": set_index,
+              "seed": derive_seed(run.fresh_salt if recheck else run.salt, label)}
     recording, cache = run.recording, run.reference_data
-    if recording is None or cache is None:
+    if recording is None or cache is None or recheck:
         reply, payload = run.ask(run.reference, header)
         return reply, bytes(payload)
     reply, payload = run.ask(run.reference, {**header, "expected_budget": cache.max_entry_bytes - recording.nbytes})
@@ -347,15 +373,14 @@ def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any]
     return reply, bytes(payload[:reply["inputs_nbytes"]])
 
 
+def _timing_inputs_header(run: _Run) -> dict[str, Any]:
+    return {"cmd": "timing_inputs", "seeds": [derive_seed(run.fresh_salt, f"timing{k}") for k in range(run.config.timing_sets)]}
+
+
 def _timing_inputs(run: _Run) -> tuple[dict[str, Any], bytes]:
-    if run.cached is not None:
-        return run.cached.timing_inputs()
-    seeds = [derive_seed(run.salt, f"timing{k}") for k in range(run.config.timing_sets)]
-    reply, payload = run.ask(run.reference, {"cmd": "timing_inputs", "seeds": seeds})
-    if run.recording is not None and run.reference_data is not None:
-        run.recording.add_timing(reply["inputs"], payload)
-        if run.recording.nbytes > run.reference_data.max_entry_bytes:
-            run.recording = None
+    """Fresh every evaluation (never cached); on a hit made in the background since the setup."""
+    run.drain(run.reference)
+    reply, payload = run.answers.pop("timing_inputs", None) or run.ask(run.reference, _timing_inputs_header(run))
     return reply, bytes(payload)
 
 
@@ -371,7 +396,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     compare_header = {"cmd": "compare", "trial": label, "outputs": outcome["outputs"], "returned": outcome["returned"],
                       "atol": run.tolerance[0], "rtol": run.tolerance[1]}
     compare_payload = bytes(data)
-    if run.cached is not None:  # a judge: it gets the expected outputs and pristine inputs with the candidate's bytes
+    if run.cached is not None and label in run.cached.trials:  # judged: expected outputs and pristine inputs come along
         compare_header, compare_payload = run.cached.compare_request(label, compare_header, compare_payload)
     with run.gpu_step():
         compared, _ = run.ask(run.reference, compare_header, compare_payload)

@@ -1,37 +1,35 @@
 """Reference data cached per problem, input plan, trial count, timing sets, device and environment.
 
-An RL group sends many candidates for one problem, and every evaluation used to build the
-reference model (its setup runs several forwards to validate the input sets and detect degenerate
-problems: ~285 ms on an H100 with a warm process), generate inputs from a fresh secret salt and
-compute the expected outputs. An entry here is what one evaluation got from its reference when its
-salt was the entry's own (random, 62 bits, never sent anywhere): the setup facts (init inputs,
-tolerances, allowed ops, warnings, valid input sets), for every trial label ("trial0", …,
-"recheck") the inputs and the expected outputs, and the timing inputs. An evaluation that finds an
-entry (a hit) starts its reference process as a judge: no problem module, no model. The engine
-sends the candidate the cached inputs and the judge the cached expected outputs and pristine inputs
-with the candidate's bytes; the judge compares exactly as a reference does. The reference's timing
-comes from the timing cache (`reference_cache.py`); without a cached timing there is no hit.
+An RL group sends many candidates for one problem, and every evaluation used to wait for the
+reference model to be built (its setup runs several forwards to validate the input sets and detect
+degenerate problems: ~285 ms on an H100 with a warm process), and for it to generate each trial's
+inputs and expected outputs. An entry here is what one evaluation got from its reference for its
+correctness trials when its salt was the entry's own (random, 62 bits, never sent anywhere): the
+setup facts (init inputs, tolerances, allowed ops, warnings, valid input sets) and, for every
+counted trial ("trial0", ...), the inputs and the expected outputs. An evaluation that finds an
+entry (a hit) starts its reference process as a judge: the engine sends the candidate the cached
+inputs and the judge the cached expected outputs and pristine inputs with the candidate's bytes,
+and the judge compares exactly as a reference does. Meanwhile, off the critical path, the same
+process builds the live model in the background (with the entry's init inputs, while the candidate
+sets up and compiles) and makes fresh timing inputs.
 
-An entry is stored only when its evaluation got through the recheck with the reference healthy
-(whatever the candidate's verdict), so it holds every label a later evaluation with the same key
-asks for.
+What stays fresh on a hit, from the evaluation's own secret salt: the timing inputs and the
+rechecks, one per input set, after timing. That is the safety argument. Cached trial inputs repeat
+across the evaluations that use one entry, and whoever submits can read a candidate's stdout in
+the result, so a candidate can print them and a later submission could carry outputs precomputed
+for them: it passes the cached trials and then fails a recheck, whose values nobody has seen, on
+every input set. Timing inputs are never reused, so a fast path keyed on known timing inputs has
+nothing to recognise. Reuse is also bounded: an entry is replaced (new salt) after `max_uses` uses
+and expires after `ttl_s`. Expected outputs never enter the candidate's process, as before.
 
-Why this stays safe. Inputs now repeat across the evaluations that use one entry, but a candidate
-cannot carry anything from one evaluation to the next (a fresh sandboxed process, no network, a
-private tmp, its own Triton cache) and sees only its own run. Within one evaluation every label
-still has its own values, so the recheck (the timed loop's shapes, values that process has not seen)
-still catches a candidate that replays outputs. Expected outputs never enter the candidate's
-process, as before. Reuse is bounded: an entry is replaced (new salt) after `max_uses` uses and
-expires after `ttl_s`. What remains: whoever submits can read a candidate's stdout in the result,
-so a candidate can print its inputs; a later submission, within the same entry's lifetime, could
-carry outputs precomputed for them. Deployments whose submitters are adversaries who see results
-(a public leaderboard) should lower `max_uses`/`ttl_s` or turn this cache off
-(`REFEREE_REFERENCE_DATA_CACHE=off`).
-
-Only small problems are cached (`max_entry_bytes`, default 64 MiB over all labels); larger ones
-take the uncached path. Entries live in memory (LRU by bytes; the embedded server's threads share
-it), or, for RQ workers, whose jobs each run in a forked work horse whose memory dies with the job,
-as files in a private directory (0700, files 0600) that no sandbox mounts.
+An entry is stored only when its evaluation got through its trials to the rechecks with the
+reference healthy (whatever the candidate's verdict), so it holds every trial a later evaluation
+with the same key asks for. Only entries up to `max_entry_bytes` are cached (default 256 MiB);
+larger problems take the uncached path. Entries live in memory (LRU by bytes; the embedded
+server's threads share it), or, for RQ workers, whose jobs each run in a forked work horse whose
+memory dies with the job, as files in a private directory (0700, files 0600) that no sandbox mounts.
+The reference's timing comes from the timing cache (`reference_cache.py`); without a cached timing
+there is no hit.
 """
 
 from __future__ import annotations
@@ -50,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MAX_ENTRY_BYTES = 64 << 20
-DEFAULT_MAX_TOTAL_BYTES = 512 << 20
+DEFAULT_MAX_ENTRY_BYTES = 256 << 20
+DEFAULT_MAX_TOTAL_BYTES = 2 << 30
 DEFAULT_MAX_USES = 200
 DEFAULT_TTL_S = 3600.0
 _HEADER_LENGTH = struct.Struct(">Q")
@@ -64,9 +62,8 @@ class ReferenceData:
 
     salt: int
     setup: dict[str, Any]  # the reference's setup reply, less its environment
-    blobs: dict[str, bytes] = field(default_factory=dict)  # "init", "LABEL.inputs", "LABEL.expected", "timing"
+    blobs: dict[str, bytes] = field(default_factory=dict)  # "init", "LABEL.inputs", "LABEL.expected"
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> set_index, inputs, shapes, expected
-    timing: Any = None  # the timing inputs' description
     created: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -81,8 +78,8 @@ class ReferenceData:
 
     @property
     def complete(self) -> bool:
-        """Holds the recheck and the timing inputs, so every label before them too."""
-        return "recheck" in self.trials and self.timing is not None
+        """Holds trials (the engine stores an entry only once its evaluation got past all of them)."""
+        return bool(self.trials)
 
     def add_trial(self, label: str, set_index: int, reply: dict[str, Any], payload: bytes | bytearray) -> None:
         """Keep an `inputs` reply that carried the expected outputs after the inputs' bytes."""
@@ -92,19 +89,12 @@ class ReferenceData:
         self.blobs[f"{label}.inputs"] = bytes(payload[:split])
         self.blobs[f"{label}.expected"] = bytes(payload[split:])
 
-    def add_timing(self, description: Any, payload: bytes | bytearray) -> None:
-        self.timing = description
-        self.blobs["timing"] = bytes(payload)
-
     def setup_reply(self, environment: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         return {**self.setup, "environment": environment}, self.blobs["init"]
 
     def inputs(self, label: str) -> tuple[dict[str, Any], bytes]:
         trial = self.trials[label]
         return {"inputs": trial["inputs"], "shapes": trial["shapes"]}, self.blobs[f"{label}.inputs"]
-
-    def timing_inputs(self) -> tuple[dict[str, Any], bytes]:
-        return {"inputs": self.timing}, self.blobs["timing"]
 
     def compare_request(self, label: str, header: dict[str, Any], candidate_bytes: bytes) -> tuple[dict[str, Any], bytes]:
         """A judge's `compare`: the candidate's bytes, then the expected outputs', then the pristine
@@ -274,7 +264,7 @@ def _dump(entry: ReferenceData) -> list[bytes]:
         layout[name] = [offset, len(entry.blobs[name])]
         offset += len(entry.blobs[name])
     header = json.dumps({"id": entry.id, "salt": entry.salt, "created": entry.created, "setup": entry.setup,
-                         "trials": entry.trials, "timing": entry.timing, "blobs": layout}).encode()
+                         "trials": entry.trials, "blobs": layout}).encode()
     return [_HEADER_LENGTH.pack(len(header)), header, *(entry.blobs[name] for name in names)]
 
 
@@ -290,4 +280,4 @@ def _load(data: bytes) -> ReferenceData:
     if not re.fullmatch(r"[0-9a-f]{32}", str(header["id"])):
         raise ValueError("entry id malformed")
     return ReferenceData(salt=int(header["salt"]), setup=header["setup"], blobs=blobs, trials=header["trials"],
-                         timing=header["timing"], created=float(header["created"]), id=str(header["id"]))
+                         created=float(header["created"]), id=str(header["id"]))

@@ -55,9 +55,13 @@ class ReferenceRole:
                 self.model = self.module.Model(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
                 self.model = self.model.to(self.device)
-            valid_sets = self._valid_sets(int(header["init_seed"]))
-            warnings = self._degenerate_warnings(int(header["init_seed"]))
-            description, data = tensors.encode(init_inputs)
+            if header.get("checked"):  # built again for a cached problem: its sets and warnings are known
+                valid_sets, warnings = list(range(len(self.input_sets))), []
+                description, data = None, b""
+            else:
+                valid_sets = self._valid_sets(int(header["init_seed"]))
+                warnings = self._degenerate_warnings(int(header["init_seed"]))
+                description, data = tensors.encode(init_inputs)
         except Exception as exc:
             raise ProblemError(f"the reference problem failed to run: {type(exc).__name__}: {exc}") from exc
         reply = {
