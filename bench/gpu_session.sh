@@ -30,7 +30,9 @@ for step in $steps; do
         python3 bench/performance.py --out "$OUT" --workers $workers --latency 12 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-diag-w$workers" 2>&1 | tee "$OUT/performance-diag-w$workers.log" || status=1
       done ;;
     pair) # two GPUs at once: the performance benchmark on GPU 0; on GPU 1 the GPU tests, then throughput
-      # with and without exclusive timing (REFEREE_EXCLUSIVE_TIMING) for comparison
+      # with and without exclusive timing (REFEREE_EXCLUSIVE_TIMING) for comparison. A quick gate first.
+      CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_launchers.py --tb=short 2>&1 | tee "$OUT/gpu-gate.log"
+      grep -q " passed" "$OUT/gpu-gate.log" && ! grep -q "failed" "$OUT/gpu-gate.log" || { echo "gate failed"; exit 1; }
       ( export CUDA_VISIBLE_DEVICES=1
         REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short > "$OUT/gpu-tests.log" 2>&1 || echo "GPU tests failed" >> "$OUT/gpu-tests.log"
         for timing in on off; do
