@@ -41,6 +41,8 @@ for step in $steps; do
       CUDA_VISIBLE_DEVICES=0 python3 bench/performance.py --out "$OUT" --baseline-latency 4 --baseline-batch 12 --label="${PERF_LABEL:-}" 2>&1 | tee "$OUT/performance.log" || status=1
       wait
       tail -3 "$OUT/gpu-tests.log"; grep -q "GPU tests failed" "$OUT/gpu-tests.log" && status=1 ;;
+    latency) # single submissions only, on GPU 0 with nothing else on the host
+      CUDA_VISIBLE_DEVICES=0 python3 bench/performance.py --out "$OUT" --latency 12 --batch 0 --stability 0 --baseline-latency 0 --baseline-batch 0 --label=-latency 2>&1 | tee "$OUT/performance-latency.log" || status=1 ;;
     isolation) python3 bench/gpu_isolation.py --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
     compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
     dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
