@@ -20,6 +20,7 @@ import redis
 from service_support import ROOT, WorkerProcess, free_port, live_workers, redis_settings, wait_for_workers, wait_until
 
 from service.server import background_server
+from tests.machine_lock import machine_lock
 
 
 def _redis_server_binary() -> str:
@@ -27,11 +28,15 @@ def _redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]):
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        if completed.returncode != 0:
-            pytest.fail(f"redis-server is missing and `{' '.join(command)}` failed:\n{completed.stderr[-2000:]}")
+    with machine_lock("apt"):  # another pytest worker may be installing it (or something else) right now
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]):
+            completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+            if completed.returncode != 0:
+                pytest.fail(f"redis-server is missing and `{' '.join(command)}` failed:\n{completed.stderr[-2000:]}")
     return shutil.which("redis-server") or pytest.fail("redis-server is still missing after apt-get install")
 
 
