@@ -19,6 +19,7 @@ import pytest
 
 from sandbox.evaluate import jobs_root
 from sandbox.isolation import BwrapIsolation, Isolation, Limits, ProcessIsolation, UnshareIsolation
+from tests.machine_lock import machine_lock
 
 from .images import build_image
 
@@ -64,22 +65,30 @@ def _start_dockerd() -> None:
     pytest.fail(f"dockerd does not start here; its log is {Path(tempfile.gettempdir()) / 'referee-dockerd.log'}")
 
 
+def _install_missing(commands: tuple[str, ...], package: str) -> None:
+    if all(shutil.which(c) for c in commands):
+        return
+    with machine_lock("apt"):  # dpkg refuses a second apt-get; whoever comes second finds it installed
+        if not all(shutil.which(c) for c in commands):
+            _apt_install(package)
+
+
 @pytest.fixture(scope="session")
 def docker_image() -> str:
-    if shutil.which("dockerd") is None or shutil.which("docker") is None:
-        _apt_install("docker.io")
-    if not _docker_answers():
-        _start_dockerd()
-    started = time.monotonic()
-    tag, seconds = build_image(sys.executable)
+    _install_missing(("dockerd", "docker"), "docker.io")
+    # One daemon and one build for the machine, however many pytest workers ask at once.
+    with machine_lock("docker"):
+        if not _docker_answers():
+            _start_dockerd()
+        started = time.monotonic()
+        tag, seconds = build_image(sys.executable)
     _log(f"image {tag}: built in {seconds:.1f} s (0 = cached), fixture {time.monotonic() - started:.1f} s")
     return tag
 
 
 @pytest.fixture(scope="session")
 def bwrap_installed() -> None:
-    if shutil.which("bwrap") is None:
-        _apt_install("bubblewrap")
+    _install_missing(("bwrap",), "bubblewrap")
 
 
 @pytest.fixture(scope="session")

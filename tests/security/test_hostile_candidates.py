@@ -24,6 +24,16 @@ def _with_prelude(prelude: str) -> str:
     return head + textwrap.dedent(prelude) + "\n\nclass ModelNew" + tail
 
 
+def _escapes(*names: str) -> str:
+    """The corpus exploits `names` (same kernel and ModelNew) as one candidate: each one's attack,
+    in order, at import. Each attack catches the refusal and goes on, so every one of them runs."""
+    sources = [(EXPLOITS / f"{name}.py").read_text() for name in names]
+    head, marker, tail = sources[0].partition("class ModelNew")
+    attacks = [source.partition("    return out\n")[2].partition("class ModelNew")[0] for source in sources[1:]]
+    assert all(attacks) and marker, "the exploits no longer share the kernel/attack/ModelNew layout"
+    return head + "".join(attacks) + marker + tail
+
+
 MEMORY_BOMB = _with_prelude("""
     hoard = []
     for _ in range(200):  # 12.5 GiB in 64 MiB pieces, every page written
@@ -33,9 +43,11 @@ ENDLESS = _with_prelude("""
     while True:
         pass
 """)
+# Reaching Redis on the loopback, then killing the harness's parent: one evaluation (a fresh pair of
+# harness processes costs seconds), told apart by the audit events it records (see below).
+ESCAPES = _escapes("escape_socket", "escape_kill_parent")
 CASES = {
-    "redis_connect": ((EXPLOITS / "escape_socket.py").read_text(), {Verdict.cheating}),
-    "kill_parent": ((EXPLOITS / "escape_kill_parent.py").read_text(), {Verdict.cheating}),
+    "redis_connect+kill_parent": (ESCAPES, {Verdict.cheating}),
     "memory_bomb": (MEMORY_BOMB, {Verdict.runtime_error}),
     "endless_loop": (ENDLESS, {Verdict.timeout}),
 }
@@ -44,6 +56,10 @@ CASES = {
 def _evaluate(source: str, isolation, reference: str = REFERENCE, timeout: float = 60):
     return evaluate(Problem(source=reference), Submission(source=source),
                     EvalConfig(device="cpu", trials=2, timeout_s=timeout), isolation=isolation)
+
+
+def _refused_events(result) -> list[str]:
+    return [event["event"] for v in result.anti_cheat.violations if v.rule == "forbidden_call" for event in v.evidence["events"]]
 
 
 @pytest.mark.parametrize("backend", ["docker", "bwrap", "unshare"])
@@ -56,6 +72,11 @@ def test_hostile_candidates_then_an_honest_one(backend: str, make_isolation) -> 
         assert result.verdict in verdicts, (name, result.verdict, result.error, result.feedback)
         if result.verdict == Verdict.cheating:
             assert "forbidden_call" in [v.rule for v in result.anti_cheat.violations]
+        if name == "redis_connect+kill_parent":
+            # The kill is refused as os.kill; everything else refused came from the connection attempt
+            # (socket.*, or the stdlib's lazy imports on its way there): both attacks were caught.
+            refused = _refused_events(result)
+            assert "os.kill" in refused and [e for e in refused if e != "os.kill"], refused
         if name == "memory_bomb" and backend != "docker":
             assert "memory limit" in result.error["message"], result.error
         honest = _evaluate(CANDIDATE, isolation)

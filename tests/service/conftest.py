@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from service_support import ROOT, WorkerProcess, free_port, live_workers, redis_settings, wait_until
+from service_support import ROOT, WorkerProcess, free_port, live_workers, redis_settings, wait_for_workers, wait_until
 
 from service.server import background_server
+from tests.machine_lock import machine_lock
 
 
 def _redis_server_binary() -> str:
@@ -27,11 +28,15 @@ def _redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]):
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        if completed.returncode != 0:
-            pytest.fail(f"redis-server is missing and `{' '.join(command)}` failed:\n{completed.stderr[-2000:]}")
+    with machine_lock("apt"):  # another pytest worker may be installing it (or something else) right now
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]):
+            completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+            if completed.returncode != 0:
+                pytest.fail(f"redis-server is missing and `{' '.join(command)}` failed:\n{completed.stderr[-2000:]}")
     return shutil.which("redis-server") or pytest.fail("redis-server is still missing after apt-get install")
 
 
@@ -74,7 +79,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def start_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start `referee worker` processes (real RQ workers) with short heartbeats; all stopped at the end."""
+    """Start `referee worker` processes (real RQ workers) with short heartbeats; all stopped at the end.
+    With `wait=False` it returns at once: start several, then `wait_for_workers` (each imports torch
+    for its warm pool; on two cores they are ready sooner side by side than one after another)."""
     started: list[WorkerProcess] = []
     logs = tmp_path_factory.mktemp("worker-logs")
 
@@ -95,6 +102,8 @@ def start_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         return worker
 
     yield start
+    for worker in started:  # all asked at once, then awaited: each takes a moment to shut down
+        worker.request_stop()
     for worker in started:
         worker.stop()
 
@@ -105,9 +114,11 @@ def queue_name() -> str:
 
 
 @pytest.fixture(scope="module")
-def workers(start_worker: Callable[..., WorkerProcess], queue_name: str) -> list[WorkerProcess]:
+def workers(redis_url: str, start_worker: Callable[..., WorkerProcess], queue_name: str) -> list[WorkerProcess]:
     """Two workers on the shared test queue (two cores here)."""
-    return [start_worker(queue_name) for _ in range(2)]
+    pool = [start_worker(queue_name, wait=False) for _ in range(2)]
+    wait_for_workers(redis_url, queue_name, pool)
+    return pool
 
 
 @pytest.fixture(scope="module")

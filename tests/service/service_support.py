@@ -48,14 +48,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class WorkerProcess:
     process: subprocess.Popen[bytes]
     log: Path
+    stop_requested: bool = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    def request_stop(self) -> None:
+        """SIGTERM (RQ's warm shutdown) without waiting; `stop()` then waits. Sent once: a second
+        SIGTERM would make RQ stop cold."""
+        if self.process.poll() is None and not self.stop_requested:
+            self.process.send_signal(signal.SIGTERM)
+            self.stop_requested = True
+
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.request_stop()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -74,6 +82,14 @@ def live_workers(url: str, queue: str) -> list[str]:
         return [w.name for w in Worker.all(queue=Queue(queue, connection=connection))]
     finally:
         connection.close()
+
+
+def wait_for_workers(url: str, queue: str, workers: list[WorkerProcess], timeout: float = 60) -> None:
+    """Until `workers` (started on a queue of their own) are all registered; fails if one exits."""
+    wait_until(lambda: len(live_workers(url, queue)) >= len(workers) or any(w.process.poll() is not None for w in workers),
+               timeout, f"{len(workers)} workers on {queue}")
+    for worker in workers:
+        assert worker.process.poll() is None, f"a worker exited:\n{worker.tail()}"
 
 
 API_KEYS = ["key-alice", "key-bob", "key-limits"]

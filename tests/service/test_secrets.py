@@ -29,8 +29,8 @@ def test_keys_and_the_redis_password_appear_nowhere(tmp_path: Path, redis_binary
     worker = Worker(redis_server.url, queue, tmp_path / "worker.log")
     documents: list[str] = []
     try:
+        worker.start()  # first: its warm pool imports torch while the API starts
         api.start()
-        worker.start()
         wait_until(lambda: live_workers(redis_server.url, queue) >= 1, 60, "the worker")
         for key in keys:
             with httpx.Client(base_url=api.url, headers={"X-API-Key": key}, timeout=120) as http:
