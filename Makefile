@@ -19,14 +19,13 @@ demo: $(BIN)/referee
 	$(BIN)/referee demo examples
 
 # Two pytest-xdist workers: a plain run keeps about half of two cores busy (its tests mostly wait on
-# processes they started: harness processes, Redis, workers, containers), two take 30% off the wall
-# time. One unit of work per test file, tests/security as one (see tests/conftest.py), in
-# collection order.
+# processes they started: harness processes, Redis, workers, containers). One unit of work per
+# test file, so module fixtures (Redis stacks, warm pools) start once, in collection order.
 PYTEST_WORKERS ?= 2
 
 test: $(BIN)/referee
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 lint: $(BIN)/referee
 	$(BIN)/ruff check .

@@ -102,21 +102,6 @@ HONEST_TINY_CANDIDATE = tiny_candidate(
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `pytest -n 2 --dist loadgroup` (`make test`): every test file is one unit of work for a
-    pytest-xdist worker, so its module fixtures (Redis stacks, warm pools) start once; tests/security
-    is one unit, so the docker daemon and the sandbox image are set up by one worker, and its memory
-    and fork bombs run one at a time as they do in a plain run."""
-    if config.getoption("dist", "no") != "loadgroup":
-        return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            path = item.path.relative_to(ROOT)
-            group = "tests/security" if path.parts[:2] == ("tests", "security") else path.as_posix()
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     return EXAMPLES
