@@ -4,7 +4,8 @@
 # Steps: performance (issue 6), tests (the GPU-marked tests), diag (a short performance look), pair (performance on
 # GPU 0 while GPU 1 runs the tests and a timing-lock comparison), isolation (issue 5),
 # compile, dobench, examples, scaling and cv_load (issue 9: bench/scaling.py, bench/cv_under_load.py; both
-# start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS).
+# start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS),
+# churn (bench/context_churn.py: CUDA contexts made and torn down per second; CHURN_ARGS).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -48,6 +49,7 @@ for step in $steps; do
     dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
     examples) python3 bench/gpu_examples.py --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1 ;;
     scaling) need_redis scaling && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
+    churn) python3 bench/context_churn.py --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
     cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:-} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     *) echo "unknown step $step"; status=1 ;;
   esac

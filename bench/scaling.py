@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.performance import card_name  # noqa: E402
 from bench.problems import small_problems  # noqa: E402
+from bench.procstates import ProcessStates  # noqa: E402
 from bench.stack import RedisServer, ServiceStack, executions, free_port, percentile, wait_for  # noqa: E402
 
 Body = dict[str, Any]
@@ -171,10 +172,17 @@ def summarize(records: list[Record]) -> dict[str, Any]:
     def spread(values: list[float]) -> dict[str, float] | None:
         return {"p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3)} if values else None
 
+    stages: dict[str, list[float]] = {}
+    for r in records:
+        timings = r.result.get("timings_ms") or {}
+        for name, ms in [("start", timings.get("start")), *(timings.get("steps") or {}).items()]:
+            if ms is not None:
+                stages.setdefault(name, []).append(ms)
     errors = [r.error for r in records if r.error]
     return {"results": sum(1 for r in records if r.result.get("verdict")),
             "verdicts": dict(Counter(r.verdict or "none" for r in records)),
             "latency_s": spread(latency), "engine_s": spread(engine), "queued_s": spread(queued), "timing_lock_wait_s": spread(lock),
+            "stage_ms_p50": {name: round(percentile(values, 50), 1) for name, values in sorted(stages.items())},
             "isolation": dict(Counter((r.result.get("environment") or {}).get("isolation", "?") for r in records if r.result)),
             "devices": dict(Counter((r.result.get("environment") or {}).get("device", "?") for r in records if r.result)),
             **({"client_errors": errors[:5], "client_error_count": len(errors)} if errors else {})}
@@ -216,9 +224,12 @@ def host_use(into: dict[str, Any], interval_s: float = 2.0) -> Iterator[None]:
     sampler = threading.Thread(target=sample, daemon=True) if smi else None
     if sampler:
         sampler.start()
+    states = ProcessStates(interval_s=0.25)
     try:
-        yield
+        with states:
+            yield
     finally:
+        into["processes"] = states.summary()
         stop.set()
         if sampler:
             sampler.join(timeout=15)
@@ -353,6 +364,7 @@ class Options:
     redis_server: str | None = None
     isolation: str | None = None
     phase_timeout_s: float = 600
+    label: str = ""  # appended to the results file's name
 
 
 def run_phase(gpus: int, options: Options, binary: str | None, log_folder: Path) -> dict[str, Any]:
@@ -431,7 +443,7 @@ def run_scaling(options: Options, gpus: int, phases: list[int]) -> dict[str, Any
         "phases": [],
     }
     slug = card.lower().replace(" ", "-")
-    suffix = "" if options.queue == "redis" else f"-{options.queue}"
+    suffix = ("" if options.queue == "redis" else f"-{options.queue}") + options.label
     path = options.out / f"scaling-{slug}-x{max(phases)}-{report['date']}{suffix}.json"
     log_folder = options.out / "scaling-logs"
 
@@ -472,6 +484,7 @@ def main() -> None:
     parser.add_argument("--redis-server", default=None, help="redis-server binary (default: .redis/redis-server, then PATH)")
     parser.add_argument("--isolation", default=None, help="REFEREE_ISOLATION for the workers (default: auto)")
     parser.add_argument("--phase-timeout", type=float, default=600, help="seconds a phase's warm-up or batch may take")
+    parser.add_argument("--label", default="", help="appended to the results file's name, e.g. -c8")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stacks on the way out
     detected = gpu_count()
@@ -485,7 +498,7 @@ def main() -> None:
         raise SystemExit(f"--phases must be GPU counts between 1 and {gpus}")
     options = Options(out=args.out, queue=args.queue, problems=args.problems, submissions=args.submissions, warmup=args.warmup,
                       concurrency=args.concurrency, in_flight=args.in_flight, redis_server=args.redis_server,
-                      isolation=args.isolation, phase_timeout_s=args.phase_timeout)
+                      isolation=args.isolation, phase_timeout_s=args.phase_timeout, label=args.label)
     report = run_scaling(options, gpus, phases)
     failed = [p["gpus"] for p in report["phases"] if p["unfinished"] or set(p["verdicts"]) - {"correct"}]
     if failed:

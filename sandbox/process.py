@@ -66,6 +66,14 @@ class _CappedReader(threading.Thread):
         return body + (f"\n[… {self.total - len(self.kept)} more bytes dropped]" if self.total > len(self.kept) else "")
 
 
+# Every evaluation creates and tears down two CUDA contexts, and the driver does most of that under
+# one lock for the whole host (every GPU): measured on an H200, a host managed about 6 contexts a
+# second however many processes asked. With one hardware work queue per context instead of eight,
+# about 15 (bench/results/context-churn-*). A harness process uses one stream (the candidate may
+# not make others), so the queues it gives up were idle.
+CUDA_CONTEXT_ENVIRONMENT = {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+
+
 def child_environment(workdir: Path, role: str, device: str) -> dict[str, str]:
     """A clean environment: nothing of the parent's but what the runtime needs. No secrets."""
     env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
@@ -84,8 +92,10 @@ def child_environment(workdir: Path, role: str, device: str) -> dict[str, str]:
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"
         env["CUDA_VISIBLE_DEVICES"] = ""
-    elif "CUDA_VISIBLE_DEVICES" in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    else:
+        if "CUDA_VISIBLE_DEVICES" in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        env.update(CUDA_CONTEXT_ENVIRONMENT)
     return env
 
 

@@ -16,7 +16,7 @@ from sandbox.harness import tensors
 from sandbox.harness.zygote import Zygote
 from sandbox.models import EvalConfig, Problem, Submission, Verdict
 from sandbox.pool import PoolUnavailable, WarmPool
-from sandbox.process import HarnessDied, HarnessProcess
+from sandbox.process import HarnessDied, HarnessProcess, child_environment
 from tests.tiny_problem import CANDIDATE, REFERENCE
 
 FAST = EvalConfig(device="cpu", trials=1, timeout_s=60)
@@ -123,3 +123,11 @@ def test_the_zygote_refuses_requests_from_its_children_and_their_sessions() -> N
         assert zygote.from_a_child(peer_end)
         zygote.children = {os.getsid(0)}  # the peer is in a child's session
         assert zygote.from_a_child(peer_end)
+
+
+def test_cuda_harness_processes_get_one_hardware_queue_and_cpu_ones_no_cuda(tmp_path: Path) -> None:
+    # The zygote's environment comes from here too, so its spares create their contexts with it.
+    cuda = child_environment(tmp_path, "zygote", "cuda")
+    assert cuda["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
+    cpu = child_environment(tmp_path, "candidate", "cpu")
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in cpu and cpu["CUDA_VISIBLE_DEVICES"] == ""

@@ -39,3 +39,21 @@ def test_compile_error_is_reported_as_such_on_gpu() -> None:
     result = _check("relu", "candidate_compile_error.py")
     assert result.verdict == Verdict.compile_error
     assert "slope" in result.feedback
+
+
+def test_harness_processes_get_one_hardware_queue_fresh_and_pooled() -> None:
+    """CUDA_DEVICE_MAX_CONNECTIONS=1 (sandbox/process.py) reaches both a fresh harness process and a
+    warm-pool spare, which made its context before it was assigned (under the zygote's environment)."""
+    from sandbox.pool import WarmPool
+
+    problem = Problem(source=(EXAMPLES / "relu" / "reference.py").read_text())
+    candidate = ("import os\nprint('connections:', os.environ.get('CUDA_DEVICE_MAX_CONNECTIONS'), "
+                 "open('/proc/self/environ', 'rb').read().count(b'CUDA_DEVICE_MAX_CONNECTIONS=1'))\n"
+                 + (EXAMPLES / "relu" / "candidate.py").read_text())
+    fresh = evaluate(problem, Submission(source=candidate), EvalConfig(device="cuda"))
+    with WarmPool("cuda", spares=2) as pool:
+        pooled = evaluate(problem, Submission(source=candidate), EvalConfig(device="cuda"), pool=pool.client)
+    for result in (fresh, pooled):
+        assert result.verdict == Verdict.correct, result.feedback
+        # /proc/self/environ is what the process was started with: for a spare, the zygote's environment
+        assert "connections: 1 1" in result.output.get("stdout", ""), result.output

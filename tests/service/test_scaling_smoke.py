@@ -33,3 +33,6 @@ def test_redis_scaling_run_spreads_over_two_workers_each_job_once(tmp_path: Path
     assert phase["dequeued_per_gpu"] == per_gpu, phase
     assert all(counts["failed"] == 0 for counts in phase["jobs_per_gpu"].values()), phase
     assert phase["evaluations_per_minute"] > 0 and phase["latency_s"]["p50"] > 0, phase
+    # Where the time went, per harness step, and what the host's processes did meanwhile.
+    assert phase["stage_ms_p50"]["candidate.setup"] > 0 and phase["stage_ms_p50"]["reference.compare"] > 0, phase
+    assert phase["processes"]["samples"] > 0 and phase["processes"]["running_mean"] > 0, phase
