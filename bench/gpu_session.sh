@@ -5,8 +5,8 @@
 # GPU 0 while GPU 1 runs the tests and a timing-lock comparison), isolation (issue 5),
 # compile, dobench, examples, scaling and cv_load (issue 9: bench/scaling.py, bench/cv_under_load.py; both
 # start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS),
-# churn (bench/context_churn.py: CUDA contexts made and torn down per second; CHURN_ARGS), several_gpus (all of
-# issue 9's GPU runs in one call).
+# churn (bench/context_churn.py: CUDA contexts made and torn down per second; CHURN_ARGS), several_gpus (issue 9's
+# churn and scaling runs on a multi-GPU host).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -50,15 +50,14 @@ for step in $steps; do
     dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
     examples) python3 bench/gpu_examples.py --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1 ;;
     scaling) need_redis scaling && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
-    several_gpus) # issue 9 in one call on a host with 2+ GPUs: context churn on GPU 0 alone and spread over
-      # every GPU (the same rate means one driver lock for the host), throughput with 1, 2 (, 4) GPUs at
-      # 8 slots each, then the speedup CV on GPU 0 with the others idle and busy.
+    several_gpus) # issue 9 on a host with 2+ GPUs (~5 min on two): context churn on GPU 0 alone and spread
+      # over every GPU (the same rate means one driver lock for the host), then throughput with 1, 2 (, 4)
+      # GPUs at 8 slots each. `several_gpus cv_load` adds the CV under load (~3 min) in the same call.
       gpus=$(nvidia-smi -L | wc -l); every=$(seq -s, 0 $((gpus - 1)))
       [ "$gpus" -ge 2 ] || { echo "several_gpus: $gpus GPU here"; exit 1; }
       python3 bench/context_churn.py --out "$OUT" --gpus 0 --parallel 8 --seconds 8 --label=-gpu0 2>&1 | tee "$OUT/context-churn.log" || status=1
       python3 bench/context_churn.py --out "$OUT" --gpus "$every" --parallel 8 --seconds 8 --label="-x$gpus" 2>&1 | tee -a "$OUT/context-churn.log" || status=1
-      need_redis several_gpus && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server --concurrency 8 --submissions 100 ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1
-      need_redis several_gpus && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
+      need_redis several_gpus && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server --concurrency 8 --submissions 100 ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
     churn) python3 bench/context_churn.py --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
     cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     *) echo "unknown step $step"; status=1 ;;
