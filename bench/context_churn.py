@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procstates import ProcessStates  # noqa: E402
-from bench.stack import percentile  # noqa: E402
+from bench.stack import spread  # noqa: E402
 
 
 def make_context(mode: str) -> None:
@@ -99,10 +99,6 @@ def recorded_environment() -> dict[str, str]:
             if k.startswith(("CUDA_DEVICE_", "CUDA_MPS_PIPE", "CUDA_MODULE_")) or k == "CUDA_VERSION"}
 
 
-def spread(values: list[float]) -> dict[str, float] | None:
-    return {"p50": round(percentile(values, 50), 4), "p95": round(percentile(values, 95), 4)} if values else None
-
-
 def measure(parallel: int, gpus: list[int], seconds: float, mode: str) -> dict[str, Any]:
     start_at = time.monotonic() + 12  # every driver has imported torch by then
     drivers = []
@@ -120,9 +116,9 @@ def measure(parallel: int, gpus: list[int], seconds: float, mode: str) -> dict[s
             "gpus": sorted(set(gpus[i % len(gpus)] for i in range(parallel))),
             "seconds": seconds, "contexts": len(done),
             "contexts_per_s": round(len(done) / seconds, 2),
-            "create_s": spread([c["create_s"] for c in done]),
-            "fork_to_ready_s": spread([c["fork_to_ready_s"] for c in done]),
-            "teardown_s": spread([c["teardown_s"] for c in done]),
+            "create_s": spread([c["create_s"] for c in done], 4),
+            "fork_to_ready_s": spread([c["fork_to_ready_s"] for c in done], 4),
+            "teardown_s": spread([c["teardown_s"] for c in done], 4),
             "errors": sum(1 for c in cycles if "error" in c),
             "processes": states.summary()}
 

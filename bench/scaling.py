@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 from bench.performance import card_name  # noqa: E402
 from bench.problems import small_problems  # noqa: E402
 from bench.procstates import ProcessStates  # noqa: E402
-from bench.stack import RedisServer, ServiceStack, executions, free_port, percentile, wait_for  # noqa: E402
+from bench.stack import RedisServer, ServiceStack, executions, free_port, percentile, spread, wait_for  # noqa: E402
 
 Body = dict[str, Any]
 
@@ -168,9 +168,6 @@ def summarize(records: list[Record]) -> dict[str, Any]:
     queued = [(r.result.get("timings_ms") or {}).get("queued", 0) / 1e3 for r in records if r.result.get("timings_ms")]
     lock = [(r.result.get("performance") or {}).get("lock_wait_ms") for r in records]
     lock = [x / 1e3 for x in lock if x is not None]
-
-    def spread(values: list[float]) -> dict[str, float] | None:
-        return {"p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3)} if values else None
 
     stages: dict[str, list[float]] = {}
     for r in records:

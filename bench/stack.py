@@ -293,3 +293,8 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     rank = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[rank]
+
+
+def spread(values: list[float], digits: int = 3) -> dict[str, float] | None:
+    """p50 and p95 of `values` (None when there are none)."""
+    return {"p50": round(percentile(values, 50), digits), "p95": round(percentile(values, 95), digits)} if values else None

@@ -67,8 +67,8 @@ class _CappedReader(threading.Thread):
 
 
 # Every evaluation creates and tears down two CUDA contexts, and the driver does most of that under
-# one lock for the whole host (every GPU): measured on an H200, a host managed about 6 contexts a
-# second however many processes asked. With one hardware work queue per context instead of eight,
+# one lock (for the whole host, by a 2-GPU run's symptoms): measured on an H200, a host managed about
+# 6 contexts a second however many processes asked. With one hardware work queue per context instead of eight,
 # about 15 (bench/results/context-churn-*). A harness process uses one stream (the candidate may
 # not make others), so the queues it gives up were idle.
 CUDA_CONTEXT_ENVIRONMENT = {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
