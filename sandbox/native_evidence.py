@@ -424,6 +424,12 @@ def _describe(record: Activity) -> str:
 # ---- attribution
 
 
+def silent_windows(window_list: Iterable[Window]) -> list[int]:
+    """Labels of complete windows in which no kernel ran: a call that launched nothing, or one
+    whose kernel records were silenced while its markers still arrived."""
+    return [window.label for window in window_list if window.complete and not window.kernels]
+
+
 def names_kernel(function: str, kernel: str) -> bool:
     """Whether the GPU kernel `kernel` is the Triton function `function` (Triton names the kernel
     after the function; older releases appended the argument specialisation, `_0d1d2de`). A name

@@ -238,9 +238,10 @@ class Recorder:
         return int(self._flush(1 if synchronize else 0))
 
     def attach(self, fd: int) -> bool:
-        """Give a recorder started without a descriptor the judge's pipe (once)."""
-        self.attached = self.attached or int(self._attach(fd)) == 0
-        return self.attached
+        """Give a recorder started without a descriptor the judge's pipe; False if it already has one."""
+        attached_now = int(self._attach(fd)) == 0
+        self.attached = self.attached or attached_now
+        return attached_now
 
     @property
     def broken(self) -> bool:
