@@ -331,10 +331,6 @@ class WindowList(list[Window]):
         self.after = after  # activity records that started after the last marker
 
 
-def _is_marker(record: Memset, label: int) -> bool:
-    return record.bytes == MARKER_BYTES and record.value == label
-
-
 def windows(records: Sequence[Record], first_label: int, last_label: int) -> WindowList:
     """Split the GPU timeline at the markers first_label .. last_label (last_label - first_label
     windows; window i lies between markers first_label + i and first_label + i + 1)."""
@@ -346,6 +342,10 @@ def windows(records: Sequence[Record], first_label: int, last_label: int) -> Win
     for record in records:
         if isinstance(record, Mark) and record.label in host:
             host[record.label].append(record)
+    shaped: dict[int, list[Memset]] = {}  # memsets shaped like a marker, by value: one pass, not one per label
+    for record in records:
+        if isinstance(record, Memset) and record.bytes == MARKER_BYTES and record.value in host:
+            shaped.setdefault(record.value, []).append(record)
     gpu: dict[int, Memset] = {}
     for label in labels:
         marks = host[label]
@@ -357,17 +357,15 @@ def windows(records: Sequence[Record], first_label: int, last_label: int) -> Win
         if marks[0].status != 0:
             problems.append(f"marker {label}: enqueueing it failed (CUresult {marks[0].status})")
             continue
-        found = [
-            r
-            for r in records
-            if isinstance(r, Memset) and _is_marker(r, label) and (not marks[0].stream or r.stream == marks[0].stream)
-        ]
+        found = shaped.get(label, [])
         if not found:
             problems.append(f"marker {label}: placed but never recorded on the GPU (recording was stopped or disabled)")
             continue
         if len(found) > 1:
             problems.append(f"marker {label}: {len(found)} GPU records (a memset imitating a marker)")
         gpu[label] = found[0]
+        if marks[0].stream and found[0].stream != marks[0].stream:
+            problems.append(f"marker {label}: ran on stream {found[0].stream}, placed on stream {marks[0].stream}")
         if found[0].start_ns + ENQUEUE_TOLERANCE_NS < marks[0].gpu_ns:
             problems.append(f"marker {label}: ran on the GPU before it was enqueued (a forged record)")
     ordered = [gpu[label] for label in labels if label in gpu]

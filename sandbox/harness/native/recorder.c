@@ -119,18 +119,22 @@ static void write_all(const uint8_t *data, size_t len) {
 
 /* Numbers the records in `data` (consecutive, whole records) and writes them as one batch. Sequence
  * numbers are assigned under the lock, at the moment of writing, so the judge sees them in order. */
-static void emit(uint8_t *data, size_t len, size_t count) {
-    pthread_mutex_lock(&emit_lock);
+static void emit_locked(uint8_t *data, size_t len, size_t count) {
     if (out_fd < 0) {
         discarded_total += count;
-    } else {
-        for (size_t off = 0; off + sizeof(rec_header) <= len;) {
-            rec_header *h = (rec_header *)(data + off);
-            h->seq = next_seq++;
-            off += h->size;
-        }
-        write_all(data, len);
+        return;
     }
+    for (size_t off = 0; off + sizeof(rec_header) <= len;) {
+        rec_header *h = (rec_header *)(data + off);
+        h->seq = next_seq++;
+        off += h->size;
+    }
+    write_all(data, len);
+}
+
+static void emit(uint8_t *data, size_t len, size_t count) {
+    pthread_mutex_lock(&emit_lock);
+    emit_locked(data, len, count);
     pthread_mutex_unlock(&emit_lock);
 }
 
@@ -399,11 +403,11 @@ EXPORT int referee_recorder_flush(int synchronize) {
     header(&r.h, REC_FLUSH, sizeof r);
     r.host_ns = host_now();
     r.gpu_ns = gpu_now();
-    pthread_mutex_lock(&emit_lock);
-    r.written = next_seq; /* the records before this one */
+    pthread_mutex_lock(&emit_lock); /* one hold: no record can slip between the count and the FLUSH */
+    r.written = next_seq;               /* the records before this one */
     r.dropped = dropped_total;
+    emit_locked((uint8_t *)&r, sizeof r, 1);
     pthread_mutex_unlock(&emit_lock);
-    emit((uint8_t *)&r, sizeof r, 1);
     return result == CUPTI_SUCCESS ? 0 : (int)result;
 }
 
