@@ -32,6 +32,7 @@ size (bytes, header included), sequence number (0, 1, 2, ... per process); then 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import os
 import re
@@ -40,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
 MAGIC = 0x52464552
@@ -466,6 +468,21 @@ def share_of_time(window_list: Iterable[Window], functions: Iterable[str]) -> fl
 
 
 # ---- the pipe
+
+
+@functools.cache
+def recorder_cache() -> Path | None:
+    """Build the recorder once per engine process, here in the trusted engine (outside any
+    isolation, before any candidate runs), into the engine user's cache; harness processes started
+    with REFEREE_NATIVE_CACHE set to the result only load it. None where it cannot be built (no
+    CUPTI headers or compiler: harness processes then report why on stderr)."""
+    from .harness import native
+
+    location = native.locate_cupti()
+    if isinstance(location, str):
+        return None
+    built = native.build(location, native.default_cache_dir())
+    return built.parent if isinstance(built, Path) else None
 
 
 class RecordPipe:

@@ -226,3 +226,68 @@ def test_a_memset_imitating_a_marker_is_flagged(location, built, fake_cupti) -> 
 def test_records_cupti_dropped_make_the_evidence_incomplete(location, built, fake_cupti) -> None:
     stream = _play("dropped", location, built, fake_cupti)
     assert any("dropped 3 records" in problem for problem in stream.problems), stream.problems
+
+
+@pytest.mark.skipif(
+    bool(ctypes.util.find_library("cuda")), reason="a CUDA driver is installed here; the GPU test covers starting"
+)
+def test_a_harness_process_given_an_evidence_fd_without_a_gpu_says_why_and_still_serves(tmp_path: Path) -> None:
+    """`python -m harness --evidence-fd N` starts the recorder before serving; where it cannot
+    (no driver here), it closes the descriptor - nothing else may write there - and says why."""
+    import secrets
+    import time
+
+    from sandbox.harness.protocol import KEY_BYTES, Channel
+    from sandbox.process import _BOOTSTRAP, HARNESS_PARENT, child_environment
+
+    pipe = ne.RecordPipe()
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    key_r, key_w = os.pipe()
+    child_fds = (to_child_r, to_parent_w, key_r, pipe.child_fd())
+    (tmp_path / "tmp").mkdir()
+    argv = [
+        sys.executable,
+        "-I",
+        "-c",
+        _BOOTSTRAP,
+        str(HARNESS_PARENT),
+        "--role",
+        "candidate",
+        "--read-fd",
+        str(to_child_r),
+        "--write-fd",
+        str(to_parent_w),
+        "--key-fd",
+        str(key_r),
+        "--evidence-fd",
+        str(pipe.child_fd()),
+    ]
+    process = subprocess.Popen(
+        argv,
+        pass_fds=child_fds,
+        cwd=tmp_path,
+        env=child_environment(tmp_path, "candidate", "cpu"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    for fd in child_fds[:3]:
+        os.close(fd)
+    pipe.close_child_end()
+    key = secrets.token_bytes(KEY_BYTES)
+    os.write(key_w, key)
+    os.close(key_w)
+    try:
+        channel = Channel(to_parent_r, to_child_w, key, is_parent=True)
+        channel.send({"cmd": "exit"}, deadline=time.monotonic() + 60)
+        reply, _ = channel.recv(deadline=time.monotonic() + 60)
+        assert reply == {"ok": True}
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        os.close(to_parent_r)
+        os.close(to_child_w)
+        pipe.close(timeout=5)
+    assert b"no native launch recorder:" in stderr and b"libcuda.so.1" in stderr, stderr
+    assert pipe.data() == b""  # no HELLO: the judge knows the recorder never started

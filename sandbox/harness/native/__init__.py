@@ -38,6 +38,7 @@ _COMPILE_TIMEOUT_S = 120
 _ERROR_BYTES = 512
 
 _active: Recorder | None = None
+_prepared: Prepared | None = None  # what `prepare` loaded in this process (a zygote's, inherited by its children)
 last_failure: str | None = None  # why the last load_recorder/prepare returned None
 
 
@@ -287,7 +288,7 @@ def _declare(library: ctypes.CDLL) -> None:
 def prepare(cache_dir: Path | None = None, location: CuptiLocation | None = None) -> Prepared | None:
     """Locate CUPTI, build (or reuse) the recorder and load it, without starting it; None with
     `last_failure` set when CUPTI, its headers or a compiler is missing."""
-    global last_failure
+    global last_failure, _prepared
     found = location or locate_cupti()
     if isinstance(found, str):
         last_failure = found
@@ -303,7 +304,8 @@ def prepare(cache_dir: Path | None = None, location: CuptiLocation | None = None
         last_failure = f"loading {built} failed: {exc}"
         return None
     last_failure = None
-    return Prepared(library, built, found)
+    _prepared = Prepared(library, built, found)
+    return _prepared
 
 
 def load_recorder(fd: int, cache_dir: Path | None = None) -> Recorder | None:
@@ -316,3 +318,38 @@ def load_recorder(fd: int, cache_dir: Path | None = None) -> Recorder | None:
 def active() -> Recorder | None:
     """The recorder started in this process, if any."""
     return _active
+
+
+def use_descriptor(fd: int, cache_dir: Path | None = None) -> Recorder | None:
+    """Record to the judge's pipe `fd`: attach the recorder a warm-pool spare started ahead of
+    demand, or build/load and start one. Call it before any submitted code is imported. None, with
+    `last_failure` set, when there is no recorder to be had (the judge then sees no HELLO)."""
+    global last_failure
+    recorder = _active
+    if recorder is None:
+        return load_recorder(fd, cache_dir)
+    if recorder.attached or not recorder.attach(fd):
+        last_failure = "the recorder already writes to another descriptor"
+        return None
+    return recorder
+
+
+def start_ahead() -> Recorder | None:
+    """In a warm-pool spare, after its CUDA context exists and before it is assigned: start the
+    recorder the zygote prepared, without a descriptor yet (starting CUPTI is the slow part; on
+    assignment `use_descriptor` only attaches). None where the zygote prepared none."""
+    if _active is not None:
+        return _active
+    return _prepared.start(-1) if _prepared is not None else None
+
+
+def record_to(fd: int) -> bool:
+    """The harness's entry (fresh process or warm-pool child), before any submitted code: record to
+    the judge's pipe `fd`. Where no recorder can be had, close `fd` - nothing else in this process
+    may write there, so the judge sees a stream without HELLO - and say why on stderr."""
+    if use_descriptor(fd) is not None:
+        return True
+    os.close(fd)
+    print(f"referee: no native launch recorder: {last_failure}", file=sys.stderr, flush=True)
+    return False
+
