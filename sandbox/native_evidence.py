@@ -473,8 +473,8 @@ def share_of_time(window_list: Iterable[Window], functions: Iterable[str]) -> fl
 @functools.cache
 def recorder_cache() -> Path | None:
     """Build the recorder once per engine process, here in the trusted engine (outside any
-    isolation, before any candidate runs), into the engine user's cache; harness processes started
-    with REFEREE_NATIVE_CACHE set to the result only load it. None where it cannot be built (no
+    isolation, before any candidate runs), into the engine user's cache; fresh harness processes
+    given it (`--native-cache`) only load it. None where it cannot be built (no
     CUPTI headers or compiler: harness processes then report why on stderr)."""
     from .harness import native
 

@@ -291,3 +291,47 @@ def test_a_harness_process_given_an_evidence_fd_without_a_gpu_says_why_and_still
         pipe.close(timeout=5)
     assert b"no native launch recorder:" in stderr and b"libcuda.so.1" in stderr, stderr
     assert pipe.data() == b""  # no HELLO: the judge knows the recorder never started
+
+
+@pytest.mark.skipif(
+    bool(ctypes.util.find_library("cuda")), reason="a CUDA driver is installed here; the GPU test covers starting"
+)
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
+def test_harness_processes_get_the_record_pipe_fresh_and_from_the_warm_pool(
+    pooled: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The engine's plumbing (process.py, the zygote): with `native_records` the child receives the
+    pipe and tries the recorder before serving; without a driver it says why, closes its end, and
+    serves as usual."""
+    import time
+
+    from sandbox.process import HarnessProcess
+
+    pool = request.getfixturevalue("warm_pool") if pooled else None
+    workdir = (Path(pool.scratch) if pool else tmp_path) / f"job-native-{pooled}" / "candidate"
+    process = HarnessProcess("candidate", workdir, "cpu", pool=pool, native_records=True)
+    process.start()
+    try:
+        reply, _ = process.request({"cmd": "unknown"}, deadline=time.monotonic() + 60)
+        assert reply["ok"] is False  # it serves
+        records = process.records
+        assert records is not None
+        stream = records.wait_for_flush(1, timeout=5)  # returns at once: its end was closed
+        assert records.data() == b"" and stream == []
+    finally:
+        process.close()
+    assert "no native launch recorder:" in process.output()["stderr"]
+
+
+def test_without_native_records_nothing_changes(tmp_path: Path) -> None:
+    import time
+
+    from sandbox.process import HarnessProcess
+
+    process = HarnessProcess("candidate", tmp_path / "candidate", "cpu")
+    process.start()
+    try:
+        process.request({"cmd": "unknown"}, deadline=time.monotonic() + 60)
+    finally:
+        process.close()
+    assert process.records is None and "native launch recorder" not in process.output()["stderr"]

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -343,11 +344,18 @@ def start_ahead() -> Recorder | None:
     return _prepared.start(-1) if _prepared is not None else None
 
 
-def record_to(fd: int) -> bool:
+def record_to(fd: int, cache_dir: Path | None = None) -> bool:
     """The harness's entry (fresh process or warm-pool child), before any submitted code: record to
     the judge's pipe `fd`. Where no recorder can be had, close `fd` - nothing else in this process
     may write there, so the judge sees a stream without HELLO - and say why on stderr."""
-    if use_descriptor(fd) is not None:
+    try:
+        is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        is_pipe = False
+    if not is_pipe:  # not what the judge passes: leave whatever it is alone
+        print(f"referee: no native launch recorder: descriptor {fd} is not a pipe", file=sys.stderr, flush=True)
+        return False
+    if use_descriptor(fd, cache_dir) is not None:
         return True
     os.close(fd)
     print(f"referee: no native launch recorder: {last_failure}", file=sys.stderr, flush=True)
