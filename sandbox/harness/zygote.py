@@ -350,10 +350,10 @@ class Zygote:
             # Ahead of demand: a CUDA context takes ~0.3-0.6 s to create (safe here: the zygote has none).
             import torch
 
-            torch.empty(1, device="cuda")
             from . import native
 
-            native.start_ahead()  # CUPTI's start-up, off the critical path; attached on assignment
+            native.start_ahead()  # CUPTI's start-up, off the critical path and before the context; attached on assignment
+            torch.empty(1, device="cuda")
         message, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, len(FD_NAMES) + 1)
         link.close()
         if len(fds) not in (len(FD_NAMES), len(FD_NAMES) + 1):

@@ -6,8 +6,8 @@ judge compares its own reading of the records with them). Run as:
 
     python -I gpu_worker.py SANDBOX_DIR CACHE_DIR FD SCENARIO
 
-Scenarios: honest; late_attach (the warm pool's order: CUDA context first, recorder started without
-a descriptor, attached later); profiler (torch's profiler, which also drives CUPTI, runs in the
+Scenarios: honest; late_attach (the warm pool's order: recorder prepared, started without a
+descriptor, CUDA context, attached later); profiler (torch's profiler, which also drives CUPTI, runs in the
 middle, as a candidate might).
 """
 
@@ -29,17 +29,16 @@ def main() -> int:
     fd = int(fd_text)
     facts: dict[str, object] = {"scenario": scenario}
     started = time.monotonic()
-    if scenario == "late_attach":
-        import torch
+    if scenario == "late_attach":  # the warm pool's order: prepared, started without a descriptor, context, attached
+        import torch  # the zygote imported it before preparing: CUPTI may be mapped already
 
-        torch.empty(1, device="cuda")  # a warm-pool spare makes its context ahead of demand
         prepared = native.prepare(Path(cache_dir))
-        recorder = prepared.start(-1) if prepared is not None else None
+        recorder = native.start_ahead() if prepared is not None else None
         if recorder is not None:
-            torch.empty(1, device="cuda").fill_(1.0)  # activity while no descriptor is attached
+            torch.empty(1, device="cuda").fill_(1.0)  # the spare's context, and activity before assignment
             torch.cuda.synchronize()
             recorder.flush()
-            facts["attach_s"] = time.monotonic() - started
+            facts["spare_s"] = time.monotonic() - started
             started = time.monotonic()
             assert recorder.attach(fd)
     else:
