@@ -102,3 +102,29 @@ def test_torch_profiler_in_the_process_never_leaves_a_window_silently_wrong(cach
         recorded = any(ne.names_kernel(facts["kernel_name"], k.name) for k in window.kernels)
         assert recorded or problems, (window, problems)
     print("after torch's profiler:", "recording" if not problems else problems, file=sys.stderr)
+
+
+def test_a_warm_pool_child_attaches_the_recorder_its_zygote_prepared() -> None:
+    """The production path: the zygote builds and loads the recorder once, a spare starts it before
+    its CUDA context, and the child the engine is given attaches the engine's pipe on assignment."""
+    import time
+
+    from sandbox.pool import WarmPool
+    from sandbox.process import HarnessProcess
+
+    with WarmPool("cuda", spares=1) as pool:
+        warm = pool.client.request({"op": "ping"})["warm"]
+        assert str(warm.get("native_recorder", "")).endswith(".so"), warm
+        workdir = Path(pool.client.scratch) / "job-native" / "candidate"
+        process = HarnessProcess("candidate", workdir, "cuda", pool=pool.client, native_records=True)
+        process.start()
+        try:
+            reply, _ = process.request({"cmd": "unknown"}, deadline=time.monotonic() + 120)
+            assert reply["ok"] is False  # it serves
+        finally:
+            process.close()
+        assert process.records is not None
+        stream = process.records.stream()
+        print("warm pool child:", warm.get("native_recorder_s"), "s to prepare;", stream.hello, file=sys.stderr)
+        assert stream.hello is not None and stream.problems == [], (stream.problems, process.output())
+        assert "no native launch recorder" not in process.output()["stderr"]
