@@ -1,6 +1,6 @@
 """What the native recorder costs on a GPU: building it (cold) and loading it (cached), starting
-CUPTI, host time per Triton launch and GPU time per call (CUDA events) with and without it, and the
-bytes of records per launch. Each measurement runs in a fresh process, as a harness process would.
+CUPTI, host time per Triton launch and GPU time per call (CUDA events) with and without it, host
+time per marker, and the bytes of records written. Each measurement runs in a fresh process, as a harness process would.
 
     python3 bench/native_recorder.py --out DIR     (bench/gpu_session.sh native; about 40 s)
 """
@@ -24,6 +24,7 @@ from sandbox import native_evidence  # noqa: E402
 
 LAUNCHES = 2000
 TIMED = 300
+MARKS = 2000
 SIZES = {"small": 1 << 20, "large": 1 << 26}
 
 
@@ -74,6 +75,11 @@ def child(mode: str, fd: int, cache: str) -> None:
             samples.append(start.elapsed_time(end) * 1e3)
         facts[f"{name}_event_us_median"] = statistics.median(samples)
     if recorder is not None:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for label in range(MARKS):
+            recorder.mark(0x40000000 + label, torch.cuda.current_stream().cuda_stream)
+        facts["host_us_per_mark"] = (time.perf_counter() - started) / MARKS * 1e6
         started = time.perf_counter()
         recorder.flush()
         facts["flush_s"] = time.perf_counter() - started
