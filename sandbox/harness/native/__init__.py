@@ -5,16 +5,18 @@ a descriptor whose reading end the judge holds (sandbox/native_evidence.py parse
 must be started before any submitted code is imported. Standard library and ctypes only: nothing
 here imports torch, and nothing touches CUDA until `start`.
 
+    record_to(fd, cache_dir)               # the harness's entry: attach or start, else close fd and say why
     recorder = load_recorder(fd)           # a fresh harness process: build (or reuse) and start
-    prepared = prepare()                   # the warm pool's zygote, once: build and dlopen, no CUDA
-    recorder = prepared.start(fd)          # ... then each child
+    prepare(private_dir)                   # the warm pool's zygote, once: build and dlopen, no CUDA
+    start_ahead()                          # ... each spare, before its CUDA context: start, no descriptor
+    use_descriptor(fd)                     # ... the child on assignment: attach (writes HELLO)
 
     recorder.mark(label, stream_handle)    # split the GPU timeline (label: u32, chosen by the judge)
     recorder.flush()                       # synchronize, deliver all records, write a FLUSH record
 
 The shared object is compiled with the system's C compiler against the CUPTI headers that sit
-beside the CUPTI library found, into a cache directory keyed by the source and header version, so
-gcc runs once per machine (per cache directory), not per evaluation. The cache directory must not
+beside the CUPTI library found, into a cache directory keyed by the source, the headers' CUPTI API
+version, the compiler and the flags, so gcc runs once per cache directory, not per evaluation. The cache directory must not
 be writable by candidates (a replaced .so would be loaded by the next process).
 """
 

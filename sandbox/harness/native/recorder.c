@@ -265,7 +265,9 @@ static const char *cupti_error(CUptiResult result) {
     return text ? text : "unknown CUPTI error";
 }
 
-static void emit_hello(void) {
+/* Sets the descriptor and writes the HELLO record in one hold of the lock, so that HELLO is record 0
+ * whatever CUPTI's thread delivers at the same moment. Returns -1 if a descriptor was already set. */
+static int attach_with_hello(int fd) {
     rec_hello r;
     memset(&r, 0, sizeof r);
     header(&r.h, REC_HELLO, sizeof r);
@@ -276,9 +278,14 @@ static void emit_hello(void) {
     r.host_ns = host_now();
     r.gpu_ns = gpu_now();
     pthread_mutex_lock(&emit_lock);
-    r.discarded = discarded_total;
+    int ok = out_fd < 0;
+    if (ok) {
+        out_fd = fd;
+        r.discarded = discarded_total;
+        emit_locked((uint8_t *)&r, sizeof r, 1);
+    }
     pthread_mutex_unlock(&emit_lock);
-    emit((uint8_t *)&r, sizeof r, 1);
+    return ok ? 0 : -1;
 }
 
 /* Loads CUPTI and the driver from the given paths, registers the buffer callbacks and enables the
@@ -343,21 +350,14 @@ EXPORT int referee_recorder_start(const char *cupti_path, const char *cuda_path,
     }
     if (cupti.FlushPeriod) cupti.FlushPeriod(FLUSH_PERIOD_MS); /* records leave the process as they complete */
     started = 1;
-    out_fd = fd;
-    if (fd >= 0) emit_hello();
+    if (fd >= 0) attach_with_hello(fd);
     return 0;
 }
 
 /* Gives a recorder started with fd -1 its descriptor (a warm-pool child learns it on assignment). */
 EXPORT int referee_recorder_attach(int fd) {
     if (!started || fd < 0) return -1;
-    pthread_mutex_lock(&emit_lock);
-    int had = out_fd;
-    if (had < 0) out_fd = fd;
-    pthread_mutex_unlock(&emit_lock);
-    if (had >= 0) return -1;
-    emit_hello();
-    return 0;
+    return attach_with_hello(fd);
 }
 
 /* Writes a host-side MARK record, then enqueues a 4-byte memset of the recorder's own device word
