@@ -335,3 +335,13 @@ def test_without_native_records_nothing_changes(tmp_path: Path) -> None:
     finally:
         process.close()
     assert process.records is None and "native launch recorder" not in process.output()["stderr"]
+
+
+def test_markers_from_several_threads_during_flushes_stay_one_numbered_stream(location, built, fake_cupti) -> None:
+    stream = _play("threads", location, built, fake_cupti)
+    assert stream.problems == []  # consecutive sequence numbers, every FLUSH count right
+    marks = [r for r in stream if isinstance(r, ne.Mark)]
+    assert len(marks) == 2003 and len({m.label for m in marks}) == 2003
+    assert stream.flushes > 1
+    assert ne.windows(stream, BASE + 10_000, BASE + 10_999).problems == []
+    assert ne.windows(stream, BASE, BASE + 2).problems == []

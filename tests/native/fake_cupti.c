@@ -6,6 +6,7 @@
  * buffer callbacks. Real CUPTI is exercised by tests/gpu/test_native_recorder.py.
  */
 #include <cupti.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@ typedef union {
 static any_record pending[MAX_PENDING];
 static char names[MAX_PENDING][128];
 static size_t npending;
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER; /* CUPTI and the driver are thread-safe */
 
 static size_t record_size(const CUpti_Activity *r) {
     switch (r->kind) {
@@ -87,7 +89,11 @@ EXPORT CUptiResult cuptiActivityGetNextRecord(uint8_t *buffer, size_t valid, CUp
 }
 EXPORT CUptiResult cuptiActivityFlushAll(uint32_t flag) {
     (void)flag;
-    if (!requested || !completed || !npending) return CUPTI_SUCCESS;
+    pthread_mutex_lock(&fake_lock);
+    if (!requested || !completed || !npending) {
+        pthread_mutex_unlock(&fake_lock);
+        return CUPTI_SUCCESS;
+    }
     uint8_t *buffer = NULL;
     size_t size = 0, max_records = 0;
     requested(&buffer, &size, &max_records);
@@ -99,6 +105,7 @@ EXPORT CUptiResult cuptiActivityFlushAll(uint32_t flag) {
         used += n;
     }
     npending = 0;
+    pthread_mutex_unlock(&fake_lock); /* CUPTI calls back outside its own locks */
     completed(NULL, 0, buffer, size, used);
     return CUPTI_SUCCESS;
 }
@@ -109,6 +116,7 @@ EXPORT CUresult cuCtxSynchronize(void) { return CUDA_SUCCESS; }
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t bytes) { (void)bytes; *ptr = 0x7000; return CUDA_SUCCESS; }
 EXPORT CUresult cuMemsetD32Async(CUdeviceptr ptr, unsigned int value, size_t n, CUstream stream) {
     (void)ptr;
+    pthread_mutex_lock(&fake_lock);
     any_record *r = add(CUPTI_ACTIVITY_KIND_MEMSET);
     if (r) {
         r->memset.value = value;
@@ -120,6 +128,7 @@ EXPORT CUresult cuMemsetD32Async(CUdeviceptr ptr, unsigned int value, size_t n, 
     } else {
         advance(1500);
     }
+    pthread_mutex_unlock(&fake_lock);
     return CUDA_SUCCESS;
 }
 

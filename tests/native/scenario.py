@@ -43,6 +43,30 @@ def main() -> int:
         recorder = prepared.start(fd, driver=fake_so)
         assert recorder is not None, native.last_failure
     assert native.active() is recorder
+    if scenario == "threads":  # markers from two threads while a third flushes: one numbered stream
+        import threading
+
+        together = threading.Barrier(3)
+        done = threading.Event()
+
+        def marks(first: int) -> None:
+            together.wait()
+            for label in range(first, first + 1000):
+                recorder.mark(label, 0)
+
+        def flushes() -> None:
+            together.wait()
+            while not done.is_set():
+                recorder.flush(synchronize=False)
+
+        workers = [threading.Thread(target=marks, args=(BASE + offset,)) for offset in (10_000, 20_000)]
+        flusher = threading.Thread(target=flushes)
+        for thread in (*workers, flusher):
+            thread.start()
+        for worker in workers:
+            worker.join()
+        done.set()
+        flusher.join()
 
     recorder.mark(BASE, 0)
     fake.fake_kernel(b"add_kernel", 5000, 0)
