@@ -256,3 +256,22 @@ def test_waiting_for_a_flush_returns_when_it_arrives() -> None:
     whole = pipe.wait_for_flush(1, timeout=5)
     assert whole.flushes == 1 and whole.problems == []
     pipe.close(timeout=0.1)
+
+
+def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> None:
+    """The engine never imports torch; the loader runs before torch in a harness process."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / "sandbox" / "native_evidence.py", root / "sandbox" / "harness" / "native" / "__init__.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
