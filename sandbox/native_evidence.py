@@ -467,6 +467,15 @@ def share_of_time(window_list: Iterable[Window], functions: Iterable[str]) -> fl
     return own / total if total else None
 
 
+def profile(window_list: Sequence[Window], functions: Iterable[str], top: int = 10) -> dict[str, object]:
+    """What the harness's `profile` command reported, from the records of the calls' windows instead
+    (torch's profiler must not run beside the recorder): {"fraction": the submission's share of GPU
+    activity time or None, "kernels_us": the `top` names by GPU microseconds}."""
+    totals = time_by_name(window_list)
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:top]
+    return {"fraction": share_of_time(window_list, functions), "kernels_us": {name: ns / 1e3 for name, ns in ranked}}
+
+
 # ---- the pipe
 
 

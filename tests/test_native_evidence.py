@@ -275,3 +275,10 @@ def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> Non
                 continue
             for name in names:
                 assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
+def test_profile_from_windows_has_the_profile_commands_shape() -> None:
+    found = ne.windows(ne.parse(honest().data), BASE, BASE + 2)
+    result = ne.profile(found, ["add_kernel"], top=2)
+    assert result["fraction"] == pytest.approx(8_000 / 11_800)
+    assert result["kernels_us"] == {"add_kernel": 8.0, "_ZN2at6native18elementwise_kernelEv": 3.0}
