@@ -363,3 +363,12 @@ def record_to(fd: int, cache_dir: Path | None = None) -> bool:
     print(f"referee: no native launch recorder: {last_failure}", file=sys.stderr, flush=True)
     return False
 
+
+def stop_ahead() -> None:
+    """A spare assigned without a record pipe: stop the recorder it started ahead of demand, so
+    the process runs as it would without one (no activity tracing)."""
+    global _active
+    if _active is not None and not _active.attached:
+        _active.stop()
+        _active = None
+
