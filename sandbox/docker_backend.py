@@ -36,7 +36,7 @@ CONNECT_SCRIPT = Path(__file__).resolve().parent / "docker_connect.py"
 CONTAINER_LIB = "/opt/referee/lib"  # where the host's harness package is mounted in the container
 CONTROL = "/control"
 DEFAULT_IMAGE = "triton-referee-worker:latest"
-_FD_FLAGS = ("--read-fd", "--write-fd", "--key-fd")
+_FD_FLAGS = ("--read-fd", "--write-fd", "--key-fd", "--evidence-fd")  # the last is optional (the native recorder's)
 
 
 def _client(timeout: float = 30.0) -> Any:
@@ -112,6 +112,8 @@ class DockerIsolation:
         inner = list(argv)
         fds = []
         for flag in _FD_FLAGS:
+            if flag not in inner:
+                continue
             index = inner.index(flag) + 1
             fds.append(int(inner[index]))
             inner[index] = f"{{fd{len(fds) - 1}}}"

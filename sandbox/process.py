@@ -21,6 +21,7 @@ from typing import Any
 
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
 from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, start_watchdog
+from .native_evidence import RecordPipe, recorder_cache
 from .pool import PoolClient, PoolUnavailable
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
@@ -157,8 +158,10 @@ class _PooledChild:
 class HarnessProcess:
     def __init__(self, role: str, workdir: Path, device: str, python: str | None = None,
                  isolation: Isolation | None = None, pool: PoolClient | None = None,
-                 limits: dict[str, int] | None = None) -> None:
+                 limits: dict[str, int] | None = None, native_records: bool = False) -> None:
         self.role = role
+        self.native_records = native_records  # run the native recorder; its records arrive in `records`
+        self.records: RecordPipe | None = None
         self.workdir = workdir
         self.device = device
         self.pool = pool
@@ -189,9 +192,12 @@ class HarnessProcess:
         child_fds = (to_child_r, to_parent_w, key_r, out_w, err_w)
         parent_fds = (to_child_w, to_parent_r, key_w, out_r, err_r)
         env = child_environment(self.workdir, self.role, self.device)
+        self.records = RecordPipe() if self.native_records else None
+        evidence_fds = (self.records.child_fd(),) if self.records is not None else ()
         try:
             if self.pool is not None:
-                self.process = _PooledChild(self.pool, self.pool.spawn(self.role, self.workdir, env, self.limits, list(child_fds)))
+                self.process = _PooledChild(self.pool, self.pool.spawn(self.role, self.workdir, env, self.limits,
+                                                                       [*child_fds, *evidence_fds]))
             else:
                 argv = [
                     self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
@@ -199,9 +205,12 @@ class HarnessProcess:
                     "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
                     "--limits", json.dumps({k: v for k, v in self.limits.items() if k != "memory_bytes"}),
                 ]
+                if evidence_fds:  # the recorder was built by this trusted process: the child only loads it
+                    cache = recorder_cache()
+                    argv += ["--evidence-fd", str(evidence_fds[0])] + (["--native-cache", str(cache)] if cache else [])
                 self.process = _FreshChild(subprocess.Popen(
                     self.isolation.command(argv, self.workdir, self.device),
-                    cwd=self.workdir, env=env, pass_fds=child_fds[:3],
+                    cwd=self.workdir, env=env, pass_fds=(*child_fds[:3], *evidence_fds),
                     stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
                     start_new_session=True
                 ))
@@ -212,6 +221,8 @@ class HarnessProcess:
         finally:
             for fd in child_fds:
                 os.close(fd)
+            if self.records is not None:
+                self.records.close_child_end()
         if self.pool is None:  # the zygote watches the memory of its own children
             self.watchdog = start_watchdog(self.process.pid, self.isolation)
         key = secrets.token_bytes(KEY_BYTES)
@@ -320,6 +331,8 @@ class HarnessProcess:
             except OSError:
                 pass
         self._fds = ()
+        if self.records is not None:  # the reader keeps what it read; it ends when the process is gone
+            self.records.close()
         self._release()
 
     def _release(self) -> None:

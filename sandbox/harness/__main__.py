@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .limits import apply_limits
 from .server import serve
@@ -21,8 +22,14 @@ def main() -> int:
     parser.add_argument("--write-fd", type=int, required=True)
     parser.add_argument("--key-fd", type=int, required=True)
     parser.add_argument("--limits", type=json.loads, default={})
+    parser.add_argument("--evidence-fd", type=int, default=None, help="the judge's pipe for the native recorder's records")
+    parser.add_argument("--native-cache", default=None, help="where the engine built the recorder")
     args = parser.parse_args()
     apply_limits(args.limits)
+    if args.evidence_fd is not None:  # before serve: before any submitted code is imported
+        from . import native
+
+        native.record_to(args.evidence_fd, Path(args.native_cache) if args.native_cache else None)
     return serve(args.role, args.read_fd, args.write_fd, args.key_fd)
 
 

@@ -35,6 +35,7 @@ import struct
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from . import triton_cache
@@ -42,6 +43,7 @@ from .limits import apply_limits
 
 MAX_MESSAGE = 256 * 1024
 FD_NAMES = ("read", "write", "key", "stdout", "stderr")
+EVIDENCE_FD = "evidence"  # optional, last: the native recorder's pipe (sandbox/native_evidence.py)
 MAX_LAUNCHERS = 512  # argument-type patterns learned per zygote
 PR_SET_PDEATHSIG = 1
 
@@ -154,7 +156,7 @@ class Zygote:
             self.refill()
 
     def serve_one(self, connection: socket.socket) -> None:
-        message, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, len(FD_NAMES))
+        message, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, len(FD_NAMES) + 1)
         try:
             if self.from_a_child(connection):
                 raise PermissionError("requests come from the worker, not from a harness process")
@@ -182,8 +184,8 @@ class Zygote:
     def handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         op = request.get("op")
         if op == "spawn":
-            if len(fds) != len(FD_NAMES):
-                raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors, got {len(fds)}")
+            if len(fds) not in (len(FD_NAMES), len(FD_NAMES) + 1):
+                raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors (and the recorder's), got {len(fds)}")
             limits = dict(request.get("limits") or {})
             memory = limits.pop("memory_bytes", None)  # watched here, not an rlimit
             assignment = {"role": request["role"], "cwd": request["cwd"], "env": request["env"], "limits": limits,
@@ -348,13 +350,16 @@ class Zygote:
             # Ahead of demand: a CUDA context takes ~0.3-0.6 s to create (safe here: the zygote has none).
             import torch
 
+            from . import native
+
+            native.start_ahead()  # CUPTI's start-up, off the critical path and before the context; attached on assignment
             torch.empty(1, device="cuda")
-        message, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, len(FD_NAMES))
+        message, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, len(FD_NAMES) + 1)
         link.close()
-        if len(fds) != len(FD_NAMES):
+        if len(fds) not in (len(FD_NAMES), len(FD_NAMES) + 1):
             os._exit(72)
         assignment = json.loads(message)
-        named = dict(zip(FD_NAMES, fds, strict=True))
+        named = dict(zip((*FD_NAMES, EVIDENCE_FD), fds, strict=False))
         os.dup2(named["stdout"], 1)
         os.dup2(named["stderr"], 2)
         os.close(named["stdout"])
@@ -371,6 +376,13 @@ class Zygote:
         os.chdir(assignment["cwd"])
         apply_limits(assignment.get("limits"))
         sys.argv = ["harness", "--role", assignment["role"]]
+        if self.device == "cuda" or EVIDENCE_FD in named:  # before any submitted code is imported
+            from . import native
+
+            if EVIDENCE_FD in named:
+                native.record_to(named[EVIDENCE_FD])
+            else:
+                native.stop_ahead()
         from .server import serve
 
         code = serve(assignment["role"], named["read"], named["write"], named["key"])
@@ -411,6 +423,13 @@ def main() -> int:
             os.makedirs(os.environ[name], exist_ok=True)
     zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device)
     zygote.facts = _preload(args.warm_target)
+    if args.device == "cuda":  # built into a directory of this zygote's own, loaded here, started in each spare
+        from . import native
+
+        started = time.monotonic()
+        prepared = native.prepare(Path(tempfile.mkdtemp(prefix="referee-native-")))
+        zygote.facts["native_recorder"] = str(prepared.path) if prepared is not None else native.last_failure
+        zygote.facts["native_recorder_s"] = round(time.monotonic() - started, 3)
     zygote.seed = triton_cache.seed_files(zygote.seed_dir)
     zygote.facts["seed_files"] = len(zygote.seed)
     return zygote.run()
