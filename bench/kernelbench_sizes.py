@@ -15,8 +15,8 @@ process tree (summed over its processes, sampled every 50 ms), as JSON naming th
 
 --scale multiplies every size constant of the problems (at least 1), so the same files run small
 on the CPU (Triton's interpreter); KernelBench's evaluator needs CUDA and is skipped without it.
---budget-s keeps the run inside one call: an evaluation that would start after it is recorded as
-skipped, not run.
+--budget-s keeps the run inside one call: each evaluation is killed when the budget ends (at most
+--timeout-s), and one that would start with less than 20 s left is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -115,15 +115,18 @@ def main() -> int:
             tools = ["referee"] + (["kernelbench"] if args.kernelbench is not None and on_gpu else [])
             for tool in tools:
                 record: dict[str, Any] = {"problem": name, "sizes": sizes, "tool": tool}
-                if time.monotonic() - started > args.budget_s:
-                    evaluations.append({**record, "skipped": f"past the {args.budget_s:g} s budget"})
+                # Every evaluation ends by the budget: it gets what is left of it, at most --timeout-s.
+                limit = min(args.timeout_s, args.budget_s - (time.monotonic() - started))
+                if limit < 20:
+                    evaluations.append({**record, "skipped": f"less than 20 s left of the {args.budget_s:g} s budget"})
                     continue
+                record["limit_s"] = round(limit, 1)
                 if tool == "referee":
                     command = [sys.executable, "-m", "service.cli", "check", str(reference), str(candidate), "--json",
-                               "--device", args.device, "--trials", str(args.trials), "--timeout", str(args.timeout_s)]
+                               "--device", args.device, "--trials", str(args.trials), "--timeout", str(max(1.0, limit - 10))]
                 else:
                     command = kernelbench_command(args.kernelbench, reference, candidate, args.trials, args.perf_trials)
-                measured = run_measured(command, timeout=args.timeout_s + 60, cwd=ROOT)
+                measured = run_measured(command, timeout=limit, cwd=ROOT)
                 outcome = referee_verdict(measured) if tool == "referee" else kernelbench_verdict(measured)
                 record.update(wall_s=round(measured.wall_s, 3), peak_rss_mib=round(measured.peak_rss_bytes / 2**20, 1),
                               returncode=measured.returncode, **outcome)
