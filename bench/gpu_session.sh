@@ -7,7 +7,7 @@
 # start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS),
 # churn (bench/context_churn.py: CUDA contexts made and torn down per second; CHURN_ARGS), several_gpus (issue 9's
 # churn and scaling runs on a multi-GPU host), cli_vs_kb (issue 19: `referee check` against KernelBench's evaluator on
-# small problems, ~4 min) and kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools, stops
+# small problems, ~4 min) and kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools;
 # every evaluation ends by 560 s); both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
