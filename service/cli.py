@@ -104,6 +104,16 @@ def choose_isolation(name: str) -> Isolation:
 
 
 IsolationOption = Annotated[str, typer.Option(help="auto (docker, then bwrap, then unshare), docker, bwrap, unshare or process (development only)")]
+PrecisionOption = Annotated[str, typer.Option(help="fp32, fp16 or bf16: inputs and both models' parameters in this dtype (KernelBench's switch; "
+                                                   "fp16/bf16 default to atol = rtol = 1e-2)")]
+CompileBaselineOption = Annotated[bool, typer.Option("--compile-baseline", help="also time torch.compile(reference): speedup over it next to eager")]
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def require_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        err.print(f"error: --precision must be fp32, fp16 or bf16, not {precision!r}")
+        raise typer.Exit(EXIT_USAGE)
 
 
 def exit_code(result: EvaluationResult) -> int:
@@ -126,6 +136,8 @@ def print_summary(console: Console, result: EvaluationResult) -> None:
                       f"-> speedup {p.speedup:.3f}x")
     else:
         console.print("performance: not measured (Triton interpreter on the CPU)" if not p.meaningful else "performance: -")
+    if p.speedup_vs_compiled is not None and p.compiled_reference_ms:
+        console.print(f"torch.compile baseline: {p.compiled_reference_ms.median:.4g} ms -> speedup {p.speedup_vs_compiled:.3f}x over it")
     for v in result.anti_cheat.violations + result.anti_cheat.warnings:
         console.print(f"[{'red' if v.severity.value == 'fatal' else 'yellow'}]{v.severity.value} {v.rule}[/]: {v.message}")
     console.print(f"feedback: {result.feedback}", markup=False, highlight=False)
@@ -148,6 +160,8 @@ def check(
     rtol: Annotated[float | None, typer.Option(help="relative tolerance override")] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, json, or github (workflow annotations on the offending lines)")] = "text",
     junit: Annotated[Path | None, typer.Option(help="also write the result as JUnit XML to this file")] = None,
+    precision: PrecisionOption = "fp32",
+    compile_baseline: CompileBaselineOption = False,
     isolation: IsolationOption = "auto",
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
@@ -158,6 +172,7 @@ def check(
         err.print(f"error: --device must be auto, cuda or cpu, not {device!r}")
         raise typer.Exit(EXIT_USAGE)
     require_device(device)
+    require_precision(precision)
     if reward not in RewardPreset.__args__:  # type: ignore[attr-defined]
         err.print(f"error: --reward must be one of {', '.join(RewardPreset.__args__)}, not {reward!r}")  # type: ignore[attr-defined]
         raise typer.Exit(EXIT_USAGE)
@@ -172,7 +187,7 @@ def check(
         err.print(f"error: {reference}: the reference is empty or invalid ({exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc})")
         raise typer.Exit(EXIT_USAGE) from None
     config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,  # type: ignore[arg-type]
-                        reward=RewardConfig(preset=reward))  # type: ignore[arg-type]
+                        precision=precision, compile_baseline=compile_baseline, reward=RewardConfig(preset=reward))  # type: ignore[arg-type]
     backend = choose_isolation(isolation)
     try:
         result = evaluate(problem, submission, config, isolation=backend)
@@ -524,6 +539,8 @@ def batch(
     out: Annotated[Path | None, typer.Option(help="write results.jsonl, summary.json and report.html here")] = None,
     trials: Annotated[int | None, typer.Option(min=1, max=100, help="correctness trials per candidate")] = None,
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the whole batch")] = 3600.0,
+    precision: PrecisionOption = "fp32",
+    compile_baseline: CompileBaselineOption = False,
 ) -> None:
     """Score many candidates on a server as one batch, with a progress bar, a table and a summary
     (fast_p at p = 0, 1, 1.5, 2; pass@k and best-of-samples fast_p per problem; geometric-mean
@@ -547,9 +564,13 @@ def batch(
     if not items:
         err.print(f"error: no candidates found under {source} (DIR/*/reference.py with DIR/*/candidate*.py; or give --candidates)")
         raise typer.Exit(EXIT_USAGE)
+    require_precision(precision)
     sent = [i for i, item in enumerate(items) if item.candidate is not None]
+    shared: dict[str, Any] = {"device": device, **({"trials": trials} if trials else {}),
+                              **({"precision": precision} if precision != "fp32" else {}),
+                              **({"compile_baseline": True} if compile_baseline else {})}
     bodies = [{"reference": items[i].reference, "candidate": items[i].candidate, "name": f"{items[i].problem}/{items[i].name}",
-               "device": device, **({"trials": trials} if trials else {}), **items[i].options} for i in sent]
+               **shared, **items[i].options} for i in sent]
     console = make_console()
     found: dict[int, dict[str, Any]] = {}
     try:

@@ -108,6 +108,8 @@ class CandidateRole:
                 self.model = model_class(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
                 self.model = self.model.to(self.device)
+                if header.get("precision") in ("fp16", "bf16"):  # KernelBench casts the candidate's model too
+                    self.model = self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[header["precision"]])
         except BaseException as exc:
             raise self._failure(exc) from None
         return {"ok": True, "environment": environment(self.device), **self.observations()}, b""
