@@ -100,11 +100,12 @@ def _evaluate_here(args: argparse.Namespace) -> dict[str, Any]:
     if result is None:  # KernelBench's "lock file error, please retry"
         document.update(compiled=None, correctness=None, error="eval_kernel_against_ref returned None (retry)")
         return document
-    document.update(compiled=result.compiled, correctness=result.correctness, runtime_us=result.runtime,
-                    ref_runtime_us=getattr(result, "ref_runtime", None),
+    # KernelBench's own fields and units (-1 when not measured).
+    ref_runtime = getattr(result, "ref_runtime", -1.0)
+    document.update(compiled=result.compiled, correctness=result.correctness, runtime=result.runtime, ref_runtime=ref_runtime,
                     metadata={key: str(value)[:500] for key, value in (result.metadata or {}).items()})
-    if result.runtime and getattr(result, "ref_runtime", None):
-        document["speedup"] = result.ref_runtime / result.runtime
+    if result.runtime > 0 and ref_runtime > 0:
+        document["speedup"] = ref_runtime / result.runtime
     return document
 
 
