@@ -91,9 +91,15 @@ def _evaluate_here(args: argparse.Namespace) -> dict[str, Any]:
     imported = time.monotonic()
     precision = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
     result = kernelbench_eval.eval_kernel_against_ref(
-        Path(args.reference).read_text(), Path(args.candidate).read_text(), seed_num=args.seed,
-        num_correct_trials=args.trials, num_perf_trials=args.perf_trials, measure_performance=True,
-        backend="triton", precision=precision, device=torch.device("cuda", 0),
+        Path(args.reference).read_text(),
+        Path(args.candidate).read_text(),
+        seed_num=args.seed,
+        num_correct_trials=args.trials,
+        num_perf_trials=args.perf_trials,
+        measure_performance=True,
+        backend="triton",
+        precision=precision,
+        device=torch.device("cuda", 0),
     )
     finished = time.monotonic()
     document: dict[str, Any] = {"stand_ins": stand_ins, "import_s": imported - started, "evaluate_s": finished - imported}
@@ -102,8 +108,13 @@ def _evaluate_here(args: argparse.Namespace) -> dict[str, Any]:
         return document
     # KernelBench's own fields and units (-1 when not measured).
     ref_runtime = getattr(result, "ref_runtime", -1.0)
-    document.update(compiled=result.compiled, correctness=result.correctness, runtime=result.runtime, ref_runtime=ref_runtime,
-                    metadata={key: str(value)[:500] for key, value in (result.metadata or {}).items()})
+    document.update(
+        compiled=result.compiled,
+        correctness=result.correctness,
+        runtime=result.runtime,
+        ref_runtime=ref_runtime,
+        metadata={key: str(value)[:500] for key, value in (result.metadata or {}).items()},
+    )
     if result.runtime > 0 and ref_runtime > 0:
         document["speedup"] = ref_runtime / result.runtime
     return document
@@ -145,12 +156,14 @@ class Measured:
     peak_rss_bytes: int
 
 
-def run_measured(command: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 interval: float = 0.05) -> Measured:
+def run_measured(
+    command: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None, interval: float = 0.05
+) -> Measured:
     """Run COMMAND; its wall time and the peak of its process tree's summed RSS, sampled every INTERVAL s."""
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True
+    )
     peak = 0
     done = threading.Event()
 
@@ -174,10 +187,25 @@ def run_measured(command: list[str], timeout: float, env: dict[str, str] | None 
     return Measured(process.returncode, stdout, stderr, wall, peak)
 
 
-def kernelbench_command(checkout: Path, reference: Path, candidate: Path, trials: int = 5, perf_trials: int = 100,
-                        precision: str = "fp32") -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--kernelbench", str(checkout), "--reference", str(reference),
-            "--candidate", str(candidate), "--trials", str(trials), "--perf-trials", str(perf_trials), "--precision", precision]
+def kernelbench_command(
+    checkout: Path, reference: Path, candidate: Path, trials: int = 5, perf_trials: int = 100, precision: str = "fp32"
+) -> list[str]:
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--kernelbench",
+        str(checkout),
+        "--reference",
+        str(reference),
+        "--candidate",
+        str(candidate),
+        "--trials",
+        str(trials),
+        "--perf-trials",
+        str(perf_trials),
+        "--precision",
+        precision,
+    ]
 
 
 def last_json_line(text: str) -> dict[str, Any] | None:
@@ -193,8 +221,9 @@ def last_json_line(text: str) -> dict[str, Any] | None:
 def card_name() -> str:
     """The GPU's name (nvidia-smi, without importing torch here), or 'cpu'."""
     try:
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                               timeout=30).stdout.split("\n")
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        ).stdout.split("\n")
         return names[0].strip() or "cpu"
     except (OSError, subprocess.TimeoutExpired):
         return "cpu"

@@ -67,20 +67,36 @@ def referee_verdict(measured: Any) -> dict[str, Any]:
     document = last_json_line(measured.stdout)
     if document is None:
         return {"verdict": None, "error": (measured.stderr or measured.stdout)[-2000:]}
-    return {"verdict": document["verdict"], "speedup": document["performance"].get("speedup"),
-            "error": (document.get("error") or {}).get("message") if document.get("error") else None,
-            "timings_ms": document.get("timings_ms"), "environment": document.get("environment")}
+    return {
+        "verdict": document["verdict"],
+        "speedup": document["performance"].get("speedup"),
+        "error": (document.get("error") or {}).get("message") if document.get("error") else None,
+        "timings_ms": document.get("timings_ms"),
+        "environment": document.get("environment"),
+    }
 
 
 def kernelbench_verdict(measured: Any) -> dict[str, Any]:
     document = last_json_line(measured.stdout)
     if document is None:
         return {"verdict": None, "error": (measured.stderr or measured.stdout)[-2000:]}
-    verdict = ("compile_error" if document.get("compiled") is False else
-               "correct" if document.get("correctness") else "incorrect" if document.get("correctness") is False else None)
-    return {"verdict": verdict, "speedup": document.get("speedup"), "stand_ins": document.get("stand_ins"),
-            "import_s": document.get("import_s"), "evaluate_s": document.get("evaluate_s"),
-            "error": document.get("error") or (document.get("metadata") or {}).get("runtime_error")}
+    verdict = (
+        "compile_error"
+        if document.get("compiled") is False
+        else "correct"
+        if document.get("correctness")
+        else "incorrect"
+        if document.get("correctness") is False
+        else None
+    )
+    return {
+        "verdict": verdict,
+        "speedup": document.get("speedup"),
+        "stand_ins": document.get("stand_ins"),
+        "import_s": document.get("import_s"),
+        "evaluate_s": document.get("evaluate_s"),
+        "error": document.get("error") or (document.get("metadata") or {}).get("runtime_error"),
+    }
 
 
 def main() -> int:
@@ -122,17 +138,37 @@ def main() -> int:
                     continue
                 record["limit_s"] = round(limit, 1)
                 if tool == "referee":
-                    command = [sys.executable, "-m", "service.cli", "check", str(reference), str(candidate), "--json",
-                               "--device", args.device, "--trials", str(args.trials), "--timeout", str(max(1.0, limit - 10))]
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "service.cli",
+                        "check",
+                        str(reference),
+                        str(candidate),
+                        "--json",
+                        "--device",
+                        args.device,
+                        "--trials",
+                        str(args.trials),
+                        "--timeout",
+                        str(max(1.0, limit - 10)),
+                    ]
                 else:
                     command = kernelbench_command(args.kernelbench, reference, candidate, args.trials, args.perf_trials)
                 measured = run_measured(command, timeout=limit, cwd=ROOT)
                 outcome = referee_verdict(measured) if tool == "referee" else kernelbench_verdict(measured)
-                record.update(wall_s=round(measured.wall_s, 3), peak_rss_mib=round(measured.peak_rss_bytes / 2**20, 1),
-                              returncode=measured.returncode, **outcome)
+                record.update(
+                    wall_s=round(measured.wall_s, 3),
+                    peak_rss_mib=round(measured.peak_rss_bytes / 2**20, 1),
+                    returncode=measured.returncode,
+                    **outcome,
+                )
                 evaluations.append(record)
-                print(f"{name:8} {tool:11} {record.get('verdict')!s:20} {measured.wall_s:8.1f} s  "
-                      f"peak RSS {record['peak_rss_mib']:8.0f} MiB  speedup {record.get('speedup')}", flush=True)
+                print(
+                    f"{name:8} {tool:11} {record.get('verdict')!s:20} {measured.wall_s:8.1f} s  "
+                    f"peak RSS {record['peak_rss_mib']:8.0f} MiB  speedup {record.get('speedup')}",
+                    flush=True,
+                )
     document = {
         "benchmark": "kernelbench_sizes",
         "card": card,
