@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.9.0
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean preflight
 
 $(BIN)/referee: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,22 @@ demo: $(BIN)/referee
 # test file, so module fixtures (Redis stacks, warm pools) start once, in collection order.
 PYTEST_WORKERS ?= 2
 
-test: $(BIN)/referee
+# The suite installs what it lacks with apt-get and starts dockerd itself, which needs root. As another
+# user, everything must be there already: say what is missing instead of failing halfway.
+NEEDED_TOOLS := redis-server bwrap docker dockerd docker-compose chromium
+
+preflight:
+	@if [ "$$(id -u)" != 0 ]; then \
+	  missing=""; for tool in $(NEEDED_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	  docker info >/dev/null 2>&1 || missing="$$missing (a running docker daemon this user can reach: docker group)"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "make test as $$(id -un): the suite installs its tools and starts dockerd only as root. Missing:$$missing"; \
+	    echo "As root: apt-get install -y redis-server bubblewrap docker.io docker-compose chromium; start dockerd and add $$(id -un) to the docker group. Or run make test as root."; \
+	    exit 2; \
+	  fi; \
+	fi
+
+test: $(BIN)/referee preflight
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 

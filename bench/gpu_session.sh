@@ -6,7 +6,10 @@
 # compile, dobench, examples, scaling and cv_load (issue 9: bench/scaling.py, bench/cv_under_load.py; both
 # start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS),
 # churn (bench/context_churn.py: CUDA contexts made and torn down per second; CHURN_ARGS), several_gpus (issue 9's
-# churn and scaling runs on a multi-GPU host), native (issue 15 item 4: the CUPTI recorder's GPU tests and its cost, ~1.5 min).
+# churn and scaling runs on a multi-GPU host), native (issue 15 item 4: the CUPTI recorder's GPU tests and its cost,
+# ~1.5 min), cli_vs_kb (issue 19: `referee check` against KernelBench's evaluator on small problems, ~4 min) and
+# kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools; every evaluation ends by 560 s);
+# both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -63,6 +66,10 @@ for step in $steps; do
       python3 bench/native_recorder.py --out "$OUT" 2>&1 | tee "$OUT/native-recorder.log" || status=1 ;;
     churn) python3 bench/context_churn.py --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
     cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
+    cli_vs_kb) # ~4 min: 4 example pairs x 2 repeats x (referee check + KernelBench's evaluator, fresh processes)
+      python3 bench/cli_vs_kernelbench.py --kernelbench "${KERNELBENCH:-shared/kernelbench}" --repeats 2 --out "$OUT" ${CLI_VS_KB_ARGS:-} 2>&1 | tee "$OUT/cli-vs-kernelbench.log" || status=1 ;;
+    kb_sizes) # <= 9.5 min: matmul, relu, sum, softmax at published sizes; every evaluation is killed at 560 s at the latest
+      python3 bench/kernelbench_sizes.py --kernelbench "${KERNELBENCH:-shared/kernelbench}" --budget-s 560 --timeout-s 240 --out "$OUT" ${KB_SIZES_ARGS:-} 2>&1 | tee "$OUT/kernelbench-sizes.log" || status=1 ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done

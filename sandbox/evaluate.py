@@ -216,7 +216,9 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         config=config, device=device, salt=salt, fresh_salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
         candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool),
-        problem_sha256=problem.sha256, reference_cache=reference_cache, timing_lock=timing_lock,
+        # Another precision is another problem for the caches (inputs, expected outputs, timings).
+        problem_sha256=problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(),
+        reference_cache=reference_cache, timing_lock=timing_lock,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
     )
     run.anti_cheat.warnings.extend(static_warnings)
@@ -271,9 +273,11 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     run.environment = _environment(run, reply["environment"])
     run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
     input_sets = [input_sets[i] for i in reply.get("valid_sets", range(len(input_sets)))]
+    # fp16/bf16 without a stated tolerance: KernelBench's 1e-2.
+    low_precision = 1e-2 if config.precision != "fp32" else None
     run.tolerance = (
-        config.atol if config.atol is not None else reply.get("atol"),
-        config.rtol if config.rtol is not None else reply.get("rtol"),
+        config.atol if config.atol is not None else reply.get("atol") if reply.get("atol") is not None else low_precision,
+        config.rtol if config.rtol is not None else reply.get("rtol") if reply.get("rtol") is not None else low_precision,
     )
     run.allowed_ops = sorted({*config.allowed_ops, *reply.get("allowed_ops", [])})
     run.input_sets = input_sets
@@ -281,7 +285,7 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     run.correctness.input_set_overrides = input_sets
 
     setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
-                                       "init_seed": init_seed, "init_inputs": reply["init_inputs"],
+                                       "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
                                        "allowed_ops": run.allowed_ops}, bytes(init_payload))
     run.add_violations(_watch_violations(setup, "import"))
     # Every input set is checked at least once, whatever the trial count.
@@ -315,12 +319,12 @@ def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dic
             run.performance.reference_outputs_cached = True
             valid_sets = [input_sets[i] for i in run.cached.setup.get("valid_sets", range(len(input_sets)))]
             run.defer(run.reference, {"cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device,
-                                      "init_seed": derive_seed(run.salt, "init"), "input_sets": valid_sets, "checked": True},
+                                      "precision": run.config.precision, "init_seed": derive_seed(run.salt, "init"), "input_sets": valid_sets, "checked": True},
                       "reference.background_setup")
             run.defer(run.reference, _timing_inputs_header(run), "reference.background_timing_inputs")
             return run.cached.setup_reply(judged["environment"])
     reply, init_payload = run.ask(run.reference, {
-        "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device,
+        "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device, "precision": run.config.precision,
         "init_seed": derive_seed(run.salt, "init"), "input_sets": input_sets,
     })
     if run.reference_data is not None:
@@ -508,6 +512,18 @@ def _time_unlocked(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
     perf.candidate_ms = TimingStats(**{k: v for k, v in cand_stats.items() if k in TimingStats.model_fields})
     perf.method = cand_stats["method"]
     perf.meaningful = run.device == "cuda" and not run.environment.interpreter
+    # On the GPU only: on the CPU inductor's C++ build takes minutes and the times mean nothing anyway.
+    if run.config.compile_baseline and run.device == "cuda":
+        compiled_key = ReferenceCache.key(cache_key, [], {}, {"compiled": True})
+        compiled_stats = cache.get(compiled_key) if cache is not None else None
+        if compiled_stats is None:
+            compiled, _ = run.ask(run.reference, {"cmd": "time", "options": options, "compiled": True})
+            compiled_stats = compiled["stats"]
+            if cache is not None:
+                cache.put(compiled_key, compiled_stats)
+        perf.compiled_reference_ms = TimingStats(**{k: v for k, v in compiled_stats.items() if k in TimingStats.model_fields})
+        if perf.meaningful and cand_stats["median"] > 0:
+            perf.speedup_vs_compiled = compiled_stats["median"] / cand_stats["median"]
     if perf.meaningful and cand_stats["median"] > 0:
         perf.speedup = ref_stats["median"] / cand_stats["median"]
         ref_low, ref_high = ref_stats["ci95"]

@@ -83,6 +83,11 @@ class EvalConfig(_Strict):
     min_triton_time_fraction: float = Field(
         default=0.5, ge=0.0, le=1.0, description="GPU: least share of kernel time in the submission's own kernels"
     )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32", description="KernelBench's precision switch: floating-point inputs and both models' parameters in this dtype "
+        "(fp16/bf16 default to atol = rtol = 1e-2, as KernelBench)"
+    )
+    compile_baseline: bool = Field(default=False, description="also time torch.compile(reference) and report the speedup over it (GPU only)")
     reward: RewardConfig = RewardConfig()
     # No `isolation` here: the worker's setting decides, and a request must not be able to lower it.
 
@@ -123,6 +128,9 @@ class Performance(_Strict):
     reference_ms: TimingStats | None = None
     speedup: float | None = None
     speedup_ci95: list[float] | None = None
+    # With `compile_baseline`: torch.compile(reference), timed the same way, and the speedup over it.
+    compiled_reference_ms: TimingStats | None = None
+    speedup_vs_compiled: float | None = None
     method: str | None = None
     triton_time_fraction: float | None = None
     host_event_ratio: float | None = None

@@ -7,6 +7,12 @@ unreadable, oversized or unusable input file; 3 Referee itself failed.
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sandbox.evaluate import evaluate
+from sandbox.evaluate import detect_device, evaluate
 from sandbox.isolation import BACKENDS, Isolation, select_isolation
 from sandbox.models import (
     MAX_SOURCE_BYTES,
@@ -36,7 +42,33 @@ if TYPE_CHECKING:
 EXIT_CORRECT, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Triton Referee: verify Triton kernels against PyTorch references.")
-err = Console(stderr=True)
+# Width of output that is not a terminal (CI logs, files): rich's default of 80 cut the tables'
+# candidate names to `candidat…`. COLUMNS, when set, still wins.
+LOG_WIDTH = 240
+
+
+def make_console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=LOG_WIDTH if wide else None)
+
+
+err = make_console(stderr=True)
+
+
+def results_table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table whose cells wrap rather than end in `…` when the terminal is narrow."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def require_device(device: str) -> None:
+    """--device cuda on a machine without an NVIDIA GPU is a usage error (2), not Referee's fault (3)."""
+    if device == "cuda" and detect_device() != "cuda":
+        err.print("error: --device cuda, but this machine has no NVIDIA GPU (no /dev/nvidia*); use --device cpu or auto")
+        raise typer.Exit(EXIT_USAGE)
 
 
 class InputFileError(Exception):
@@ -72,6 +104,16 @@ def choose_isolation(name: str) -> Isolation:
 
 
 IsolationOption = Annotated[str, typer.Option(help="auto (docker, then bwrap, then unshare), docker, bwrap, unshare or process (development only)")]
+PrecisionOption = Annotated[str, typer.Option(help="fp32, fp16 or bf16: inputs and both models' parameters in this dtype (KernelBench's switch; "
+                                                   "fp16/bf16 default to atol = rtol = 1e-2)")]
+CompileBaselineOption = Annotated[bool, typer.Option("--compile-baseline", help="also time torch.compile(reference): speedup over it next to eager")]
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def require_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        err.print(f"error: --precision must be fp32, fp16 or bf16, not {precision!r}")
+        raise typer.Exit(EXIT_USAGE)
 
 
 def exit_code(result: EvaluationResult) -> int:
@@ -94,6 +136,8 @@ def print_summary(console: Console, result: EvaluationResult) -> None:
                       f"-> speedup {p.speedup:.3f}x")
     else:
         console.print("performance: not measured (Triton interpreter on the CPU)" if not p.meaningful else "performance: -")
+    if p.speedup_vs_compiled is not None and p.compiled_reference_ms:
+        console.print(f"torch.compile baseline: {p.compiled_reference_ms.median:.4g} ms -> speedup {p.speedup_vs_compiled:.3f}x over it")
     for v in result.anti_cheat.violations + result.anti_cheat.warnings:
         console.print(f"[{'red' if v.severity.value == 'fatal' else 'yellow'}]{v.severity.value} {v.rule}[/]: {v.message}")
     console.print(f"feedback: {result.feedback}", markup=False, highlight=False)
@@ -116,6 +160,8 @@ def check(
     rtol: Annotated[float | None, typer.Option(help="relative tolerance override")] = None,
     output_format: Annotated[str, typer.Option("--format", help="text, json, or github (workflow annotations on the offending lines)")] = "text",
     junit: Annotated[Path | None, typer.Option(help="also write the result as JUnit XML to this file")] = None,
+    precision: PrecisionOption = "fp32",
+    compile_baseline: CompileBaselineOption = False,
     isolation: IsolationOption = "auto",
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
@@ -125,6 +171,8 @@ def check(
     if device not in ("auto", "cuda", "cpu"):
         err.print(f"error: --device must be auto, cuda or cpu, not {device!r}")
         raise typer.Exit(EXIT_USAGE)
+    require_device(device)
+    require_precision(precision)
     if reward not in RewardPreset.__args__:  # type: ignore[attr-defined]
         err.print(f"error: --reward must be one of {', '.join(RewardPreset.__args__)}, not {reward!r}")  # type: ignore[attr-defined]
         raise typer.Exit(EXIT_USAGE)
@@ -139,7 +187,7 @@ def check(
         err.print(f"error: {reference}: the reference is empty or invalid ({exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc})")
         raise typer.Exit(EXIT_USAGE) from None
     config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,  # type: ignore[arg-type]
-                        reward=RewardConfig(preset=reward))  # type: ignore[arg-type]
+                        precision=precision, compile_baseline=compile_baseline, reward=RewardConfig(preset=reward))  # type: ignore[arg-type]
     backend = choose_isolation(isolation)
     try:
         result = evaluate(problem, submission, config, isolation=backend)
@@ -166,8 +214,13 @@ def check(
         for line in github_annotations(result, str(candidate), candidate_source):
             typer.echo(line)
     else:
-        print_summary(Console(), result)
+        print_summary(make_console(), result)
     raise typer.Exit(exit_code(result))
+
+
+def _default_jobs() -> int:
+    """Evaluations at once: each runs two harness processes, so about one per two cores."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 @app.command("check-kernels")
@@ -179,22 +232,26 @@ def check_kernels(
     device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
     output_format: Annotated[str, typer.Option("--format", help="text or github (workflow annotations)")] = "text",
     junit: Annotated[Path | None, typer.Option(help="write every result as one JUnit XML file")] = None,
+    jobs: Annotated[int | None, typer.Option(min=1, help="candidates checked at once (default: one per two cores, at most 8)")] = None,
     isolation: IsolationOption = "auto",
 ) -> None:
     """Check several candidates, each against the reference next to it (the pre-commit hook and the
     GitHub Action use this). Files without a reference beside them, and references, are skipped.
+    Candidates run in parallel; on a GPU only one of them times at a time (the timing lock).
     Exit 0 only when every checked candidate is correct; 3 if Referee failed on one."""
     from sandbox.feedback import write_feedback
+    from sandbox.timing_lock import TimingLock
 
     from .reports import Case, github_annotations, junit_xml
 
     if output_format not in ("text", "github") or device not in ("auto", "cuda", "cpu"):
         err.print("error: --format must be text or github and --device auto, cuda or cpu")
         raise typer.Exit(EXIT_USAGE)
+    require_device(device)
     config = EvalConfig(trials=trials, timeout_s=timeout, device=device)  # type: ignore[arg-type]
     backend = choose_isolation(isolation)
-    cases: list[Case] = []
-    console = Console()
+    # Read everything first: a bad file is a usage error before any evaluation starts.
+    work: list[tuple[Path, str, Problem]] = []
     for candidate in candidates:
         reference = candidate.parent / reference_name
         if candidate.name == reference_name or not reference.is_file():
@@ -202,20 +259,37 @@ def check_kernels(
             continue
         try:
             source = read_source(candidate, "candidate")
-            problem = Problem(source=read_source(reference, "reference"), name=candidate.parent.name)
-            result = evaluate(problem, Submission(source=source, name=candidate.stem), config, isolation=backend)
-        except (InputFileError, ProblemSourceError, ValueError) as exc:
+            work.append((candidate, source, Problem(source=read_source(reference, "reference"), name=candidate.parent.name)))
+        except (InputFileError, ValueError) as exc:
             err.print(f"error: {candidate}: {exc}")
             raise typer.Exit(EXIT_USAGE) from None
-        if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
-            result.feedback = write_feedback(result, source=source)
-        cases.append(Case(name=str(candidate), problem=candidate.parent.name, result=result, candidate_path=str(candidate), source=source))
-        if output_format == "github":
-            for line in github_annotations(result, str(candidate), source):
-                typer.echo(line)
-        else:
-            console.print(f"[bold]{candidate}[/]")
-            print_summary(console, result)
+    timing_lock = TimingLock.for_gpu() if (device == "cuda" or (device == "auto" and detect_device() == "cuda")) else None
+
+    def run_one(entry: tuple[Path, str, Problem]) -> EvaluationResult:
+        candidate, source, problem = entry
+        return evaluate(problem, Submission(source=source, name=candidate.stem), config, isolation=backend, timing_lock=timing_lock)
+
+    cases: list[Case] = []
+    console = make_console()
+    with ThreadPoolExecutor(max_workers=min(jobs or _default_jobs(), max(1, len(work)))) as pool:
+        futures = [pool.submit(run_one, entry) for entry in work]
+        for (candidate, source, _), future in zip(work, futures, strict=True):  # printed in the order given
+            try:
+                result = future.result()
+            except ProblemSourceError as exc:
+                err.print(f"error: {candidate.parent / reference_name}: {exc}")
+                for other in futures:
+                    other.cancel()
+                raise typer.Exit(EXIT_USAGE) from None
+            if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
+                result.feedback = write_feedback(result, source=source)
+            cases.append(Case(name=str(candidate), problem=candidate.parent.name, result=result, candidate_path=str(candidate), source=source))
+            if output_format == "github":
+                for line in github_annotations(result, str(candidate), source):
+                    typer.echo(line)
+            else:
+                console.print(f"[bold]{candidate}[/]")
+                print_summary(console, result)
     if junit is not None:
         junit.write_text(junit_xml(cases))
     verdicts = [case.result.verdict for case in cases]
@@ -253,7 +327,7 @@ def _score_examples(client: RefereeClient, examples: Path, device: str, title: s
         raise typer.Exit(EXIT_USAGE)
     items = [{"reference": read_source(problem_dir / "reference.py", "reference"), "candidate": read_source(path, "candidate"),
               "name": f"{problem_dir.name}/{path.stem}", "device": device} for problem_dir, path in pairs]
-    console = Console()
+    console = make_console()
     batch = client.create_batch(items, name=title)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"checking {len(items)} candidates", total=len(items))
@@ -262,9 +336,7 @@ def _score_examples(client: RefereeClient, examples: Path, device: str, title: s
             progress.update(task, advance=1, description=f"{items[item['index']]['name']}: {item['result']['verdict']}")
 
         results = client.follow(batch["id"], len(items), advance)
-    table = Table(title=title)
-    for column in ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"):
-        table.add_column(column)
+    table = results_table(title, ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"))
     surprises = 0
     for index, (problem_dir, path) in enumerate(pairs):
         expected = EXPECTED_VERDICTS.get(path.stem)
@@ -352,30 +424,95 @@ def _manifest_items(manifest: Path) -> list[BatchItem]:
     return items
 
 
+# KernelBench's generation scripts write `level_{L}_problem_{N}_sample_{K}_kernel.py` into a run
+# folder; its problems are `{N}_{Name}.py` in `KernelBench/level{L}/`.
+KERNELBENCH_SAMPLE = re.compile(r"level_(\d+)_problem_(\d+)_sample_(\d+)_kernel\.py")
+KERNELBENCH_PROBLEM = re.compile(r"(\d+)_.*\.py")
+
+
+def _kernelbench_level(folder: Path) -> int | None:
+    """The level of a KernelBench dataset folder (`level1`, `level_2`), from its name."""
+    match = re.fullmatch(r"level_?(\d+)", folder.resolve().name)
+    return int(match.group(1)) if match else None
+
+
+def _kernelbench_samples(candidates: Path) -> dict[tuple[int, int], list[tuple[int, Path]]]:
+    """(level, problem id) -> [(sample id, path)] of KernelBench's own output files in CANDIDATES."""
+    found: dict[tuple[int, int], list[tuple[int, Path]]] = {}
+    for path in candidates.glob("level_*_problem_*_sample_*_kernel.py"):
+        match = KERNELBENCH_SAMPLE.fullmatch(path.name)
+        if match:
+            level, problem, sample = map(int, match.groups())
+            found.setdefault((level, problem), []).append((sample, path))
+    return {key: sorted(paths) for key, paths in found.items()}
+
+
 def _directory_items(problems: Path, candidates: Path | None) -> list[BatchItem]:
     """DIR/*/reference.py with DIR/*/candidate*.py; or, with --candidates CDIR, KernelBench-style
-    problem files DIR/*.py (or DIR/*/reference.py) and their candidates CDIR/STEM.py or CDIR/STEM/*.py."""
+    problem files DIR/*.py (or DIR/*/reference.py) and their candidates: CDIR/STEM.py, CDIR/STEM/*.py,
+    or KernelBench's own CDIR/level_L_problem_N_sample_K_kernel.py for problem `N_Name.py` of level L
+    (L from DIR's name, `level1`, or from the samples when they are all of one level)."""
+    if not problems.is_dir():
+        raise InputFileError(f"problems folder {problems} does not exist" if not problems.exists() else f"{problems} is not a folder")
     if candidates is None:
         return [BatchItem(problem_dir.name, path.stem, read_source(problem_dir / "reference.py", "reference"),
                           read_source(path, "candidate"), str(path),
                           EXPECTED_VERDICTS[path.stem].value if path.stem in EXPECTED_VERDICTS else None)
                 for problem_dir, path in _example_pairs(problems)]
-    items = []
+    if not candidates.is_dir():
+        raise InputFileError(f"candidates folder {candidates} does not exist" if not candidates.exists() else f"candidates {candidates} is not a folder")
     references = sorted(problems.glob("*.py")) + sorted(problems.glob("*/reference.py"))
-    for reference in references:
+    if not references:
+        raise InputFileError(f"no problems in {problems} (expected NAME.py or NAME/reference.py files)")
+    samples = _kernelbench_samples(candidates)
+    level = _kernelbench_level(problems)
+    if level is None and len({lv for lv, _ in samples}) == 1:
+        level = next(iter(samples))[0]
+    items = []
+    for reference in sorted(references, key=_problem_order):
         stem = reference.parent.name if reference.name == "reference.py" else reference.stem
         found = sorted(candidates.glob(f"{stem}.py")) + sorted((candidates / stem).glob("*.py"))
+        number = KERNELBENCH_PROBLEM.fullmatch(reference.name)
+        kernelbench = samples.get((level, int(number.group(1)))) if number and level is not None else None
+        if not found and not kernelbench:
+            continue
         source = read_source(reference, "reference")
         items += [BatchItem(stem, path.stem if path.parent != candidates else path.name, source, read_source(path, "candidate"), str(path))
                   for path in found]
+        items += [BatchItem(stem, f"sample_{sample}", source, read_source(path, "candidate"), str(path)) for sample, path in kernelbench or []]
+    if not items:
+        kinds = "CDIR/NAME.py, CDIR/NAME/*.py" + (f" or level_{level}_problem_N_sample_K_kernel.py" if level is not None else
+                                                  " or level_L_problem_N_sample_K_kernel.py (level from a folder named levelL)")
+        raise InputFileError(f"candidates folder {candidates} has no candidate for any of the {len(references)} problems in {problems} "
+                             f"(expected {kinds})")
     return items
+
+
+def _problem_order(path: Path) -> tuple[int, str]:
+    """KernelBench's numbered problems in numeric order (2_ before 10_), the rest by name."""
+    match = KERNELBENCH_PROBLEM.fullmatch(path.name)
+    return (int(match.group(1)) if match else 1 << 30, path.name)
+
+
+@contextmanager
+def _batch_server(embedded: bool, server: str, workers: int) -> Iterator[str]:
+    """The server's URL: --server, or an embedded one started for this batch and stopped after it."""
+    if not embedded:
+        yield server
+        return
+    from .server import background_server
+    from .settings import Settings
+
+    with background_server(Settings(redis_url=None, auth="off", embedded_workers=workers)) as url:
+        err.print(f"[dim]embedded Referee at {url}[/]")
+        yield url
 
 
 def _write_batch_outputs(out: Path, items: list[BatchItem], results: list[EvaluationResult], title: str) -> dict[str, Any]:
     from .reports import Case, html_report, summarize
 
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results)
+    summary = summarize(results, [item.problem for item in items])
     with (out / "results.jsonl").open("w") as stream:
         for index, (item, result) in enumerate(zip(items, results, strict=True)):
             stream.write(json.dumps({"index": index, "problem": item.problem, "name": item.name, "candidate_path": item.candidate_path,
@@ -393,34 +530,51 @@ def batch(
     server: Annotated[str, typer.Option(envvar="REFEREE_SERVER", help="base URL of a Referee server")] = "http://127.0.0.1:8000",
     api_key: Annotated[str | None, typer.Option(envvar="REFEREE_API_KEY", help="sent as X-API-Key")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
-    candidates: Annotated[Path | None, typer.Option(help="directory of candidates: CDIR/PROBLEM.py or CDIR/PROBLEM/*.py")] = None,
+    candidates: Annotated[Path | None, typer.Option(help="directory of candidates: CDIR/PROBLEM.py, CDIR/PROBLEM/*.py, "
+                                                         "or KernelBench's level_L_problem_N_sample_K_kernel.py")] = None,
+    kernelbench_level: Annotated[Path | None, typer.Option(help="a KernelBench dataset folder (KernelBench/level1); SOURCE is then "
+                                                                "the run folder KernelBench wrote its samples to")] = None,
+    embedded: Annotated[bool, typer.Option("--embedded", help="start an embedded server for this batch instead of using --server")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="with --embedded: evaluations run at once")] = 2,
     out: Annotated[Path | None, typer.Option(help="write results.jsonl, summary.json and report.html here")] = None,
     trials: Annotated[int | None, typer.Option(min=1, max=100, help="correctness trials per candidate")] = None,
     timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the whole batch")] = 3600.0,
+    precision: PrecisionOption = "fp32",
+    compile_baseline: CompileBaselineOption = False,
 ) -> None:
     """Score many candidates on a server as one batch, with a progress bar, a table and a summary
-    (fast_p at p = 0, 1, 1.5, 2; geometric-mean speedup; verdicts; violations by rule)."""
+    (fast_p at p = 0, 1, 1.5, 2; pass@k and best-of-samples fast_p per problem; geometric-mean
+    speedup; verdicts; violations by rule)."""
     import httpx
 
     from .client import ApiError, RefereeClient, missing_result
     from .completions import no_code_result
     from .reports import summarize
 
+    if kernelbench_level is not None:
+        if candidates is not None:
+            err.print("error: with --kernelbench-level, SOURCE is the candidates folder; --candidates is not used")
+            raise typer.Exit(EXIT_USAGE)
+        source, candidates = kernelbench_level, source
     try:
         items = _manifest_items(source) if source.is_file() else _directory_items(source, candidates)
     except InputFileError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     if not items:
-        err.print(f"error: no candidates found under {source}")
+        err.print(f"error: no candidates found under {source} (DIR/*/reference.py with DIR/*/candidate*.py; or give --candidates)")
         raise typer.Exit(EXIT_USAGE)
+    require_precision(precision)
     sent = [i for i, item in enumerate(items) if item.candidate is not None]
+    shared: dict[str, Any] = {"device": device, **({"trials": trials} if trials else {}),
+                              **({"precision": precision} if precision != "fp32" else {}),
+                              **({"compile_baseline": True} if compile_baseline else {})}
     bodies = [{"reference": items[i].reference, "candidate": items[i].candidate, "name": f"{items[i].problem}/{items[i].name}",
-               "device": device, **({"trials": trials} if trials else {}), **items[i].options} for i in sent]
-    console = Console()
+               **shared, **items[i].options} for i in sent]
+    console = make_console()
     found: dict[int, dict[str, Any]] = {}
     try:
-        with RefereeClient(server, api_key) as client:
+        with _batch_server(embedded, server, workers) as url, RefereeClient(url, api_key) as client:
             if bodies:
                 created = client.create_batch(bodies, name=f"referee batch {source}")
                 with Progress(console=console, transient=True) as progress:
@@ -437,9 +591,7 @@ def batch(
     for position, index in enumerate(sent):
         view = found.get(position)
         results[index] = EvaluationResult.model_validate(view) if view else missing_result(f"item-{index}", f"no result after {timeout:g} s")
-    table = Table(title=f"Triton Referee: {source}")
-    for column in ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"):
-        table.add_column(column)
+    table = results_table(f"Triton Referee: {source}", ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"))
     surprises = 0
     for item, result in zip(items, results, strict=True):
         verdict = result.verdict.value
@@ -449,11 +601,17 @@ def batch(
         table.add_row(item.problem, item.name, f"[{colour}]{verdict}[/]", item.expected or "-", f"{result.reward:g}",
                       f"{speedup:.2f}x" if speedup is not None else "n/a (cpu)", f"{result.timings_ms.total / 1e3:.1f}")
     console.print(table)
-    summary = _write_batch_outputs(out, items, results, f"Triton Referee: {source}") if out else summarize(results)
+    problems = [item.problem for item in items]
+    summary = _write_batch_outputs(out, items, results, f"Triton Referee: {source}") if out else summarize(results, problems)
     fast_p = ", ".join(f"fast_{p}={'n/a' if v is None else f'{v:.3f}'}" for p, v in summary["fast_p"].items())
     geomean = summary["geomean_speedup"]
     console.print(f"{summary['total']} candidates: {', '.join(f'{k} {v}' for k, v in summary['verdicts'].items() if v)}")
     console.print(f"{fast_p}; geometric-mean speedup {'n/a' if geomean is None else f'{geomean:.3f}x'}")
+    per_problem = summary["per_problem"]
+    pass_at = ", ".join(f"pass@{k}={v:.3f}" for k, v in per_problem["pass_at_k"].items())
+    best = ", ".join(f"fast_{p}={'n/a' if v is None else f'{v:.3f}'}" for p, v in per_problem["fast_p"].items())
+    console.print(f"{per_problem['problems']} problems, {per_problem['samples_min']}-{per_problem['samples_max']} samples each: "
+                  f"{pass_at}; best sample per problem: {best}")
     if summary["violations_by_rule"]:
         console.print("violations: " + ", ".join(f"{k} {v}" for k, v in summary["violations_by_rule"].items()))
     if out:
@@ -503,7 +661,7 @@ def submit(
     if json_output:
         typer.echo(json.dumps(view))
     else:
-        print_summary(Console(), result)
+        print_summary(make_console(), result)
     raise typer.Exit(exit_code(result))
 
 

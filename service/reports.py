@@ -128,10 +128,47 @@ def github_annotations(result: EvaluationResult, path: str, source: str | None =
 # --- batch summary -------------------------------------------------------------------------------
 
 
-def summarize(results: Sequence[EvaluationResult]) -> dict[str, Any]:
+def pass_at_k(samples: int, correct: int, k: int) -> float:
+    """The unbiased estimate of pass@k from `samples` draws of which `correct` passed (Chen et al.,
+    2021): 1 - C(n - c, k) / C(n, k), the chance that k samples drawn without replacement hold a
+    correct one."""
+    if samples - correct < k:
+        return 1.0
+    return 1.0 - math.comb(samples - correct, k) / math.comb(samples, k)
+
+
+def _per_problem(results: Sequence[EvaluationResult], problems: Sequence[str]) -> dict[str, Any]:
+    """Over problems rather than items, for several samples per problem (KernelBench's run folders):
+    pass@k for k = 1, 5, 10, ... up to the fewest samples any problem has, and fast_p of the best
+    sample (a problem counts when one of its samples is correct with speedup > p)."""
+    grouped: dict[str, list[EvaluationResult]] = {}
+    for problem, result in zip(problems, results, strict=True):
+        grouped.setdefault(problem, []).append(result)
+    if not grouped:
+        return {"problems": 0, "samples_min": 0, "samples_max": 0, "pass_at_k": {}, "fast_p": {}}
+    fewest = min(len(r) for r in grouped.values())
+    ks = sorted({k for k in (1, 5, 10, 20, 50, 100) if k <= fewest} | {fewest})
+    correct = {p: sum(r.verdict == Verdict.correct for r in rs) for p, rs in grouped.items()}
+    measured = any(r.verdict == Verdict.correct and r.performance.speedup for r in results)
+    fast_p: dict[str, float | None] = {}
+    for p in FAST_P_THRESHOLDS:
+        hits = sum(any(r.verdict == Verdict.correct and (p == 0.0 or (r.performance.speedup or 0.0) > p) for r in rs)
+                   for rs in grouped.values())
+        fast_p[f"{p:g}"] = hits / len(grouped) if p == 0.0 or measured else None
+    return {
+        "problems": len(grouped),
+        "samples_min": fewest,
+        "samples_max": max(len(r) for r in grouped.values()),
+        "pass_at_k": {str(k): sum(pass_at_k(len(grouped[p]), correct[p], k) for p in grouped) / len(grouped) for k in ks},
+        "fast_p": fast_p,
+    }
+
+
+def summarize(results: Sequence[EvaluationResult], problems: Sequence[str] | None = None) -> dict[str, Any]:
     """fast_p at p = 0, 1, 1.5, 2 (correct and speedup > p, over all items; at p = 0 it is the
     share correct), the geometric-mean speedup of the correct ones with a speedup, verdict counts,
-    violations per rule."""
+    violations per rule; `per_problem` (pass@k, best-sample fast_p) groups items by `problems`
+    (default: each item its own problem)."""
     n = len(results)
     speedups = [r.performance.speedup for r in results if r.verdict == Verdict.correct and r.performance.speedup]
     fast_p: dict[str, float | None] = {}
@@ -154,6 +191,7 @@ def summarize(results: Sequence[EvaluationResult]) -> dict[str, Any]:
         "speedups_measured": len(speedups),
         "violations_by_rule": dict(sorted(rules.items(), key=lambda kv: (-kv[1], kv[0]))),
         "mean_reward": sum(r.reward for r in results) / n if n else 0.0,
+        "per_problem": _per_problem(results, list(problems) if problems is not None else [str(i) for i in range(n)]),
     }
 
 
@@ -224,6 +262,11 @@ def html_report(cases: Sequence[Case], summary: dict[str, Any], title: str = "Tr
                     ("verdicts", ", ".join(f"{k}: {v}" for k, v in summary["verdicts"].items() if v)),
                     ("violations by rule", ", ".join(f"{k}: {v}" for k, v in summary["violations_by_rule"].items()) or "none"),
                     ("mean reward", f"{summary['mean_reward']:.3f}")]
+    per_problem = summary.get("per_problem")
+    if per_problem and per_problem["problems"]:
+        rows_summary.insert(2, ("per problem", f"{per_problem['problems']} problems, {per_problem['samples_min']}-{per_problem['samples_max']} samples each; "
+                                + " · ".join(f"pass@{k}: {v:.3f}" for k, v in per_problem["pass_at_k"].items()) + "; best sample: "
+                                + " · ".join(f"fast_{p}: {'n/a' if v is None else f'{v:.3f}'}" for p, v in per_problem["fast_p"].items())))
     table = ["<table id='results'><tr><th>problem</th><th>candidate</th><th>verdict</th><th>reward</th><th>speedup</th>"
              "<th>trials</th><th>rules</th><th>seconds</th><th>feedback</th></tr>"]
     for c in cases:

@@ -7,6 +7,8 @@ returns, and the service turns that, or a failure, into the final result.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,31 @@ from sandbox.reference_data import DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_USES, DE
 from sandbox.static_checks import ProblemSourceError
 from sandbox.timing_lock import TimingLock
 
+
+def _cache_directory() -> Path:
+    """REFEREE_REFERENCE_CACHE_DIR (default ~/.cache/triton-referee/reference) when this user can
+    write there; else, saying so, a private temporary directory: the cache only saves time, and a
+    worker that exits over it (a root-owned volume under a non-root worker) restarts in a loop."""
+    wanted = Path(os.environ.get("REFEREE_REFERENCE_CACHE_DIR") or Path.home() / ".cache" / "triton-referee" / "reference")
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=wanted).close()
+        return wanted
+    except OSError as exc:
+        fallback = Path(tempfile.mkdtemp(prefix="referee-reference-cache-"))
+        try:
+            owner: int | None = wanted.stat().st_uid
+        except OSError:
+            owner = None
+        print(f"warning: the reference cache {wanted} is not writable by uid {os.getuid()} ({exc.strerror or exc}"
+              f"{f'; owned by uid {owner}' if owner is not None else ''}); this worker caches in {fallback} instead. "
+              f"Fix: chown {os.getuid()} {wanted}", file=sys.stderr, flush=True)
+        return fallback
+
+
 # Shared by every job of this host (RQ runs each job in a fresh work-horse process, so the
 # directory is what carries reference timings from one evaluation of a problem to the next).
-REFERENCE_CACHE = ReferenceCache(
-    os.environ.get("REFEREE_REFERENCE_CACHE_DIR") or Path.home() / ".cache" / "triton-referee" / "reference"
-)
+REFERENCE_CACHE = ReferenceCache(_cache_directory())
 
 
 def reference_data_cache(directory: Path | None = None) -> ReferenceDataCache:

@@ -69,7 +69,13 @@ class CandidateRole:
         return CandidateFailed(error_reply(kind, exc, self.path))
 
     def cmd_prepare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        return prepare_device(header["device"]), b""
+        reply = prepare_device(header["device"])
+        if resolve_device(header["device"]).type == "cuda":
+            # What `setup` needs imported before its snapshot (see there), imported here instead: the
+            # engine overlaps `prepare` with the reference's set-up, and torch._dynamo alone takes
+            # seconds to import, which were on the critical path of every one-shot check.
+            importlib.import_module("torch._dynamo")
+        return reply, b""
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
@@ -108,6 +114,8 @@ class CandidateRole:
                 self.model = model_class(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
                 self.model = self.model.to(self.device)
+                if header.get("precision") in ("fp16", "bf16"):  # KernelBench casts the candidate's model too
+                    self.model = self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[header["precision"]])
         except BaseException as exc:
             raise self._failure(exc) from None
         return {"ok": True, "environment": environment(self.device), **self.observations()}, b""

@@ -17,6 +17,12 @@ from .runtime import environment, load_module, prepare_device, resolve_device, w
 from .timing import CudaTimer, time_on_host
 
 REQUIRED = ("Model", "get_inputs", "get_init_inputs")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """A floating-point tensor in DTYPE (KernelBench's precision switch); anything else as it is."""
+    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() and dtype != torch.float32 else value
 
 
 class ProblemError(Exception):
@@ -33,6 +39,8 @@ class ReferenceRole:
         self.input_sets: list[dict[str, int]] = [{}]
         self.trials: dict[str, tuple[list[Any], Any]] = {}
         self.timing_inputs: list[list[Any]] = []
+        self.dtype = torch.float32
+        self.compiled: Any = None
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
@@ -48,13 +56,16 @@ class ReferenceRole:
         if missing:
             raise ProblemError(f"the reference module does not define {', '.join(missing)}")
         self.input_sets = header.get("input_sets") or [{}]
+        self.dtype = PRECISIONS[header.get("precision") or "fp32"]
         try:
-            init_inputs = list(self.module.get_init_inputs())
+            init_inputs = [_cast(x, self.dtype) for x in self.module.get_init_inputs()]
             torch.manual_seed(int(header["init_seed"]))
             with torch.device(self.device):
                 self.model = self.module.Model(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
                 self.model = self.model.to(self.device)
+                if self.dtype != torch.float32:
+                    self.model = self.model.to(self.dtype)
             if header.get("checked"):  # built again for a cached problem: its sets and warnings are known
                 valid_sets, warnings = list(range(len(self.input_sets))), []
                 description, data = None, b""
@@ -92,7 +103,7 @@ class ReferenceRole:
         finally:
             for name, value in saved.items():
                 setattr(self.module, name, value)
-        return [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in inputs]
+        return [_cast(x.to(self.device), self.dtype) if isinstance(x, torch.Tensor) else x for x in inputs]
 
     def forward(self, inputs: list[Any]) -> Any:
         with torch.no_grad():
@@ -177,11 +188,18 @@ class ReferenceRole:
         return {"ok": True, "inputs": description}, data
 
     def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        model = self.model
+        if header.get("compiled"):  # the torch.compile baseline; compiled (and warmed) before the timer starts
+            if self.compiled is None:
+                self.compiled = torch.compile(self.model)
+                with torch.no_grad():
+                    self.compiled(*self.timing_inputs[0])
+            model = self.compiled
         with torch.no_grad():  # entered once around the loop, as on the candidate's side
             if self.device.type == "cuda":
-                stats = CudaTimer(self.device).run(lambda inputs: self.model(*inputs), self.timing_inputs, **header.get("options", {}))
+                stats = CudaTimer(self.device).run(lambda inputs: model(*inputs), self.timing_inputs, **header.get("options", {}))
             else:
-                stats = time_on_host(lambda inputs: self.model(*inputs), self.timing_inputs)
+                stats = time_on_host(lambda inputs: model(*inputs), self.timing_inputs)
         return {"ok": True, "stats": stats}, b""
 
 
