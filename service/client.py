@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from sandbox.models import EvaluationResult, Verdict
 
@@ -78,7 +78,7 @@ class _Wait:
     """Exponential backoff with jitter, or the server's Retry-After when it sent one."""
 
     def __init__(self, backoff: float) -> None:
-        self.backoff = wait_exponential_jitter(initial=backoff, max=30.0, jitter=backoff)
+        self.backoff = wait_exponential(multiplier=backoff, max=30.0) + wait_random(0, backoff)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
