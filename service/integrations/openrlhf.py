@@ -108,7 +108,7 @@ async def openrlhf_reward(body: OpenRLHFRewardRequest, request: Request,
         if candidate is None:
             continue
         try:
-            label = body.labels[i] if body.labels else reference_in_prompt(prompt)
+            label = body.labels[i] if body.labels and body.labels[i] not in (None, "") else reference_in_prompt(prompt)
             if label is None:
                 raise ValueError("no label and no `class Model` block in the prompt: pass --label_key with the reference")
             evaluation = EvaluationRequest.model_validate({**body.options, **problem_spec(label), "candidate": candidate})

@@ -40,7 +40,8 @@ def _logs(item: Scored) -> dict[str, float]:
 def reward_dict(queries: list[str], prompts: list[str], labels: list[Any] | None) -> dict[str, Any]:
     """The rewards as plain lists (what `reward_func` turns into tensors)."""
     responses = [q[len(p):] if p and q.startswith(p) else q for q, p in zip(queries, prompts, strict=True)]
-    problems = list(labels) if labels is not None and any(label is not None for label in labels) else [reference_in_prompt(p) for p in prompts]
+    labels = list(labels) if labels is not None else [None] * len(queries)
+    problems = [label if label not in (None, "") else reference_in_prompt(p) for label, p in zip(labels, prompts, strict=True)]
     if any(problem is None for problem in problems):
         raise ValueError("no label and no `class Model` block in the prompt: pass --label_key with the reference")
     try:
