@@ -173,7 +173,7 @@ def test_an_evaluation_the_worker_failed_is_no_reward(crashing_worker: str, capl
         rewards = trl.make_reward_function()([completion(CANDIDATE), crashed, completion(WRONG)], reference=[REFERENCE] * 3)
     assert rewards == [1.0, None, 0.0]  # TRL leaves None out of the group's baseline
     assert any("the GPU fell off the bus" in r.getMessage() for r in caplog.records), caplog.text
-    with pytest.raises(RefereeInfrastructureError, match="1 of 2 completions.*the GPU fell off the bus"):
+    with pytest.raises(RefereeInfrastructureError, match=r"1 of 2 completions.*the GPU fell off the bus"):
         verl.compute_score_batch(["kb", "kb"], [completion(CANDIDATE), crashed], [REFERENCE] * 2)
     with pytest.raises(RefereeInfrastructureError, match="the GPU fell off the bus"):
         openrlhf_reward.reward_func(["p" + crashed], ["p"], [REFERENCE])
