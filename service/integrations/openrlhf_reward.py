@@ -31,15 +31,20 @@ LOG_KEYS = ("correctness", "speedup", "speedup_reward", "compiled", "correct", "
 def _logs(item: Scored) -> dict[str, float]:
     result = item.result
     speedup = result.performance.speedup
-    return {"correctness": float(result.rewards.correctness), "speedup": float(speedup) if speedup is not None else 0.0,
-            "speedup_reward": float(result.rewards.speedup), "compiled": float(result.compiled),
-            "correct": float(result.verdict.value == "correct"), "cheating": float(result.verdict.value == "cheating"),
-            "no_code": float(item.code_span is None)}
+    return {
+        "correctness": float(result.rewards.correctness),
+        "speedup": float(speedup) if speedup is not None else 0.0,
+        "speedup_reward": float(result.rewards.speedup),
+        "compiled": float(result.compiled),
+        "correct": float(result.verdict.value == "correct"),
+        "cheating": float(result.verdict.value == "cheating"),
+        "no_code": float(item.code_span is None),
+    }
 
 
 def reward_dict(queries: list[str], prompts: list[str], labels: list[Any] | None) -> dict[str, Any]:
     """The rewards as plain lists (what `reward_func` turns into tensors)."""
-    responses = [q[len(p):] if p and q.startswith(p) else q for q, p in zip(queries, prompts, strict=True)]
+    responses = [q[len(p) :] if p and q.startswith(p) else q for q, p in zip(queries, prompts, strict=True)]
     labels = list(labels) if labels is not None else [None] * len(queries)
     problems = [label if label not in (None, "") else reference_in_prompt(p) for label, p in zip(labels, prompts, strict=True)]
     if any(problem is None for problem in problems):
@@ -48,14 +53,18 @@ def reward_dict(queries: list[str], prompts: list[str], labels: list[Any] | None
         scored = scorer_from_env().scored(responses, problems)
         failed = [s for s in scored if s.failed]
         if failed:
-            raise RefereeInfrastructureError(f"Referee could not evaluate {len(failed)} of {len(scored)} completions: {failed[0].reason()}")
+            raise RefereeInfrastructureError(
+                f"Referee could not evaluate {len(failed)} of {len(scored)} completions: {failed[0].reason()}"
+            )
     except Exception:
         log.exception("Referee reward failed: no reward for this batch")
         raise
     logs = [_logs(s) for s in scored]
-    return {"rewards": [float(s.result.reward) for s in scored],
-            "scores": [float(s.result.verdict.value == "correct") for s in scored],
-            "extra_logs": {key: [values[key] for values in logs] for key in LOG_KEYS}}
+    return {
+        "rewards": [float(s.result.reward) for s in scored],
+        "scores": [float(s.result.verdict.value == "correct") for s in scored],
+        "extra_logs": {key: [values[key] for values in logs] for key in LOG_KEYS},
+    }
 
 
 def reward_func(queries: list[str], prompts: list[str], labels: list[Any] | None = None) -> dict[str, Any]:
@@ -63,5 +72,8 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[Any] | None
     import torch  # OpenRLHF's environment has it
 
     answer = reward_dict(queries, prompts, labels)
-    return {"rewards": torch.tensor(answer["rewards"]), "scores": torch.tensor(answer["scores"]),
-            "extra_logs": {key: torch.tensor(values) for key, values in answer["extra_logs"].items()}}
+    return {
+        "rewards": torch.tensor(answer["rewards"]),
+        "scores": torch.tensor(answer["scores"]),
+        "extra_logs": {key: torch.tensor(values) for key, values in answer["extra_logs"].items()},
+    }

@@ -57,8 +57,9 @@ def _first(lo: int, hi: int, holds: Callable[[int], bool]) -> int:
     return lo
 
 
-def code_token_range(tokenizer: Any, ids: Sequence[int], code_span: Span | None, skip_special_tokens: bool = True,
-                     text: str | None = None) -> tuple[int, int]:
+def code_token_range(
+    tokenizer: Any, ids: Sequence[int], code_span: Span | None, skip_special_tokens: bool = True, text: str | None = None
+) -> tuple[int, int]:
     """[first, stop) of the tokens in `ids` that carry the code span of `decode(ids)`; (0, 0) without code."""
     if code_span is None or not ids:
         return 0, 0
@@ -95,8 +96,14 @@ def _exact_offsets(tokenizer: Any, ids: list[int], text: str) -> list[tuple[int,
     return [tuple(pair) for pair in encoded["offset_mapping"]]
 
 
-def token_rewards_for_ids(tokenizer: Any, ids: Sequence[int], code_span: Span | None, result: EvaluationResult,
-                          skip_special_tokens: bool = True, text: str | None = None) -> list[float]:
+def token_rewards_for_ids(
+    tokenizer: Any,
+    ids: Sequence[int],
+    code_span: Span | None,
+    result: EvaluationResult,
+    skip_special_tokens: bool = True,
+    text: str | None = None,
+) -> list[float]:
     """One reward per generated token id; `code_span` is in `tokenizer.decode(ids)` (or `text`)."""
     first, stop = code_token_range(tokenizer, ids, code_span, skip_special_tokens, text)
     mask = [first <= i < stop for i in range(len(ids))]

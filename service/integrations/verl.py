@@ -4,7 +4,7 @@ verl loads `custom_reward_function.path` as a file, alone (no package around it)
 absolute imports only; Referee must be installed (importable) in verl's environment:
 
     custom_reward_function:
-      path: pkg://service.integrations.verl   # verl >= 0.7 (its `load_module` imports `pkg://` paths)
+      path: pkg://service.integrations.verl   # where verl's load_module knows pkg:// (0.9.1 does: it imports the module)
       # path: /path/to/site-packages/service/integrations/verl.py   # any verl: the file itself
       name: compute_score          # per sample (NaiveRewardManager, verl's reward loop)
       # name: compute_score_batch  # whole batches with bounded concurrency (BatchRewardManager)

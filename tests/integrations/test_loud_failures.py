@@ -18,16 +18,13 @@ import httpx
 import pytest
 import redis
 
-from service import queue as service_queue
 from service.client import RefereeClient, RefereeUnavailable
 from service.integrations import RefereeInfrastructureError, openrlhf_reward, trl, verl
 from service.server import background_server
 from service.settings import Settings
+from tests.integrations.conftest import CRASH, KEY
 from tests.integrations.integration_support import CANDIDATE, FAST, REFERENCE, WRONG, completion
 from tests.machine_lock import machine_lock
-
-KEY = "trainer-key-0123456789"
-CRASH = "# referee-test: the worker fails on this one\n"
 
 
 def _free_port() -> int:
@@ -43,15 +40,10 @@ def _fast_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REFEREE_SERVER", raising=False)
 
 
-@pytest.fixture(scope="module")
-def keyed_url() -> Iterator[str]:
-    """An embedded server with auth on and one key."""
-    with background_server(Settings(redis_url=None, auth="on", api_keys=[KEY], embedded_workers=1)) as url:
-        yield url
-
-
 @pytest.mark.parametrize("key", [None, "wrong-key"])
-def test_a_wrong_or_missing_api_key_raises_in_every_adapter(keyed_url: str, key: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wrong_or_missing_api_key_raises_in_every_adapter(
+    keyed_url: str, key: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REFEREE_URL", keyed_url)
     if key:
         monkeypatch.setenv("REFEREE_API_KEY", key)
@@ -73,7 +65,8 @@ def test_the_right_key_scores(keyed_url: str, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_the_openrlhf_endpoint_takes_its_key_from_the_url_and_keeps_it_out_of_the_access_log(
-        keyed_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    keyed_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     body = {"query": ["q" + completion(CANDIDATE)], "prompts": ["q"], "labels": [REFERENCE], "options": FAST}
     assert httpx.post(f"{keyed_url}/v1/openrlhf/reward", json=body, timeout=300).status_code == 401
     assert httpx.post(f"{keyed_url}/v1/openrlhf/reward?api_key=wrong", json=body, timeout=300).status_code == 401
@@ -85,7 +78,9 @@ def test_the_openrlhf_endpoint_takes_its_key_from_the_url_and_keeps_it_out_of_th
     assert not any(KEY in line for line in access), access
 
 
-def test_a_server_that_is_down_raises_after_the_retries(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_server_that_is_down_raises_after_the_retries(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("REFEREE_URL", f"http://127.0.0.1:{_free_port()}")  # nobody listens there
     with caplog.at_level(logging.WARNING, logger="referee.client"):
         with pytest.raises(RefereeUnavailable, match=r"ConnectError.*is the server running"):
@@ -101,7 +96,10 @@ def _redis_binary() -> str:
     if found:
         return found
     with machine_lock("apt"):
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]):
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
+        ):
             subprocess.run(command, capture_output=True, timeout=600, check=True)
     return shutil.which("redis-server") or pytest.fail("redis-server is missing after apt-get install")
 
@@ -109,8 +107,11 @@ def _redis_binary() -> str:
 @pytest.fixture
 def redis_process(tmp_path: Any) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = _free_port()
-    process = subprocess.Popen([_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 20
     while True:
@@ -128,14 +129,17 @@ def redis_process(tmp_path: Any) -> Iterator[tuple[subprocess.Popen[bytes], str]
     process.wait()
 
 
-def test_redis_down_is_a_503_the_client_retries_then_raises(redis_process: tuple[subprocess.Popen[bytes], str],
-                                                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_down_is_a_503_the_client_retries_then_raises(
+    redis_process: tuple[subprocess.Popen[bytes], str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     process, url = redis_process
     settings = Settings(redis_url=url, api_keys=[KEY], queue_name="loud-failures", maintenance_interval_s=60)
     with background_server(settings) as server:
         process.kill()
         process.wait()
-        answer = httpx.post(f"{server}/v1/evaluations", headers={"X-API-Key": KEY}, json={"reference": REFERENCE, "candidate": CANDIDATE})
+        answer = httpx.post(
+            f"{server}/v1/evaluations", headers={"X-API-Key": KEY}, json={"reference": REFERENCE, "candidate": CANDIDATE}
+        )
         assert answer.status_code == 503, answer.text
         assert "Redis" in answer.json()["detail"] and answer.headers["Retry-After"] == "5"
         with RefereeClient(server, KEY, retries=1, backoff=0.05) as client, pytest.raises(Exception) as raised:
@@ -149,24 +153,6 @@ def test_redis_down_is_a_503_the_client_retries_then_raises(redis_process: tuple
         assert any("retry" in r.getMessage() for r in caplog.records if r.name == "referee.client")
 
 
-@pytest.fixture
-def crashing_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An embedded server whose worker fails on candidates carrying the CRASH line. A job cannot be
-    made to fail from outside the server, so the failure is injected at the job function the
-    worker threads call (every other candidate runs the real engine)."""
-    real = service_queue.run_evaluation
-
-    def run_evaluation(payload: dict[str, Any]) -> dict[str, Any]:
-        if CRASH in str(payload.get("submission", {}).get("source", "")):
-            raise RuntimeError("the GPU fell off the bus")
-        return real(payload)
-
-    monkeypatch.setattr(service_queue, "run_evaluation", run_evaluation)
-    with background_server(Settings(redis_url=None, auth="off", embedded_workers=2)) as url:
-        monkeypatch.setenv("REFEREE_URL", url)
-        yield url
-
-
 def test_an_evaluation_the_worker_failed_is_no_reward(crashing_worker: str, caplog: pytest.LogCaptureFixture) -> None:
     crashed = completion(CRASH + CANDIDATE)
     with caplog.at_level(logging.WARNING, logger="referee.integrations"):
@@ -177,6 +163,9 @@ def test_an_evaluation_the_worker_failed_is_no_reward(crashing_worker: str, capl
         verl.compute_score_batch(["kb", "kb"], [completion(CANDIDATE), crashed], [REFERENCE] * 2)
     with pytest.raises(RefereeInfrastructureError, match="the GPU fell off the bus"):
         openrlhf_reward.reward_func(["p" + crashed], ["p"], [REFERENCE])
-    answer = httpx.post(f"{crashing_worker}/v1/openrlhf/reward", timeout=300,
-                        json={"query": ["q" + crashed], "prompts": ["q"], "labels": [REFERENCE], "options": FAST})
+    answer = httpx.post(
+        f"{crashing_worker}/v1/openrlhf/reward",
+        timeout=300,
+        json={"query": ["q" + crashed], "prompts": ["q"], "labels": [REFERENCE], "options": FAST},
+    )
     assert answer.status_code == 503 and "the GPU fell off the bus" in answer.json()["detail"], answer.text

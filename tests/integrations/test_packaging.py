@@ -10,7 +10,19 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_STACK = ["fastapi", "uvicorn", "starlette", "rq", "redis", "prometheus_client", "pydantic_settings", "typer", "rich", "yaml", "torch"]
+SERVER_STACK = [
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "rq",
+    "redis",
+    "prometheus_client",
+    "pydantic_settings",
+    "typer",
+    "rich",
+    "yaml",
+    "torch",
+]
 CHECK = f"""
 import sys
 import service.client, service.completions, service.integrations
@@ -33,14 +45,20 @@ print("client ok")
 
 def test_the_base_install_runs_the_adapters_without_the_server_stack(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("triton_referee-*.whl")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True, text=True, timeout=600)
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True, text=True, timeout=600
+    )
     assert installed.returncode == 0, installed.stderr[-2000:]
     checked = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr

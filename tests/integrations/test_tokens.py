@@ -34,17 +34,20 @@ def test_the_span_is_the_evaluated_block_as_written_in_the_completion() -> None:
     text = completion(CANDIDATE)
     found = find_candidate(text)
     assert found is not None and found.source == CANDIDATE
-    assert text[found.start:found.end] == CANDIDATE  # the answer block, not the sketch before it
+    assert text[found.start : found.end] == CANDIDATE  # the answer block, not the sketch before it
     # Thinking, CRLF line ends and an indented fence: the span still points at the original characters.
-    crlf = ("<think>```python\nclass ModelNew: pass\n```</think>\r\nSee:\r\n  ```python\r\n"
-            + "".join("  " + line + "\r\n" for line in CANDIDATE.splitlines()) + "  ```\r\nDone.")
+    crlf = (
+        "<think>```python\nclass ModelNew: pass\n```</think>\r\nSee:\r\n  ```python\r\n"
+        + "".join("  " + line + "\r\n" for line in CANDIDATE.splitlines())
+        + "  ```\r\nDone."
+    )
     found = find_candidate(crlf)
     assert found is not None and found.source == CANDIDATE
-    written = crlf[found.start:found.end]
+    written = crlf[found.start : found.end]
     assert "\n".join(line[2:] for line in written.replace("\r\n", "\n").split("\n")) == CANDIDATE
     bare = "\n\n" + CANDIDATE
     found = find_candidate(bare)
-    assert found is not None and bare[found.start:found.end] == CANDIDATE.strip("\n")
+    assert found is not None and bare[found.start : found.end] == CANDIDATE.strip("\n")
     assert find_candidate("I could not do it.") is None
 
 
@@ -80,14 +83,15 @@ def test_generated_ids_map_to_the_same_tokens_by_offsets_or_by_decoding_prefixes
     # A raw `tokenizers.Tokenizer` is not callable with offsets: the prefix-decoding path.
     by_prefix = code_token_range(tokenizer.backend_tokenizer, ids, (found.start, found.end))
     assert exact == by_prefix and exact[1] - exact[0] > 10
-    decoded = tokenizer.decode(ids[exact[0]:exact[1]])
+    decoded = tokenizer.decode(ids[exact[0] : exact[1]])
     assert CANDIDATE.strip() in decoded
     rewards = token_rewards_for_ids(tokenizer, ids, (found.start, found.end), _result(Verdict.correct, 1.0, 2.0, 2.0))
-    assert rewards[:exact[0]] == [2.0] * exact[0] and rewards[exact[0]:exact[1]] == [1.0] * (exact[1] - exact[0])
+    assert rewards[: exact[0]] == [2.0] * exact[0] and rewards[exact[0] : exact[1]] == [1.0] * (exact[1] - exact[0])
 
 
-def test_trl_token_level_rewards_against_the_server(server_url: str, tokenizer: PreTrainedTokenizerFast,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trl_token_level_rewards_against_the_server(
+    server_url: str, tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REFEREE_URL", server_url)
     monkeypatch.setenv("REFEREE_OPTIONS", json.dumps(FAST))
     texts = [completion(CANDIDATE), "no code at all"]

@@ -13,11 +13,36 @@ import pytest
 
 from tests.machine_lock import machine_lock
 
-WITH_DEPENDENCIES = ["trl==1.16.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0", "tokenizers==0.23.3",
-                     "ray==2.60.0", "tensordict==0.15.3", "omegaconf==2.3.1", "hydra-core==1.3.8", "codetiming==1.4.0",
-                     "aiohttp>=3.9", "pylatexenc==2.11", "math-verify==0.9.0"]
+WITH_DEPENDENCIES = [
+    "trl==1.16.0",
+    "transformers==5.24.0",
+    "accelerate==1.15.0",
+    "datasets==5.2.0",
+    "tokenizers==0.23.3",
+    "ray==2.60.0",
+    "tensordict==0.15.3",
+    "omegaconf==2.3.1",
+    "hydra-core==1.3.8",
+    "codetiming==1.4.0",
+    "aiohttp>=3.9",
+    "pylatexenc==2.11",
+    "math-verify==0.9.0",
+    "orjson>=3.9",
+]
 WITHOUT_DEPENDENCIES = ["verl==0.9.1", "openrlhf==0.11.2"]
-MODULES = ["trl", "transformers", "tokenizers", "ray", "tensordict", "omegaconf", "aiohttp", "pylatexenc", "verl", "openrlhf"]
+MODULES = [
+    "trl",
+    "transformers",
+    "tokenizers",
+    "ray",
+    "tensordict",
+    "omegaconf",
+    "aiohttp",
+    "pylatexenc",
+    "orjson",
+    "verl",
+    "openrlhf",
+]
 
 
 def _missing() -> list[str]:
