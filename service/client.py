@@ -150,7 +150,7 @@ class RefereeClient:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self.retries, self.backoff = retries, backoff
-        self.retrying = Retrying(**_retry_policy(retries, backoff))
+        self.retry_policy = _retry_policy(retries, backoff)
 
     def __enter__(self) -> RefereeClient:
         return self
@@ -168,7 +168,8 @@ class RefereeClient:
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request, retried on transport errors and 429/502/503/504 (see the module docstring)."""
-        return self.retrying(lambda: self._check(self.http.request(method, url, **kwargs)))
+        # A fresh Retrying per request: its iteration state must not be shared between threads' calls.
+        return Retrying(**self.retry_policy)(lambda: self._check(self.http.request(method, url, **kwargs)))
 
     # --- the raw API (dicts) ---------------------------------------------------------------------
 
@@ -289,7 +290,7 @@ class AsyncRefereeClient:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self.retries, self.backoff = retries, backoff
-        self.retrying = AsyncRetrying(**_retry_policy(retries, backoff))
+        self.retry_policy = _retry_policy(retries, backoff)
 
     async def __aenter__(self) -> AsyncRefereeClient:
         return self
@@ -307,7 +308,7 @@ class AsyncRefereeClient:
                 raise _error(response)
             return response
 
-        return await self.retrying(once)
+        return await AsyncRetrying(**self.retry_policy)(once)  # fresh per request, as in the sync client
 
     async def submit(self, body: dict[str, Any], wait: float = 0.0, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}

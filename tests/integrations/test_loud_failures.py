@@ -5,6 +5,7 @@ failed on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -169,3 +170,20 @@ def test_an_evaluation_the_worker_failed_is_no_reward(crashing_worker: str, capl
         json={"query": ["q" + crashed], "prompts": ["q"], "labels": [REFERENCE], "options": FAST},
     )
     assert answer.status_code == 503 and "the GPU fell off the bus" in answer.json()["detail"], answer.text
+
+
+def test_the_async_client_raises_for_a_wrong_key_and_a_dead_server(keyed_url: str) -> None:
+    from service.client import AsyncRefereeClient
+
+    bodies = [{"reference": REFERENCE, "candidate": CANDIDATE, **FAST}] * 3
+
+    async def run(url: str, key: str | None) -> None:
+        async with AsyncRefereeClient(url, key, retries=2, backoff=0.05) as client:
+            await client.evaluate_many(bodies, concurrency=3)
+
+    with pytest.raises(RefereeUnavailable, match="HTTP 401"):
+        asyncio.run(run(keyed_url, "wrong"))
+    started = time.monotonic()
+    with pytest.raises(RefereeUnavailable, match="ConnectError"):
+        asyncio.run(run(f"http://127.0.0.1:{_free_port()}", KEY))
+    assert time.monotonic() - started >= 0.05 * (1 + 2) / 2  # the retries were slept, concurrently per item
