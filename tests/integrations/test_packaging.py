@@ -63,3 +63,7 @@ def test_the_base_install_runs_the_adapters_without_the_server_stack(tmp_path: P
     checked = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "client ok" in checked.stdout and "server side absent: fastapi" in checked.stdout
+    # The console script says what it needs instead of a traceback.
+    command = subprocess.run([str(env_dir / "bin" / "referee"), "--help"], capture_output=True, text=True, timeout=60)
+    assert command.returncode == 2 and "pip install 'triton-referee[server]'" in command.stderr, command.stderr
+    assert "Traceback" not in command.stderr
