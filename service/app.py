@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker.jobs import start_warm_pool, stop_warm_pool
 
 from .evaluations import Evaluations
+from .integrations.openrlhf import KeyFromQuery
 from .integrations.openrlhf import router as openrlhf_router
 from .metrics import Metrics
 from .queue import EmbeddedQueue, JobQueue, RQQueue
@@ -47,6 +48,14 @@ class AsciiJSONResponse(JSONResponse):
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Redis down or unreachable: a 503 the clients retry, with what broke, never a bare 500."""
+    request.app.state.metrics.rejected.labels("store_unavailable").inc()
+    log.warning("Redis unavailable for %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return AsciiJSONResponse({"detail": f"the store and queue (Redis) are unavailable: {type(exc).__name__}: {exc}"},
+                             status_code=503, headers={"Retry-After": "5"})
 
 
 class _BodyTooLarge(Exception):
@@ -176,6 +185,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(openrlhf_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(redis.exceptions.RedisError, _store_unavailable)
+    app.add_middleware(KeyFromQuery)  # OpenRLHF sends no headers: its URL may carry the key
 
     app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -8,7 +8,8 @@ import hmac
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-API_KEY_HEADER = "X-API-Key"
+from .client import API_KEY_HEADER
+
 ANONYMOUS = "anonymous"
 
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="required unless auth is off (embedded mode default)")

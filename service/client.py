@@ -7,15 +7,23 @@ Used by `referee submit`, `referee batch`, `referee demo` and the RL trainer ada
         result = client.evaluate(reference_src, candidate_src, trials=3)   # an EvaluationResult
         results = client.evaluate_many([{"reference": ..., "candidate": ...}, ...], concurrency=8)
 
-Transient failures (connection errors, 429, 502, 503, 504) are retried with exponential backoff
-and jitter (`retries`, `backoff`); a 429's `Retry-After` is honoured. Other 4xx are `ApiError`.
+Transient failures (connection errors and timeouts, 429, 502, 503, 504) are retried with tenacity:
+exponential backoff with jitter (`retries`, `backoff`), a `Retry-After` honoured, each retry logged
+as a warning. What is left after the retries, and every other status >= 400, raises `ApiError`
+(or httpx's transport error). `evaluate_many` turns an item the server refuses (400, 404, 409,
+413, 422: that request is unusable) into an `infrastructure_error` result with `error.kind`
+"rejected", and raises `RefereeUnavailable` for what no item can get past (auth, the server or its
+queue down): a trainer must never mistake a broken service for a reward.
+
+Imports only httpx, tenacity, pydantic and `sandbox.models`: a trainer installs it without the
+server stack (`pip install triton-referee`; the server is the `server` extra).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,18 +31,34 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from sandbox.models import EvaluationResult, Verdict
 
-from .auth import API_KEY_HEADER
-
+API_KEY_HEADER = "X-API-Key"  # service/auth.py reads the same header
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# The request itself is unusable (bad problem, too large, unknown id): other items may still go through.
+REFUSED_STATUSES = frozenset({400, 404, 409, 413, 422})
+log = logging.getLogger("referee.client")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {detail}")
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.retry_after = status, detail, retry_after
+
+
+class RefereeUnavailable(RuntimeError):
+    """No evaluation can get through: wrong or missing API key, the server unreachable, or its queue
+    down (after the retries). Raised, never turned into a reward."""
 
 
 def _detail(response: httpx.Response) -> str:
@@ -45,12 +69,59 @@ def _detail(response: httpx.Response) -> str:
     return detail if isinstance(detail, str) else json.dumps(detail)
 
 
-def _delay(attempt: int, backoff: float, response: httpx.Response | None) -> float:
-    if response is not None and response.status_code == 429:
-        retry_after = response.headers.get("Retry-After", "")
-        if retry_after.replace(".", "", 1).isdigit():
-            return min(float(retry_after), 60.0)
-    return min(backoff * (2 ** attempt), 30.0) * (0.5 + random.random() / 2)
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return min(float(value), 60.0) if value.replace(".", "", 1).isdigit() else None
+
+
+def _error(response: httpx.Response) -> ApiError:
+    return ApiError(response.status_code, _detail(response), _retry_after(response))
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError) or (isinstance(exc, ApiError) and exc.status in RETRY_STATUSES)
+
+
+class _Wait:
+    """Exponential backoff with jitter, or the server's Retry-After when it sent one."""
+
+    def __init__(self, backoff: float) -> None:
+        self.backoff = wait_exponential(multiplier=backoff, max=30.0) + wait_random(0, backoff)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ApiError) and exc.retry_after is not None:
+            return exc.retry_after
+        return self.backoff(state)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    log.warning("Referee request failed (%s: %s); retry %d in %.1f s", type(exc).__name__, exc, state.attempt_number, delay)
+
+
+def _retry_policy(retries: int, backoff: float) -> dict[str, Any]:
+    return {"retry": retry_if_exception(_retryable), "stop": stop_after_attempt(retries + 1), "wait": _Wait(backoff),
+            "before_sleep": _log_retry, "reraise": True}
+
+
+def unavailable(exc: Exception, base_url: object) -> RefereeUnavailable:
+    """The service-level failure as one clear message (what broke, what to check)."""
+    if isinstance(exc, ApiError) and exc.status in (401, 403):
+        hint = "set REFEREE_API_KEY (or the adapter's api_key) to a key the server accepts"
+    elif isinstance(exc, httpx.TransportError):
+        hint = "is the server running and REFEREE_URL right?"
+    else:
+        hint = "the server or its queue (Redis) is down or overloaded; see its log"
+    return RefereeUnavailable(f"Referee at {base_url} cannot evaluate: {type(exc).__name__}: {exc} ({hint})")
+
+
+def refused_result(index: int, exc: ApiError) -> EvaluationResult:
+    """An item the server refused: no reward for it, and why."""
+    result = missing_result(f"item-{index}", f"the server refused this item: HTTP {exc.status}: {exc.detail}")
+    result.error = {"kind": "rejected", "status": exc.status, "message": exc.detail}
+    return result
 
 
 def request_body(reference: str | None = None, candidate: str = "", *, problem_id: str | None = None,
@@ -79,6 +150,7 @@ class RefereeClient:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self.retries, self.backoff = retries, backoff
+        self.retry_policy = _retry_policy(retries, backoff)
 
     def __enter__(self) -> RefereeClient:
         return self
@@ -91,26 +163,13 @@ class RefereeClient:
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _detail(response))
+            raise _error(response)
         return response
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One request, retried on connection errors and 429/502/503/504 with backoff."""
-        attempt = 0
-        while True:
-            try:
-                response = self.http.request(method, url, **kwargs)
-            except httpx.TransportError:
-                if attempt >= self.retries:
-                    raise
-                time.sleep(_delay(attempt, self.backoff, None))
-                attempt += 1
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                time.sleep(_delay(attempt, self.backoff, response))
-                attempt += 1
-                continue
-            return self._check(response)
+        """One request, retried on transport errors and 429/502/503/504 (see the module docstring)."""
+        # A fresh Retrying per request: its iteration state must not be shared between threads' calls.
+        return Retrying(**self.retry_policy)(lambda: self._check(self.http.request(method, url, **kwargs)))
 
     # --- the raw API (dicts) ---------------------------------------------------------------------
 
@@ -187,16 +246,26 @@ class RefereeClient:
                       on_result: Callable[[int, EvaluationResult], None] | None = None) -> list[EvaluationResult]:
         """Evaluate many request bodies with at most `concurrency` in flight; results in input order.
 
-        An item the server refuses (4xx) or that never finishes gets an `infrastructure_error`
-        result rather than failing the whole call, so a trainer always gets one result per item."""
+        An item the server refuses (400/404/409/413/422) or that never finishes gets an
+        `infrastructure_error` result; a failure no item can get past (auth, server or queue down,
+        after the retries) raises `RefereeUnavailable` and the items not yet sent are not sent."""
         results: list[EvaluationResult | None] = [None] * len(bodies)
         lock = threading.Lock()
+        broken = threading.Event()
 
         def one(index: int) -> None:
+            if broken.is_set():
+                return
             try:
                 result = self.evaluate(**{"timeout": timeout, **_as_kwargs(bodies[index])})
-            except (ApiError, httpx.HTTPError) as exc:
-                result = missing_result(f"item-{index}", f"{type(exc).__name__}: {exc}")
+            except ApiError as exc:
+                if exc.status not in REFUSED_STATUSES:
+                    broken.set()
+                    raise unavailable(exc, self.http.base_url) from exc
+                result = refused_result(index, exc)
+            except httpx.HTTPError as exc:
+                broken.set()
+                raise unavailable(exc, self.http.base_url) from exc
             results[index] = result
             if on_result is not None:
                 with lock:
@@ -221,6 +290,7 @@ class AsyncRefereeClient:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self.retries, self.backoff = retries, backoff
+        self.retry_policy = _retry_policy(retries, backoff)
 
     async def __aenter__(self) -> AsyncRefereeClient:
         return self
@@ -232,23 +302,13 @@ class AsyncRefereeClient:
         await self.http.aclose()
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = await self.http.request(method, url, **kwargs)
-            except httpx.TransportError:
-                if attempt >= self.retries:
-                    raise
-                await asyncio.sleep(_delay(attempt, self.backoff, None))
-                attempt += 1
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                await asyncio.sleep(_delay(attempt, self.backoff, response))
-                attempt += 1
-                continue
+        async def once() -> httpx.Response:
+            response = await self.http.request(method, url, **kwargs)
             if response.status_code >= 400:
-                raise ApiError(response.status_code, _detail(response))
+                raise _error(response)
             return response
+
+        return await AsyncRetrying(**self.retry_policy)(once)  # fresh per request, as in the sync client
 
     async def submit(self, body: dict[str, Any], wait: float = 0.0, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -278,14 +338,24 @@ class AsyncRefereeClient:
 
     async def evaluate_many(self, bodies: Sequence[dict[str, Any]], concurrency: int = 8,
                             timeout: float = 3600.0) -> list[EvaluationResult]:
-        """Like the sync one: at most `concurrency` in flight, results in input order, failures as results."""
+        """Like the sync one: at most `concurrency` in flight, results in input order, refused items as
+        results, `RefereeUnavailable` when no item can get through."""
         gate = asyncio.Semaphore(max(1, concurrency))
 
         async def one(index: int) -> EvaluationResult:
             async with gate:
                 try:
                     return await self.evaluate(**{"timeout": timeout, **_as_kwargs(bodies[index])})
-                except (ApiError, httpx.HTTPError) as exc:
-                    return missing_result(f"item-{index}", f"{type(exc).__name__}: {exc}")
+                except ApiError as exc:
+                    if exc.status not in REFUSED_STATUSES:
+                        raise unavailable(exc, self.http.base_url) from exc
+                    return refused_result(index, exc)
+                except httpx.HTTPError as exc:
+                    raise unavailable(exc, self.http.base_url) from exc
 
-        return list(await asyncio.gather(*(one(i) for i in range(len(bodies)))))
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(bodies))]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # the first failure ends the call: nothing more is sent
+                task.cancel()

@@ -11,6 +11,8 @@ tags (```python, ```py, ```triton, none). `extract_candidate` picks the block to
 3. without fences, the text itself when it defines `ModelNew` (a bare source).
 
 Nothing found -> `None`, and `no_code_result()` is the `invalid_submission` result to give back.
+`find_candidate` also gives the character span of the chosen code (the block's body, without its
+fences) in the completion as given: what a trainer needs to assign the code reward to its tokens.
 """
 
 from __future__ import annotations
@@ -42,6 +44,57 @@ NO_CODE_MESSAGE = ("no Python code found in the completion: put the whole candid
 class Block:
     language: str
     code: str
+    start: int = 0  # the body's character span in the text the block was found in
+    end: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The source to evaluate and where it stands in the completion: `completion[start:end]` is the
+    code as written (before a fence's indentation is removed or `\r\n` becomes `\n`)."""
+
+    source: str
+    start: int
+    end: int
+
+
+class _Cleaned:
+    """The completion with parts deleted, remembering where each kept character came from."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.origin = list(range(len(text) + 1))  # origin[i]: index in the original of text[i]; last: the end
+
+    def delete(self, pattern: re.Pattern[str]) -> None:
+        kept_text: list[str] = []
+        kept_origin: list[int] = []
+        position = 0
+        for match in pattern.finditer(self.text):
+            kept_text.append(self.text[position:match.start()])
+            kept_origin.extend(self.origin[position:match.start()])
+            position = match.end()
+        kept_text.append(self.text[position:])
+        kept_origin.extend(self.origin[position:])
+        self.text = "".join(kept_text)
+        self.origin = [*kept_origin, self.origin[-1]]
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The original span of text[start:end] (its first kept character to its last)."""
+        if end <= start:
+            return self.origin[start], self.origin[start]
+        return self.origin[start], self.origin[end - 1] + 1
+
+
+_CARRIAGE_RETURN = re.compile(r"\r(?=\n)")
+
+
+def _cleaned(completion: str) -> _Cleaned:
+    cleaned = _Cleaned(completion)
+    cleaned.delete(_CARRIAGE_RETURN)
+    cleaned.delete(_CLOSED_THINK)
+    cleaned.delete(_STRAY_CLOSE)  # a template that put the opening tag in the prompt
+    cleaned.delete(_OPEN_THINK)
+    return cleaned
 
 
 def strip_thinking(text: str) -> str:
@@ -59,7 +112,7 @@ def fenced_blocks(text: str) -> list[Block]:
         indent = match.group("indent")
         if indent:
             body = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in body.split("\n"))
-        blocks.append(Block(language, body))
+        blocks.append(Block(language, body, match.start("body"), match.end("body")))
     return blocks
 
 
@@ -67,18 +120,42 @@ def _score(block: Block) -> int:
     return 2 * bool(_MODEL_NEW.search(block.code)) + bool(_TRITON_JIT.search(block.code))
 
 
-def extract_candidate(completion: str) -> str | None:
-    """The candidate source in a raw completion, or None when there is none."""
-    text = strip_thinking(completion.replace("\r\n", "\n"))
+def find_candidate(completion: str) -> Candidate | None:
+    """The candidate in a raw completion and its character span there, or None when there is none."""
+    cleaned = _cleaned(completion)
+    text = cleaned.text
     blocks = [b for b in fenced_blocks(text) if b.code.strip()]
+    chosen: Block | None = None
     if blocks:
         best = max(range(len(blocks)), key=lambda i: (_score(blocks[i]), i))
         if _score(blocks[best]) > 0:
-            return blocks[best].code
-        python = [b for b in blocks if b.language in PYTHON_TAGS]
-        return python[-1].code if python else None
+            chosen = blocks[best]
+        else:
+            python = [b for b in blocks if b.language in PYTHON_TAGS]
+            chosen = python[-1] if python else None
+        return Candidate(chosen.code, *cleaned.span(chosen.start, chosen.end)) if chosen else None
     if _MODEL_NEW.search(text):
-        return text.strip("\n") + "\n"
+        stripped = text.strip("\n")
+        start = text.index(stripped)
+        return Candidate(stripped + "\n", *cleaned.span(start, start + len(stripped)))
+    return None
+
+
+def extract_candidate(completion: str) -> str | None:
+    """The candidate source in a raw completion, or None when there is none."""
+    candidate = find_candidate(completion)
+    return candidate.source if candidate else None
+
+
+_MODEL = re.compile(r"^\s*class\s+Model\s*\(", re.M)
+
+
+def reference_in_prompt(prompt: str | None) -> str | None:
+    """The last fenced block of a prompt that defines `class Model` with `get_inputs` (KernelBench
+    prompts quote the reference so), or None."""
+    for block in reversed(fenced_blocks(prompt or "")):
+        if _MODEL.search(block.code) and "get_inputs" in block.code:
+            return block.code
     return None
 
 

@@ -1,8 +1,13 @@
-"""What every adapter shares: configuration, the problem spec, completion -> result -> score."""
+"""What every adapter shares: configuration, the problem spec, completion -> result -> score.
+
+Absolute imports throughout this package: verl and OpenRLHF load an adapter file by its path, alone,
+where relative imports fail.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -11,11 +16,32 @@ from typing import Any
 
 from sandbox.feedback import write_feedback
 from sandbox.models import EvaluationResult, Verdict
-
-from ..client import RefereeClient
-from ..completions import extract_candidate, no_code_result
+from service.client import RefereeClient
+from service.completions import Candidate, find_candidate, no_code_result
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+log = logging.getLogger("referee.integrations")
+
+
+class RefereeInfrastructureError(RuntimeError):
+    """Referee could not evaluate a completion (its job failed, or the server refused the item):
+    there is no reward for it, and an adapter whose trainer has no "missing reward" raises this."""
+
+
+@dataclass
+class Scored:
+    """One completion's result, and where its evaluated code stands in the completion (None: no code)."""
+
+    result: EvaluationResult
+    code_span: tuple[int, int] | None
+
+    @property
+    def failed(self) -> bool:
+        """No reward: Referee's failure (infrastructure_error), never the policy's."""
+        return self.result.verdict == Verdict.infrastructure_error
+
+    def reason(self) -> str:
+        return str((self.result.error or {}).get("message") or self.result.feedback)
 _PROBLEM_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -63,21 +89,34 @@ class RefereeScorer:
     concurrency: int = 16
     timeout: float = 900.0
 
-    def results(self, completions: Sequence[str], problems: Sequence[Any]) -> list[EvaluationResult]:
-        """One result per completion (same order). Completions without code never reach the server."""
+    def scored(self, completions: Sequence[str], problems: Sequence[Any]) -> list[Scored]:
+        """One result per completion (same order), with the evaluated code's span. Completions
+        without code never reach the server. Raises `RefereeUnavailable` when no evaluation can get
+        through (auth, server or queue down, after the client's retries); an item Referee failed on
+        comes back as an `infrastructure_error` result, and is logged as a warning."""
         if len(completions) != len(problems):
             raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
-        sources = [extract_candidate(c) for c in completions]
-        results: list[EvaluationResult | None] = [None if s is not None else no_code_result() for s in sources]
-        pending = [i for i, s in enumerate(sources) if s is not None]
-        bodies = [{**self.options, **problem_spec(problems[i]), "candidate": sources[i]} for i in pending]
+        candidates: list[Candidate | None] = [find_candidate(c) for c in completions]
+        scored: list[Scored | None] = [None if c is not None else Scored(no_code_result(), None) for c in candidates]
+        pending = [i for i, c in enumerate(candidates) if c is not None]
+        bodies = [{**self.options, **problem_spec(problems[i]), "candidate": candidates[i].source} for i in pending]  # type: ignore[union-attr]
         if bodies:
             with RefereeClient(self.url, self.api_key, timeout=60.0) as client:
                 for i, result in zip(pending, client.evaluate_many(bodies, concurrency=self.concurrency, timeout=self.timeout), strict=True):
+                    candidate = candidates[i]
+                    assert candidate is not None
                     if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
-                        result.feedback = write_feedback(result, source=sources[i])  # quote the offending lines
-                    results[i] = result
-        return [r for r in results if r is not None]
+                        result.feedback = write_feedback(result, source=candidate.source)  # quote the offending lines
+                    scored[i] = Scored(result, (candidate.start, candidate.end))
+        done = [s for s in scored if s is not None]
+        for index, item in enumerate(done):
+            if item.failed:
+                log.warning("Referee could not evaluate completion %d (no reward for it): %s", index, item.reason())
+        return done
+
+    def results(self, completions: Sequence[str], problems: Sequence[Any]) -> list[EvaluationResult]:
+        """`scored` without the spans."""
+        return [s.result for s in self.scored(completions, problems)]
 
     def result(self, completion: str, problem: Any) -> EvaluationResult:
         return self.results([completion], [problem])[0]
@@ -95,9 +134,11 @@ def scorer_from_env(**overrides: Any) -> RefereeScorer:
     return RefereeScorer(**values)
 
 
-def components(result: EvaluationResult) -> dict[str, Any]:
-    """The reward and its parts, flat (what trainers log next to the score)."""
+def components(result: EvaluationResult, code_span: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The reward and its parts, flat (what trainers log next to the score); the code's character
+    span in the completion as `code_start`/`code_end` (-1 when there is no code)."""
     speedup = result.performance.speedup
+    start, end = code_span if code_span is not None else (-1, -1)
     return {
         "score": float(result.reward),
         "correctness": float(result.rewards.correctness),
@@ -108,4 +149,6 @@ def components(result: EvaluationResult) -> dict[str, Any]:
         "cheating": float(result.verdict == Verdict.cheating),
         "verdict": result.verdict.value,
         "feedback": result.feedback,
+        "code_start": start,
+        "code_end": end,
     }

@@ -39,7 +39,8 @@ def test_client_evaluate_and_evaluate_many_return_typed_results(server_url: str)
     assert [r.verdict for r in results] == [Verdict.correct, Verdict.incorrect, Verdict.invalid_submission, Verdict.infrastructure_error]
     assert sorted(seen) == [0, 1, 2, 3]
     assert results[0].id == result.id  # the duplicate got the same evaluation
-    assert "ApiError" in results[3].error["message"] and "422" in results[3].error["message"]
+    assert results[3].error["kind"] == "rejected" and results[3].error["status"] == 422  # refused: no reward, and why
+    assert "not a usable problem" in results[3].error["message"]
     wrong = results[1]
     # Mismatch statistics and where the error is largest, in the feedback.
     assert "Largest error at index" in wrong.feedback and "Passed 0 of 1 trials" in wrong.feedback
@@ -113,14 +114,22 @@ def test_openrlhf_endpoint_scores_queries_with_labels_or_the_prompt(server_url: 
     response = httpx.post(f"{server_url}/v1/openrlhf/reward", json=body, timeout=300)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["rewards"] == [1.0, 0.0, 0.0] and answer["scores"] == answer["rewards"]
-    assert answer["extra_logs"]["verdict"] == ["correct", "invalid_submission", "incorrect"]
-    # Labels name the problem; a label the server refuses is 0 with its reason, not a failed step.
+    assert answer["rewards"] == [1.0, 0.0, 0.0] and answer["scores"] == [1.0, 0.0, 0.0]
+    assert answer["verdicts"] == ["correct", "invalid_submission", "incorrect"]
+    # OpenRLHF makes a tensor of every extra_logs value: numbers only.
+    assert all(isinstance(v, float) for values in answer["extra_logs"].values() for v in values), answer["extra_logs"]
+    assert answer["extra_logs"]["correct"] == [1.0, 0.0, 0.0] and answer["extra_logs"]["no_code"] == [0.0, 1.0, 0.0]
+    assert "Largest error at index" in answer["feedback"][2]
+    # Labels name the problem; a label the server refuses fails the request with its reason (no made-up 0).
     labelled = httpx.post(f"{server_url}/v1/openrlhf/reward", timeout=300, json={
+        "query": ["q" + completion(CANDIDATE), "q" + completion(CHEAT)], "prompts": ["q", "q"],
+        "labels": [REFERENCE, REFERENCE], "options": FAST}).json()
+    assert labelled["rewards"] == [1.0, -1.0] and labelled["scores"] == [1.0, 0.0]  # cheating: the penalty, score 0
+    assert labelled["extra_logs"]["cheating"] == [0.0, 1.0]
+    refused = httpx.post(f"{server_url}/v1/openrlhf/reward", timeout=300, json={
         "query": ["q" + completion(CANDIDATE), "q" + completion(CANDIDATE)], "prompts": ["q", "q"],
-        "labels": [REFERENCE, "x = 1"], "options": FAST}).json()
-    assert labelled["rewards"] == [1.0, 0.0]
-    assert labelled["extra_logs"]["verdict"][1] == "rejected" and "not a usable problem" in labelled["extra_logs"]["errors"][1]
+        "labels": [REFERENCE, "x = 1"], "options": FAST})
+    assert refused.status_code == 422 and "item 1" in refused.json()["detail"] and "not a usable problem" in refused.json()["detail"]
     mismatched = httpx.post(f"{server_url}/v1/openrlhf/reward", json={"query": ["a", "b"], "prompts": ["a"]})
     assert mismatched.status_code == 422
     assert openrlhf.response_of("PROMPTresponse", "PROMPT") == "response"

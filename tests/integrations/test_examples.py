@@ -12,7 +12,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "integrations"
 
 
-@pytest.mark.parametrize("script", ["verl_reward.py", "trl_reward.py", "openrlhf_reward.py", "client_evaluate_many.py"])
+@pytest.mark.parametrize("script", ["verl_reward.py", "trl_reward.py", "openrlhf_reward.py", "client_evaluate_many.py", "token_rewards.py"])
 def test_example_runs(script: str, server_url: str) -> None:
     env = {**os.environ, "REFEREE_URL": server_url}
     env.pop("REFEREE_OPTIONS", None)
