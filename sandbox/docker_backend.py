@@ -36,7 +36,7 @@ CONNECT_SCRIPT = Path(__file__).resolve().parent / "docker_connect.py"
 CONTAINER_LIB = "/opt/referee/lib"  # where the host's harness package is mounted in the container
 CONTROL = "/control"
 DEFAULT_IMAGE = "triton-referee-worker:latest"
-_FD_FLAGS = ("--read-fd", "--write-fd", "--key-fd")
+_FD_FLAGS = ("--read-fd", "--write-fd", "--key-fd", "--data-fd")
 
 
 def _client(timeout: float = 30.0) -> Any:

@@ -20,10 +20,11 @@ def main() -> int:
     parser.add_argument("--read-fd", type=int, required=True)
     parser.add_argument("--write-fd", type=int, required=True)
     parser.add_argument("--key-fd", type=int, required=True)
+    parser.add_argument("--data-fd", type=int, default=None)
     parser.add_argument("--limits", type=json.loads, default={})
     args = parser.parse_args()
     apply_limits(args.limits)
-    return serve(args.role, args.read_fd, args.write_fd, args.key_fd)
+    return serve(args.role, args.read_fd, args.write_fd, args.key_fd, args.data_fd)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ median (from order statistics) is within `target_rel_ci` of the median on either
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -29,32 +28,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile  # imported before the integrity snapshot
 
+from .stats import median_ci95, summarize
+
 _perf_counter = time.perf_counter  # bound before any candidate code is imported
-
-
-def median_ci95(samples: Sequence[float]) -> tuple[float, float]:
-    """Distribution-free 95% CI of the median: order statistics n/2 -+ 1.96 sqrt(n)/2."""
-    ordered = sorted(samples)
-    n = len(ordered)
-    half_width = 1.96 * math.sqrt(n) / 2
-    low = max(0, math.floor(n / 2 - half_width))
-    high = min(n - 1, math.ceil(n / 2 + half_width) - 1)
-    return ordered[low], ordered[high]
-
-
-def summarize(samples: Sequence[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
-    low, high = median_ci95(ordered)
-    return {
-        "median": statistics.median(ordered),
-        "iqr": quartiles[2] - quartiles[0],
-        "mean": statistics.fmean(ordered),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "n": len(ordered),
-        "ci95": [low, high],
-    }
 
 
 class CudaTimer:
@@ -125,6 +101,8 @@ class CudaTimer:
                 if tight or len(samples) >= max_reps or _perf_counter() - started > max_seconds:
                     break
         stats = summarize(samples)
+        stats["samples"] = samples
+        stats["slack_cycles"] = slack_cycles
         stats["method"] = "cuda_events+l2_flush"
         stats["stable"] = bool((stats["ci95"][1] - stats["ci95"][0]) <= 2 * target_rel_ci * stats["median"])
         stats["host_ms_total"] = host_ms
@@ -132,6 +110,29 @@ class CudaTimer:
         stats["host_ms_per_call"] = host_seconds * 1e3
         stats["flush_ms"] = flush_seconds * 1e3
         return stats
+
+    def round(self, call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
+              start: int = 0, slack_s: float | None = None) -> dict[str, Any]:
+        """One round of the candidate's timed calls, as `run` times each call (flush, spin, events on
+        the current stream), keeping every call's outputs. Returns the raw samples (ms), the
+        outputs, and the host time of the round; the engine makes the statistics."""
+        seconds = float(slack_s) if isinstance(slack_s, (int, float)) else 20e-6  # the engine's, from the warm-up round
+        slack_cycles = int(max(20e-6, min(seconds, 20e-3)) * self._clock_hz)
+        starts = [self._Event(enable_timing=True) for _ in range(calls)]
+        ends = [self._Event(enable_timing=True) for _ in range(calls)]
+        outputs = []
+        self._synchronize()
+        host_start = _perf_counter()
+        for i in range(calls):
+            self._flush.zero_()
+            torch.cuda._sleep(slack_cycles)
+            starts[i].record()
+            outputs.append(call(input_sets[(start + i) % len(input_sets)]))
+            ends[i].record()
+        self._synchronize()
+        host_ms = (_perf_counter() - host_start) * 1e3
+        return {"samples": [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], "outputs": outputs,
+                "host_ms": host_ms, "method": "cuda_events+l2_flush"}
 
     def _flush_seconds(self, reps: int = 3) -> float:
         """The shortest of a few flushes, measured with events (the spin before each call adds to it)."""
@@ -153,9 +154,21 @@ def time_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequ
         call(input_sets[i % len(input_sets)])
         samples.append((_perf_counter() - start) * 1e3)
     stats = summarize(samples)
+    stats["samples"] = samples
     stats["method"] = "host_clock"
     stats["stable"] = False
     return stats
+
+
+def round_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
+                  start: int = 0) -> dict[str, Any]:
+    """CPU / interpreter mode: one round of host-clock calls, every call's outputs kept."""
+    samples, outputs = [], []
+    for i in range(calls):
+        began = _perf_counter()
+        outputs.append(call(input_sets[(start + i) % len(input_sets)]))
+        samples.append((_perf_counter() - began) * 1e3)
+    return {"samples": samples, "outputs": outputs, "host_ms": sum(samples), "method": "host_clock"}
 
 
 def profile_kernels(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], mode: Any, reps: int = 3) -> dict[str, float]:
