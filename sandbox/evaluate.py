@@ -649,7 +649,8 @@ def _time_candidate(run: _Run) -> dict[str, Any] | None:
     cross-checked against this process's clock."""
     gpu = run.device == "cuda"
     calls = _calls_per_round(run)
-    checks_per_round = max(1, math.ceil(calls / 4))
+    # A quarter of the calls of each GPU round (many rounds); every call on the CPU (one round).
+    checks_per_round = max(1, math.ceil(calls / 4)) if gpu else calls
     min_reps, max_reps = (20, 1000) if gpu else (calls, calls)
     started = time.monotonic()
     samples: list[float] = []

@@ -120,15 +120,16 @@ class CudaTimer:
         slack_cycles = int(max(20e-6, min(seconds, 20e-3)) * self._clock_hz)
         starts = [self._Event(enable_timing=True) for _ in range(calls)]
         ends = [self._Event(enable_timing=True) for _ in range(calls)]
-        outputs = []
+        outputs: list[Any] = []
         self._synchronize()
         host_start = _perf_counter()
         for i in range(calls):
             self._flush.zero_()
             torch.cuda._sleep(slack_cycles)
             starts[i].record()
-            outputs.append(call(input_sets[(start + i) % len(input_sets)]))
+            result = call(input_sets[(start + i) % len(input_sets)])
             ends[i].record()
+            outputs.append(keep_as_returned(result))
         self._synchronize()
         host_ms = (_perf_counter() - host_start) * 1e3
         return {"samples": [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], "outputs": outputs,
@@ -160,14 +161,28 @@ def time_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequ
     return stats
 
 
+def keep_as_returned(value: Any) -> Any:
+    """A timed call's outputs as they were when it returned, copied right after the call (outside
+    its timed window): a later call that overwrites the same buffer (an output buffer reused from
+    call to call, which is honest) cannot change what is checked for this one, and a tensor replayed
+    from an earlier call is checked against this call's inputs."""
+    if type(value) in (list, tuple):
+        return type(value)(keep_as_returned(item) for item in value)
+    if type(value) is not torch.Tensor:
+        return value  # anything else is judged (and rejected) when the outputs are exported
+    return value.clone()
+
+
 def round_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
                   start: int = 0) -> dict[str, Any]:
     """CPU / interpreter mode: one round of host-clock calls, every call's outputs kept."""
-    samples, outputs = [], []
+    samples: list[float] = []
+    outputs: list[Any] = []
     for i in range(calls):
         began = _perf_counter()
-        outputs.append(call(input_sets[(start + i) % len(input_sets)]))
+        result = call(input_sets[(start + i) % len(input_sets)])
         samples.append((_perf_counter() - began) * 1e3)
+        outputs.append(keep_as_returned(result))
     return {"samples": samples, "outputs": outputs, "host_ms": sum(samples), "method": "host_clock"}
 
 

@@ -1,0 +1,155 @@
+"""The judge owns the evidence (docs/evidence.md), on the CPU with Triton's interpreter, in processes
+forked by the warm pool (the production path):
+
+- every file in tests/evidence/ names on its first line what must happen to it: `# expect: RULE`
+  (verdict `cheating` with that rule) or `# expect: accepted` (the honest neighbour of a cheat);
+- nothing the candidate's process says (its reply headers, its statistics) changes a verdict or a
+  timing figure;
+- the reference is timed while the candidate's processes are stopped;
+- a candidate holding its shared inputs reaches nothing else: no expected output, no other input set.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sandbox.evaluate import evaluate
+from sandbox.harness import shm, tensors
+from sandbox.harness.reference import ReferenceRole
+from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from tests.conftest import TINY_REFERENCE
+
+HERE = Path(__file__).parent
+PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())
+CASES = sorted((HERE / "evidence").glob("*.py"))
+_RESULTS: dict[Path, EvaluationResult] = {}
+
+
+def _expected(path: Path) -> str:
+    match = re.match(r"# expect: (\S+)", path.read_text())
+    assert match, f"{path.name} must start with '# expect: RULE' or '# expect: accepted'"
+    return match.group(1)
+
+
+def _evaluate(path: Path, pool: Any) -> EvaluationResult:
+    if path not in _RESULTS:
+        _RESULTS[path] = evaluate(PROBLEM, Submission(source=path.read_text()),
+                                  EvalConfig(device="cpu", trials=2, timeout_s=90), pool=pool)
+    return _RESULTS[path]
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_each_case_gets_its_named_outcome(path: Path, warm_pool: Any) -> None:
+    result = _evaluate(path, warm_pool)
+    rules = [v.rule for v in result.anti_cheat.violations]
+    expected = _expected(path)
+    if expected == "accepted":
+        assert result.verdict == Verdict.correct, (result.verdict, rules, result.error, result.feedback)
+        assert result.performance.timed_calls_checked > 0
+        return
+    assert result.verdict == Verdict.cheating and expected in rules, (result.verdict, rules, result.error, result.feedback)
+    assert result.reward < 0
+
+
+def test_forged_reply_headers_change_no_verdict_and_no_timing(warm_pool: Any) -> None:
+    """The forger rewrote every reply its process sent: tiny per-call samples, statistics of 1 ns,
+    no findings. The verdict comes from what the reference read, and the times from the engine's
+    clock (on the CPU) and its own statistics."""
+    result = _evaluate(HERE / "evidence" / "forged_reply_headers.py", warm_pool)
+    assert result.verdict == Verdict.cheating
+    assert result.performance.timing_evidence == "judge_host_clock"
+    honest = _evaluate(HERE / "evidence" / "honest_call_clock.py", warm_pool)
+    assert honest.performance.candidate_ms is not None and honest.performance.candidate_ms.median > 0.01
+    assert honest.performance.speedup is None  # the interpreter: never a speed figure on the CPU
+
+
+def test_the_reference_is_timed_while_the_candidate_is_stopped(warm_pool: Any) -> None:
+    """Threads are refused on the CPU (busy_thread.py), but a signal handler on an interval timer
+    runs whenever the candidate's process is idle, as when the reference is timed. Its process is
+    stopped (SIGSTOP) before the reference is timed and before each timed round is checked: the
+    kernel reported every member stopped."""
+    result = _evaluate(HERE / "evidence" / "busy_timer_signal.py", warm_pool)
+    states = result.performance.candidate_state_while_reference_timed
+    assert result.performance.reference_timed_alone is True
+    assert states and set(states.values()) <= {"T", "t"}, states
+    assert result.performance.candidate_stopped_while_checked is True
+
+
+def test_a_fresh_process_candidate_is_stopped_too(tiny_reference: str, honest_tiny_candidate: str) -> None:
+    result = evaluate(Problem(source=tiny_reference), Submission(source=honest_tiny_candidate),
+                      EvalConfig(device="cpu", trials=1))
+    assert result.verdict == Verdict.correct, result.feedback
+    states = result.performance.candidate_state_while_reference_timed
+    assert result.performance.reference_timed_alone is True and states and set(states.values()) <= {"T", "t"}, states
+
+
+def test_a_candidate_maps_only_its_own_inputs(warm_pool: Any) -> None:
+    """What the candidate process has mapped of shared memory, printed by it on every call: input
+    buffers only (expected outputs are never in shared memory it is given)."""
+    result = _evaluate(HERE / "evidence" / "lists_shared_memory.py", warm_pool)
+    assert result.verdict == Verdict.correct, result.feedback
+    seen = [ast.literal_eval(line.removeprefix("SHARED ")) for line in result.output["stdout"].splitlines() if line.startswith("SHARED ")]
+    assert seen and all(seen), result.output
+    names = {name.split("memfd:")[1].split()[0] for mappings in seen for name in mappings}
+    assert names == {"referee-inputs"}, names
+
+
+def test_a_shared_input_reaches_no_expected_output_and_no_other_input_set(tmp_path: Path) -> None:
+    """At the data plane: the memory behind the descriptors a trial hands the candidate holds that
+    trial's inputs and nothing else (not its expected outputs, not another trial's inputs), and a
+    candidate writing to it changes the reference's view (so mutation is seen) but never its pristine copy."""
+    source = tmp_path / "problem.py"
+    source.write_text(TINY_REFERENCE)
+    role = ReferenceRole()
+    setup, _ = role.cmd_setup({"cmd": "setup", "path": str(source), "device": "cpu", "init_seed": 1,
+                               "input_sets": [{}], "fds": []}, bytearray())
+    for fd in setup["fds"]:
+        os.close(fd)
+    replies = {label: role.cmd_inputs({"cmd": "inputs", "trial": label, "set_index": 0, "seed": seed, "fds": []}, bytearray())[0]
+               for label, seed in (("trial0", 11), ("trial1", 12))}
+    secrets = {label: (role.trials[label][0][0], role.trials[label][2]) for label in replies}  # pristine input, expected
+    (fd,) = replies["trial0"]["fds"]
+    whole = os.pread(fd, shm.size(fd), 0)  # everything the descriptor reaches
+    x0, expected0 = secrets["trial0"]
+    x1, expected1 = secrets["trial1"]
+    assert whole[:x0.numel() * 4] == x0.numpy().tobytes() and set(whole[x0.numel() * 4:]) <= {0}
+    for other in (expected0, x1, expected1):
+        needle = other.numpy().tobytes()[:64]
+        assert needle not in whole
+    # The candidate's view: writes reach the reference's shared copy, never its pristine one.
+    attached = tensors.Attached(torch.device("cpu"))
+    (x,) = attached.attach(replies["trial0"]["inputs"], [fd], writable=True)
+    assert torch.equal(x, x0)
+    x.zero_()
+    report, _ = role.cmd_compare({"cmd": "compare", "trial": "trial0", "outputs": None, "fds": []}, bytearray())
+    assert report["report"]["inputs"] == {"unchanged": False, "changed_inputs": [0]}
+    assert not torch.equal(x0, torch.zeros_like(x0))
+    for reply in replies.values():
+        for descriptor in reply["fds"]:
+            os.close(descriptor)
+
+
+def test_outputs_must_be_sealed_shared_memory() -> None:
+    """The reference maps a candidate's outputs only from a memfd sealed against writes (so they
+    cannot change while compared), and only within the memory it names."""
+    value = torch.arange(16, dtype=torch.float32)
+    description, (sealed,) = tensors.export_outputs(value, torch.device("cpu"))
+    attached = tensors.Attached(torch.device("cpu"))
+    assert torch.equal(attached.attach(description, [sealed], sealed=True), value)
+    unsealed = shm.create(64)
+    with pytest.raises(tensors.EncodeError):
+        attached.attach(description, [unsealed], sealed=True)
+    with pytest.raises(tensors.EncodeError):
+        attached.attach({**description, "shape": [64]}, [sealed], sealed=True)  # past its end
+    read_end, write_end = os.pipe()
+    with pytest.raises(tensors.EncodeError):
+        attached.attach(description, [read_end], sealed=True)
+    for fd in (sealed, unsealed, read_end, write_end):
+        os.close(fd)
