@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import math
 import os
 import secrets
@@ -27,6 +28,11 @@ from typing import Any
 from . import rules, static_checks
 from .feedback import write_feedback
 from .harness import shm
+
+try:  # the native recorder's judge side (sandbox/native_evidence.py), where it is installed
+    from . import native_evidence  # type: ignore[attr-defined]
+except ImportError:
+    native_evidence = None
 from .harness.stats import clean_samples, summarize, tight
 from .input_sets import plan_input_sets
 from .isolation import Isolation
@@ -109,6 +115,7 @@ class _Run:
     started: float = 0.0
     trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
     output_nbytes: int = 0
+    timing_sets: int = 1  # how many the reference made
     _started: dict[str, float] = field(default_factory=dict)
     _deferred: dict[str, list[tuple[dict[str, Any], float, str]]] = field(default_factory=dict)
 
@@ -181,9 +188,8 @@ class _Run:
             error: dict[str, Any] = {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}
             if exc.memory is not None:  # killed for memory: name the budget and what was held
                 used, budget = exc.memory
-                error.update(used_bytes=used, budget_bytes=budget)
-                if process is self.candidate:
-                    error["kind"] = "memory_budget"
+                error["memory_budget"] = {"memory": "host (resident)", "budget_bytes": budget, "used_bytes": used,
+                                          "whose": process.role}
             raise _Stop(verdict, error) from exc
 
 
@@ -193,6 +199,29 @@ def close_fds(fds: list[int]) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def _native_option(device: str) -> dict[str, Any]:
+    """Ask for the native recorder's record pipe on the GPU, where this version of HarnessProcess has one."""
+    wanted = device == "cuda" and native_evidence is not None
+    return {"native_records": True} if wanted and "native_records" in inspect.signature(HarnessProcess).parameters else {}
+
+
+def _native_samples(run: _Run, first_label: int, calls: int, flushes: int) -> tuple[list[float] | None, str | None]:
+    """Per-call GPU times (ms) of a round from the native recorder's records (each call between its
+    two markers: the span from the end of the opening marker to the start of the closing one), or
+    None and why not (no recorder, or records that do not add up: then the events, advisory)."""
+    records = getattr(run.candidate, "records", None)
+    if records is None or native_evidence is None:
+        return None, None
+    stream = records.wait_for_flush(flushes, timeout=5.0)
+    if stream.hello is None:
+        return None, "no native recorder in the candidate's process"
+    found = native_evidence.windows(stream, first_label, first_label + 2 * calls - 1)
+    calls_windows = list(found)[0::2]
+    if found.problems or len(calls_windows) != calls or not all(w.complete for w in calls_windows):
+        return None, "native records unusable: " + "; ".join(found.problems[:3])
+    return [w.span_ns / 1e6 for w in calls_windows], None
 
 
 def jobs_root() -> Path:
@@ -246,7 +275,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     run = _Run(
         config=config, device=device, salt=salt, fresh_salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
-        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool),
+        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool, **_native_option(device)),
         problem_sha256=problem.sha256, reference_cache=reference_cache, timing_lock=timing_lock, started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
     )
@@ -483,7 +512,15 @@ def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any]
 
 
 def _timing_inputs_header(run: _Run) -> dict[str, Any]:
-    return {"cmd": "timing_inputs", "seeds": [derive_seed(run.fresh_salt, f"timing{k}") for k in range(run.config.timing_sets)]}
+    return {"cmd": "timing_inputs", "seeds": [derive_seed(run.fresh_salt, f"timing{k}") for k in range(_timing_set_count(run))]}
+
+
+def _timing_set_count(run: _Run) -> int:
+    """The requested timing sets; by default one for a large problem (each set costs the reference
+    its shared buffer and its expected outputs on the device, and the contents change every round)."""
+    if "timing_sets" not in run.config.model_fields_set and run.trial_nbytes >= LARGE_TRIAL_BYTES:
+        return 1
+    return run.config.timing_sets
 
 
 def _timing_inputs(run: _Run) -> tuple[dict[str, Any], list[int]]:
@@ -552,6 +589,7 @@ def _time(run: _Run) -> None:
     runs meanwhile."""
     with run.gpu_step():
         reply, fds = _timing_inputs(run)
+        run.timing_sets = len(reply["inputs"])
         try:
             run.ask(run.candidate, {"cmd": "timing_inputs", "inputs": reply["inputs"]}, fds)
         finally:
@@ -632,7 +670,7 @@ def _time_unlocked(run: _Run) -> None:
 def _calls_per_round(run: _Run) -> int:
     """As many calls as keep their outputs within KEEP_BYTES, at least one, at most
     MAX_CALLS_PER_ROUND (on the CPU, one call per timing set: the interpreter is slow)."""
-    sets = run.config.timing_sets
+    sets = run.timing_sets
     if run.device != "cuda":
         return sets
     fit = KEEP_BYTES["cuda"] // max(run.output_nbytes, 1)
@@ -659,13 +697,15 @@ def _time_candidate(run: _Run) -> dict[str, Any] | None:
     perf = run.performance
     perf.timing_evidence = "harness_cuda_events (advisory)" if gpu else "judge_host_clock"
     rounds = 0
+    native_notes: list[str] = []
     while True:
-        seeds = [derive_seed(run.fresh_salt, f"round{rounds}.set{k}") for k in range(run.config.timing_sets)]
+        seeds = [derive_seed(run.fresh_salt, f"round{rounds}.set{k}") for k in range(run.timing_sets)]
         with run.gpu_step():
             run.ask(run.reference, {"cmd": "refresh", "seeds": seeds})
         began = time.monotonic()
+        first_label = 1 + rounds * 2 * MAX_CALLS_PER_ROUND
         timed, fds = run.ask(run.candidate, {"cmd": "time_round", "calls": calls, "start": rounds * calls,
-                                             "slack_s": slack_s})
+                                             "slack_s": slack_s, "first_label": first_label})
         wall_ms = (time.monotonic() - began) * 1e3
         try:
             run.add_violations(_watch_violations(timed, "timing"))
@@ -673,7 +713,7 @@ def _time_candidate(run: _Run) -> dict[str, Any] | None:
                 run.add_violations([rules.violation("non_plain_output", {"phase": "timing", "detail": str(timed.get("output_problem"))[:300]})])
                 return None
             picked = sorted(secrets.SystemRandom().sample(range(calls), min(checks_per_round, calls)))
-            checks = [{"call": i, "set": (rounds * calls + i) % run.config.timing_sets, "outputs": timed["outputs"][i]} for i in picked]
+            checks = [{"call": i, "set": (rounds * calls + i) % run.timing_sets, "outputs": timed["outputs"][i]} for i in picked]
             paused = run.candidate.pause()
             try:
                 with run.gpu_step(holds=False):
@@ -698,10 +738,17 @@ def _time_candidate(run: _Run) -> dict[str, Any] | None:
             run.add_violations([rules.violation("timing_claim_inconsistent", {
                 "round": rounds, "claimed_ms_total": sum(claimed) if claimed else None, "judge_wall_ms": wall_ms})])
             return None
+        native, note = _native_samples(run, first_label, calls, rounds + 1) if gpu else (None, None)
+        if note and note not in native_notes:
+            native_notes.append(note)
         if rounds == 0:  # warm-up: compiles, autotuning; sets the spin before each timed call
             slack_s = min(2 * wall_ms / 1e3 / calls, 20e-3)
         else:
-            samples.extend(claimed if gpu else [wall_ms / calls] * calls)
+            if gpu and native is None and perf.timing_evidence == "native_recorder":
+                perf.timing_evidence = "mixed (native recorder, then harness_cuda_events: advisory)"
+            elif gpu and native is not None and rounds == 1:
+                perf.timing_evidence = "native_recorder"
+            samples.extend(native if native is not None else claimed if gpu else [wall_ms / calls] * calls)
             host_ms += wall_ms
             event_ms += sum(claimed)
         rounds += 1
@@ -710,6 +757,8 @@ def _time_candidate(run: _Run) -> dict[str, Any] | None:
             break
         if time.monotonic() - started > 4 * run.config.max_timing_seconds and samples:
             break
+    if native_notes:
+        perf.note = "; ".join(native_notes)[:500]
     stats = summarize(samples)
     stats.update(method="cuda_events+l2_flush" if gpu else "judge_host_clock", host_ms_total=host_ms, event_ms_total=event_ms,
                  stable=bool(gpu and tight(samples, 0.005)))

@@ -67,12 +67,19 @@ class CandidateRole:
         self.timing_attached: tensors.Attached | None = None
         self.timing_sets: list[list[Any]] = []
         self.timer: CudaTimer | None = None
+        self.native_recorder: Any = None
         self._aliased_inputs = _aliased_inputs
         self._unwritten_outputs = _unwritten_outputs
 
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
         kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
-        return CandidateFailed(error_reply(kind, exc, self.path))
+        reply = error_reply(kind, exc, self.path)
+        if isinstance(exc, torch.cuda.OutOfMemoryError) and self.device.type == "cuda":
+            # The budget on the device: what the GPU has (less what others hold), and what this process held.
+            free, total = torch.cuda.mem_get_info(self.device)
+            reply["error"]["memory_budget"] = {"memory": "device", "budget_bytes": int(total), "free_bytes": int(free),
+                                               "used_bytes": int(torch.cuda.max_memory_reserved(self.device))}
+        return CandidateFailed(reply)
 
     def cmd_prepare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         return prepare_device(header["device"]), b""
@@ -95,6 +102,7 @@ class CandidateRole:
         if self.device.type == "cuda":
             # The profiler imports torch._dynamo lazily, and that rewraps torch.manual_seed.
             importlib.import_module("torch._dynamo")
+        self.native_recorder = self._native_recorder()  # bound before the candidate is imported
         self.audit = AuditGuard(self.path, os.path.dirname(self.path))
         self.audit.install()
         self.snapshot = IntegritySnapshot()
@@ -146,6 +154,15 @@ class CandidateRole:
             return outputs
         except BaseException as exc:
             raise self._failure(exc) from None
+
+    def _native_recorder(self) -> Any:
+        """The native recorder this process was started with (the `native` package, where present)."""
+        try:
+            from . import native  # type: ignore[attr-defined]
+        except ImportError:
+            return None
+        active = getattr(native, "active", None)
+        return active() if active is not None else None
 
     def _let_go(self) -> None:
         """Drop what the previous command kept for the reference to read (its outputs, the trial's
@@ -210,7 +227,7 @@ class CandidateRole:
                     if self.timer is None:
                         self.timer = CudaTimer(self.device)
                     timed = self.timer.round(lambda inputs: self.model(*inputs), self.timing_sets, calls, start,
-                                             header.get("slack_s"))
+                                             header.get("slack_s"), self.native_recorder, int(header.get("first_label") or 0))
                 else:
                     timed = round_on_host(lambda inputs: self.model(*inputs), self.timing_sets, calls, start)
         except BaseException as exc:

@@ -17,7 +17,7 @@ import torch
 
 CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
 HANDLE_BYTES = 64
-ALIGN = 512
+GRANULE = 2 << 20  # the driver maps IPC allocations in 2 MiB pages: a block fills its pages itself
 
 
 class IpcError(RuntimeError):
@@ -70,11 +70,14 @@ class SharedBlock:
     def __init__(self, nbytes: int, device: torch.device) -> None:
         torch.cuda.current_device()
         self.device = device
-        self.nbytes = max(nbytes, ALIGN)
+        self.nbytes = -(-max(nbytes, 1) // GRANULE) * GRANULE
         pointer = ctypes.c_uint64()
         _check(_cuda().cuMemAlloc_v2(ctypes.byref(pointer), self.nbytes), "cuMemAlloc")
         self.pointer = pointer.value
         self.bytes = _bytes_tensor(self.pointer, self.nbytes, device)
+        # Fresh device memory may hold what this process freed earlier (expected outputs, other
+        # sets): zeroed whole, padding included, before its handle exists.
+        self.bytes.zero_()
 
     def handle(self) -> str:
         handle = _Handle()

@@ -192,11 +192,13 @@ class ReferenceRole:
         return compare.compare_outputs(expected, actual, atol, rtol)
 
     def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        """The timed loop's input sets: private copies for timing the reference, and for the
-        candidate one shared buffer per set, whose contents `refresh` rewrites before every round."""
+        """The timed loop's input sets: one shared buffer per set, whose contents `refresh` rewrites
+        before every round of the candidate's."""
         self._release_timing()
-        self.timing_inputs = [self.make_inputs(0, int(seed)) for seed in header["seeds"]]
-        self.timing_shared = [tensors.SharedValue(x, self.device) for x in self.timing_inputs]
+        self.timing_shared = [tensors.SharedValue(self.make_inputs(0, int(seed)), self.device) for seed in header["seeds"]]
+        # The reference is timed on the shared buffers themselves (no second copy on the device):
+        # the candidate's processes are stopped while it is.
+        self.timing_inputs = [list(shared.value) for shared in self.timing_shared]
         descriptions, fds = [], []
         for shared in self.timing_shared:
             descriptions.append(tensors.renumber(shared.description, len(fds)))

@@ -112,10 +112,13 @@ class CudaTimer:
         return stats
 
     def round(self, call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
-              start: int = 0, slack_s: float | None = None) -> dict[str, Any]:
+              start: int = 0, slack_s: float | None = None, recorder: Any = None, first_label: int = 0) -> dict[str, Any]:
         """One round of the candidate's timed calls, as `run` times each call (flush, spin, events on
         the current stream), keeping every call's outputs. Returns the raw samples (ms), the
-        outputs, and the host time of the round; the engine makes the statistics."""
+        outputs, and the host time of the round; the engine makes the statistics. With the native
+        recorder, call i is also bracketed by markers first_label + 2i and first_label + 2i + 1, and
+        the records are flushed after the round: the engine then takes the call's GPU time from
+        the records (sandbox/native_evidence.py), which the candidate's Python cannot rewrite."""
         seconds = float(slack_s) if isinstance(slack_s, (int, float)) else 20e-6  # the engine's, from the warm-up round
         slack_cycles = int(max(20e-6, min(seconds, 20e-3)) * self._clock_hz)
         starts = [self._Event(enable_timing=True) for _ in range(calls)]
@@ -126,12 +129,19 @@ class CudaTimer:
         for i in range(calls):
             self._flush.zero_()
             torch.cuda._sleep(slack_cycles)
+            stream = torch.cuda.current_stream(self.device).cuda_stream if recorder is not None else 0
+            if recorder is not None:
+                recorder.mark(first_label + 2 * i, stream)
             starts[i].record()
             result = call(input_sets[(start + i) % len(input_sets)])
             ends[i].record()
+            if recorder is not None:
+                recorder.mark(first_label + 2 * i + 1, stream)
             outputs.append(keep_as_returned(result))
         self._synchronize()
         host_ms = (_perf_counter() - host_start) * 1e3
+        if recorder is not None:
+            recorder.flush()
         return {"samples": [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], "outputs": outputs,
                 "host_ms": host_ms, "method": "cuda_events+l2_flush"}
 
