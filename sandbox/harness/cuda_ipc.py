@@ -86,6 +86,10 @@ class SharedBlock:
 
     def free(self) -> None:
         if self.pointer:
+            # Zeroed first: a candidate may keep its mapping open; what it then sees is nothing. (The
+            # driver keeps the pages of an allocation another process maps until it unmaps them,
+            # so they are not handed out again meanwhile: tests/gpu/test_gpu_data_plane.py checks.)
+            self.bytes.zero_()
             torch.cuda.synchronize(self.device)
             self.bytes = None  # type: ignore[assignment]
             _cuda().cuMemFree_v2(self.pointer)

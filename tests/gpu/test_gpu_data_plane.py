@@ -65,6 +65,45 @@ def test_a_shared_input_reaches_only_its_own_block() -> None:
     shared_b.release()
 
 
+# A candidate that keeps its mapping of set A open after the reference let A go: it must never see
+# what the reference allocates afterwards (here a recognisable pattern filling new memory).
+_KEEPER = """
+import json, sys, time, torch
+from sandbox.harness import tensors
+request = json.loads(sys.stdin.readline())
+device = torch.device("cuda", 0)
+torch.empty(1, device=device)
+attached = tensors.Attached(device)
+(x,) = attached.attach(request["description"], [], writable=True)
+size, whole = attached.opened.open(request["description"]["items"][0]["ipc"])
+print("opened", flush=True)
+sys.stdin.readline()  # the reference has freed A and filled new memory
+data = whole.cpu()
+print(json.dumps({"pattern_seen": bool((data.view(torch.float32) == 1234.5).any()), "nonzero": int((data != 0).sum())}), flush=True)
+"""
+
+
+def test_a_kept_mapping_sees_nothing_the_reference_allocates_later() -> None:
+    device = torch.device("cuda", 0)
+    shared = tensors.SharedValue([torch.randn(1 << 20, device=device)], device)
+    child = subprocess.Popen([sys.executable, "-c", _KEEPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(json.dumps({"description": shared.description}) + "\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "opened"
+    shared.release()
+    torch.cuda.empty_cache()
+    later = [torch.full((1 << 22,), 1234.5, device=device) for _ in range(8)]  # 128 MiB of the pattern
+    torch.cuda.synchronize()
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    seen = json.loads(child.stdout.readline())
+    child.wait(timeout=60)
+    assert seen == {"pattern_seen": False, "nonzero": 0}, seen
+    del later
+
+
 def _evaluate(path: Path, config: EvalConfig | None = None):
     return evaluate(PROBLEM, Submission(source=path.read_text()), config or EvalConfig(device="cuda"))
 
