@@ -100,7 +100,12 @@ class Channel:
                 raise ProtocolError(f"cannot send {len(fds)} descriptors on this channel")
             header = {**header, "_fds": len(fds)}
             _wait(self._data.fileno(), True, deadline)
-            socket.send_fds(self._data, [_FD_TOKEN.pack(self._send_seq, len(fds))], list(fds))
+            try:
+                socket.send_fds(self._data, [_FD_TOKEN.pack(self._send_seq, len(fds))], list(fds))
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ChannelClosed("peer closed the data socket") from exc
+            except OSError as exc:
+                raise ProtocolError(f"cannot send descriptors: {exc}") from exc
         header_bytes = _dumps(header, separators=(",", ":")).encode()
         payload = memoryview(payload).cast("B")
         mac = self._mac(self._send_tag, self._send_seq, header_bytes, payload)
@@ -142,6 +147,8 @@ class Channel:
                 body, fds, flags, _ = socket.recv_fds(self._data, _FD_TOKEN.size, MAX_FDS)
             except BlockingIOError:
                 continue
+            except OSError as exc:
+                raise ChannelClosed(f"the data socket failed: {exc}") from exc
             if not body:
                 raise ChannelClosed("peer closed the data socket")
             try:
