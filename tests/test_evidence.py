@@ -153,3 +153,39 @@ def test_outputs_must_be_sealed_shared_memory() -> None:
         attached.attach(description, [read_end], sealed=True)
     for fd in (sealed, unsealed, read_end, write_end):
         os.close(fd)
+
+
+def test_a_candidate_over_its_memory_budget_is_told_the_budget_and_its_use(tiny_reference: str, make_tiny_candidate: Any) -> None:
+    """The harness holds no copy of a tensor beyond its inputs, so a candidate killed for memory held
+    it itself: the verdict is the candidate's (runtime_error), and the error names the budget and
+    what was held, and whose process it was."""
+    from sandbox.isolation import Limits, ProcessIsolation
+
+    budget = 1 << 30
+    hog = make_tiny_candidate(
+        """
+        held = torch.ones(3 << 27)  # 1.5 GiB
+        time.sleep(3)
+        return launch_relu(x.contiguous(), torch.empty_like(x)) + 0 * held[0]
+        """,
+        prelude="\nimport time\n",
+    )
+    result = evaluate(Problem(source=tiny_reference), Submission(source=hog), EvalConfig(device="cpu", trials=1),
+                      isolation=ProcessIsolation(limits=Limits(memory_bytes=budget)))
+    assert result.verdict == Verdict.runtime_error, (result.verdict, result.error)
+    memory = result.error["memory_budget"]
+    assert memory["budget_bytes"] == budget and memory["used_bytes"] > budget and memory["whose"] == "candidate", memory
+    assert "1024 MiB" in result.error["message"]
+
+
+def test_the_references_memory_is_never_blamed_on_the_candidate(honest_tiny_candidate: str) -> None:
+    """A reference over the budget is the judge's own failure: infrastructure_error, with the number."""
+    from sandbox.isolation import Limits, ProcessIsolation
+
+    hungry = TINY_REFERENCE.replace("return torch.relu(x)", "held = torch.ones(3 << 27)\n        import time; time.sleep(3)\n        return torch.relu(x) + 0 * held[0]")
+    assert hungry != TINY_REFERENCE
+    result = evaluate(Problem(source=hungry), Submission(source=honest_tiny_candidate), EvalConfig(device="cpu", trials=1),
+                      isolation=ProcessIsolation(limits=Limits(memory_bytes=1 << 30)))
+    assert result.verdict == Verdict.infrastructure_error, (result.verdict, result.error)
+    memory = result.error["memory_budget"]
+    assert memory["whose"] == "reference" and memory["used_bytes"] > memory["budget_bytes"] == 1 << 30
