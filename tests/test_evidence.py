@@ -189,3 +189,22 @@ def test_the_references_memory_is_never_blamed_on_the_candidate(honest_tiny_cand
     assert result.verdict == Verdict.infrastructure_error, (result.verdict, result.error)
     memory = result.error["memory_budget"]
     assert memory["whose"] == "reference" and memory["used_bytes"] > memory["budget_bytes"] == 1 << 30
+
+
+@pytest.mark.parametrize("backend", ["unshare", "bwrap"])
+def test_the_data_plane_and_the_stop_work_in_namespaces(backend: str, tiny_reference: str, honest_tiny_candidate: str) -> None:
+    """Shared memory crosses into new pid/ipc/mount namespaces (descriptors, not names), and the
+    engine stops a namespaced candidate's processes, warm pool or fresh (docker: tests/security)."""
+    from sandbox.isolation import BwrapIsolation, UnshareIsolation
+    from sandbox.pool import WarmPool
+
+    isolation = UnshareIsolation() if backend == "unshare" else BwrapIsolation()
+    problem, candidate, config = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate), EvalConfig(device="cpu", trials=1)
+    with WarmPool("cpu", isolation=isolation, spares=1) as pool:
+        pooled = evaluate(problem, candidate, config, pool=pool.client)
+    fresh = evaluate(problem, candidate, config, isolation=isolation)
+    for result in (pooled, fresh):
+        states = result.performance.candidate_state_while_reference_timed
+        assert result.verdict == Verdict.correct, (result.error, result.feedback)
+        assert result.performance.reference_timed_alone is True and states and set(states.values()) <= {"T", "t"}, states
+        assert result.performance.candidate_stopped_while_checked is True
