@@ -208,3 +208,19 @@ def test_the_data_plane_and_the_stop_work_in_namespaces(backend: str, tiny_refer
         assert result.verdict == Verdict.correct, (result.error, result.feedback)
         assert result.performance.reference_timed_alone is True and states and set(states.values()) <= {"T", "t"}, states
         assert result.performance.candidate_stopped_while_checked is True
+
+
+def test_a_strided_description_stays_inside_the_memory_it_names() -> None:
+    """What the reference checks in a description the candidate sends (by IPC handle on the GPU:
+    here the same check on host bytes, since no GPU is needed to check the arithmetic)."""
+    from sandbox.harness.tensors import _view
+
+    memory = torch.arange(64, dtype=torch.uint8)
+    good = {"t": "tensor", "dtype": "float32", "shape": [2, 3], "offset": 8, "strides": [4, 1], "ipc": "x"}
+    view = _view(good, memory)
+    assert view.shape == (2, 3) and view.stride() == (4, 1)
+    assert torch.equal(view.reshape(-1).view(torch.uint8)[:4], memory[8:12])
+    for change in ({"offset": 60}, {"offset": 6}, {"strides": [-4, 1]}, {"strides": [4]}, {"shape": [2, -3]},
+                   {"strides": [100, 1]}, {"shape": [4, 4], "strides": [4, 1], "offset": 4}):
+        with pytest.raises(tensors.EncodeError):
+            _view({**good, **change}, memory)

@@ -82,7 +82,7 @@ class SharedBlock:
     def handle(self) -> str:
         handle = _Handle()
         _check(_cuda().cuIpcGetMemHandle(ctypes.byref(handle), self.pointer), "cuIpcGetMemHandle")
-        return bytes(handle.reserved).hex()
+        return bytes(handle).hex()  # all 64 bytes (the field itself would stop at the first NUL)
 
     def free(self) -> None:
         if self.pointer:
@@ -104,7 +104,7 @@ def export_handle(tensor: torch.Tensor) -> tuple[str, int, int]:
     _check(_cuda().cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), pointer), "cuMemGetAddressRange")
     handle = _Handle()
     _check(_cuda().cuIpcGetMemHandle(ctypes.byref(handle), base.value), "cuIpcGetMemHandle")
-    return bytes(handle.reserved).hex(), int(size.value), pointer - base.value
+    return bytes(handle).hex(), int(size.value), pointer - base.value
 
 
 class Opened:
@@ -120,8 +120,10 @@ class Opened:
             return size, data
         if not isinstance(handle, str) or len(handle) != 2 * HANDLE_BYTES:
             raise IpcError("malformed IPC handle")
-        raw = _Handle()
-        raw.reserved = bytes.fromhex(handle)
+        try:
+            raw = _Handle.from_buffer_copy(bytes.fromhex(handle))
+        except ValueError as exc:
+            raise IpcError("malformed IPC handle") from exc
         pointer = ctypes.c_uint64()
         _check(_cuda().cuIpcOpenMemHandle_v2(ctypes.byref(pointer), raw, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "cuIpcOpenMemHandle")
         base, size = ctypes.c_uint64(), ctypes.c_size_t()

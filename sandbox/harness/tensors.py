@@ -276,6 +276,9 @@ class Attached:
                 raise EncodeError("malformed value description")
             kind = desc.get("t")
             if kind == "tensor":
+                shape = desc.get("shape")
+                if isinstance(shape, list) and 0 in shape:  # empty: nothing to map
+                    return _view(desc, torch.empty(0, dtype=torch.uint8, device=self.device if "ipc" in desc else "cpu"))
                 return _view(desc, memory(desc))
             if kind in ("list", "tuple"):
                 items = desc.get("items")
@@ -335,8 +338,11 @@ def export_outputs(value: Any, device: torch.device) -> tuple[Any, list[int]]:
         from .cuda_ipc import export_handle
 
         for desc, tensor in zip(descs, tensors, strict=True):
-            if tensor.device.type != "cuda" or not tensor.numel():
-                raise EncodeError("an output is not on the GPU") if tensor.numel() else EncodeError("empty output")
+            if tensor.device.type != "cuda":
+                raise EncodeError("an output is not on the GPU")
+            if not tensor.numel():
+                desc.update(ipc=None, strides=list(tensor.stride()))
+                continue
             handle, _, base_offset = export_handle(tensor)
             desc.update(ipc=handle, offset=base_offset + tensor.storage_offset() * tensor.element_size(),
                         strides=list(tensor.stride()))
