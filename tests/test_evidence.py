@@ -224,3 +224,18 @@ def test_a_strided_description_stays_inside_the_memory_it_names() -> None:
                    {"strides": [100, 1]}, {"shape": [4, 4], "strides": [4, 1], "offset": 4}):
         with pytest.raises(tensors.EncodeError):
             _view({**good, **change}, memory)
+
+
+def test_a_large_problem_gets_fewer_trials_and_one_timing_set(monkeypatch: pytest.MonkeyPatch, tiny_reference: str,
+                                                                          honest_tiny_candidate: str) -> None:
+    """The size threshold lowered to the tiny problem's (4 kB of input, 4 kB of output): by default
+    3 trials instead of 5 (still every input set) and one timing set; what a request asks for is kept."""
+    import sandbox.evaluate as engine
+
+    monkeypatch.setattr(engine, "LARGE_TRIAL_BYTES", 1000)
+    problem, candidate = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate)
+    large = evaluate(problem, candidate, EvalConfig(device="cpu"))
+    assert large.verdict == Verdict.correct, large.feedback
+    assert large.correctness.trials == 3 and large.performance.timed_calls_checked == 2  # 2 rounds x 1 set
+    asked = evaluate(problem, candidate, EvalConfig(device="cpu", trials=4, timing_sets=2))  # asked for: kept
+    assert asked.correctness.trials == 4 and asked.performance.timed_calls_checked == 4
