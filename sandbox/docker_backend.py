@@ -132,6 +132,33 @@ class DockerIsolation:
         if self.strict:
             threading.Thread(target=self._remove, args=(lease.container,), daemon=True).start()
 
+    def pause(self, workdir: Path) -> dict[str, Any]:
+        """Freeze the container running this job's harness process (`docker pause`: its cgroup), so
+        nothing of it runs while the other side is timed. What was seen, as HarnessProcess.pause says."""
+        with self._lock:
+            lease = self._leases.get(str(workdir))
+        if lease is None:
+            return {"stopped": False, "states": {}, "error": "no container for this job"}
+        try:
+            container = _get(_client(), lease.container)
+            container.pause()
+            container.reload()
+            return {"stopped": container.status == "paused", "states": {lease.container: container.status}}
+        except Exception as exc:  # the SDK raises several types; an unpaused timing is simply not cached
+            return {"stopped": False, "states": {}, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    def resume(self, workdir: Path) -> None:
+        with self._lock:
+            lease = self._leases.get(str(workdir))
+        if lease is None:
+            return
+        try:
+            container = _get(_client(), lease.container)
+            if container is not None and container.status == "paused":
+                container.unpause()
+        except Exception:
+            pass
+
     # -- the pool -------------------------------------------------------------------------------
 
     def _acquire(self, role: str, gpu: int | None, device: str) -> _Lease:
