@@ -193,7 +193,8 @@ class SharedValue:
         for desc, tensor in zip(_tensor_descs(self.description), tensors, strict=True):
             view = backing[desc["offset"]:desc["offset"] + desc["nbytes"]].view(tensor.dtype).view(tensor.shape) if desc["nbytes"] else (
                 torch.empty(tensor.shape, dtype=tensor.dtype, device=device))
-            view.copy_(tensor)
+            with torch.no_grad():  # an input made with requires_grad is shared as data
+                view.copy_(tensor)
             self.views.append(view)
             if device.type == "cuda":
                 desc.update(ipc=handle, strides=list(view.stride()), offset=desc["offset"])
@@ -204,8 +205,9 @@ class SharedValue:
     def refresh(self, value: Any) -> None:
         """Overwrite the contents in place (same shapes): what the candidate maps changes under it."""
         _, tensors, _ = _layout(value)
-        for view, tensor in zip(self.views, tensors, strict=True):
-            view.copy_(tensor)
+        with torch.no_grad():
+            for view, tensor in zip(self.views, tensors, strict=True):
+                view.copy_(tensor)
 
     def take_fds(self) -> list[int]:
         """Duplicates of the descriptors to send (this object keeps its own until `release`)."""
