@@ -7,7 +7,8 @@
 # start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS),
 # churn (bench/context_churn.py: CUDA contexts made and torn down per second; CHURN_ARGS), several_gpus (issue 9's
 # churn and scaling runs on a multi-GPU host), native (issue 15 item 4: the CUPTI recorder's GPU tests and its cost,
-# ~1.5 min), cli_vs_kb (issue 19: `referee check` against KernelBench's evaluator on small problems, ~4 min) and
+# ~1.5 min), evidence (issue 15: tests/gpu/test_gpu_data_plane.py and the
+# engine tests), cli_vs_kb (issue 19: `referee check` against KernelBench's evaluator on small problems, ~4 min) and
 # kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools; every evaluation ends by 560 s);
 # both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench).
 set -uo pipefail
@@ -48,6 +49,8 @@ for step in $steps; do
       tail -3 "$OUT/gpu-tests.log"; grep -q "GPU tests failed" "$OUT/gpu-tests.log" && status=1 ;;
     latency) # single submissions only, on GPU 0 with nothing else on the host
       CUDA_VISIBLE_DEVICES=0 python3 bench/performance.py --out "$OUT" --latency 12 --batch 0 --stability 0 --baseline-latency 0 --baseline-batch 0 --label=-latency 2>&1 | tee "$OUT/performance-latency.log" || status=1 ;;
+    evidence) # issue 15: the GPU data plane (CUDA IPC), checked timed rounds, host memory vs tensor size (~3 min)
+      REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_gpu_data_plane.py tests/gpu/test_gpu_engine.py --tb=short 2>&1 | tee "$OUT/gpu-evidence.log" || status=1 ;;
     isolation) python3 bench/gpu_isolation.py --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
     compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
     dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;

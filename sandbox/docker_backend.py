@@ -36,7 +36,7 @@ CONNECT_SCRIPT = Path(__file__).resolve().parent / "docker_connect.py"
 CONTAINER_LIB = "/opt/referee/lib"  # where the host's harness package is mounted in the container
 CONTROL = "/control"
 DEFAULT_IMAGE = "triton-referee-worker:latest"
-_FD_FLAGS = ("--read-fd", "--write-fd", "--key-fd", "--evidence-fd")  # the last is optional (the native recorder's)
+_FD_FLAGS = ("--read-fd", "--write-fd", "--key-fd", "--data-fd", "--evidence-fd")  # the last is optional (the native recorder's)
 
 
 def _client(timeout: float = 30.0) -> Any:
@@ -133,6 +133,33 @@ class DockerIsolation:
         os.close(lease.lock_fd)  # unlocks the slot
         if self.strict:
             threading.Thread(target=self._remove, args=(lease.container,), daemon=True).start()
+
+    def pause(self, workdir: Path) -> dict[str, Any]:
+        """Freeze the container running this job's harness process (`docker pause`: its cgroup), so
+        nothing of it runs while the other side is timed. What was seen, as HarnessProcess.pause says."""
+        with self._lock:
+            lease = self._leases.get(str(workdir))
+        if lease is None:
+            return {"stopped": False, "states": {}, "error": "no container for this job"}
+        try:
+            container = _get(_client(), lease.container)
+            container.pause()
+            container.reload()
+            return {"stopped": container.status == "paused", "states": {lease.container: container.status}}
+        except Exception as exc:  # the SDK raises several types; an unpaused timing is simply not cached
+            return {"stopped": False, "states": {}, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    def resume(self, workdir: Path) -> None:
+        with self._lock:
+            lease = self._leases.get(str(workdir))
+        if lease is None:
+            return
+        try:
+            container = _get(_client(), lease.container)
+            if container is not None and container.status == "paused":
+                container.unpause()
+        except Exception:
+            pass
 
     # -- the pool -------------------------------------------------------------------------------
 

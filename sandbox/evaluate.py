@@ -1,10 +1,19 @@
 """One evaluation: static checks, then the reference and the candidate in two processes, the
-comparison in the reference process, and the verdict here. No torch in this process."""
+comparison in the reference process, and the verdict here. No torch in this process.
+
+The judge owns the evidence (docs/evidence.md): tensors stay in shared memory (memfds on the CPU,
+CUDA IPC on the GPU) made and read by the reference; this process relays descriptors and never
+holds a tensor; timing statistics are made here from raw samples; timed calls run in rounds on
+inputs the reference rewrites between rounds, and outputs of calls picked after each round are
+checked while the candidate is stopped; the reference is timed only while the candidate is stopped."""
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
+import math
+import os
 import secrets
 import shutil
 import tempfile
@@ -18,6 +27,13 @@ from typing import Any
 
 from . import rules, static_checks
 from .feedback import write_feedback
+from .harness import shm
+
+try:  # the native recorder's judge side (sandbox/native_evidence.py), where it is installed
+    from . import native_evidence  # type: ignore[attr-defined]
+except ImportError:
+    native_evidence = None
+from .harness.stats import clean_samples, summarize, tight
 from .input_sets import plan_input_sets
 from .isolation import Isolation
 from .models import (
@@ -95,7 +111,11 @@ class _Run:
     allowed_ops: list[str] = field(default_factory=list)
     compiled: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
-    answers: dict[str, tuple[dict[str, Any], bytearray]] = field(default_factory=dict)  # deferred commands' replies
+    answers: dict[str, tuple[dict[str, Any], list[int]]] = field(default_factory=dict)  # deferred commands' replies
+    started: float = 0.0
+    trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
+    output_nbytes: int = 0
+    timing_sets: int = 1  # how many the reference made
     _started: dict[str, float] = field(default_factory=dict)
     _deferred: dict[str, list[tuple[dict[str, Any], float, str]]] = field(default_factory=dict)
 
@@ -114,20 +134,22 @@ class _Run:
         known = {v.rule for v in self.anti_cheat.violations}
         self.anti_cheat.violations.extend(v for v in violations if v.rule not in known)
 
-    def ask(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytearray]:
-        self.post(process, header, payload)
+    def ask(self, process: HarnessProcess, header: dict[str, Any], fds: list[int] | None = None) -> tuple[dict[str, Any], list[int]]:
+        """Send a command (with shared-memory descriptors, which stay the caller's) and wait for the
+        reply and the descriptors that came with it (the caller's to close: see `close_fds`)."""
+        self.post(process, header, fds)
         return self.collect(process, header)
 
-    def post(self, process: HarnessProcess, header: dict[str, Any], payload: bytes = b"") -> None:
+    def post(self, process: HarnessProcess, header: dict[str, Any], fds: list[int] | None = None) -> None:
         """Send a command; its answer is collected later, so two processes can work at once."""
         self.drain(process)
         self._started[process.role] = time.monotonic()
-        self._failing(process, lambda: process.post(header, payload, deadline=self.deadline))
+        self._failing(process, lambda: process.post(header, deadline=self.deadline, fds=fds))
 
     def defer(self, process: HarnessProcess, header: dict[str, Any], step: str) -> None:
         """Send a command the process works on in the background: its answer is taken (into
         `answers`, by command) before the next command to that process."""
-        self._failing(process, lambda: process.post(header, b"", deadline=self.deadline))
+        self._failing(process, lambda: process.post(header, deadline=self.deadline))
         self._deferred.setdefault(process.role, []).append((header, time.monotonic(), step))
 
     def drain(self, process: HarnessProcess) -> None:
@@ -135,21 +157,23 @@ class _Run:
             self._started[process.role] = started
             self.answers[header["cmd"]] = self.collect(process, header, step)
 
-    def collect(self, process: HarnessProcess, header: dict[str, Any], step: str | None = None) -> tuple[dict[str, Any], bytearray]:
+    def collect(self, process: HarnessProcess, header: dict[str, Any], step: str | None = None) -> tuple[dict[str, Any], list[int]]:
         step = step or f"{process.role}.{header['cmd']}"
         try:
-            reply, data = self._failing(process, lambda: process.collect(header, deadline=self.deadline))
+            reply, _ = self._failing(process, lambda: process.collect(header, deadline=self.deadline))
         finally:
             elapsed = (time.monotonic() - self._started.get(process.role, time.monotonic())) * 1e3
             self.steps[step] = self.steps.get(step, 0.0) + elapsed
+        fds = process.take_fds()
         if not reply.get("ok"):
+            close_fds(fds)
             error = reply.get("error") or {"kind": "infrastructure_error", "message": "malformed reply"}
             kind = error.get("kind")
             if process is self.reference and kind == "problem_error":
                 raise ProblemSourceError(error.get("message", "the reference failed"))
             verdict = _FAILURE_VERDICTS.get(kind, Verdict.infrastructure_error) if process is self.candidate else Verdict.infrastructure_error
             raise _Stop(verdict, error)
-        return reply, data
+        return reply, fds
 
     def _failing(self, process: HarnessProcess, step: Any) -> Any:
         """Run a channel step, turning a dead or silent process into the verdict it earns."""
@@ -161,7 +185,43 @@ class _Run:
             raise _Stop(Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": str(exc)}) from exc
         except HarnessDied as exc:
             verdict = Verdict.runtime_error if process is self.candidate else Verdict.infrastructure_error
-            raise _Stop(verdict, {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}) from exc
+            error: dict[str, Any] = {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}
+            if exc.memory is not None:  # killed for memory: name the budget and what was held
+                used, budget = exc.memory
+                error["memory_budget"] = {"memory": "host (resident)", "budget_bytes": budget, "used_bytes": used,
+                                          "whose": process.role}
+            raise _Stop(verdict, error) from exc
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _native_option(device: str) -> dict[str, Any]:
+    """Ask for the native recorder's record pipe on the GPU, where this version of HarnessProcess has one."""
+    wanted = device == "cuda" and native_evidence is not None
+    return {"native_records": True} if wanted and "native_records" in inspect.signature(HarnessProcess).parameters else {}
+
+
+def _native_samples(run: _Run, first_label: int, calls: int, flushes: int) -> tuple[list[float] | None, str | None]:
+    """Per-call GPU times (ms) of a round from the native recorder's records (each call between its
+    two markers: the span from the end of the opening marker to the start of the closing one), or
+    None and why not (no recorder, or records that do not add up: then the events, advisory)."""
+    records = getattr(run.candidate, "records", None)
+    if records is None or native_evidence is None:
+        return None, None
+    stream = records.wait_for_flush(flushes, timeout=5.0)
+    if stream.hello is None:
+        return None, "no native recorder in the candidate's process"
+    found = native_evidence.windows(stream, first_label, first_label + 2 * calls - 1)
+    calls_windows = list(found)[0::2]
+    if found.problems or len(calls_windows) != calls or not all(w.complete for w in calls_windows):
+        return None, "native records unusable: " + "; ".join(found.problems[:3])
+    return [w.span_ns / 1e6 for w in calls_windows], None
 
 
 def jobs_root() -> Path:
@@ -215,10 +275,10 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     run = _Run(
         config=config, device=device, salt=salt, fresh_salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
-        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool),
+        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool, **_native_option(device)),
         # Another precision is another problem for the caches (inputs, expected outputs, timings).
         problem_sha256=problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(),
-        reference_cache=reference_cache, timing_lock=timing_lock,
+        reference_cache=reference_cache, timing_lock=timing_lock, started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
     )
     run.anti_cheat.warnings.extend(static_warnings)
@@ -261,37 +321,51 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
                    run.environment, run.compiled, output, timings, started, submission.source)
 
 
+# Large problems: the deadline grows with a trial's bytes, and fewer trials are run by default.
+SECONDS_PER_GIB = 10.0
+LARGE_TRIAL_BYTES = 1 << 30
+LARGE_DEFAULT_TRIALS = 3
+# Timed rounds: every call's outputs are kept until the round is checked, within this many bytes.
+KEEP_BYTES = {"cuda": 4 << 30, "cpu": 256 << 20}
+MAX_CALLS_PER_ROUND = 100  # few rounds for µs kernels: each round costs a refresh, a check and a stop
+
+
 def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], input_sets: list[dict[str, int]]) -> None:
     config = run.config
     # The candidate process sets up its device (CUDA context, Triton's driver) while the reference
     # builds its model: both before any candidate code is loaded.
     prepare = {"cmd": "prepare", "device": run.device}
     run.post(run.candidate, prepare)
-    reply, init_payload = _setup_reference(run, reference, input_sets)
-    init_seed = derive_seed(run.salt, "init")  # after the setup: a hit brings its entry's salt
-    run.collect(run.candidate, prepare)
-    run.environment = _environment(run, reply["environment"])
-    run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
-    input_sets = [input_sets[i] for i in reply.get("valid_sets", range(len(input_sets)))]
-    # fp16/bf16 without a stated tolerance: KernelBench's 1e-2.
-    low_precision = 1e-2 if config.precision != "fp32" else None
-    run.tolerance = (
-        config.atol if config.atol is not None else reply.get("atol") if reply.get("atol") is not None else low_precision,
-        config.rtol if config.rtol is not None else reply.get("rtol") if reply.get("rtol") is not None else low_precision,
-    )
-    run.allowed_ops = sorted({*config.allowed_ops, *reply.get("allowed_ops", [])})
-    run.input_sets = input_sets
-    run.correctness.input_sets = len(input_sets)
-    run.correctness.input_set_overrides = input_sets
+    reply, init_fds = _setup_reference(run, reference, input_sets)
+    try:
+        init_seed = derive_seed(run.salt, "init")  # after the setup: a hit brings its entry's salt
+        run.collect(run.candidate, prepare)
+        run.environment = _environment(run, reply["environment"])
+        run.anti_cheat.warnings.extend(Violation(**w) for w in reply.get("warnings", []))
+        input_sets = [input_sets[i] for i in reply.get("valid_sets", range(len(input_sets)))]
+        # fp16/bf16 without a stated tolerance: KernelBench's 1e-2.
+        low_precision = 1e-2 if config.precision != "fp32" else None
+        run.tolerance = (
+            config.atol if config.atol is not None else reply.get("atol") if reply.get("atol") is not None else low_precision,
+            config.rtol if config.rtol is not None else reply.get("rtol") if reply.get("rtol") is not None else low_precision,
+        )
+        run.allowed_ops = sorted({*config.allowed_ops, *reply.get("allowed_ops", [])})
+        run.input_sets = input_sets
+        run.correctness.input_sets = len(input_sets)
+        run.correctness.input_set_overrides = input_sets
 
-    setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
-                                       "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
-                                       "allowed_ops": run.allowed_ops}, bytes(init_payload))
+        setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
+                                           "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
+                                           "allowed_ops": run.allowed_ops}, init_fds)
+    finally:
+        close_fds(init_fds)
     run.add_violations(_watch_violations(setup, "import"))
     # Every input set is checked at least once, whatever the trial count.
-    for trial in range(max(config.trials, len(input_sets))):
+    trial = 0
+    while trial < max(_trial_count(run), len(input_sets)):
         if not _trial(run, f"trial{trial}", trial % len(input_sets)):
             return
+        trial += 1
     _time(run)
     # Fresh values on every input set, after timing (the first has the timed loop's shapes): a
     # candidate replaying what it saw while timed, or carrying outputs for inputs it saw in an
@@ -307,10 +381,30 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     run.environment.launchers_built = [list(map(str, pattern)) for pattern in (launchers.get("built") or [])[:16]]
 
 
-def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dict[str, int]]) -> tuple[dict[str, Any], bytes]:
-    """The reference's setup reply and init inputs: from the cache on a hit (the reference process
-    judges the trials, and builds the live model in the background for the fresh timing inputs and
-    rechecks), else from the problem's model (recorded for the cache when it is on)."""
+def _trial_count(run: _Run) -> int:
+    """The requested trials; by default fewer for a large problem (each trial's inputs are fresh,
+    and the timed rounds and rechecks check more calls on fresh values anyway)."""
+    if "trials" not in run.config.model_fields_set and run.trial_nbytes >= LARGE_TRIAL_BYTES:
+        return min(run.config.trials, LARGE_DEFAULT_TRIALS)
+    return run.config.trials
+
+
+def _scale_deadline(run: _Run, reply: dict[str, Any]) -> None:
+    """Once a trial's size is known: the deadline grows by SECONDS_PER_GIB per GiB of inputs and
+    expected outputs, so a problem of several GB does not time out by default."""
+    if run.trial_nbytes:
+        return
+    sizes = reply.get("nbytes") or {}
+    run.output_nbytes = int(sizes.get("expected") or 0)
+    run.trial_nbytes = int(sizes.get("inputs") or 0) + run.output_nbytes
+    extra = SECONDS_PER_GIB * run.trial_nbytes / (1 << 30)
+    run.deadline = max(run.deadline, run.started + run.config.timeout_s + extra)
+
+
+def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dict[str, int]]) -> tuple[dict[str, Any], list[int]]:
+    """The reference's setup reply and its init inputs' memfd: from the cache on a hit (the
+    reference process judges the trials, and builds the live model in the background for the fresh
+    timing inputs and rechecks), else from the problem's model (recorded for the cache when it is on)."""
     if run.reference_data is not None:
         judged, _ = run.ask(run.reference, {"cmd": "setup", "judge": True, "device": run.device})
         run.cached = _cached_reference_data(run, input_sets, judged["environment"])
@@ -322,14 +416,19 @@ def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dic
                                       "precision": run.config.precision, "init_seed": derive_seed(run.salt, "init"), "input_sets": valid_sets, "checked": True},
                       "reference.background_setup")
             run.defer(run.reference, _timing_inputs_header(run), "reference.background_timing_inputs")
-            return run.cached.setup_reply(judged["environment"])
-    reply, init_payload = run.ask(run.reference, {
+            reply, init_bytes = run.cached.setup_reply(judged["environment"])
+            return reply, [shm.from_bytes(init_bytes, "referee-init")]
+    reply, fds = run.ask(run.reference, {
         "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device, "precision": run.config.precision,
         "init_seed": derive_seed(run.salt, "init"), "input_sets": input_sets,
     })
     if run.reference_data is not None:
-        run.recording = ReferenceData.start(run.salt, reply, init_payload)
-    return reply, bytes(init_payload)
+        try:
+            init_bytes = shm.read_all(fds[0], run.reference_data.max_entry_bytes) if fds else b""
+            run.recording = ReferenceData.start(run.salt, reply, init_bytes)
+        except (OSError, ValueError):
+            run.recording = None
+    return reply, fds
 
 
 def _cached_reference_data(run: _Run, input_sets: list[dict[str, int]], reported: dict[str, Any]) -> ReferenceData | None:
@@ -357,53 +456,103 @@ def _timing_key(run: _Run, input_sets: list[dict[str, int]], environment: dict[s
                               {"sets": run.config.timing_sets, "max_seconds": run.config.max_timing_seconds})
 
 
-def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any], bytes]:
-    """A trial's inputs: cached on a hit; else made by the reference (with its expected outputs
-    while they are being recorded and still fit the cache's entry size). Rechecks are never cached."""
+def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
+    """Violations from what the candidate process's watchers saw during one phase."""
+    events = reply.get("audit_events", [])
+    thread_events = [e for e in events if e.get("event") == "thread.start"]
+    other_events = [e for e in events if e.get("event") != "thread.start"]
+    checks = [
+        ("torch_fallback", reply.get("compute_ops"), "ops"),
+        ("tampering", reply.get("tampering", [])[:20], "changed"),
+        ("forbidden_call", other_events[:20], "events"),
+        ("background_thread", thread_events[:20], "events"),
+        ("side_stream", reply.get("side_stream_launches"), "launches"),
+        ("device_to_host_transfer", reply.get("device_to_host"), "copies"),
+    ]
+    return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
+
+
+def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
+    for output in report.get("outputs", []):
+        for key in ("max_abs_error", "max_rel_error"):
+            value = output.get(key)
+            if value is not None:
+                current = getattr(run.correctness, key)
+                setattr(run.correctness, key, value if current is None else max(current, value))
+        if output.get("atol") is not None:
+            run.correctness.atol, run.correctness.rtol = output["atol"], output["rtol"]
+
+
+def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any], list[int]]:
+    """A trial's inputs, shared by the reference (the reply's descriptors go to the candidate): on a
+    hit, from the cached inputs and expected outputs the engine hands the judge; else made by the
+    reference (recorded for the cache while they still fit its entry size). Rechecks are never cached."""
     if run.cached is not None and label in run.cached.trials:
-        return run.cached.inputs(label)
+        cached, inputs, expected = run.cached.judge_request(label)
+        supplied = [shm.from_bytes(inputs, "referee-cached"), shm.from_bytes(expected, "referee-cached")]
+        try:
+            return run.ask(run.reference, {"cmd": "inputs", "trial": label, "cached": cached}, supplied)
+        finally:
+            close_fds(supplied)
     recheck = label.startswith("recheck")
     header = {"cmd": "inputs", "trial": label, "set_index": set_index,
               "seed": derive_seed(run.fresh_salt if recheck else run.salt, label)}
     recording, cache = run.recording, run.reference_data
     if recording is None or cache is None or recheck:
-        reply, payload = run.ask(run.reference, header)
-        return reply, bytes(payload)
-    reply, payload = run.ask(run.reference, {**header, "expected_budget": cache.max_entry_bytes - recording.nbytes})
-    if reply.get("expected") is None:  # too large for the cache, or not encodable: not cached
+        return run.ask(run.reference, header)
+    reply, fds = run.ask(run.reference, {**header, "expected_budget": cache.max_entry_bytes - recording.nbytes})
+    record = reply.get("record")
+    if record is None:  # too large for the cache, or not encodable: not cached
         run.recording = None
-    else:
-        recording.add_trial(label, set_index, reply, payload)
-    return reply, bytes(payload[:reply["inputs_nbytes"]])
+        return reply, fds
+    first = record["fds"][0]
+    try:
+        recording.add_trial(label, set_index, reply, shm.read_all(fds[first], cache.max_entry_bytes),
+                            shm.read_all(fds[first + 1], cache.max_entry_bytes))
+    except (OSError, ValueError, IndexError):
+        run.recording = None
+    close_fds(fds[first:])
+    return reply, fds[:first]
 
 
 def _timing_inputs_header(run: _Run) -> dict[str, Any]:
-    return {"cmd": "timing_inputs", "seeds": [derive_seed(run.fresh_salt, f"timing{k}") for k in range(run.config.timing_sets)]}
+    return {"cmd": "timing_inputs", "seeds": [derive_seed(run.fresh_salt, f"timing{k}") for k in range(_timing_set_count(run))]}
 
 
-def _timing_inputs(run: _Run) -> tuple[dict[str, Any], bytes]:
+def _timing_set_count(run: _Run) -> int:
+    """The requested timing sets; by default one for a large problem (each set costs the reference
+    its shared buffer and its expected outputs on the device, and the contents change every round)."""
+    if "timing_sets" not in run.config.model_fields_set and run.trial_nbytes >= LARGE_TRIAL_BYTES:
+        return 1
+    return run.config.timing_sets
+
+
+def _timing_inputs(run: _Run) -> tuple[dict[str, Any], list[int]]:
     """Fresh every evaluation (never cached); on a hit made in the background since the setup."""
     run.drain(run.reference)
-    reply, payload = run.answers.pop("timing_inputs", None) or run.ask(run.reference, _timing_inputs_header(run))
-    return reply, bytes(payload)
+    return run.answers.pop("timing_inputs", None) or run.ask(run.reference, _timing_inputs_header(run))
 
 
 def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     """One correctness trial on fresh inputs; returns whether it passed."""
     with run.gpu_step():
-        reply, inputs = _trial_inputs(run, label, set_index)
-    with run.gpu_step(holds=run.compiled):  # the first run is mostly compiling: it holds nothing
-        outcome, data = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, bytes(inputs))
+        reply, input_fds = _trial_inputs(run, label, set_index)
+    _scale_deadline(run, reply)
+    try:
+        with run.gpu_step(holds=run.compiled):  # the first run is mostly compiling: it holds nothing
+            outcome, output_fds = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, input_fds)
+    finally:
+        close_fds(input_fds)
     run.compiled = run.compiled or outcome["launches"] > 0
     if counted:
         run.correctness.trials += 1
-    compare_header = {"cmd": "compare", "trial": label, "outputs": outcome["outputs"], "returned": outcome["returned"],
+    compare_header = {"cmd": "compare", "trial": label, "outputs": outcome.get("outputs"),
                       "atol": run.tolerance[0], "rtol": run.tolerance[1]}
-    compare_payload = bytes(data)
-    if run.cached is not None and label in run.cached.trials:  # judged: expected outputs and pristine inputs come along
-        compare_header, compare_payload = run.cached.compare_request(label, compare_header, compare_payload)
-    with run.gpu_step():
-        compared, _ = run.ask(run.reference, compare_header, compare_payload)
+    try:
+        with run.gpu_step():
+            compared, _ = run.ask(run.reference, compare_header, output_fds)
+    finally:
+        close_fds(output_fds)
     report = compared["report"]
     _record_comparison(run, report)
     violations = _watch_violations(outcome, label)
@@ -438,53 +587,32 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     return passed
 
 
-def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
-    """Violations from what the candidate process's watchers saw during one phase."""
-    events = reply.get("audit_events", [])
-    thread_events = [e for e in events if e.get("event") == "thread.start"]
-    other_events = [e for e in events if e.get("event") != "thread.start"]
-    checks = [
-        ("torch_fallback", reply.get("compute_ops"), "ops"),
-        ("tampering", reply.get("tampering", [])[:20], "changed"),
-        ("forbidden_call", other_events[:20], "events"),
-        ("background_thread", thread_events[:20], "events"),
-        ("side_stream", reply.get("side_stream_launches"), "launches"),
-        ("device_to_host_transfer", reply.get("device_to_host"), "copies"),
-    ]
-    return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
-
-
-def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
-    for output in report.get("outputs", []):
-        for key in ("max_abs_error", "max_rel_error"):
-            value = output.get(key)
-            if value is not None:
-                current = getattr(run.correctness, key)
-                setattr(run.correctness, key, value if current is None else max(current, value))
-        if output.get("atol") is not None:
-            run.correctness.atol, run.correctness.rtol = output["atol"], output["rtol"]
-
-
 def _time(run: _Run) -> None:
-    """Time the reference and the candidate the same way on the same rotated inputs, holding the
-    GPU's timing lock (when there is one) so no other evaluation's timing runs meanwhile."""
+    """Time the reference (the candidate stopped) and the candidate (in checked rounds) on the same
+    input shapes, holding the GPU's timing lock (when there is one) so no other evaluation's timing
+    runs meanwhile."""
     with run.gpu_step():
-        reply, inputs = _timing_inputs(run)
+        reply, fds = _timing_inputs(run)
+        run.timing_sets = len(reply["inputs"])
+        try:
+            run.ask(run.candidate, {"cmd": "timing_inputs", "inputs": reply["inputs"]}, fds)
+        finally:
+            close_fds(fds)
     if run.timing_lock is None or run.device != "cuda":
-        _time_unlocked(run, reply["inputs"], inputs)
+        _time_unlocked(run)
     else:
         with run.timing_lock.held() as waited_s:
             run.performance.lock_wait_ms = waited_s * 1e3
-            _time_unlocked(run, reply["inputs"], inputs)
-    if run.device == "cuda":
-        _profile(run, reply["inputs"], inputs)
+            _time_unlocked(run)
+    if run.device == "cuda" and not run.anti_cheat.violations:
+        _profile(run)
 
 
-def _profile(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
+def _profile(run: _Run) -> None:
     """The share of GPU time in the submission's own kernels (the profiler sees only this process's
     kernels; it holds the GPU shared only so as not to disturb another evaluation's timing)."""
     with run.gpu_step():
-        profiled, _ = run.ask(run.candidate, {"cmd": "profile", "inputs": header_inputs}, bytes(inputs))
+        profiled, _ = run.ask(run.candidate, {"cmd": "profile"})
     run.add_violations(_watch_violations(profiled, "profile"))
     run.performance.triton_time_fraction = profiled["fraction"]
     fraction = profiled["fraction"] or 0.0
@@ -493,20 +621,44 @@ def _profile(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
             "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": profiled["kernels_us"]})])
 
 
-def _time_unlocked(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
-    options = {"max_seconds": run.config.max_timing_seconds}
+def _time_reference(run: _Run, options: dict[str, Any], compiled: bool = False) -> dict[str, Any]:
+    """The reference's timing (with `compiled`, of torch.compile(reference): the compile baseline),
+    from the cache or measured now with the candidate's processes stopped (SIGSTOP, checked by their
+    state); only a timing taken so is cached."""
     cache = run.reference_cache
     cache_key = _timing_key(run, run.input_sets, run.environment.model_dump())
-    ref_stats = run.cached_reference_stats if run.cached is not None else (cache.get(cache_key) if cache is not None else None)
-    run.performance.reference_cached = ref_stats is not None
-    if ref_stats is None:
-        reference, _ = run.ask(run.reference, {"cmd": "time", "options": options})
-        ref_stats = reference["stats"]
-        if cache is not None:
-            cache.put(cache_key, ref_stats)
-    candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": header_inputs, "options": options}, bytes(inputs))
-    run.add_violations(_watch_violations(candidate, "timing"))
-    cand_stats = candidate["stats"]
+    if compiled:
+        cache_key = ReferenceCache.key(cache_key, [], {}, {"compiled": True})
+        ref_stats = cache.get(cache_key) if cache is not None else None
+    else:
+        ref_stats = run.cached_reference_stats if run.cached is not None else (cache.get(cache_key) if cache is not None else None)
+        run.performance.reference_cached = ref_stats is not None
+    if ref_stats is not None:
+        run.performance.reference_timed_alone = run.performance.reference_timed_alone or not compiled
+        return ref_stats
+    paused = run.candidate.pause()
+    try:
+        if not compiled:
+            run.performance.reference_timed_alone = bool(paused.get("stopped"))
+            run.performance.candidate_state_while_reference_timed = paused.get("states") or {}
+        reference, _ = run.ask(run.reference, {"cmd": "time", "options": options, "compiled": compiled})
+    finally:
+        run.candidate.resume()
+    samples = clean_samples(reference["stats"].get("samples"), 1 << 16)
+    if not samples:
+        raise _Stop(Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": "the reference timing has no samples"})
+    ref_stats = {**{k: v for k, v in reference["stats"].items() if k != "samples"}, **summarize(samples)}
+    if cache is not None and paused.get("stopped"):
+        cache.put(cache_key, ref_stats)
+    return ref_stats
+
+
+def _time_unlocked(run: _Run) -> None:
+    options = {"max_seconds": run.config.max_timing_seconds}
+    ref_stats = _time_reference(run, options)
+    cand_stats = _time_candidate(run)
+    if cand_stats is None:
+        return
     perf = run.performance
     perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})
     perf.candidate_ms = TimingStats(**{k: v for k, v in cand_stats.items() if k in TimingStats.model_fields})
@@ -514,13 +666,7 @@ def _time_unlocked(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
     perf.meaningful = run.device == "cuda" and not run.environment.interpreter
     # On the GPU only: on the CPU inductor's C++ build takes minutes and the times mean nothing anyway.
     if run.config.compile_baseline and run.device == "cuda":
-        compiled_key = ReferenceCache.key(cache_key, [], {}, {"compiled": True})
-        compiled_stats = cache.get(compiled_key) if cache is not None else None
-        if compiled_stats is None:
-            compiled, _ = run.ask(run.reference, {"cmd": "time", "options": options, "compiled": True})
-            compiled_stats = compiled["stats"]
-            if cache is not None:
-                cache.put(compiled_key, compiled_stats)
+        compiled_stats = _time_reference(run, options, compiled=True)
         perf.compiled_reference_ms = TimingStats(**{k: v for k, v in compiled_stats.items() if k in TimingStats.model_fields})
         if perf.meaningful and cand_stats["median"] > 0:
             perf.speedup_vs_compiled = compiled_stats["median"] / cand_stats["median"]
@@ -534,6 +680,105 @@ def _time_unlocked(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
     else:
         perf.note = ("Triton interpreter on the CPU: times are host-clock figures of the interpreter and mean "
                      "nothing for GPU speed; speedup is not reported and the reward uses correctness only")
+
+
+def _calls_per_round(run: _Run) -> int:
+    """As many calls as keep their outputs within KEEP_BYTES, at least one, at most
+    MAX_CALLS_PER_ROUND (on the CPU, one call per timing set: the interpreter is slow)."""
+    sets = run.timing_sets
+    if run.device != "cuda":
+        return sets
+    fit = KEEP_BYTES["cuda"] // max(run.output_nbytes, 1)
+    return int(max(1, min(MAX_CALLS_PER_ROUND, fit)))
+
+
+def _time_candidate(run: _Run) -> dict[str, Any] | None:
+    """Timed rounds. Before each, the reference rewrites the shared timing sets with fresh values
+    from seeds only it and this process know; the candidate makes every call of the round, keeping
+    each call's outputs; then this process picks (after the reply, at random) which calls the
+    reference checks, with the candidate stopped. Statistics are made here, from the samples of the
+    counted rounds (the first is warm-up): on the CPU from this process's own clock around each
+    round, on the GPU from the harness's CUDA events (advisory: the candidate's process reports them)
+    cross-checked against this process's clock."""
+    gpu = run.device == "cuda"
+    calls = _calls_per_round(run)
+    # An eighth of the calls of each GPU round, at least two (a cheat replaying one call in ten goes
+    # unseen with odds of 0.9**130 over ten rounds of 100); every call on the CPU (one round).
+    checks_per_round = min(calls, max(2, math.ceil(calls / 8))) if gpu else calls
+    min_reps, max_reps = (20, 1000) if gpu else (calls, calls)
+    started = time.monotonic()
+    samples: list[float] = []
+    host_ms = event_ms = 0.0
+    slack_s: float | None = None
+    perf = run.performance
+    perf.timing_evidence = "harness_cuda_events (advisory)" if gpu else "judge_host_clock"
+    rounds = 0
+    native_notes: list[str] = []
+    while True:
+        seeds = [derive_seed(run.fresh_salt, f"round{rounds}.set{k}") for k in range(run.timing_sets)]
+        with run.gpu_step():
+            run.ask(run.reference, {"cmd": "refresh", "seeds": seeds})
+        began = time.monotonic()
+        first_label = 1 + rounds * 2 * MAX_CALLS_PER_ROUND
+        timed, fds = run.ask(run.candidate, {"cmd": "time_round", "calls": calls, "start": rounds * calls,
+                                             "slack_s": slack_s, "first_label": first_label})
+        wall_ms = (time.monotonic() - began) * 1e3
+        try:
+            run.add_violations(_watch_violations(timed, "timing"))
+            if timed.get("output_problem") or not isinstance(timed.get("outputs"), list) or len(timed["outputs"]) != calls:
+                run.add_violations([rules.violation("non_plain_output", {"phase": "timing", "detail": str(timed.get("output_problem"))[:300]})])
+                return None
+            picked = sorted(secrets.SystemRandom().sample(range(calls), min(checks_per_round, calls)))
+            checks = [{"call": i, "set": (rounds * calls + i) % run.timing_sets, "outputs": timed["outputs"][i]} for i in picked]
+            paused = run.candidate.pause(light=True)
+            try:
+                with run.gpu_step(holds=False):
+                    checked, _ = run.ask(run.reference, {"cmd": "check_round", "checks": checks, "atol": run.tolerance[0],
+                                                         "rtol": run.tolerance[1]}, fds)
+            finally:
+                run.candidate.resume()
+        finally:
+            close_fds(fds)
+        perf.timed_calls_checked += len(checks)
+        perf.timed_rounds = rounds + 1
+        perf.candidate_stopped_while_checked = bool(paused.get("stopped")) and perf.candidate_stopped_while_checked is not False
+        failed = [c for c in checked["checks"] if not c["passed"]]
+        if failed:
+            run.add_violations([rules.violation("timed_output_mismatch", {"round": rounds, "calls": calls, "failed": failed[:4]})])
+            return None
+        if checked.get("changed_sets"):
+            run.add_violations([rules.violation("input_mutation", {"phase": "timing", "changed_sets": checked["changed_sets"]})])
+            return None
+        claimed = clean_samples(timed.get("samples"), calls)
+        if len(claimed) != calls or sum(claimed) > wall_ms * 1.05 + 1.0:
+            run.add_violations([rules.violation("timing_claim_inconsistent", {
+                "round": rounds, "claimed_ms_total": sum(claimed) if claimed else None, "judge_wall_ms": wall_ms})])
+            return None
+        native, note = _native_samples(run, first_label, calls, rounds + 1) if gpu else (None, None)
+        if note and note not in native_notes:
+            native_notes.append(note)
+        if rounds == 0:  # warm-up: compiles, autotuning; sets the spin before each timed call
+            slack_s = min(2 * wall_ms / 1e3 / calls, 20e-3)
+        else:
+            if gpu and native is None and perf.timing_evidence == "native_recorder":
+                perf.timing_evidence = "mixed (native recorder, then harness_cuda_events: advisory)"
+            elif gpu and native is not None and rounds == 1:
+                perf.timing_evidence = "native_recorder"
+            samples.extend(native if native is not None else claimed if gpu else [wall_ms / calls] * calls)
+            host_ms += wall_ms
+            event_ms += sum(claimed)
+        rounds += 1
+        if len(samples) >= min_reps and (len(samples) >= max_reps or time.monotonic() - started > run.config.max_timing_seconds
+                                         or (gpu and tight(samples, 0.005))):
+            break
+        if time.monotonic() - started > 4 * run.config.max_timing_seconds and samples:
+            break
+    if native_notes:
+        perf.note = "; ".join(native_notes)[:500]
+    stats = summarize(samples)
+    stats.update(method="cuda_events+l2_flush" if gpu else "host_clock",  # the method names are a public contract host_ms_total=host_ms, event_ms_total=event_ms,
+                 stable=bool(gpu and tight(samples, 0.005)))
+    return stats
 
 
 def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[str, Any] | None,

@@ -137,6 +137,15 @@ class Performance(_Strict):
     reference_cached: bool = False  # the reference's timing came from the cache
     reference_outputs_cached: bool = False  # its inputs and expected outputs too: no reference model was built
     lock_wait_ms: float | None = None  # time spent waiting for the GPU's timing lock
+    # Where the candidate's per-call times come from: "judge_host_clock" (CPU: this engine's clock
+    # around each round), "harness_cuda_events (advisory)" (the candidate's process reports them),
+    # "native_recorder" (trusted). See docs/evidence.md.
+    timing_evidence: str | None = None
+    timed_rounds: int = 0
+    timed_calls_checked: int = 0  # timed calls whose outputs the reference checked (picked after each round)
+    candidate_stopped_while_checked: bool | None = None
+    reference_timed_alone: bool | None = None  # the candidate's processes were stopped (or it was cached so)
+    candidate_state_while_reference_timed: dict[str, str] = {}  # pid -> /proc state letter (T: stopped)
     meaningful: bool = False
     note: str | None = None
 

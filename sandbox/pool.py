@@ -72,6 +72,10 @@ class PoolClient:
     def kill(self, pid: int) -> None:
         self.request({"op": "kill", "pid": pid}, timeout=5)
 
+    def signal(self, pid: int, action: str) -> dict[str, Any]:
+        """`stop` (SIGSTOP a child's tree and wait until it is stopped) or `cont`."""
+        return self.request({"op": "signal", "pid": pid, "action": action}, timeout=5)
+
     def learn_launchers(self, patterns: list[list[str]]) -> None:
         """Ask the zygote to build Triton launchers for argument-type patterns a child had to compile."""
         self.request({"op": "learn", "launchers": patterns}, timeout=5)

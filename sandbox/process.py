@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
+from .harness import freeze
+from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair
 from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, start_watchdog
 from .native_evidence import RecordPipe, recorder_cache
 from .pool import PoolClient, PoolUnavailable
@@ -37,9 +38,10 @@ _PASSED_ENV = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_PTXAS_PATH", "TRI
 class HarnessDied(Exception):
     """The process ended or broke the protocol before answering."""
 
-    def __init__(self, message: str, returncode: int | None) -> None:
+    def __init__(self, message: str, returncode: int | None, memory: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.returncode = returncode
+        self.memory = memory  # (resident bytes held, limit) when it was killed for memory
 
 
 class HarnessTimeout(Exception):
@@ -179,6 +181,7 @@ class HarnessProcess:
         self._readers: list[_CappedReader] = []
         self._fds: tuple[int, ...] = ()
         self.watchdog: MemoryWatchdog | None = None
+        self._paused = False  # its docker container is paused
 
     def start(self) -> None:
         started = time.monotonic()
@@ -189,8 +192,9 @@ class HarnessProcess:
         key_r, key_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        child_fds = (to_child_r, to_parent_w, key_r, out_w, err_w)
-        parent_fds = (to_child_w, to_parent_r, key_w, out_r, err_r)
+        data_parent, data_child = data_socketpair()  # shared memory's descriptors travel here
+        child_fds = (to_child_r, to_parent_w, key_r, out_w, err_w, data_child)
+        parent_fds = (to_child_w, to_parent_r, key_w, out_r, err_r, data_parent)
         env = child_environment(self.workdir, self.role, self.device)
         self.records = RecordPipe() if self.native_records else None
         evidence_fds = (self.records.child_fd(),) if self.records is not None else ()
@@ -203,6 +207,7 @@ class HarnessProcess:
                     self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
                     "--role", self.role,
                     "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
+                    "--data-fd", str(data_child),
                     "--limits", json.dumps({k: v for k, v in self.limits.items() if k != "memory_bytes"}),
                 ]
                 if evidence_fds:  # the recorder was built by this trusted process: the child only loads it
@@ -210,7 +215,7 @@ class HarnessProcess:
                     argv += ["--evidence-fd", str(evidence_fds[0])] + (["--native-cache", str(cache)] if cache else [])
                 self.process = _FreshChild(subprocess.Popen(
                     self.isolation.command(argv, self.workdir, self.device),
-                    cwd=self.workdir, env=env, pass_fds=(*child_fds[:3], *evidence_fds),
+                    cwd=self.workdir, env=env, pass_fds=(*child_fds[:3], data_child, *evidence_fds),
                     stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
                     start_new_session=True
                 ))
@@ -230,14 +235,14 @@ class HarnessProcess:
             os.write(key_w, key)
         except OSError:
             self.kill()
-            for fd in parent_fds[:2]:
+            for fd in (*parent_fds[:2], data_parent):
                 os.close(fd)
             raise
         finally:
             os.close(key_w)
-        for fd in (to_child_w, to_parent_r):
+        for fd in (to_child_w, to_parent_r, data_parent):
             os.set_blocking(fd, False)
-        self.channel = Channel(to_parent_r, to_child_w, key, is_parent=True)
+        self.channel = Channel(to_parent_r, to_child_w, key, is_parent=True, data_fd=data_parent)
         self._fds = (to_child_w, to_parent_r)
         self._readers = [_CappedReader(os.fdopen(out_r, "rb", buffering=0), OUTPUT_CAP_BYTES),
                          _CappedReader(os.fdopen(err_r, "rb", buffering=0), OUTPUT_CAP_BYTES)]
@@ -249,11 +254,52 @@ class HarnessProcess:
         self.post(header, payload, deadline=deadline)
         return self.collect(header, deadline=deadline)
 
-    def post(self, header: dict[str, Any], payload: bytes = b"", *, deadline: float) -> None:
-        """Send a command without waiting for its answer (collect it later with `collect`)."""
+    def post(self, header: dict[str, Any], payload: bytes = b"", *, deadline: float, fds: list[int] | None = None) -> None:
+        """Send a command without waiting for its answer (collect it later with `collect`); `fds`
+        (shared memory) go with it and stay the caller's to close."""
         assert self.channel is not None and self.process is not None
         self._posted_at = time.monotonic()
-        self._guarded(header, lambda: self.channel.send(header, payload, deadline=deadline))  # type: ignore[union-attr]
+        self._guarded(header, lambda: self.channel.send(header, payload, deadline=deadline, fds=fds or ()))  # type: ignore[union-attr]
+
+    def take_fds(self) -> list[int]:
+        """The descriptors that came with the last reply (now the caller's to close)."""
+        return self.channel.take_fds() if self.channel is not None else []
+
+    def pause(self, light: bool = False) -> dict[str, Any]:
+        """Stop every process of this harness (SIGSTOP) and wait until the kernel shows them stopped,
+        so nothing of theirs runs while the other side is timed. Returns what was seen: `stopped`
+        (all of them were), `states` (pid -> state letter). Under docker the container is paused
+        (~0.1 s), except when `light` (between timed rounds: too slow to do every round)."""
+        if self.process is None or self.process.poll() is not None:
+            return {"stopped": True, "states": {}, "gone": True}
+        if isinstance(self.process, _PooledChild):
+            try:
+                return self.pool.signal(self.process.pid, "stop")  # type: ignore[union-attr]
+            except PoolUnavailable as exc:
+                return {"stopped": False, "states": {}, "error": str(exc)}
+        if getattr(self.isolation, "name", "").startswith("docker"):
+            pause = getattr(self.isolation, "pause", None)
+            if light or pause is None:
+                return {"stopped": False, "states": {}, "error": "not done under docker"}
+            self._paused = True
+            return pause(self.workdir)
+        return freeze.stop_tree(self.process.pid)
+
+    def resume(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        if isinstance(self.process, _PooledChild):
+            try:
+                self.pool.signal(self.process.pid, "cont")  # type: ignore[union-attr]
+            except PoolUnavailable:
+                pass
+            return
+        if getattr(self.isolation, "name", "").startswith("docker"):
+            if self._paused:
+                self._paused = False
+                self.isolation.resume(self.workdir)  # type: ignore[attr-defined]
+            return
+        freeze.continue_tree(self.process.pid)
 
     def collect(self, header: dict[str, Any], *, deadline: float) -> tuple[dict[str, Any], bytearray]:
         assert self.channel is not None
@@ -274,7 +320,8 @@ class HarnessProcess:
             raise HarnessTimeout(f"the {self.role} process did not answer {header.get('cmd')!r} in time") from exc
         except (ChannelClosed, ProtocolError) as exc:
             returncode = self._reap()
-            raise HarnessDied(f"the {self.role} process {self._describe_exit(returncode, exc)}", returncode) from exc
+            raise HarnessDied(f"the {self.role} process {self._describe_exit(returncode, exc)}", returncode,
+                              self._memory_kill()) from exc
 
     def _describe_exit(self, returncode: int | None, exc: Exception) -> str:
         killed = getattr(self.process, "memory_killed_bytes", None)
@@ -287,6 +334,14 @@ class HarnessProcess:
         if returncode < 0:
             return f"was killed by signal {signal.Signals(-returncode).name}"
         return f"exited with code {returncode} without a result"
+
+    def _memory_kill(self) -> tuple[int, int] | None:
+        killed = getattr(self.process, "memory_killed_bytes", None)
+        if killed:
+            return int(killed), int(self.limits.get("memory_bytes", 0))
+        if self.watchdog is not None and self.watchdog.tripped:
+            return int(self.watchdog.tripped), int(self.watchdog.limit)
+        return None
 
     def _reap(self) -> int | None:
         assert self.process is not None

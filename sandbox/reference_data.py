@@ -7,9 +7,9 @@ inputs and expected outputs. An entry here is what one evaluation got from its r
 correctness trials when its salt was the entry's own (random, 62 bits, never sent anywhere): the
 setup facts (init inputs, tolerances, allowed ops, warnings, valid input sets) and, for every
 counted trial ("trial0", ...), the inputs and the expected outputs. An evaluation that finds an
-entry (a hit) starts its reference process as a judge: the engine sends the candidate the cached
-inputs and the judge the cached expected outputs and pristine inputs with the candidate's bytes,
-and the judge compares exactly as a reference does. Meanwhile, off the critical path, the same
+entry (a hit) starts its reference process as a judge: the engine hands the judge the cached inputs
+and expected outputs (sealed memfds), the judge shares the inputs with the candidate as a reference
+does and compares exactly as a reference does. Meanwhile, off the critical path, the same
 process builds the live model in the background (with the entry's init inputs, while the candidate
 sets up and compiles) and makes fresh timing inputs.
 
@@ -81,29 +81,24 @@ class ReferenceData:
         """Holds trials (the engine stores an entry only once its evaluation got past all of them)."""
         return bool(self.trials)
 
-    def add_trial(self, label: str, set_index: int, reply: dict[str, Any], payload: bytes | bytearray) -> None:
-        """Keep an `inputs` reply that carried the expected outputs after the inputs' bytes."""
-        split = reply["inputs_nbytes"]
-        self.trials[label] = {"set_index": set_index, "inputs": reply["inputs"], "shapes": reply.get("shapes"),
-                              "expected": reply["expected"]}
-        self.blobs[f"{label}.inputs"] = bytes(payload[:split])
-        self.blobs[f"{label}.expected"] = bytes(payload[split:])
+    def add_trial(self, label: str, set_index: int, reply: dict[str, Any], inputs: bytes, expected: bytes) -> None:
+        """Keep a trial the reference recorded (`record`: the descriptions of the inputs' and the
+        expected outputs' bytes, which came as sealed memfds)."""
+        record = reply["record"]
+        self.trials[label] = {"set_index": set_index, "inputs": record["inputs"], "shapes": reply.get("shapes"),
+                              "expected": record["expected"]}
+        self.blobs[f"{label}.inputs"] = bytes(inputs)
+        self.blobs[f"{label}.expected"] = bytes(expected)
 
     def setup_reply(self, environment: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         return {**self.setup, "environment": environment}, self.blobs["init"]
 
-    def inputs(self, label: str) -> tuple[dict[str, Any], bytes]:
+    def judge_request(self, label: str) -> tuple[dict[str, Any], bytes, bytes]:
+        """What a judge's `inputs` needs for a cached trial: the descriptions (`cached`), and the
+        inputs' and the expected outputs' bytes (the engine hands them over as sealed memfds)."""
         trial = self.trials[label]
-        return {"inputs": trial["inputs"], "shapes": trial["shapes"]}, self.blobs[f"{label}.inputs"]
-
-    def compare_request(self, label: str, header: dict[str, Any], candidate_bytes: bytes) -> tuple[dict[str, Any], bytes]:
-        """A judge's `compare`: the candidate's bytes, then the expected outputs', then the pristine
-        inputs', each segment's length named so the judge decodes each description against its own."""
-        trial = self.trials[label]
-        expected = self.blobs[f"{label}.expected"]
-        request = {**header, "expected": trial["expected"], "pristine": trial["inputs"],
-                   "candidate_nbytes": len(candidate_bytes), "expected_nbytes": len(expected)}
-        return request, candidate_bytes + expected + self.blobs[f"{label}.inputs"]
+        return ({"inputs": trial["inputs"], "expected": trial["expected"]},
+                self.blobs[f"{label}.inputs"], self.blobs[f"{label}.expected"])
 
 
 class ReferenceDataCache:

@@ -110,6 +110,21 @@ RULES: dict[str, Rule] = {
             "most of the GPU time was spent outside your Triton kernels; do the work in your kernels",
         ),
         Rule(
+            "timed_output_mismatch", Severity.fatal,
+            "timed calls that skip the work: replaying an earlier output (by input identity, by time, by shape), "
+            "or computing only when the result is inspected",
+            "timed calls run in rounds on shared inputs the reference rewrites with fresh values before each round; "
+            "every call's outputs are kept, and calls the engine picks at random after the round are checked by the "
+            "reference while the candidate is stopped",
+            "a timed call returned outputs that do not match its inputs; every call must compute its result",
+        ),
+        Rule(
+            "timing_claim_inconsistent", Severity.fatal,
+            "forged timing samples: per-call times the candidate's process reports that its round cannot have taken",
+            "the engine's own clock around each timed round bounds the sum of the per-call samples reported for it",
+            "the timing your process reported is inconsistent with the time the round took",
+        ),
+        Rule(
             "suspicious_source", Severity.warning,
             "obfuscation hints in the source: exec/eval/compile, getattr on torch with a computed name, "
             "__torch_function__/__torch_dispatch__, _make_subclass, gc/inspect/ctypes imports, try/except around a launch",

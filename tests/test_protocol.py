@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import struct
 import time
 
 import pytest
 import torch
 
-from sandbox.harness import tensors
-from sandbox.harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, read_key
+from sandbox.harness import shm, tensors
+from sandbox.harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair, read_key
 
 KEY = bytes(range(KEY_BYTES))
 
@@ -273,3 +274,55 @@ def test_encode_rejects_non_dense_and_unknown_values():
         tensors.encode(object())
     with pytest.raises(tensors.EncodeError):
         tensors.encode({"a": 1})
+
+
+# --- descriptors beside the frames (the data plane's shared memory) ---------------------------------
+
+
+def _with_data_socket() -> tuple[Channel, Channel, list[int]]:
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    data_parent, data_child = data_socketpair()
+    parent = Channel(to_parent_r, to_child_w, KEY, is_parent=True, data_fd=data_parent)
+    child = Channel(to_child_r, to_parent_w, KEY, is_parent=False, data_fd=data_child)
+    return parent, child, [to_child_r, to_child_w, to_parent_r, to_parent_w, data_parent, data_child]
+
+
+def test_descriptors_travel_with_their_frame_and_no_bytes_do() -> None:
+    parent, child, fds = _with_data_socket()
+    memory = shm.from_bytes(b"\x01" * 4096)
+    parent.send({"cmd": "run"}, fds=[memory], deadline=time.monotonic() + 5)
+    header, payload = child.recv(deadline=time.monotonic() + 5)
+    (received,) = child.take_fds()
+    assert header == {"cmd": "run"} and payload == bytearray()
+    assert os.pread(received, 8, 0) == b"\x01" * 8 and shm.size(received, sealed=True) == 4096
+    # A frame without descriptors leaves none behind; one not taken is closed by the next frame.
+    parent.send({"cmd": "a"}, fds=[memory], deadline=time.monotonic() + 5)
+    parent.send({"cmd": "b"}, deadline=time.monotonic() + 5)
+    child.recv(deadline=time.monotonic() + 5)
+    (left,) = child.received_fds
+    child.recv(deadline=time.monotonic() + 5)
+    assert child.received_fds == []
+    with pytest.raises(OSError):
+        os.fstat(left)
+    for fd in (*fds, memory, received):
+        os.close(fd)
+
+
+def test_forged_descriptor_messages_are_dropped_or_break_the_channel() -> None:
+    parent, child, fds = _with_data_socket()
+    stray = shm.create(16)
+    forger = socket.socket(fileno=os.dup(fds[5]))  # the child's end of the data socket, written directly
+    socket.send_fds(forger, [struct.pack(">QI", 0, 2)], [stray, stray])  # not what the frame announces
+    child.send({"ok": True}, fds=[stray], deadline=time.monotonic() + 5)
+    header, _ = parent.recv(deadline=time.monotonic() + 5)
+    assert header == {"ok": True} and len(parent.take_fds()) == 1  # the stray message dropped, the frame's taken
+    socket.send_fds(forger, [struct.pack(">QI", 9, 1)], [stray])  # a sequence number from the future
+    child.send({"ok": True}, fds=[stray], deadline=time.monotonic() + 5)
+    with pytest.raises(ProtocolError):
+        parent.recv(deadline=time.monotonic() + 5)
+    with pytest.raises(ProtocolError):  # a channel without a data socket carries no descriptors
+        Channel(fds[0], fds[3], KEY, is_parent=False).send({"ok": True}, fds=[stray])
+    forger.close()
+    for fd in (*fds, stray):
+        os.close(fd)

@@ -6,6 +6,7 @@ tests/test_corpus.py runs the exploit corpus on hits."""
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from pathlib import Path
@@ -118,7 +119,10 @@ def test_outputs_carried_for_leaked_cached_inputs_fail_the_fresh_rechecks(honest
     cheat = _run(_memorizing_candidate(known, identity), warm_pool, timing, data)
     assert cheat.performance.reference_outputs_cached is True
     assert cheat.correctness.passed == cheat.correctness.trials > 0  # every cached trial passed
-    assert cheat.correctness.recheck_passed is False and cheat.verdict == Verdict.incorrect, cheat.feedback
+    # The timed rounds run on fresh values it does not know, checked after each round; the rechecks too.
+    rules = {v.rule for v in cheat.anti_cheat.violations}
+    assert cheat.correctness.recheck_passed is False, cheat.feedback
+    assert cheat.verdict == Verdict.cheating and "timed_output_mismatch" in rules, (cheat.verdict, rules)
     # Near it, accepted: the same table, and the real computation for inputs it does not know.
     honest = _run(_memorizing_candidate(known, "return launch_relu(x, out)"), warm_pool, timing, data)
     assert honest.performance.reference_outputs_cached is True
@@ -201,8 +205,8 @@ def _entry(size: int = 100, salt: int = 1) -> ReferenceData:
     entry = ReferenceData.start(salt, {"environment": {"device": "cpu"}, "init_inputs": {"t": "list", "items": []},
                                        "valid_sets": [0]}, b"")
     for label in ("trial0", "trial1"):
-        entry.add_trial(label, 0, {"inputs": {"t": "tensor"}, "shapes": [[size]], "expected": {"t": "tensor"},
-                                   "inputs_nbytes": size}, bytes(range(256)) * (2 * size // 256) + bytes(2 * size % 256))
+        entry.add_trial(label, 0, {"record": {"inputs": {"t": "tensor"}, "expected": {"t": "tensor"}}, "shapes": [[size]]},
+                        bytes(range(256)) * (size // 256) + bytes(size % 256), bytes(size))
     return entry
 
 
@@ -258,38 +262,50 @@ def test_directory_entries_are_shared_private_and_counted_together(tmp_path: Pat
 # --- the judge ---------------------------------------------------------------------------------------
 
 
-def _judge_compare(outputs: Any, outputs_bytes: bytes, expected: torch.Tensor, pristine: list[Any]) -> dict[str, Any]:
+def _judge_compare(outputs: Any, expected: torch.Tensor, pristine: list[Any], mutate: bool = False) -> dict[str, Any]:
+    """A judge given a cached trial (inputs and expected outputs as sealed memfds, as the engine
+    hands them over) compares outputs exported as the candidate's process exports them."""
     judge = ReferenceRole()
-    reply, _ = judge.cmd_setup({"cmd": "setup", "judge": True, "device": "cpu"}, bytearray())
+    reply, _ = judge.cmd_setup({"cmd": "setup", "judge": True, "device": "cpu", "fds": []}, bytearray())
     assert reply["environment"]["device"] == "cpu" and judge.model is None and judge.module is None
-    returned, returned_bytes = tensors.encode(pristine)
-    expected_desc, expected_bytes = tensors.encode(expected)
-    pristine_desc, pristine_bytes = tensors.encode(pristine)
-    entry = _entry()
-    entry.trials["trial0"].update(expected=expected_desc, inputs=pristine_desc)
-    entry.blobs.update({"trial0.expected": expected_bytes, "trial0.inputs": pristine_bytes})
-    shifted = {**returned, "items": [{**item, "offset": item["offset"] + len(outputs_bytes)} for item in returned["items"]]}
-    header, payload = entry.compare_request("trial0", {"cmd": "compare", "trial": "trial0", "outputs": outputs,
-                                                       "returned": shifted, "atol": None, "rtol": None},
-                                            outputs_bytes + returned_bytes)
-    reply, _ = judge.cmd_compare(header, bytearray(payload))
+    pristine_desc, pristine_fd = tensors.share_bytes(pristine)
+    expected_desc, expected_fd = tensors.share_bytes(expected)
+    shared, _ = judge.cmd_inputs({"cmd": "inputs", "trial": "trial0", "cached": {"inputs": pristine_desc, "expected": expected_desc},
+                                  "fds": [pristine_fd, expected_fd]}, bytearray())
+    os.close(pristine_fd)
+    os.close(expected_fd)
+    (shared_fd,) = shared["fds"]
+    attached = tensors.Attached(torch.device("cpu"))
+    inputs = attached.attach(shared["inputs"], [shared_fd], writable=True)  # the candidate's view
+    if mutate:
+        inputs[0].zero_()
+    description, fds = tensors.export_outputs(outputs, torch.device("cpu")) if isinstance(outputs, torch.Tensor) else (outputs, [])
+    reply, _ = judge.cmd_compare({"cmd": "compare", "trial": "trial0", "outputs": description, "atol": None, "rtol": None,
+                                  "fds": fds}, bytearray())
+    for fd in [shared_fd, *fds]:
+        os.close(fd)
     return reply["report"]
 
 
 def test_the_judge_compares_with_the_supplied_expected_outputs() -> None:
     x = torch.randn(64)
     expected = torch.relu(x)
-    good_desc, good_bytes = tensors.encode(expected.clone())
-    report = _judge_compare(good_desc, good_bytes, expected, [x])
+    report = _judge_compare(expected.clone(), expected, [x])
     assert report["passed"] is True and report["inputs"]["unchanged"] is True
-    wrong_desc, wrong_bytes = tensors.encode(expected + 1)
-    assert _judge_compare(wrong_desc, wrong_bytes, expected, [x])["passed"] is False
+    assert _judge_compare(expected + 1, expected, [x])["passed"] is False
+    # The judge sees a write to the shared inputs through its own mapping, against its pristine copy.
+    assert _judge_compare(expected.clone(), expected, [x], mutate=True)["inputs"]["unchanged"] is False
 
 
-def test_a_candidate_description_cannot_reach_the_cached_expected_bytes() -> None:
+@pytest.mark.parametrize("reaching", [
+    {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256, "fd": 1},  # a descriptor it did not send
+    {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256},  # no descriptor at all
+    {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256, "ipc": "00" * 64},  # a CUDA handle on a CPU judge
+])
+def test_a_candidate_description_cannot_reach_the_cached_expected_bytes(reaching: dict[str, Any]) -> None:
+    """A candidate's description names only the descriptors sent with its own reply: the judge's
+    expected outputs and pristine inputs are in its private memory, named by nothing the candidate sends."""
     x = torch.randn(64)
     expected = torch.relu(x)
-    # Outputs described past the candidate's own bytes (its returned inputs), where the expected outputs follow.
-    reaching = {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 256, "nbytes": 256}
-    report = _judge_compare(reaching, b"", expected, [x])
+    report = _judge_compare(reaching, expected, [x])
     assert report["passed"] is False and "undecodable" in report

@@ -21,6 +21,7 @@ def main() -> int:
     parser.add_argument("--read-fd", type=int, required=True)
     parser.add_argument("--write-fd", type=int, required=True)
     parser.add_argument("--key-fd", type=int, required=True)
+    parser.add_argument("--data-fd", type=int, default=None)
     parser.add_argument("--limits", type=json.loads, default={})
     parser.add_argument("--evidence-fd", type=int, default=None, help="the judge's pipe for the native recorder's records")
     parser.add_argument("--native-cache", default=None, help="where the engine built the recorder")
@@ -30,7 +31,7 @@ def main() -> int:
         from . import native
 
         native.record_to(args.evidence_fd, Path(args.native_cache) if args.native_cache else None)
-    return serve(args.role, args.read_fd, args.write_fd, args.key_fd)
+    return serve(args.role, args.read_fd, args.write_fd, args.key_fd, args.data_fd)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The candidate role: untrusted code runs here. This process only runs the candidate and measures
-it; it never sees the expected outputs and never decides a verdict. What it reports back is raw
-outputs, returned inputs, launch counts and timings."""
+it; it never sees the expected outputs and never decides a verdict. Everything it reports is a
+claim: its outputs (left where the reference reads them: a sealed memfd, or its GPU memory by IPC
+handle), launch counts, and raw per-call timing samples (no statistics are computed here)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .dispatch import OpRecorder, compute_ops
 from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
-from .timing import CudaTimer, profile_kernels, time_on_host
+from .timing import CudaTimer, profile_kernels, round_on_host
 
 
 def _compile_error_types() -> tuple[type[BaseException], ...]:
@@ -58,15 +59,27 @@ class CandidateRole:
         # The helpers this role relies on, bound before the candidate is imported: the candidate runs
         # in this process and could rebind the module-level names (the snapshot reports it if so).
         self._compute_ops = compute_ops
-        self._encode = tensors.encode
-        self._decode = tensors.decode
+        self._export = tensors.export_outputs
+        self._renumber = tensors.renumber
         self._encode_error = tensors.EncodeError
+        self.kept: Any = None
+        self.trial_inputs: tensors.Attached | None = None
+        self.timing_attached: tensors.Attached | None = None
+        self.timing_sets: list[list[Any]] = []
+        self.timer: CudaTimer | None = None
+        self.native_recorder: Any = None
         self._aliased_inputs = _aliased_inputs
         self._unwritten_outputs = _unwritten_outputs
 
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
         kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
-        return CandidateFailed(error_reply(kind, exc, self.path))
+        reply = error_reply(kind, exc, self.path)
+        if isinstance(exc, torch.cuda.OutOfMemoryError) and self.device.type == "cuda":
+            # The budget on the device: what the GPU has (less what others hold), and what this process held.
+            free, total = torch.cuda.mem_get_info(self.device)
+            reply["error"]["memory_budget"] = {"memory": "device", "budget_bytes": int(total), "free_bytes": int(free),
+                                               "used_bytes": int(torch.cuda.max_memory_reserved(self.device))}
+        return CandidateFailed(reply)
 
     def cmd_prepare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         reply = prepare_device(header["device"])
@@ -80,7 +93,9 @@ class CandidateRole:
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
         self.path = write_source(header)
-        init_inputs = tensors.decode(header["init_inputs"], payload, "cpu")
+        init_fds = header["fds"]
+        init_inputs = tensors.decode_fd(header["init_inputs"], init_fds[0], "cpu", limit=1 << 30) if init_fds else (
+            tensors.decode(header["init_inputs"], b"", "cpu"))
         self.allowed_ops = frozenset(header.get("allowed_ops", ()))
         # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.
         self.recorder = LaunchRecorder(candidate_file=self.path)
@@ -93,6 +108,7 @@ class CandidateRole:
         if self.device.type == "cuda":
             # The profiler imports torch._dynamo lazily, and that rewraps torch.manual_seed.
             importlib.import_module("torch._dynamo")
+        self.native_recorder = self._native_recorder()  # bound before the candidate is imported
         self.audit = AuditGuard(self.path, os.path.dirname(self.path))
         self.audit.install()
         self.snapshot = IntegritySnapshot()
@@ -147,9 +163,31 @@ class CandidateRole:
         except BaseException as exc:
             raise self._failure(exc) from None
 
+    def _native_recorder(self) -> Any:
+        """The native recorder this process was started with (the `native` package, where present)."""
+        try:
+            from . import native  # type: ignore[attr-defined]
+        except ImportError:
+            return None
+        active = getattr(native, "active", None)
+        return active() if active is not None else None
+
+    def _let_go(self) -> None:
+        """Drop what the previous command kept for the reference to read (its outputs, the trial's
+        mapped inputs): the reference has read them by the time the next command comes."""
+        self.kept = None
+        if self.trial_inputs is not None:
+            self.trial_inputs.close()
+            self.trial_inputs = None
+
     def cmd_run(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         assert self.recorder is not None
-        inputs = self._decode(header["inputs"], payload, self.device)
+        self._let_go()
+        self.trial_inputs = tensors.Attached(self.device)
+        try:  # the inputs the reference shared: mapped, never copied (writes reach the reference)
+            inputs = list(self.trial_inputs.attach(header["inputs"], header["fds"], writable=True))
+        except tensors.EncodeError as exc:
+            raise CandidateFailed({"ok": False, "error": {"kind": "infrastructure_error", "message": str(exc)}}) from None
         self.recorder.take()
         outputs = self._forward(inputs)
         launches = self.recorder.take()
@@ -167,44 +205,68 @@ class CandidateRole:
             **self.observations(),
         }
         try:
-            output_desc, output_bytes = self._encode(outputs)
-        except self._encode_error as exc:
-            reply["output_problem"] = str(exc)
-            output_desc, output_bytes = None, b""
-        returned_desc, returned_bytes = self._encode(inputs)
-        reply["outputs"] = _shift(output_desc, 0)
-        reply["returned"] = _shift(returned_desc, len(output_bytes))
-        return reply, output_bytes + returned_bytes
+            reply["outputs"], reply["fds"] = self._export(outputs, self.device)
+        except (self._encode_error, RuntimeError) as exc:
+            reply["output_problem"] = str(exc)[:500]
+            reply["outputs"] = None
+        self.kept = outputs  # alive until the reference has read them
+        return reply, b""
 
-    def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """Map the shared timing sets (the reference rewrites their contents before every round)."""
+        self.timing_attached = tensors.Attached(self.device)
+        self.timing_sets = [list(self.timing_attached.attach(d, header["fds"], writable=True)) for d in header["inputs"]]
+        return {"ok": True}, b""
+
+    def cmd_time_round(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """One round of timed calls on the shared sets: the raw per-call samples (no statistics
+        here), and every call's outputs, kept and exported so the reference can check any of them
+        (which ones, the engine decides after this reply)."""
         assert self.recorder is not None
-        input_sets = self._decode(header["inputs"], payload, self.device)
+        self._let_go()
         self.recorder.take()
-
+        calls, start = int(header["calls"]), int(header.get("start", 0))
         # The op recorder stays on while timed (entered once, not per call): a candidate cannot tell
         # the timed calls from the checked ones by looking for it.
         self.recorder.keep_storages = False
         try:
             with torch.no_grad(), self.ops:
                 if self.device.type == "cuda":
-                    stats = CudaTimer(self.device).run(lambda inputs: self.model(*inputs), input_sets, **header.get("options", {}))
+                    if self.timer is None:
+                        self.timer = CudaTimer(self.device)
+                    timed = self.timer.round(lambda inputs: self.model(*inputs), self.timing_sets, calls, start,
+                                             header.get("slack_s"), self.native_recorder, int(header.get("first_label") or 0))
                 else:
-                    stats = time_on_host(lambda inputs: self.model(*inputs), input_sets)
+                    timed = round_on_host(lambda inputs: self.model(*inputs), self.timing_sets, calls, start)
         except BaseException as exc:
             raise self._failure(exc) from None
         finally:
             self.recorder.keep_storages = True
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
-        stats["launches"] = sum(1 for launch in launches if launch.own)
-        return {"ok": True, "stats": stats, "compute_ops": self._compute_ops(ops, self.allowed_ops),
+        outputs, fds = [], []
+        try:
+            for value in timed.pop("outputs"):
+                description, sent = self._export(value, self.device)
+                outputs.append(self._renumber(description, len(fds)))
+                fds += sent
+        except (self._encode_error, RuntimeError) as exc:
+            for fd in fds:
+                os.close(fd)
+            return {"ok": True, "output_problem": str(exc)[:500], "samples": timed["samples"], "outputs": None,
+                    **self.observations()}, b""
+        self.kept = timed  # the outputs stay alive until the next command
+        return {"ok": True, **timed, "outputs": outputs, "fds": fds,
+                "launches": sum(1 for launch in launches if launch.own),
+                "compute_ops": self._compute_ops(ops, self.allowed_ops),
                 "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
                 "device_to_host": device_to_host, **self.observations()}, b""
 
     def cmd_profile(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         """GPU only: the share of kernel time spent in the submission's own Triton kernels."""
         assert self.recorder is not None
-        input_sets = self._decode(header["inputs"], payload, self.device)
+        self._let_go()
+        input_sets = self.timing_sets
         own = set(self.recorder.totals)
         try:
             kernel_times = profile_kernels(lambda inputs: self.model(*inputs), input_sets, self.ops)
@@ -245,13 +307,3 @@ def _unwritten_outputs(outputs: Any, written: set[int]) -> list[int]:
         and t.untyped_storage().data_ptr() not in written
     ]
 
-
-def _shift(description: Any, offset: int) -> Any:
-    """Move tensor byte offsets when two encoded values share one payload."""
-    if not isinstance(description, dict):
-        return description
-    if description.get("t") == "tensor":
-        return {**description, "offset": description["offset"] + offset}
-    if "items" in description:
-        return {**description, "items": [_shift(item, offset) for item in description["items"]]}
-    return description

@@ -1,10 +1,14 @@
 """The reference role: trusted. Loads the problem, makes every input, computes the expected
 outputs, compares what the candidate returned, and times the reference. It never sees the
-candidate's code, only the bytes of its outputs.
+candidate's code, only its outputs.
+
+No tensor crosses a pipe: inputs are made here in shared memory (a memfd on the CPU, an allocation
+of their own shared by CUDA IPC on the GPU), and the candidate's outputs are read where the
+candidate left them (see tensors.py, the data plane).
 
 As a judge (`setup` with `judge: true`, when the engine holds this problem's reference data in its
-cache) it loads no problem at all: it prepares its device, and `compare` receives the expected
-outputs and the pristine inputs from the engine along with the candidate's bytes."""
+cache) it loads no problem at all: it prepares its device, and `inputs` receives the cached inputs
+and expected outputs from the engine (sealed memfds), shares the inputs and compares as a reference does."""
 
 from __future__ import annotations
 
@@ -37,10 +41,13 @@ class ReferenceRole:
         self.model: Any = None
         self.device = torch.device("cpu")
         self.input_sets: list[dict[str, int]] = [{}]
-        self.trials: dict[str, tuple[list[Any], Any]] = {}
+        self.trials: dict[str, tuple[list[Any], tensors.SharedValue, Any]] = {}
         self.timing_inputs: list[list[Any]] = []
         self.dtype = torch.float32
         self.compiled: Any = None
+        self.timing_shared: list[tensors.SharedValue] = []
+        self.round_pristine: list[list[Any]] = []
+        self.round_expected: list[Any] = []
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
@@ -68,7 +75,7 @@ class ReferenceRole:
                     self.model = self.model.to(self.dtype)
             if header.get("checked"):  # built again for a cached problem: its sets and warnings are known
                 valid_sets, warnings = list(range(len(self.input_sets))), []
-                description, data = None, b""
+                description, init_fd = None, None
                 # One forward and comparison now, in the background: the first use of their kernels
                 # (lazily loaded) would otherwise fall on the judged trials.
                 warm = self.forward(self.make_inputs(0, int(header["init_seed"])))
@@ -76,7 +83,7 @@ class ReferenceRole:
             else:
                 valid_sets = self._valid_sets(int(header["init_seed"]))
                 warnings = self._degenerate_warnings(int(header["init_seed"]))
-                description, data = tensors.encode(init_inputs)
+                description, init_fd = tensors.share_bytes(init_inputs)
         except Exception as exc:
             raise ProblemError(f"the reference problem failed to run: {type(exc).__name__}: {exc}") from exc
         reply = {
@@ -88,8 +95,9 @@ class ReferenceRole:
             "allowed_ops": [str(op) for op in getattr(self.module, "ALLOWED_OPS", [])],
             "warnings": warnings,
             "valid_sets": valid_sets,
+            "fds": [init_fd] if init_fd is not None else [],
         }
-        return reply, data
+        return reply, b""
 
     def make_inputs(self, set_index: int, seed: int) -> list[Any]:
         overrides = self.input_sets[set_index]
@@ -138,56 +146,110 @@ class ReferenceRole:
         return []
 
     def cmd_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        """A trial's inputs. With `expected_budget` (bytes), the expected outputs come too, after the
-        inputs' bytes (`inputs_nbytes`), or `expected: null` when they exceed the budget or cannot
-        be encoded: the engine keeps them in its reference-data cache."""
-        inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]))
-        expected = self.forward(inputs)
-        self.trials[header["trial"]] = (inputs, expected)
-        description, data = tensors.encode(inputs)
+        """A trial's inputs, made here (or, as a judge, from the engine's cached inputs and expected
+        outputs: two sealed memfds) and shared with the candidate: a memfd on the CPU, an allocation
+        of their own exported by CUDA IPC on the GPU. This process keeps the pristine inputs and the
+        expected outputs in its private memory, which no shared buffer reaches. With
+        `expected_budget` (bytes), the inputs and expected outputs also come back as sealed memfds
+        for the engine's reference-data cache (`record`), or `record: null` when they exceed it."""
+        if "cached" in header:
+            fds, cached = header["fds"], header["cached"]
+            inputs = tensors.decode_fd(cached["inputs"], fds[0], self.device)
+            expected = tensors.decode_fd(cached["expected"], fds[1], self.device)
+        else:
+            inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]))
+            expected = self.forward(inputs)
+        shared = tensors.SharedValue(inputs, self.device)
+        self.trials[header["trial"]] = (inputs, shared, expected)
         shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
-        reply = {"ok": True, "inputs": description, "shapes": shapes}
+        reply: dict[str, Any] = {"ok": True, "inputs": shared.description, "shapes": shapes,
+                                 "nbytes": {"inputs": _nbytes(inputs), "expected": _nbytes(expected)}}
+        fds = shared.take_fds()
         if header.get("expected_budget") is not None:
-            reply["expected"], expected_data = _encode_within(expected, int(header["expected_budget"]) - len(data))
-            reply["inputs_nbytes"] = len(data)
-            data += expected_data
-        return reply, data
-
-    def _supplied(self, header: dict[str, Any], payload: bytearray) -> tuple[Any, Any, bytearray]:
-        """A judge's comparison material: the payload is the candidate's bytes (`candidate_nbytes`),
-        then the expected outputs' (`expected_nbytes`), then the pristine inputs'. Each description
-        is decoded against its own segment only, so the candidate's cannot reach the trusted bytes."""
-        start, middle = int(header["candidate_nbytes"]), int(header["candidate_nbytes"]) + int(header["expected_nbytes"])
-        expected = tensors.decode(header["expected"], payload[start:middle], self.device)
-        pristine = tensors.decode(header["pristine"], payload[middle:], self.device)
-        return pristine, expected, payload[:start]
+            reply["record"] = None
+            if _nbytes(inputs) + _nbytes(expected) <= int(header["expected_budget"]):
+                try:
+                    inputs_desc, inputs_fd = tensors.share_bytes(inputs)
+                    expected_desc, expected_fd = tensors.share_bytes(expected)
+                    reply["record"] = {"inputs": inputs_desc, "expected": expected_desc, "fds": [len(fds), len(fds) + 1]}
+                    fds += [inputs_fd, expected_fd]
+                except tensors.EncodeError:
+                    pass
+        reply["fds"] = fds
+        return reply, b""
 
     def cmd_compare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        if "expected" in header:
-            pristine, expected, payload = self._supplied(header, payload)
-        else:
-            pristine, expected = self.trials.pop(header["trial"])
+        """Read the candidate's outputs where they are (its sealed memfd, or its GPU memory by IPC
+        handle), compare them with the expected outputs, and the shared inputs with the pristine ones."""
+        inputs, shared, expected = self.trials.pop(header["trial"])
+        attached = tensors.Attached(self.device)
         try:
-            returned = tensors.decode(header["returned"], payload, self.device)
-            actual = None if header.get("outputs") is None else tensors.decode(header["outputs"], payload, self.device)
-        except tensors.EncodeError as exc:  # bytes that do not describe tensors: the candidate's doing
-            report: dict[str, Any] = {"passed": False, "undecodable": str(exc), "outputs": [],
-                                      "reason": "the candidate process sent outputs that cannot be decoded",
-                                      "inputs": {"unchanged": True, "changed_inputs": []}}
-            return {"ok": True, "report": report}, b""
-        if actual is None:  # the candidate's outputs could not be transferred
-            report = {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
-        else:
-            report = compare.compare_outputs(expected, actual, header.get("atol"), header.get("rtol"))
-        report["inputs"] = compare.inputs_unchanged(pristine, returned)
+            report = self._judge(expected, header.get("outputs"), header["fds"], attached, header.get("atol"), header.get("rtol"))
+            report["inputs"] = compare.inputs_unchanged(inputs, shared.value)
+        finally:
+            attached.close()
+            shared.release()
         return {"ok": True, "report": report}, b""
 
+    def _judge(self, expected: Any, outputs: Any, fds: list[int], attached: tensors.Attached,
+               atol: float | None, rtol: float | None) -> dict[str, Any]:
+        if outputs is None:  # the candidate's outputs could not be exported
+            return {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
+        try:
+            actual = attached.attach(outputs, fds, sealed=True)
+        except (tensors.EncodeError, OSError, ValueError) as exc:  # what the candidate sent is not its outputs
+            return {"passed": False, "undecodable": str(exc)[:500], "outputs": [],
+                    "reason": "the candidate process sent outputs that cannot be read"}
+        return compare.compare_outputs(expected, actual, atol, rtol)
+
     def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        self.timing_inputs = [self.make_inputs(0, int(seed)) for seed in header["seeds"]]
-        description, data = tensors.encode(self.timing_inputs)
-        return {"ok": True, "inputs": description}, data
+        """The timed loop's input sets: one shared buffer per set, whose contents `refresh` rewrites
+        before every round of the candidate's."""
+        self._release_timing()
+        self.timing_shared = [tensors.SharedValue(self.make_inputs(0, int(seed)), self.device) for seed in header["seeds"]]
+        # The reference is timed on the shared buffers themselves (no second copy on the device):
+        # the candidate's processes are stopped while it is.
+        self.timing_inputs = [list(shared.value) for shared in self.timing_shared]
+        descriptions, fds = [], []
+        for shared in self.timing_shared:
+            descriptions.append(tensors.renumber(shared.description, len(fds)))
+            fds += shared.take_fds()
+        return {"ok": True, "inputs": descriptions, "fds": fds}, b""
+
+    def cmd_refresh(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """Fresh values (seeds the candidate never sees) in every shared timing set, and their
+        expected outputs, before a timed round of the candidate."""
+        self.round_pristine, self.round_expected = [], []
+        for shared, seed in zip(self.timing_shared, header["seeds"], strict=True):
+            fresh = self.make_inputs(0, int(seed))
+            shared.refresh(fresh)
+            self.round_pristine.append(fresh)
+            self.round_expected.append(self.forward(fresh))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return {"ok": True}, b""
+
+    def cmd_check_round(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """Compare the outputs of the timed calls the engine picked after the round (the candidate
+        is stopped meanwhile), and the shared sets with what was written into them."""
+        results = []
+        attached = tensors.Attached(self.device)
+        try:
+            for check in header["checks"]:
+                set_index = int(check["set"])
+                report = self._judge(self.round_expected[set_index], check.get("outputs"), header["fds"], attached,
+                                     header.get("atol"), header.get("rtol"))
+                results.append({"call": check["call"], "set": set_index, "passed": bool(report.get("passed")),
+                                "reason": report.get("reason"), "undecodable": report.get("undecodable")})
+        finally:
+            attached.close()
+        changed = [k for k, (shared, fresh) in enumerate(zip(self.timing_shared, self.round_pristine, strict=True))
+                   if not compare.inputs_unchanged(fresh, shared.value)["unchanged"]]
+        return {"ok": True, "checks": results, "changed_sets": changed}, b""
 
     def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """Time the reference on its private timing inputs; raw per-call samples go to the engine,
+        which makes the statistics (the engine stops the candidate's processes meanwhile)."""
         model = self.model
         if header.get("compiled"):  # the torch.compile baseline; compiled (and warmed) before the timer starts
             if self.compiled is None:
@@ -202,14 +264,11 @@ class ReferenceRole:
                 stats = time_on_host(lambda inputs: model(*inputs), self.timing_inputs)
         return {"ok": True, "stats": stats}, b""
 
+    def _release_timing(self) -> None:
+        for shared in getattr(self, "timing_shared", []):
+            shared.release()
+        self.timing_shared = []
 
-def _encode_within(value: Any, budget: int) -> tuple[Any, bytes]:
-    """Encode expected outputs if they fit in `budget` bytes (sized before copying them off the device)."""
-    size = sum(x.numel() * x.element_size() for x in compare.flatten_outputs(value) if isinstance(x, torch.Tensor))
-    if size > budget:
-        return None, b""
-    try:
-        description, data = tensors.encode(value)
-    except tensors.EncodeError:
-        return None, b""
-    return (description, data) if len(data) <= budget else (None, b"")
+
+def _nbytes(value: Any) -> int:
+    return sum(x.numel() * x.element_size() for x in compare.flatten_outputs(value) if isinstance(x, torch.Tensor))

@@ -5,17 +5,18 @@ Replies are {"ok": true, ...} or {"ok": false, "error": {"kind": ..., ...}}."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from .protocol import Channel, ChannelClosed, read_key
 
 
-def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int) -> int:
+def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int, data_fd: int | None = None) -> int:
     """Answer the parent's commands as `role_name` (also entered by a child of the warm pool's zygote)."""
     # The key is read and its pipe closed before any submitted code is loaded.
     key = read_key(key_fd)
-    channel = Channel(read_fd, write_fd, key, is_parent=False)
+    channel = Channel(read_fd, write_fd, key, is_parent=False, data_fd=data_fd)
     del key
 
     if role_name == "reference":
@@ -44,6 +45,8 @@ def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int) -> int:
             return 0
         handler = handlers.get(str(command))
         data: bytes = b""
+        received = channel.take_fds()  # shared memory sent with the command; the role maps what it needs
+        header["fds"] = received
         if handler is None:
             reply: dict[str, Any] = {"ok": False, "error": {"kind": "infrastructure_error", "message": f"unknown command {command!r}"}}
         else:
@@ -54,9 +57,19 @@ def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int) -> int:
             except Exception as exc:
                 reply = error_reply("infrastructure_error", exc)
         reply["cmd"] = command
+        for fd in received:  # mappings outlive their descriptors
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        outgoing = reply.pop("fds", None) or []
         for stream in streams:  # what the candidate printed reaches the evidence even if it is killed later
             try:
                 stream.flush()
             except Exception:
                 pass
-        channel.send(reply, data)
+        try:
+            channel.send(reply, data, fds=outgoing)
+        finally:
+            for fd in outgoing:
+                os.close(fd)

@@ -19,7 +19,6 @@ median (from order statistics) is within `target_rel_ci` of the median on either
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -29,32 +28,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile  # imported before the integrity snapshot
 
+from .stats import median_ci95, summarize
+
 _perf_counter = time.perf_counter  # bound before any candidate code is imported
-
-
-def median_ci95(samples: Sequence[float]) -> tuple[float, float]:
-    """Distribution-free 95% CI of the median: order statistics n/2 -+ 1.96 sqrt(n)/2."""
-    ordered = sorted(samples)
-    n = len(ordered)
-    half_width = 1.96 * math.sqrt(n) / 2
-    low = max(0, math.floor(n / 2 - half_width))
-    high = min(n - 1, math.ceil(n / 2 + half_width) - 1)
-    return ordered[low], ordered[high]
-
-
-def summarize(samples: Sequence[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
-    low, high = median_ci95(ordered)
-    return {
-        "median": statistics.median(ordered),
-        "iqr": quartiles[2] - quartiles[0],
-        "mean": statistics.fmean(ordered),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "n": len(ordered),
-        "ci95": [low, high],
-    }
 
 
 class CudaTimer:
@@ -125,6 +101,8 @@ class CudaTimer:
                 if tight or len(samples) >= max_reps or _perf_counter() - started > max_seconds:
                     break
         stats = summarize(samples)
+        stats["samples"] = samples
+        stats["slack_cycles"] = slack_cycles
         stats["method"] = "cuda_events+l2_flush"
         stats["stable"] = bool((stats["ci95"][1] - stats["ci95"][0]) <= 2 * target_rel_ci * stats["median"])
         stats["host_ms_total"] = host_ms
@@ -132,6 +110,40 @@ class CudaTimer:
         stats["host_ms_per_call"] = host_seconds * 1e3
         stats["flush_ms"] = flush_seconds * 1e3
         return stats
+
+    def round(self, call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
+              start: int = 0, slack_s: float | None = None, recorder: Any = None, first_label: int = 0) -> dict[str, Any]:
+        """One round of the candidate's timed calls, as `run` times each call (flush, spin, events on
+        the current stream), keeping every call's outputs. Returns the raw samples (ms), the
+        outputs, and the host time of the round; the engine makes the statistics. With the native
+        recorder, call i is also bracketed by markers first_label + 2i and first_label + 2i + 1, and
+        the records are flushed after the round: the engine then takes the call's GPU time from
+        the records (sandbox/native_evidence.py), which the candidate's Python cannot rewrite."""
+        seconds = float(slack_s) if isinstance(slack_s, (int, float)) else 20e-6  # the engine's, from the warm-up round
+        slack_cycles = int(max(20e-6, min(seconds, 20e-3)) * self._clock_hz)
+        starts = [self._Event(enable_timing=True) for _ in range(calls)]
+        ends = [self._Event(enable_timing=True) for _ in range(calls)]
+        outputs: list[Any] = []
+        self._synchronize()
+        host_start = _perf_counter()
+        for i in range(calls):
+            self._flush.zero_()
+            torch.cuda._sleep(slack_cycles)
+            stream = torch.cuda.current_stream(self.device).cuda_stream if recorder is not None else 0
+            if recorder is not None:
+                recorder.mark(first_label + 2 * i, stream)
+            starts[i].record()
+            result = call(input_sets[(start + i) % len(input_sets)])
+            ends[i].record()
+            if recorder is not None:
+                recorder.mark(first_label + 2 * i + 1, stream)
+            outputs.append(keep_as_returned(result))
+        self._synchronize()
+        host_ms = (_perf_counter() - host_start) * 1e3
+        if recorder is not None:
+            recorder.flush()
+        return {"samples": [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], "outputs": outputs,
+                "host_ms": host_ms, "method": "cuda_events+l2_flush"}
 
     def _flush_seconds(self, reps: int = 3) -> float:
         """The shortest of a few flushes, measured with events (the spin before each call adds to it)."""
@@ -153,9 +165,35 @@ def time_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequ
         call(input_sets[i % len(input_sets)])
         samples.append((_perf_counter() - start) * 1e3)
     stats = summarize(samples)
+    stats["samples"] = samples
     stats["method"] = "host_clock"
     stats["stable"] = False
     return stats
+
+
+def keep_as_returned(value: Any) -> Any:
+    """A timed call's outputs as they were when it returned, copied right after the call (outside
+    its timed window): a later call that overwrites the same buffer (an output buffer reused from
+    call to call, which is honest) cannot change what is checked for this one, and a tensor replayed
+    from an earlier call is checked against this call's inputs."""
+    if type(value) in (list, tuple):
+        return type(value)(keep_as_returned(item) for item in value)
+    if type(value) is not torch.Tensor:
+        return value  # anything else is judged (and rejected) when the outputs are exported
+    return value.clone()
+
+
+def round_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
+                  start: int = 0) -> dict[str, Any]:
+    """CPU / interpreter mode: one round of host-clock calls, every call's outputs kept."""
+    samples: list[float] = []
+    outputs: list[Any] = []
+    for i in range(calls):
+        began = _perf_counter()
+        result = call(input_sets[(start + i) % len(input_sets)])
+        samples.append((_perf_counter() - began) * 1e3)
+        outputs.append(keep_as_returned(result))
+    return {"samples": samples, "outputs": outputs, "host_ms": sum(samples), "method": "host_clock"}
 
 
 def profile_kernels(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], mode: Any, reps: int = 3) -> dict[str, float]:

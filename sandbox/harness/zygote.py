@@ -8,9 +8,10 @@ not be visible inside the isolation. The lifeline is a pipe whose other end only
 when it reads as closed, the worker is gone and the zygote exits (and its children with it). Each connection carries one request and gets one reply:
 
     {"op": "spawn", "role": R, "cwd": D, "env": {...}, "limits": {...}}  + 5 descriptors
-        (channel read, channel write, key read, stdout write, stderr write) -> {"ok": true, "pid": P}
+        (channel read, channel write, key read, stdout write, stderr write, data socket) -> {"ok": true, "pid": P}
     {"op": "kill", "pid": P}    -> kills that child's process group
     {"op": "status", "pid": P}  -> {"ok": true, "exit": code | -signal | null}
+    {"op": "signal", "pid": P, "action": "stop" | "cont"} -> stops (and waits) or continues its tree
     {"op": "ping"}              -> {"ok": true, "children": n, "spares": n, "warm": {...}}
     {"op": "learn", "launchers": [pattern, ...]} -> {"ok": true, "building": n}
         (argument-type patterns a child had to compile a Triton launcher for; see triton_cache.py)
@@ -38,11 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import triton_cache
+from . import freeze, triton_cache
 from .limits import apply_limits
 
 MAX_MESSAGE = 256 * 1024
-FD_NAMES = ("read", "write", "key", "stdout", "stderr")
+FD_NAMES = ("read", "write", "key", "stdout", "stderr", "data")
 EVIDENCE_FD = "evidence"  # optional, last: the native recorder's pipe (sandbox/native_evidence.py)
 MAX_LAUNCHERS = 512  # argument-type patterns learned per zygote
 PR_SET_PDEATHSIG = 1
@@ -211,6 +212,14 @@ class Zygote:
                         kill(pid, signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
                         pass
+            return {"ok": True}
+        if op == "signal":  # stop a child while the other side is timed (see freeze.py)
+            pid = int(request["pid"])
+            if pid not in self.children:
+                return {"ok": True, "stopped": True, "states": {}, "gone": True}
+            if request.get("action") == "stop":
+                return {"ok": True, **freeze.stop_tree(pid)}
+            freeze.continue_tree(pid)
             return {"ok": True}
         if op == "status":
             self.reap()
@@ -385,7 +394,7 @@ class Zygote:
                 native.stop_ahead()
         from .server import serve
 
-        code = serve(assignment["role"], named["read"], named["write"], named["key"])
+        code = serve(assignment["role"], named["read"], named["write"], named["key"], named["data"])
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
