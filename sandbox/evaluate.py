@@ -9,9 +9,9 @@ checked while the candidate is stopped; the reference is timed only while the ca
 
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
-import inspect
 import math
 import os
 import secrets
@@ -25,14 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import rules, static_checks
+from . import native_evidence, rules, static_checks
 from .feedback import write_feedback
 from .harness import shm
-
-try:  # the native recorder's judge side (sandbox/native_evidence.py), where it is installed
-    from . import native_evidence  # type: ignore[attr-defined]
-except ImportError:
-    native_evidence = None
 from .harness.stats import clean_samples, summarize, tight
 from .input_sets import plan_input_sets
 from .isolation import Isolation
@@ -116,6 +111,8 @@ class _Run:
     trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
     output_nbytes: int = 0
     timing_sets: int = 1  # how many the reference made
+    kernel_functions: list[str] = field(default_factory=list)  # the submission's @triton.jit functions (from its source)
+    native_windows: list[Any] = field(default_factory=list)  # the timed calls' windows of native records
     _started: dict[str, float] = field(default_factory=dict)
     _deferred: dict[str, list[tuple[dict[str, Any], float, str]]] = field(default_factory=dict)
 
@@ -201,18 +198,12 @@ def close_fds(fds: list[int]) -> None:
             pass
 
 
-def _native_option(device: str) -> dict[str, Any]:
-    """Ask for the native recorder's record pipe on the GPU, where this version of HarnessProcess has one."""
-    wanted = device == "cuda" and native_evidence is not None
-    return {"native_records": True} if wanted and "native_records" in inspect.signature(HarnessProcess).parameters else {}
-
-
-def _native_samples(run: _Run, first_label: int, calls: int, flushes: int) -> tuple[list[float] | None, str | None]:
-    """Per-call GPU times (ms) of a round from the native recorder's records (each call between its
-    two markers: the span from the end of the opening marker to the start of the closing one), or
-    None and why not (no recorder, or records that do not add up: then the events, advisory)."""
+def _native_samples(run: _Run, first_label: int, calls: int, flushes: int) -> tuple[list[Any] | None, str | None]:
+    """The windows of a round's calls in the native recorder's records (each call between its two
+    markers), or None and why not (no recorder, or records that do not add up: then the harness's
+    events, advisory)."""
     records = getattr(run.candidate, "records", None)
-    if records is None or native_evidence is None:
+    if records is None:
         return None, None
     stream = records.wait_for_flush(flushes, timeout=5.0)
     if stream.hello is None:
@@ -221,7 +212,23 @@ def _native_samples(run: _Run, first_label: int, calls: int, flushes: int) -> tu
     calls_windows = list(found)[0::2]
     if found.problems or len(calls_windows) != calls or not all(w.complete for w in calls_windows):
         return None, "native records unusable: " + "; ".join(found.problems[:3])
-    return [w.span_ns / 1e6 for w in calls_windows], None
+    return calls_windows, None
+
+
+def _native_violations(run: _Run, call_windows: list[Any], round_index: int) -> list[Violation]:
+    """What the records of a round's calls show: a timed call that ran none of the submission's
+    kernels did not do the work; data copied to the host is a CPU detour (a scalar is allowed)."""
+    idle = [i for i, window in enumerate(call_windows)
+            if not any(native_evidence.names_kernel(f, k.name) for k in window.kernels for f in run.kernel_functions)]
+    found = []
+    if idle:
+        found.append(rules.violation("no_triton_launch", {"phase": "timing", "round": round_index, "calls": idle[:10],
+                                                          "evidence": "native recorder"}))
+    copied = [sum(window.device_to_host) for window in call_windows]
+    if max(copied, default=0) > HOST_SCALAR_BYTES:
+        found.append(rules.violation("device_to_host_transfer", {"phase": "timing", "round": round_index,
+                                                                 "bytes_per_call": max(copied), "evidence": "native recorder"}))
+    return found
 
 
 def jobs_root() -> Path:
@@ -275,11 +282,13 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     run = _Run(
         config=config, device=device, salt=salt, fresh_salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
-        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool, **_native_option(device)),
+        candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool,
+                                 native_records=device == "cuda"),
         # Another precision is another problem for the caches (inputs, expected outputs, timings).
         problem_sha256=problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(),
         reference_cache=reference_cache, timing_lock=timing_lock, started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
+        kernel_functions=static_checks.jit_functions(ast.parse(submission.source)),
     )
     run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
@@ -328,6 +337,7 @@ LARGE_DEFAULT_TRIALS = 3
 # Timed rounds: every call's outputs are kept until the round is checked, within this many bytes.
 KEEP_BYTES = {"cuda": 4 << 30, "cpu": 256 << 20}
 MAX_CALLS_PER_ROUND = 100  # few rounds for µs kernels: each round costs a refresh, a check and a stop
+HOST_SCALAR_BYTES = 64  # device-to-host bytes per timed call still taken as a scalar sync (`.item()`), not a detour
 
 
 def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], input_sets: list[dict[str, int]]) -> None:
@@ -611,9 +621,12 @@ def _time(run: _Run) -> None:
 def _profile(run: _Run) -> None:
     """The share of GPU time in the submission's own kernels (the profiler sees only this process's
     kernels; it holds the GPU shared only so as not to disturb another evaluation's timing)."""
-    with run.gpu_step():
-        profiled, _ = run.ask(run.candidate, {"cmd": "profile"})
-    run.add_violations(_watch_violations(profiled, "profile"))
+    if run.native_windows:  # the timed calls' own records: no extra calls, nothing the candidate reports
+        profiled: dict[str, Any] = native_evidence.profile(run.native_windows, run.kernel_functions)
+    else:
+        with run.gpu_step():
+            profiled, _ = run.ask(run.candidate, {"cmd": "profile"})
+        run.add_violations(_watch_violations(profiled, "profile"))
     run.performance.triton_time_fraction = profiled["fraction"]
     fraction = profiled["fraction"] or 0.0
     if fraction < run.config.min_triton_time_fraction:
@@ -754,9 +767,16 @@ def _time_candidate(run: _Run) -> dict[str, Any] | None:
             run.add_violations([rules.violation("timing_claim_inconsistent", {
                 "round": rounds, "claimed_ms_total": sum(claimed) if claimed else None, "judge_wall_ms": wall_ms})])
             return None
-        native, note = _native_samples(run, first_label, calls, rounds + 1) if gpu else (None, None)
+        call_windows, note = _native_samples(run, first_label, calls, rounds + 1) if gpu else (None, None)
         if note and note not in native_notes:
             native_notes.append(note)
+        native = [w.span_ns / 1e6 for w in call_windows] if call_windows is not None else None
+        if call_windows is not None and rounds > 0:
+            run.native_windows.extend(call_windows)
+            found = _native_violations(run, call_windows, rounds)
+            if found:
+                run.add_violations(found)
+                return None
         if rounds == 0:  # warm-up: compiles, autotuning; sets the spin before each timed call
             slack_s = min(2 * wall_ms / 1e3 / calls, 20e-3)
         else:
