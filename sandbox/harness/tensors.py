@@ -201,6 +201,14 @@ class SharedValue:
             else:
                 desc["fd"] = 0
         self.value = _rebuild(self.description, iter(self.views))
+        self._settle(device)
+
+    @staticmethod
+    def _settle(device: torch.device) -> None:
+        """The other process reads this memory with no ordering against this process's stream:
+        the writes must be done before its description leaves."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def refresh(self, value: Any) -> None:
         """Overwrite the contents in place (same shapes): what the candidate maps changes under it."""
@@ -208,6 +216,8 @@ class SharedValue:
         with torch.no_grad():
             for view, tensor in zip(self.views, tensors, strict=True):
                 view.copy_(tensor)
+        if self.views:
+            self._settle(self.views[0].device)
 
     def take_fds(self) -> list[int]:
         """Duplicates of the descriptors to send (this object keeps its own until `release`)."""
