@@ -298,6 +298,22 @@ def resident_bytes(pid: int) -> int:
         return 0
 
 
+def lockdown_wanted(isolation: Isolation) -> bool:
+    """Whether harness processes confine themselves with landlock and seccomp (harness/lockdown.py):
+    under every backend but `process` (the unconfined control), unless REFEREE_LOCKDOWN=off."""
+    return isolation.name != "process" and os.environ.get("REFEREE_LOCKDOWN", "on") != "off"
+
+
+def namespace_layers(isolation: Isolation) -> list[str]:
+    """The layers the backend itself puts around a harness process (for `environment.confinement`)."""
+    if isolation.name in ("unshare", "bwrap"):
+        layers = ["netns", "pidns", "ipcns", "utsns", "mntns"] + ([f"uid:{NOBODY}"] if _is_root() else ["userns"])
+        return layers
+    if isolation.name.startswith("docker"):
+        return ["container", "netns", "pidns", "ipcns", "utsns", "mntns", "cap-drop:all"]
+    return []
+
+
 def _probe(command: list[str]) -> bool:
     try:
         return subprocess.run(command, capture_output=True, timeout=20).returncode == 0

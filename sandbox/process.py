@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .harness import lockdown
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
-from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, start_watchdog
+from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_wanted, namespace_layers, start_watchdog
 from .pool import PoolClient, PoolUnavailable
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
@@ -176,6 +177,7 @@ class HarnessProcess:
         self._readers: list[_CappedReader] = []
         self._fds: tuple[int, ...] = ()
         self.watchdog: MemoryWatchdog | None = None
+        self.confinement: list[str] = []  # the kernel layers this process runs under (result: environment.confinement)
 
     def start(self) -> None:
         started = time.monotonic()
@@ -191,7 +193,8 @@ class HarnessProcess:
         env = child_environment(self.workdir, self.role, self.device)
         try:
             if self.pool is not None:
-                self.process = _PooledChild(self.pool, self.pool.spawn(self.role, self.workdir, env, self.limits, list(child_fds)))
+                pid, self.confinement = self.pool.spawn(self.role, self.workdir, env, self.limits, list(child_fds))
+                self.process = _PooledChild(self.pool, pid)
             else:
                 argv = [
                     self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
@@ -199,6 +202,11 @@ class HarnessProcess:
                     "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
                     "--limits", json.dumps({k: v for k, v in self.limits.items() if k != "memory_bytes"}),
                 ]
+                self.confinement = namespace_layers(self.isolation)
+                if lockdown_wanted(self.isolation):  # the harness applies exactly these or exits
+                    support = lockdown.probe()
+                    argv += ["--lockdown", json.dumps({"landlock_abi": support.landlock_abi, "seccomp": support.seccomp})]
+                    self.confinement = [*support.layers(), *self.confinement]
                 self.process = _FreshChild(subprocess.Popen(
                     self.isolation.command(argv, self.workdir, self.device),
                     cwd=self.workdir, env=env, pass_fds=child_fds[:3],

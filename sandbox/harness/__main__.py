@@ -21,7 +21,18 @@ def main() -> int:
     parser.add_argument("--write-fd", type=int, required=True)
     parser.add_argument("--key-fd", type=int, required=True)
     parser.add_argument("--limits", type=json.loads, default={})
+    parser.add_argument("--lockdown", type=json.loads, default=None,
+                        help='{"landlock_abi": N, "seccomp": bool}: confine this process first (lockdown.py)')
     args = parser.parse_args()
+    if args.lockdown is not None:  # before the key is read and any submitted code is loaded
+        from . import lockdown
+
+        support = lockdown.Support(int(args.lockdown.get("landlock_abi") or 0), bool(args.lockdown.get("seccomp")))
+        try:
+            lockdown.apply(lockdown.default_policy(os.getcwd()), support)
+        except OSError as exc:
+            print(f"harness: cannot confine this process: {exc}", file=sys.stderr, flush=True)
+            return 74
     apply_limits(args.limits)
     return serve(args.role, args.read_fd, args.write_fd, args.key_fd)
 

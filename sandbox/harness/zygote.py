@@ -1,7 +1,7 @@
 """The warm pool's zygote: a process that has imported torch, triton and the harness but never
 touched CUDA, and forks a fresh harness process per request.
 
-`python -m harness.zygote --listen-fd L --lifeline-fd F [--spares N] [--warm-target cuda:90:32]`
+`python -m harness.zygote --listen-fd L --lifeline-fd F [--spares N] [--warm-target cuda:90:32] [--lockdown]`
 
 The worker made the listening socket (AF_UNIX, SOCK_SEQPACKET) and passed it in; its path need
 not be visible inside the isolation. The lifeline is a pipe whose other end only the worker holds:
@@ -19,6 +19,14 @@ Forking after CUDA initialises is unsafe, so the zygote checks it never did. Chi
 ahead of demand ("spares") and wait, holding nothing, for their assignment; each then starts its
 own session, takes its descriptors, environment, working directory and limits, and becomes an
 ordinary harness process (`server.serve`). Children die with the zygote (PR_SET_PDEATHSIG).
+
+With `--lockdown` (every backend but `process`), each spare confines itself right after the fork,
+while it has one thread and before it touches CUDA (lockdown.py: landlock and seccomp). Its only
+writable directory is one the zygote made for it, `.spare-<pid>` in the jobs directory; on
+assignment the zygote renames that directory to the job's working directory (landlock's rule
+follows the directory, not its name), so a child can write only where its job lives. A spare that
+cannot apply every layer the zygote probed at start-up exits before it could be assigned (fail
+closed); `ping` and `spawn` name the layers (`confinement`).
 """
 
 from __future__ import annotations
@@ -37,13 +45,15 @@ import tempfile
 import time
 from typing import Any
 
-from . import triton_cache
+from . import lockdown, triton_cache
 from .limits import apply_limits
 
 MAX_MESSAGE = 256 * 1024
 FD_NAMES = ("read", "write", "key", "stdout", "stderr")
 MAX_LAUNCHERS = 512  # argument-type patterns learned per zygote
 PR_SET_PDEATHSIG = 1
+SPARE_PREFIX = ".spare-"
+EXIT_LOCKDOWN_FAILED = 74
 
 
 def _preload(warm_target: str | None) -> dict[str, Any]:
@@ -113,8 +123,13 @@ def _compile_for(target: str) -> None:
 
 
 class Zygote:
-    def __init__(self, listener: socket.socket, lifeline: int, spares: int, device: str = "cpu") -> None:
+    def __init__(self, listener: socket.socket, lifeline: int, spares: int, device: str = "cpu",
+                 support: lockdown.Support | None = None) -> None:
         self.device = device
+        self.support = support  # None: no lockdown (the `process` backend)
+        self.jobs_dir = os.getcwd()  # the pool's jobs directory (where the worker's jobs are made)
+        self.spare_dirs: dict[int, str] = {}  # spare pid -> the directory it may write (locked down)
+        self.spares_made = 0
         self.listener = listener
         self.lifeline = lifeline
         self.spares_wanted = spares
@@ -186,21 +201,31 @@ class Zygote:
                 raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors, got {len(fds)}")
             limits = dict(request.get("limits") or {})
             memory = limits.pop("memory_bytes", None)  # watched here, not an rlimit
-            assignment = {"role": request["role"], "cwd": request["cwd"], "env": request["env"], "limits": limits,
+            cwd = os.path.abspath(str(request["cwd"]))
+            if self.support is not None and not self.owns(cwd):
+                raise ValueError(f"a job's directory must be new and inside {self.jobs_dir}: {cwd}")
+            assignment = {"role": request["role"], "cwd": cwd, "env": request["env"], "limits": limits,
                           "launchers": self.launchers}
             while True:
                 pid, link = self.spares.pop(0) if self.spares else self.fork_spare()
                 try:
+                    if self.support is not None:  # the spare's own directory becomes the job's
+                        os.makedirs(os.path.dirname(cwd), mode=0o755, exist_ok=True)
+                        os.rename(self.spare_dir(pid), cwd)
                     socket.send_fds(link, [json.dumps(assignment).encode()], fds)
                     break
                 except OSError:  # that spare died; take another
                     self.children.discard(pid)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
                 finally:
                     link.close()
             if memory:
                 self.memory_limits[pid] = int(memory)
-            self.workdirs[pid] = str(assignment["cwd"])
-            return {"ok": True, "pid": pid}
+            self.workdirs[pid] = cwd
+            return {"ok": True, "pid": pid, "confinement": self.support.layers() if self.support else []}
         if op == "kill":
             pid = int(request["pid"])
             if pid in self.children:
@@ -217,7 +242,8 @@ class Zygote:
                     "memory_killed_bytes": self.memory_kills.get(pid)}
         if op == "ping":
             return {"ok": True, "children": len(self.children), "spares": len(self.spares),
-                    "warm": {**self.facts, "launchers": len(self.launchers)}}
+                    "warm": {**self.facts, "launchers": len(self.launchers)},
+                    "confinement": self.support.layers() if self.support else []}
         if op == "learn":
             for pattern in request.get("launchers") or []:
                 self.learn(pattern)
@@ -263,7 +289,24 @@ class Zygote:
         while len(self.spares) < self.spares_wanted:
             self.spares.append(self.fork_spare())
 
+    def owns(self, cwd: str) -> bool:
+        """A job's directory: job-X/role right below the jobs directory, not there yet."""
+        job = os.path.dirname(cwd)
+        return (os.path.realpath(os.path.dirname(job)) == os.path.realpath(self.jobs_dir)
+                and not os.path.basename(job).startswith(".") and not os.path.islink(job)
+                and not os.path.lexists(cwd))
+
+    def spare_dir(self, pid: int) -> str:
+        return self.spare_dirs[pid]
+
     def fork_spare(self) -> tuple[int, socket.socket]:
+        own = None
+        if self.support is not None:  # made here, before the fork, so it exists when the spare is assigned
+            self.spares_made += 1
+            own = os.path.join(self.jobs_dir, f"{SPARE_PREFIX}{os.getpid()}-{self.spares_made}")
+            os.mkdir(own, 0o700)
+            # Opened before the fork: the zygote may rename it to the job's directory at once.
+            own_fd = os.open(own, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -271,12 +314,19 @@ class Zygote:
         if pid == 0:
             ours.close()
             try:
-                self.become_child(theirs)
-            except BaseException:
+                self.become_child(theirs, own_fd if own is not None else None)
+            except BaseException as exc:
+                try:  # to the zygote's log, or to the job's stderr once assigned
+                    print(f"zygote: a child failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                except BaseException:
+                    pass
                 os._exit(70)
             os._exit(71)
         theirs.close()
         self.children.add(pid)
+        if own is not None:
+            os.close(own_fd)
+            self.spare_dirs[pid] = self.workdirs[pid] = own  # removed if it dies unassigned
         return pid, ours
 
     def reap(self) -> None:
@@ -294,12 +344,15 @@ class Zygote:
             self.memory_limits.pop(pid, None)
             self.exits[pid] = os.waitstatus_to_exitcode(status)
             workdir = self.workdirs.pop(pid, None)
+            self.spare_dirs.pop(pid, None)
             if workdir:  # under a namespace backend the worker cannot see it to clean it up
                 shutil.rmtree(workdir, ignore_errors=True)
-                try:
-                    os.rmdir(os.path.dirname(workdir))  # the job's directory, once both roles are gone
-                except OSError:
-                    pass
+                job = os.path.dirname(workdir)
+                if os.path.realpath(job) != os.path.realpath(self.jobs_dir):
+                    try:
+                        os.rmdir(job)  # the job's directory, once both roles are gone
+                    except OSError:
+                        pass
             self.spares = [(p, link) for p, link in self.spares if p != pid]
             if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
                 for old in list(self.exits)[:1024]:
@@ -336,7 +389,17 @@ class Zygote:
                         pass
 
     # ---- a child's side, after fork
-    def become_child(self, link: socket.socket) -> None:
+    def lock_down(self, own: int) -> None:
+        """Confine this spare for good (one thread, no CUDA yet): its own directory to write, the
+        zygote's verified Triton builds to read, the runtime to read and Triton's compilers to run."""
+        try:
+            policy = lockdown.default_policy(own, [self.seed_dir] if self.seed_dir else [])
+            lockdown.apply(policy, self.support)
+        except OSError as exc:
+            print(f"zygote: a spare could not lock itself down: {exc}", file=sys.stderr, flush=True)
+            os._exit(EXIT_LOCKDOWN_FAILED)
+
+    def become_child(self, link: socket.socket, own: int | None = None) -> None:
         zygote_pid = os.getppid()
         self.listener.close()
         os.close(self.lifeline)
@@ -344,6 +407,9 @@ class Zygote:
             other.close()
         _die_with_parent(zygote_pid)
         os.setsid()
+        if own is not None:
+            self.lock_down(own)
+            os.close(own)
         if self.device == "cuda":
             # Ahead of demand: a CUDA context takes ~0.3-0.6 s to create (safe here: the zygote has none).
             import torch
@@ -404,12 +470,14 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: spares create their CUDA context early")
     parser.add_argument("--spares", type=int, default=2)
     parser.add_argument("--warm-target", default=None, help="backend:arch:warp_size, e.g. cuda:90:32")
+    parser.add_argument("--lockdown", action="store_true", help="each child confines itself (landlock, seccomp)")
     args = parser.parse_args()
     listener = socket.socket(fileno=args.listen_fd)
     for name in ("TMPDIR", "TRITON_CACHE_DIR"):  # under a namespace backend only the zygote can make them
         if os.environ.get(name):
             os.makedirs(os.environ[name], exist_ok=True)
-    zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device)
+    support = lockdown.probe() if args.lockdown else None
+    zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device, support)
     zygote.facts = _preload(args.warm_target)
     zygote.seed = triton_cache.seed_files(zygote.seed_dir)
     zygote.facts["seed_files"] = len(zygote.seed)
