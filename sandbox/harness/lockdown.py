@@ -257,6 +257,8 @@ class Policy:
     read_write: list[str | int] = field(default_factory=list)  # a path, or a descriptor of the directory
     execute: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
+    # read, execute and devices resolved (`resolve`): the zygote does it once, its spares reuse it
+    rules: dict[str, tuple[int, bool]] | None = None
 
 
 def runtime_read_paths() -> list[str]:
@@ -306,13 +308,24 @@ def executables() -> list[str]:
 def default_policy(workdir: str | int, extra_read: list[str] | None = None) -> Policy:
     """`workdir` (a path, or a descriptor that stays right however the directory is renamed) is the
     one place to write."""
-    own_proc = os.path.realpath("/proc/self")  # /proc/<pid>, this process's own entries only
     return Policy(
-        read=[*SYSTEM_READ, *runtime_read_paths(), *PROC_READ, own_proc, *(extra_read or [])],
+        read=[*SYSTEM_READ, *runtime_read_paths(), *PROC_READ, *(extra_read or [])],
         read_write=[workdir],
         execute=executables(),
         devices=[*DEVICES, *glob.glob("/dev/nvidia*"), "/dev/nvidia-caps", "/dev/dri"],
     )
+
+
+def resolve(policy: Policy) -> dict[str, tuple[int, bool]]:
+    """Real path -> (rights, is a directory) for every existing path of `policy` but its writable
+    ones. The most generous right a path gets wins (landlock adds rights up a hierarchy anyway)."""
+    wanted: dict[str, tuple[int, bool]] = {}
+    for paths, rights in ((policy.read, READ), (policy.execute, READ_EXECUTE), (policy.devices, DEVICE)):
+        for path in paths:
+            if path and os.path.exists(path):
+                real = os.path.realpath(path)
+                wanted[real] = (wanted.get(real, (0, False))[0] | rights, os.path.isdir(real))
+    return wanted
 
 
 def _handled_fs(abi: int) -> int:
@@ -340,20 +353,16 @@ def apply_landlock(policy: Policy, abi: int) -> None:
     if ruleset < 0:
         raise _error("landlock_create_ruleset")
     try:
-        # The most generous right a path gets wins (landlock adds rights up a hierarchy anyway).
-        wanted: dict[str, int] = {}
-        for paths, rights in ((policy.read, READ), (policy.execute, READ_EXECUTE), (policy.devices, DEVICE)):
-            for path in paths:
-                if path and os.path.exists(path):
-                    real = os.path.realpath(path)
-                    wanted[real] = wanted.get(real, 0) | rights
-        for path, rights in wanted.items():
+        wanted = dict(policy.rules if policy.rules is not None else resolve(policy))
+        own_proc = os.path.realpath("/proc/self")  # /proc/<pid>: this process's own entries, nobody else's
+        wanted[own_proc] = (READ, True)
+        for path, (rights, is_dir) in wanted.items():
             try:
                 fd = os.open(path, O_PATH | O_CLOEXEC)
             except OSError:
                 continue  # vanished since; nothing to grant
             try:
-                _add_rule(ruleset, fd, rights & handled_fs if os.path.isdir(path) else rights & handled_fs & _FILE_RIGHTS, path)
+                _add_rule(ruleset, fd, rights & handled_fs if is_dir else rights & handled_fs & _FILE_RIGHTS, path)
             finally:
                 os.close(fd)
         for place in policy.read_write:  # never skipped: without it the process could not work

@@ -130,6 +130,7 @@ class Zygote:
         self.jobs_dir = os.getcwd()  # the pool's jobs directory (where the worker's jobs are made)
         self.spare_dirs: dict[int, str] = {}  # spare pid -> the directory it may write (locked down)
         self.spares_made = 0
+        self.lockdown_rules: dict[str, tuple[int, bool]] | None = None  # resolved once, see run()
         self.listener = listener
         self.lifeline = lifeline
         self.spares_wanted = spares
@@ -148,6 +149,8 @@ class Zygote:
 
     # ---- the zygote's side
     def run(self) -> int:
+        if self.support is not None:  # the paths every spare may read or run, resolved once here
+            self.lockdown_rules = lockdown.resolve(lockdown.default_policy(0, [self.seed_dir] if self.seed_dir else []))
         self.refill()
         while True:
             self.reap()
@@ -393,8 +396,7 @@ class Zygote:
         """Confine this spare for good (one thread, no CUDA yet): its own directory to write, the
         zygote's verified Triton builds to read, the runtime to read and Triton's compilers to run."""
         try:
-            policy = lockdown.default_policy(own, [self.seed_dir] if self.seed_dir else [])
-            lockdown.apply(policy, self.support)
+            lockdown.apply(lockdown.Policy(read_write=[own], rules=self.lockdown_rules), self.support)
         except OSError as exc:
             print(f"zygote: a spare could not lock itself down: {exc}", file=sys.stderr, flush=True)
             os._exit(EXIT_LOCKDOWN_FAILED)
