@@ -34,7 +34,7 @@ spec = json.loads(sys.argv[2])
 out = {}
 support = lockdown.Support(spec.get("landlock_abi", 0), spec.get("seccomp", False))
 started = time.perf_counter()
-lockdown.apply(lockdown.default_policy(os.getcwd()), support)
+lockdown.apply(lockdown.default_policy(os.getcwd(), cuda=True), support)
 out["lockdown_ms"] = round((time.perf_counter() - started) * 1e3, 2)
 shared = pickle.loads(sys.stdin.buffer.read())
 

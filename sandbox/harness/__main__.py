@@ -29,7 +29,8 @@ def main() -> int:
 
         support = lockdown.Support(int(args.lockdown.get("landlock_abi") or 0), bool(args.lockdown.get("seccomp")))
         try:
-            lockdown.apply(lockdown.default_policy(os.getcwd()), support)
+            cuda = os.environ.get("TRITON_INTERPRET") != "1"  # the worker sets it for CPU jobs
+            lockdown.apply(lockdown.default_policy(os.getcwd(), cuda=cuda), support)
         except OSError as exc:
             print(f"harness: cannot confine this process: {exc}", file=sys.stderr, flush=True)
             return 74

@@ -56,6 +56,10 @@ READ_WRITE = (
     READ | FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_DIR | FS_MAKE_REG | FS_MAKE_SYM | FS_REFER | FS_TRUNCATE
 )
 DEVICE = FS_READ_FILE | FS_WRITE_FILE
+# /dev/shm on a GPU: torch's CUDA IPC keeps a reference count in a file there, named at random by
+# the process that shares (shm_open); the one that opens a handle opens, and may be the last to
+# unlink, that file. No READ_DIR: the names of other processes' files cannot be listed.
+SHARED_MEMORY = FS_READ_FILE | FS_WRITE_FILE | FS_MAKE_REG | FS_REMOVE_FILE | FS_TRUNCATE
 
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 O_PATH, O_CLOEXEC = 0o10000000, 0o2000000
@@ -257,6 +261,7 @@ class Policy:
     read_write: list[str | int] = field(default_factory=list)  # a path, or a descriptor of the directory
     execute: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
+    shared_memory: list[str] = field(default_factory=list)
     # read, execute and devices resolved (`resolve`): the zygote does it once, its spares reuse it
     rules: dict[str, tuple[int, bool]] | None = None
 
@@ -305,14 +310,15 @@ def executables() -> list[str]:
     return found
 
 
-def default_policy(workdir: str | int, extra_read: list[str] | None = None) -> Policy:
+def default_policy(workdir: str | int, extra_read: list[str] | None = None, *, cuda: bool = False) -> Policy:
     """`workdir` (a path, or a descriptor that stays right however the directory is renamed) is the
-    one place to write."""
+    one place to write, and /dev/shm's files (not its listing) on a GPU."""
     return Policy(
         read=[*SYSTEM_READ, *runtime_read_paths(), *PROC_READ, *(extra_read or [])],
         read_write=[workdir],
         execute=executables(),
         devices=[*DEVICES, *glob.glob("/dev/nvidia*"), "/dev/nvidia-caps", "/dev/dri"],
+        shared_memory=["/dev/shm"] if cuda else [],
     )
 
 
@@ -320,7 +326,8 @@ def resolve(policy: Policy) -> dict[str, tuple[int, bool]]:
     """Real path -> (rights, is a directory) for every existing path of `policy` but its writable
     ones. The most generous right a path gets wins (landlock adds rights up a hierarchy anyway)."""
     wanted: dict[str, tuple[int, bool]] = {}
-    for paths, rights in ((policy.read, READ), (policy.execute, READ_EXECUTE), (policy.devices, DEVICE)):
+    for paths, rights in ((policy.read, READ), (policy.execute, READ_EXECUTE), (policy.devices, DEVICE),
+                          (policy.shared_memory, SHARED_MEMORY)):
         for path in paths:
             if path and os.path.exists(path):
                 real = os.path.realpath(path)

@@ -150,7 +150,8 @@ class Zygote:
     # ---- the zygote's side
     def run(self) -> int:
         if self.support is not None:  # the paths every spare may read or run, resolved once here
-            self.lockdown_rules = lockdown.resolve(lockdown.default_policy(0, [self.seed_dir] if self.seed_dir else []))
+            policy = lockdown.default_policy(0, [self.seed_dir] if self.seed_dir else [], cuda=self.device == "cuda")
+            self.lockdown_rules = lockdown.resolve(policy)
         self.refill()
         while True:
             self.reap()

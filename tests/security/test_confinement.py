@@ -97,7 +97,7 @@ def test_attacker_past_its_guards_meets_the_kernel_in_the_warm_pool(
                 "process_vm_readv_parent",
                 "signal_parent",
                 "exec_written_binary",
-                "exec_system_shell",
+                "exec_system_binary",
                 "socket_inet",
                 "socket_unix",
             )
