@@ -3,7 +3,8 @@
 For each variant (no lockdown, landlock alone, seccomp alone, both) a fresh process applies it the
 way a warm-pool spare does (sandbox/harness/lockdown.py, its own work directory the only writable
 place) and then, step by step: creates a CUDA context, opens a CUDA IPC handle of a tensor this
-process made (as the judge's data plane does), compiles and runs a Triton kernel in an empty cache
+process made (as the judge's data plane does), exports a handle of its own (as a candidate hands
+out its outputs), compiles and runs a Triton kernel in an empty cache
 (ptxas, and gcc for the launcher) and tries to open a socket. One JSON file says which step
 worked under which layer, so a failure names the layer and the step. About a minute.
 
@@ -53,6 +54,12 @@ def ipc():
     return float(tensor.sum())
 
 step("cuda_ipc_open", ipc)
+
+def export():
+    block = torch.ones(1 << 20, device="cuda")
+    return len(block.untyped_storage()._share_cuda_())  # what a candidate does to hand out its outputs
+
+step("cuda_ipc_export", export)
 
 def compile_and_run():
     import triton
@@ -139,7 +146,7 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     both = report["variants"]["both"]
-    working = all("ok" in both.get(step, {}) for step in ("cuda_context", "cuda_ipc_open", "triton_compile_run"))
+    working = all("ok" in both.get(step, {}) for step in ("cuda_context", "cuda_ipc_open", "cuda_ipc_export", "triton_compile_run"))
     refused = "error" in both.get("socket", {})
     print(
         f"wrote {path}; under both layers CUDA, IPC and Triton {'work' if working else 'FAIL'}, "
