@@ -151,7 +151,9 @@ class WarmPool:
         while True:
             try:
                 return self.client.request({"op": "ping"}, timeout=max(1.0, deadline - time.monotonic()))
-            except PoolUnavailable:
+            except PoolUnavailable as exc:
+                if "lockdown" in str(exc):  # the zygote's children cannot confine themselves: fail now
+                    raise
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     tail = self.log_path.read_bytes()[-2000:].decode("utf-8", "replace") if self.log_path.exists() else ""
                     raise PoolUnavailable(f"the zygote did not start (exit {self.process.poll()}): {tail}") from None

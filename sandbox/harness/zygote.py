@@ -53,6 +53,8 @@ FD_NAMES = ("read", "write", "key", "stdout", "stderr")
 MAX_LAUNCHERS = 512  # argument-type patterns learned per zygote
 PR_SET_PDEATHSIG = 1
 SPARE_PREFIX = ".spare-"
+READY = b"ready"
+READY_WAIT_S = 120  # a spare forked on demand creates its CUDA context first
 EXIT_LOCKDOWN_FAILED = 74
 
 
@@ -131,6 +133,7 @@ class Zygote:
         self.spare_dirs: dict[int, str] = {}  # spare pid -> the directory it may write (locked down)
         self.spares_made = 0
         self.lockdown_rules: dict[str, tuple[int, bool]] | None = None  # resolved once, see run()
+        self.broken: str | None = None  # why no more children can be made (the pool fails closed)
         self.listener = listener
         self.lifeline = lifeline
         self.spares_wanted = spares
@@ -211,19 +214,32 @@ class Zygote:
             assignment = {"role": request["role"], "cwd": cwd, "env": request["env"], "limits": limits,
                           "launchers": self.launchers}
             while True:
+                if self.broken:
+                    raise RuntimeError(self.broken)
                 pid, link = self.spares.pop(0) if self.spares else self.fork_spare()
                 try:
+                    # Only a spare that says it is ready is assigned: one that died (say, it could not
+                    # lock itself down) must not take a job and read as that job's failure.
+                    link.settimeout(READY_WAIT_S)
+                    if link.recv(len(READY)) != READY:
+                        raise ConnectionError(f"spare {pid} ended before it was ready")
+                    link.settimeout(None)
                     if self.support is not None:  # the spare's own directory becomes the job's
                         os.makedirs(os.path.dirname(cwd), mode=0o755, exist_ok=True)
                         os.rename(self.spare_dir(pid), cwd)
                     socket.send_fds(link, [json.dumps(assignment).encode()], fds)
                     break
                 except OSError:  # that spare died; take another
-                    self.children.discard(pid)
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
+                    try:
+                        _, status = os.waitpid(pid, 0)
+                        self.children.discard(pid)
+                        self.record_exit(pid, status)
+                    except ChildProcessError:
+                        self.children.discard(pid)
                 finally:
                     link.close()
             if memory:
@@ -245,7 +261,7 @@ class Zygote:
             return {"ok": True, "exit": self.exits.get(pid), "running": pid in self.children,
                     "memory_killed_bytes": self.memory_kills.get(pid)}
         if op == "ping":
-            return {"ok": True, "children": len(self.children), "spares": len(self.spares),
+            return {"ok": not self.broken, "error": self.broken, "children": len(self.children), "spares": len(self.spares),
                     "warm": {**self.facts, "launchers": len(self.launchers)},
                     "confinement": self.support.layers() if self.support else []}
         if op == "learn":
@@ -290,7 +306,7 @@ class Zygote:
             print(f"zygote: a launcher build gave {built!r}", file=sys.stderr, flush=True)
 
     def refill(self) -> None:
-        while len(self.spares) < self.spares_wanted:
+        while len(self.spares) < self.spares_wanted and not self.broken:
             self.spares.append(self.fork_spare())
 
     def owns(self, cwd: str) -> bool:
@@ -345,22 +361,28 @@ class Zygote:
                 self.builder_done(pid)
                 continue
             self.children.discard(pid)
-            self.memory_limits.pop(pid, None)
-            self.exits[pid] = os.waitstatus_to_exitcode(status)
-            workdir = self.workdirs.pop(pid, None)
-            self.spare_dirs.pop(pid, None)
-            if workdir:  # under a namespace backend the worker cannot see it to clean it up
-                shutil.rmtree(workdir, ignore_errors=True)
-                job = os.path.dirname(workdir)
-                if os.path.realpath(job) != os.path.realpath(self.jobs_dir):
-                    try:
-                        os.rmdir(job)  # the job's directory, once both roles are gone
-                    except OSError:
-                        pass
-            self.spares = [(p, link) for p, link in self.spares if p != pid]
-            if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
-                for old in list(self.exits)[:1024]:
-                    del self.exits[old]
+            self.record_exit(pid, status)
+
+    def record_exit(self, pid: int, status: int) -> None:
+        """Forget a child that has exited (and been waited for): its limits, its directory."""
+        self.memory_limits.pop(pid, None)
+        self.exits[pid] = os.waitstatus_to_exitcode(status)
+        if self.exits[pid] == EXIT_LOCKDOWN_FAILED and pid in self.spare_dirs:
+            self.broken = "a spare could not apply the lockdown this kernel offers (see the zygote's log)"
+        workdir = self.workdirs.pop(pid, None)
+        self.spare_dirs.pop(pid, None)
+        if workdir:  # under a namespace backend the worker cannot see it to clean it up
+            shutil.rmtree(workdir, ignore_errors=True)
+            job = os.path.dirname(workdir)
+            if os.path.realpath(job) != os.path.realpath(self.jobs_dir):
+                try:
+                    os.rmdir(job)  # the job's directory, once both roles are gone
+                except OSError:
+                    pass
+        self.spares = [(p, link) for p, link in self.spares if p != pid]
+        if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
+            for old in list(self.exits)[:1024]:
+                del self.exits[old]
 
     def watch_memory(self) -> None:
         """Kill a child whose process tree holds more resident memory than its limit (a poll of
@@ -418,6 +440,7 @@ class Zygote:
             import torch
 
             torch.empty(1, device="cuda")
+        link.send(READY)  # locked down (and with its CUDA context): it may be assigned
         message, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, len(FD_NAMES))
         link.close()
         if len(fds) != len(FD_NAMES):
