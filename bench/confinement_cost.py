@@ -1,14 +1,15 @@
 """What the kernel confinement (sandbox/harness/lockdown.py) costs per evaluation on the warm-pool path.
 
-For each namespace backend that works here, two warm pools are started in turn: one with each
-child locking itself down (landlock and seccomp, the default) and one without (REFEREE_LOCKDOWN=off,
-the pool as it was before). Both evaluate the tiny y = 2x problem (tests/tiny_problem.py) on the
-device, in interleaved blocks so drift on a shared machine falls on both alike; p50/p95 of the
-whole evaluation and of its start stage (taking two children from the pool) are recorded. Also
+For each namespace backend that works here, two warm pools run side by side: one with each child
+locking itself down (landlock and seccomp, the default) and one without (REFEREE_LOCKDOWN=off, the
+pool as it was before). They evaluate the tiny y = 2x problem (tests/tiny_problem.py, two trials)
+on the device in turn, one evaluation each per pair, so the load of a shared machine falls on both
+alike; p50/p95 of the whole evaluation and of its start stage (taking two children from the pool)
+and the paired differences are recorded. Also
 timed: `lockdown.apply` itself in a forked child of a process with torch imported (what each spare
 pays, ahead of demand).
 
-    python bench/confinement_cost.py [--device cpu] [--runs 30] [--blocks 3] [--backends unshare,bwrap] [--out bench/results]
+    python bench/confinement_cost.py [--device cpu] [--runs 60] [--backends unshare,bwrap] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,32 +62,67 @@ def apply_cost(samples: int = 20) -> dict[str, Any]:
     return {"layers": support.layers(), "apply_ms": spread([t * 1e3 for t in times])}
 
 
-def measure(backend: str, device: str, lockdown_on: bool, runs: int) -> dict[str, list[float]]:
-    os.environ["REFEREE_LOCKDOWN"] = "on" if lockdown_on else "off"
+def start_pool(backend: str, device: str, lockdown_on: bool) -> WarmPool:
+    os.environ["REFEREE_LOCKDOWN"] = "on" if lockdown_on else "off"  # read when the zygote starts
+    pool = WarmPool(device, isolation=select_isolation(backend, Limits(memory_bytes=4 << 30)), spares=2)
+    pool.start()
+    return pool
+
+
+def one(pool: WarmPool, device: str) -> tuple[float, float, list[str]]:
     config = EvalConfig(device=device, trials=2, timeout_s=120)
-    totals: list[float] = []
-    starts: list[float] = []
-    with WarmPool(device, isolation=select_isolation(backend, Limits(memory_bytes=4 << 30)), spares=2) as pool:
-        layers = None
-        for index in range(runs + 1):
-            started = time.perf_counter()
-            result = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), config, pool=pool.client)
-            elapsed = time.perf_counter() - started
-            if result.verdict != Verdict.correct:
-                raise SystemExit(f"{backend} lockdown={lockdown_on}: {result.verdict} {result.error}")
-            layers = result.environment.confinement
-            time.sleep(0.3)  # the pool refills its spares between submissions, as between real jobs
-            if index:  # the first fills caches
-                totals.append(elapsed * 1e3)
-                starts.append(result.timings_ms.start)
-    return {"total_ms": totals, "start_ms": starts, "layers": layers}
+    started = time.perf_counter()
+    result = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), config, pool=pool.client)
+    elapsed = (time.perf_counter() - started) * 1e3
+    if result.verdict != Verdict.correct:
+        raise SystemExit(f"{result.verdict} {result.error}")
+    return elapsed, result.timings_ms.start, result.environment.confinement
+
+
+def measure(backend: str, device: str, runs: int) -> dict[str, Any]:
+    """Both pools run at once; evaluations alternate between them (off, on, on, off, ...), so the
+    load of a shared machine falls on both alike. The paired differences are the cost."""
+    pools = {"off": start_pool(backend, device, False), "on": start_pool(backend, device, True)}
+    samples: dict[str, dict[str, list[float]]] = {mode: {"total_ms": [], "start_ms": []} for mode in pools}
+    layers: dict[str, list[str]] = {}
+    differences: list[float] = []
+    try:
+        for pool in pools.values():  # warm-up: fills the caches of each
+            one(pool, device)
+        for index in range(runs):
+            pair: dict[str, float] = {}
+            for mode in ("off", "on") if index % 2 == 0 else ("on", "off"):
+                total, start, layers[mode] = one(pools[mode], device)
+                samples[mode]["total_ms"].append(total)
+                samples[mode]["start_ms"].append(start)
+                pair[mode] = total
+                time.sleep(0.2)  # the pool refills its spares between submissions, as between real jobs
+            differences.append(pair["on"] - pair["off"])
+    finally:
+        for pool in pools.values():
+            pool.stop()
+    entry: dict[str, Any] = {
+        mode: {
+            "evaluation_ms": spread(s["total_ms"]),
+            "start_ms": spread(s["start_ms"]),
+            "runs": len(s["total_ms"]),
+            "confinement": layers[mode],
+        }
+        for mode, s in samples.items()
+    }
+    entry["p50_change_percent"] = round(100 * (entry["on"]["evaluation_ms"]["p50"] / entry["off"]["evaluation_ms"]["p50"] - 1), 1)
+    entry["paired_difference_ms"] = {
+        "median": round(statistics.median(differences), 1),
+        "mean": round(statistics.fmean(differences), 1),
+        "stdev": round(statistics.stdev(differences), 1) if len(differences) > 1 else None,
+    }
+    return entry
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs", type=int, default=30, help="evaluations per pool and block")
-    parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=60, help="pairs of evaluations (one per pool)")
     parser.add_argument("--backends", default="unshare,bwrap")
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -109,30 +146,7 @@ def main() -> int:
         except RuntimeError as exc:
             report["backends"][backend] = {"skipped": str(exc)}
             continue
-        samples: dict[str, dict[str, list[float]]] = {
-            "off": {"total_ms": [], "start_ms": []},
-            "on": {"total_ms": [], "start_ms": []},
-        }
-        layers: dict[str, Any] = {}
-        for block in range(args.blocks):
-            for mode in ("off", "on") if block % 2 == 0 else ("on", "off"):
-                got = measure(backend, args.device, mode == "on", args.runs)
-                samples[mode]["total_ms"] += got["total_ms"]
-                samples[mode]["start_ms"] += got["start_ms"]
-                layers[mode] = got["layers"]
-                print(f"{backend} block {block} lockdown {mode}: p50 {spread(got['total_ms'])}", flush=True)
-        entry = {
-            mode: {
-                "evaluation_ms": spread(s["total_ms"]),
-                "start_ms": spread(s["start_ms"]),
-                "runs": len(s["total_ms"]),
-                "confinement": layers[mode],
-            }
-            for mode, s in samples.items()
-        }
-        entry["p50_change_percent"] = round(
-            100 * (entry["on"]["evaluation_ms"]["p50"] / entry["off"]["evaluation_ms"]["p50"] - 1), 1
-        )
+        entry = measure(backend, args.device, args.runs)
         report["backends"][backend] = entry
         print(backend, json.dumps(entry), flush=True)
     name = f"confinement-cost-{args.device}-{os.cpu_count()}cores{args.label}-{report['date']}.json"
