@@ -125,6 +125,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=60, help="pairs of evaluations (one per pool)")
     parser.add_argument("--backends", default="unshare,bwrap")
     parser.add_argument("--label", default="")
+    parser.add_argument("--note", default="", help="what the machine is and what else ran on it")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     report: dict[str, Any] = {
@@ -134,6 +135,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "device": args.device,
+            "note": args.note,
         },
         "date": datetime.date.today().isoformat(),
         "what": "the tiny y = 2x problem through a warm pool, with and without each child's lockdown (landlock + seccomp)",
