@@ -298,10 +298,18 @@ def resident_bytes(pid: int) -> int:
         return 0
 
 
-def lockdown_wanted(isolation: Isolation) -> bool:
-    """Whether harness processes confine themselves with landlock and seccomp (harness/lockdown.py):
-    under every backend but `process` (the unconfined control), unless REFEREE_LOCKDOWN=off."""
-    return isolation.name != "process" and os.environ.get("REFEREE_LOCKDOWN", "on") != "off"
+LOCKDOWN_CHOICES = ("on", "landlock", "seccomp", "off")
+
+
+def lockdown_choice(isolation: Isolation) -> str | None:
+    """Which layers harness processes put on themselves (harness/lockdown.py), None for none: every
+    layer the kernel offers (`on`) under every backend but `process` (the unconfined control).
+    REFEREE_LOCKDOWN=landlock|seccomp keeps one of them, =off none: for diagnosis on a host where
+    one breaks the runtime (an unknown value means `on`: a typo never weakens it)."""
+    choice = os.environ.get("REFEREE_LOCKDOWN", "on")
+    if isolation.name == "process" or choice == "off":
+        return None
+    return choice if choice in LOCKDOWN_CHOICES else "on"
 
 
 def namespace_layers(isolation: Isolation) -> list[str]:

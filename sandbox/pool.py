@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .isolation import Isolation, ProcessIsolation, lockdown_wanted, namespace_layers
+from .isolation import Isolation, ProcessIsolation, lockdown_choice, namespace_layers
 
 MAX_REPLY = 64 * 1024
 _ZYGOTE_BOOTSTRAP = (
@@ -133,8 +133,9 @@ class WarmPool:
                     "--device", self.device]
             if self.warm_target:
                 argv += ["--warm-target", self.warm_target]
-            if lockdown_wanted(self.isolation):
-                argv.append("--lockdown")
+            choice = lockdown_choice(self.isolation)
+            if choice:
+                argv += ["--lockdown", choice]
             try:
                 with open(self.log_path, "ab") as log:  # the zygote's own output; its children have their own pipes
                     self.process = subprocess.Popen(

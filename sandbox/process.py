@@ -21,7 +21,7 @@ from typing import Any
 
 from .harness import lockdown
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError
-from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_wanted, namespace_layers, start_watchdog
+from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_choice, namespace_layers, start_watchdog
 from .pool import PoolClient, PoolUnavailable
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
@@ -203,8 +203,9 @@ class HarnessProcess:
                     "--limits", json.dumps({k: v for k, v in self.limits.items() if k != "memory_bytes"}),
                 ]
                 self.confinement = namespace_layers(self.isolation)
-                if lockdown_wanted(self.isolation):  # the harness applies exactly these or exits
-                    support = lockdown.probe()
+                choice = lockdown_choice(self.isolation)
+                if choice:  # the harness applies exactly these or exits
+                    support = lockdown.probe(choice)
                     argv += ["--lockdown", json.dumps({"landlock_abi": support.landlock_abi, "seccomp": support.seccomp})]
                     self.confinement = [*support.layers(), *self.confinement]
                 self.process = _FreshChild(subprocess.Popen(

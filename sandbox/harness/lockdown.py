@@ -243,14 +243,14 @@ def landlock_abi() -> int:
     return max(0, int(abi))
 
 
-def probe() -> Support:
-    """What this kernel (and this process's seccomp policy, e.g. docker's) lets us apply."""
+def probe(choice: str = "on") -> Support:
+    """What this kernel lets us apply; `choice` "landlock" or "seccomp" keeps only that layer."""
     machine = os.uname().machine
     seccomp = machine in SYSCALLS and os.path.exists("/proc/self/status")
     if seccomp:
         with open("/proc/self/status") as handle:
             seccomp = any(line.startswith("Seccomp:") for line in handle)  # the kernel has CONFIG_SECCOMP
-    return Support(landlock_abi(), seccomp)
+    return Support(landlock_abi() if choice != "seccomp" else 0, seccomp and choice != "landlock")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The warm pool's zygote: a process that has imported torch, triton and the harness but never
 touched CUDA, and forks a fresh harness process per request.
 
-`python -m harness.zygote --listen-fd L --lifeline-fd F [--spares N] [--warm-target cuda:90:32] [--lockdown]`
+`python -m harness.zygote --listen-fd L --lifeline-fd F [--spares N] [--warm-target cuda:90:32] [--lockdown on|landlock|seccomp]`
 
 The worker made the listening socket (AF_UNIX, SOCK_SEQPACKET) and passed it in; its path need
 not be visible inside the isolation. The lifeline is a pipe whose other end only the worker holds:
@@ -496,13 +496,14 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: spares create their CUDA context early")
     parser.add_argument("--spares", type=int, default=2)
     parser.add_argument("--warm-target", default=None, help="backend:arch:warp_size, e.g. cuda:90:32")
-    parser.add_argument("--lockdown", action="store_true", help="each child confines itself (landlock, seccomp)")
+    parser.add_argument("--lockdown", choices=("on", "landlock", "seccomp"), default=None,
+                        help="each child confines itself: every layer the kernel offers, or only landlock or seccomp")
     args = parser.parse_args()
     listener = socket.socket(fileno=args.listen_fd)
     for name in ("TMPDIR", "TRITON_CACHE_DIR"):  # under a namespace backend only the zygote can make them
         if os.environ.get(name):
             os.makedirs(os.environ[name], exist_ok=True)
-    support = lockdown.probe() if args.lockdown else None
+    support = lockdown.probe(args.lockdown) if args.lockdown else None
     zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device, support)
     zygote.facts = _preload(args.warm_target)
     zygote.seed = triton_cache.seed_files(zygote.seed_dir)

@@ -128,3 +128,15 @@ def test_attacker_past_its_guards_meets_the_kernel_in_docker(make_isolation, mon
     assert victim.verdict == Verdict.correct, (victim.verdict, victim.error)
     honest = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), FAST, isolation=isolation)
     assert honest.verdict == Verdict.correct, (honest.verdict, honest.error)
+
+
+@pytest.mark.parametrize("choice", ["seccomp", "off"])
+def test_lockdown_can_be_narrowed_for_diagnosis_and_says_so(choice: str, make_isolation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REFEREE_LOCKDOWN=seccomp (or landlock, or off) keeps only that much; the result says what was on."""
+    monkeypatch.setenv("REFEREE_LOCKDOWN", choice)
+    with WarmPool("cpu", isolation=make_isolation("unshare"), spares=1) as pool:
+        honest = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), FAST, pool=pool.client)
+    assert honest.verdict == Verdict.correct, (honest.verdict, honest.error)
+    kernel = [layer for layer in honest.environment.confinement if not layer.endswith(":pool")]
+    assert kernel == (["seccomp"] if choice == "seccomp" else []), honest.environment.confinement
+    assert "pidns:pool" in honest.environment.confinement
