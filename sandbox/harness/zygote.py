@@ -22,7 +22,7 @@ ordinary harness process (`server.serve`). Children die with the zygote (PR_SET_
 
 With `--lockdown` (every backend but `process`), each spare confines itself right after the fork,
 while it has one thread and before it touches CUDA (lockdown.py: landlock and seccomp). Its only
-writable directory is one the zygote made for it, `.spare-<pid>` in the jobs directory; on
+writable directory is one the zygote made for it, `.spare-…` in the jobs directory; on
 assignment the zygote renames that directory to the job's working directory (landlock's rule
 follows the directory, not its name), so a child can write only where its job lives. A spare that
 cannot apply every layer the zygote probed at start-up exits before it could be assigned (fail
@@ -134,6 +134,7 @@ class Zygote:
         self.spares_made = 0
         self.lockdown_rules: dict[str, tuple[int, bool]] | None = None  # resolved once, see run()
         self.broken: str | None = None  # why no more children can be made (the pool fails closed)
+        self.serving: socket.socket | None = None  # the worker's connection being answered
         self.listener = listener
         self.lifeline = lifeline
         self.spares_wanted = spares
@@ -169,10 +170,13 @@ class Zygote:
                     continue
                 with connection:
                     connection.settimeout(5)
+                    self.serving = connection
                     try:
                         self.serve_one(connection)
                     except (OSError, ValueError):
                         continue
+                    finally:
+                        self.serving = None
             self.refill()
 
     def serve_one(self, connection: socket.socket) -> None:
@@ -430,6 +434,12 @@ class Zygote:
         os.close(self.lifeline)
         for _, other in self.spares:  # the zygote's ends of its other spares' sockets
             other.close()
+        # Nothing of the zygote's but what it was given: not the worker's connection being served
+        # (a reply forged on it would name another pid), not a launcher builder's result pipe.
+        if self.serving is not None:
+            self.serving.close()
+        for pipe in self.builders.values():
+            os.close(pipe)
         _die_with_parent(zygote_pid)
         os.setsid()
         if own is not None:
