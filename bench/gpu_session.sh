@@ -10,7 +10,9 @@
 # ~1.5 min), evidence (issue 15: tests/gpu/test_gpu_data_plane.py and the
 # engine tests), cli_vs_kb (issue 19: `referee check` against KernelBench's evaluator on small problems, ~4 min) and
 # kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools; every evaluation ends by 560 s);
-# both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench).
+# both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench);
+# confine (issue 18, ~2 min: CUDA, CUDA IPC and Triton's compilers under each
+# lockdown layer, then the locked-down warm pool under unshare against an attacker past its guards).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -67,6 +69,8 @@ for step in $steps; do
     native) # the native CUPTI recorder: real records against CUDA events, the warm pool's order, torch's profiler; then its cost
       python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_native_recorder.py --tb=short 2>&1 | tee "$OUT/native-tests.log" || status=1
       python3 bench/native_recorder.py --out "$OUT" 2>&1 | tee "$OUT/native-recorder.log" || status=1 ;;
+    confine) python3 bench/gpu_confinement.py --out "$OUT" 2>&1 | tee "$OUT/gpu-confinement.log" || status=1
+      REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_confinement.py --tb=short 2>&1 | tee "$OUT/gpu-confinement-tests.log" || status=1 ;;
     churn) python3 bench/context_churn.py --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
     cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     cli_vs_kb) # ~4 min: 4 example pairs x 2 repeats x (referee check + KernelBench's evaluator, fresh processes)

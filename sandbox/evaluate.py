@@ -457,8 +457,8 @@ def _cached_reference_data(run: _Run, input_sets: list[dict[str, int]], reported
 
 
 def _environment(run: _Run, reported: dict[str, Any]) -> Environment:
-    return Environment(**{k: v for k, v in reported.items() if k in Environment.model_fields},
-                       isolation=run.reference.isolation_name)
+    return Environment(**{k: v for k, v in reported.items() if k in Environment.model_fields and k != "confinement"},
+                       isolation=run.reference.isolation_name, confinement=run.candidate.confinement)
 
 
 def _timing_key(run: _Run, input_sets: list[dict[str, int]], environment: dict[str, Any]) -> str:

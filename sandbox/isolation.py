@@ -298,6 +298,30 @@ def resident_bytes(pid: int) -> int:
         return 0
 
 
+LOCKDOWN_CHOICES = ("on", "landlock", "seccomp", "off")
+
+
+def lockdown_choice(isolation: Isolation) -> str | None:
+    """Which layers harness processes put on themselves (harness/lockdown.py), None for none: every
+    layer the kernel offers (`on`) under every backend but `process` (the unconfined control).
+    REFEREE_LOCKDOWN=landlock|seccomp keeps one of them, =off none: for diagnosis on a host where
+    one breaks the runtime (an unknown value means `on`: a typo never weakens it)."""
+    choice = os.environ.get("REFEREE_LOCKDOWN", "on")
+    if isolation.name == "process" or choice == "off":
+        return None
+    return choice if choice in LOCKDOWN_CHOICES else "on"
+
+
+def namespace_layers(isolation: Isolation) -> list[str]:
+    """The layers the backend itself puts around a harness process (for `environment.confinement`)."""
+    if isolation.name in ("unshare", "bwrap"):
+        layers = ["netns", "pidns", "ipcns", "utsns", "mntns"] + ([f"uid:{NOBODY}"] if _is_root() else ["userns"])
+        return layers
+    if isolation.name.startswith("docker"):
+        return ["container", "netns", "pidns", "ipcns", "utsns", "mntns", "cap-drop:all"]
+    return []
+
+
 def _probe(command: list[str]) -> bool:
     try:
         return subprocess.run(command, capture_output=True, timeout=20).returncode == 0

@@ -169,6 +169,9 @@ class Environment(_Strict):
     triton: str | None = None
     python: str | None = None
     isolation: str = "process"
+    confinement: list[str] = Field(default=[], description="kernel-enforced layers around the candidate's process: "
+                                   "e.g. landlock:7, seccomp, and the backend's namespaces (`:pool` when shared by "
+                                   "the warm pool's processes); see docs/threat-model.md")
     interpreter: bool | None = None
     launchers_seeded: int = Field(default=0, description="Triton launchers (C modules per kernel argument-type pattern, "
                                   "Triton 3.6) taken from the warm pool's verified builds instead of compiled")

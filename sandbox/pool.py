@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .isolation import Isolation, ProcessIsolation
+from .isolation import Isolation, ProcessIsolation, lockdown_choice, namespace_layers
 
 MAX_REPLY = 64 * 1024
 _ZYGOTE_BOOTSTRAP = (
@@ -45,12 +45,13 @@ class PoolClient:
     device: str = "cpu"  # what the zygote was started for (its environment decided the Triton mode)
     isolation_name: str = "process"
     memory_bytes: int = 16 << 30  # resident memory each harness process may hold (the backend's limit)
+    namespaces: tuple[str, ...] = ()  # the backend's layers, shared by the zygote and all its children
 
     def environment(self) -> dict[str, str]:
         """Variables that hand this pool to another process (RQ's work horses inherit them)."""
         return {"REFEREE_POOL_SOCKET": self.socket_path, "REFEREE_POOL_SCRATCH": self.scratch,
                 "REFEREE_POOL_DEVICE": self.device, "REFEREE_POOL_ISOLATION": self.isolation_name,
-                "REFEREE_POOL_MEMORY_BYTES": str(self.memory_bytes)}
+                "REFEREE_POOL_MEMORY_BYTES": str(self.memory_bytes), "REFEREE_POOL_NAMESPACES": ",".join(self.namespaces)}
 
     def request(self, message: dict[str, Any], fds: list[int] | None = None, timeout: float = 10.0) -> dict[str, Any]:
         try:
@@ -65,9 +66,12 @@ class PoolClient:
             raise PoolUnavailable(f"the warm pool refused {message.get('op')!r}: {reply}")
         return reply
 
-    def spawn(self, role: str, cwd: Path, env: dict[str, str], limits: dict[str, int], fds: list[int]) -> int:
+    def spawn(self, role: str, cwd: Path, env: dict[str, str], limits: dict[str, int], fds: list[int]) -> tuple[int, list[str]]:
+        """Fork a harness process; returns its pid and the confinement layers it runs under (the
+        backend's namespaces, shared by the pool, and those the child applied to itself alone)."""
         reply = self.request({"op": "spawn", "role": role, "cwd": str(cwd), "env": env, "limits": limits}, fds)
-        return int(reply["pid"])
+        own = [str(layer) for layer in reply.get("confinement") or []]
+        return int(reply["pid"]), [*own, *(f"{name}:pool" for name in self.namespaces)]
 
     def kill(self, pid: int) -> None:
         self.request({"op": "kill", "pid": pid}, timeout=5)
@@ -114,7 +118,7 @@ class WarmPool:
     def client(self) -> PoolClient:
         limits = getattr(self.isolation, "limits", None)
         return PoolClient(self.socket_path, str(self.scratch), self.device, self.isolation.name,
-                          getattr(limits, "memory_bytes", 16 << 30))
+                          getattr(limits, "memory_bytes", 16 << 30), tuple(namespace_layers(self.isolation)))
 
     def start(self, wait_s: float = 180.0) -> dict[str, Any]:
         """Start the zygote and wait until it answers; returns its ping (import and warm-up times)."""
@@ -133,6 +137,9 @@ class WarmPool:
                     "--device", self.device]
             if self.warm_target:
                 argv += ["--warm-target", self.warm_target]
+            choice = lockdown_choice(self.isolation)
+            if choice:
+                argv += ["--lockdown", choice]
             try:
                 with open(self.log_path, "ab") as log:  # the zygote's own output; its children have their own pipes
                     self.process = subprocess.Popen(
@@ -149,7 +156,9 @@ class WarmPool:
         while True:
             try:
                 return self.client.request({"op": "ping"}, timeout=max(1.0, deadline - time.monotonic()))
-            except PoolUnavailable:
+            except PoolUnavailable as exc:
+                if "lockdown" in str(exc):  # the zygote's children cannot confine themselves: fail now
+                    raise
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     tail = self.log_path.read_bytes()[-2000:].decode("utf-8", "replace") if self.log_path.exists() else ""
                     raise PoolUnavailable(f"the zygote did not start (exit {self.process.poll()}): {tail}") from None
@@ -206,4 +215,5 @@ def client_from_environment() -> PoolClient | None:
         return None
     return PoolClient(path, scratch, os.environ.get("REFEREE_POOL_DEVICE", "cpu"),
                       os.environ.get("REFEREE_POOL_ISOLATION", "process"),
-                      int(os.environ.get("REFEREE_POOL_MEMORY_BYTES") or 16 << 30))
+                      int(os.environ.get("REFEREE_POOL_MEMORY_BYTES") or 16 << 30),
+                      tuple(filter(None, os.environ.get("REFEREE_POOL_NAMESPACES", "").split(","))))

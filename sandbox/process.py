@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import freeze
+from .harness import freeze, lockdown
 from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair
-from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, start_watchdog
+from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_choice, namespace_layers, start_watchdog
 from .native_evidence import RecordPipe, recorder_cache
 from .pool import PoolClient, PoolUnavailable
 
@@ -182,6 +182,7 @@ class HarnessProcess:
         self._fds: tuple[int, ...] = ()
         self.watchdog: MemoryWatchdog | None = None
         self._paused = False  # its docker container is paused
+        self.confinement: list[str] = []  # the kernel layers this process runs under (result: environment.confinement)
 
     def start(self) -> None:
         started = time.monotonic()
@@ -200,8 +201,9 @@ class HarnessProcess:
         evidence_fds = (self.records.child_fd(),) if self.records is not None else ()
         try:
             if self.pool is not None:
-                self.process = _PooledChild(self.pool, self.pool.spawn(self.role, self.workdir, env, self.limits,
-                                                                       [*child_fds, *evidence_fds]))
+                pid, self.confinement = self.pool.spawn(self.role, self.workdir, env, self.limits,
+                                                        [*child_fds, *evidence_fds])
+                self.process = _PooledChild(self.pool, pid)
             else:
                 argv = [
                     self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
@@ -213,6 +215,12 @@ class HarnessProcess:
                 if evidence_fds:  # the recorder was built by this trusted process: the child only loads it
                     cache = recorder_cache()
                     argv += ["--evidence-fd", str(evidence_fds[0])] + (["--native-cache", str(cache)] if cache else [])
+                self.confinement = namespace_layers(self.isolation)
+                choice = lockdown_choice(self.isolation)
+                if choice:  # the harness applies exactly these or exits
+                    support = lockdown.probe(choice)
+                    argv += ["--lockdown", json.dumps({"landlock_abi": support.landlock_abi, "seccomp": support.seccomp})]
+                    self.confinement = [*support.layers(), *self.confinement]
                 self.process = _FreshChild(subprocess.Popen(
                     self.isolation.command(argv, self.workdir, self.device),
                     cwd=self.workdir, env=env, pass_fds=(*child_fds[:3], data_child, *evidence_fds),

@@ -25,7 +25,22 @@ def main() -> int:
     parser.add_argument("--limits", type=json.loads, default={})
     parser.add_argument("--evidence-fd", type=int, default=None, help="the judge's pipe for the native recorder's records")
     parser.add_argument("--native-cache", default=None, help="where the engine built the recorder")
+    parser.add_argument("--lockdown", type=json.loads, default=None,
+                        help='{"landlock_abi": N, "seccomp": bool}: confine this process first (lockdown.py)')
     args = parser.parse_args()
+    if args.lockdown is not None:  # before the key is read and any submitted code is loaded
+        from . import lockdown
+
+        support = lockdown.Support(int(args.lockdown.get("landlock_abi") or 0), bool(args.lockdown.get("seccomp")))
+        try:
+            cuda = os.environ.get("TRITON_INTERPRET") != "1"  # the worker sets it for CPU jobs
+            # The recorder the engine built is loaded after the lockdown (CUPTI starts threads, and
+            # landlock binds only the thread that applies it): its folder must stay readable.
+            extra = [args.native_cache] if args.native_cache else None
+            lockdown.apply(lockdown.default_policy(os.getcwd(), extra, cuda=cuda), support)
+        except OSError as exc:
+            print(f"harness: cannot confine this process: {exc}", file=sys.stderr, flush=True)
+            return 74
     apply_limits(args.limits)
     if args.evidence_fd is not None:  # before serve: before any submitted code is imported
         from . import native

@@ -1,7 +1,7 @@
 """The warm pool's zygote: a process that has imported torch, triton and the harness but never
 touched CUDA, and forks a fresh harness process per request.
 
-`python -m harness.zygote --listen-fd L --lifeline-fd F [--spares N] [--warm-target cuda:90:32]`
+`python -m harness.zygote --listen-fd L --lifeline-fd F [--spares N] [--warm-target cuda:90:32] [--lockdown on|landlock|seccomp]`
 
 The worker made the listening socket (AF_UNIX, SOCK_SEQPACKET) and passed it in; its path need
 not be visible inside the isolation. The lifeline is a pipe whose other end only the worker holds:
@@ -20,6 +20,14 @@ Forking after CUDA initialises is unsafe, so the zygote checks it never did. Chi
 ahead of demand ("spares") and wait, holding nothing, for their assignment; each then starts its
 own session, takes its descriptors, environment, working directory and limits, and becomes an
 ordinary harness process (`server.serve`). Children die with the zygote (PR_SET_PDEATHSIG).
+
+With `--lockdown` (every backend but `process`), each spare confines itself right after the fork,
+while it has one thread and before it touches CUDA (lockdown.py: landlock and seccomp). Its only
+writable directory is one the zygote made for it, `.spare-…` in the jobs directory; on
+assignment the zygote renames that directory to the job's working directory (landlock's rule
+follows the directory, not its name), so a child can write only where its job lives. A spare that
+cannot apply every layer the zygote probed at start-up exits before it could be assigned (fail
+closed); `ping` and `spawn` name the layers (`confinement`).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import freeze, triton_cache
+from . import freeze, lockdown, triton_cache
 from .limits import apply_limits
 
 MAX_MESSAGE = 256 * 1024
@@ -47,6 +55,10 @@ FD_NAMES = ("read", "write", "key", "stdout", "stderr", "data")
 EVIDENCE_FD = "evidence"  # optional, last: the native recorder's pipe (sandbox/native_evidence.py)
 MAX_LAUNCHERS = 512  # argument-type patterns learned per zygote
 PR_SET_PDEATHSIG = 1
+SPARE_PREFIX = ".spare-"
+READY = b"ready"
+READY_WAIT_S = 120  # a spare forked on demand creates its CUDA context first
+EXIT_LOCKDOWN_FAILED = 74
 
 
 def _preload(warm_target: str | None) -> dict[str, Any]:
@@ -116,8 +128,16 @@ def _compile_for(target: str) -> None:
 
 
 class Zygote:
-    def __init__(self, listener: socket.socket, lifeline: int, spares: int, device: str = "cpu") -> None:
+    def __init__(self, listener: socket.socket, lifeline: int, spares: int, device: str = "cpu",
+                 support: lockdown.Support | None = None) -> None:
         self.device = device
+        self.support = support  # None: no lockdown (the `process` backend)
+        self.jobs_dir = os.getcwd()  # the pool's jobs directory (where the worker's jobs are made)
+        self.spare_dirs: dict[int, str] = {}  # spare pid -> the directory it may write (locked down)
+        self.spares_made = 0
+        self.lockdown_rules: dict[str, tuple[int, bool]] | None = None  # resolved once, see run()
+        self.broken: str | None = None  # why no more children can be made (the pool fails closed)
+        self.serving: socket.socket | None = None  # the worker's connection being answered
         self.listener = listener
         self.lifeline = lifeline
         self.spares_wanted = spares
@@ -136,6 +156,9 @@ class Zygote:
 
     # ---- the zygote's side
     def run(self) -> int:
+        if self.support is not None:  # the paths every spare may read or run, resolved once here
+            policy = lockdown.default_policy(0, [self.seed_dir] if self.seed_dir else [], cuda=self.device == "cuda")
+            self.lockdown_rules = lockdown.resolve(policy)
         self.refill()
         while True:
             self.reap()
@@ -150,10 +173,13 @@ class Zygote:
                     continue
                 with connection:
                     connection.settimeout(5)
+                    self.serving = connection
                     try:
                         self.serve_one(connection)
                     except (OSError, ValueError):
                         continue
+                    finally:
+                        self.serving = None
             self.refill()
 
     def serve_one(self, connection: socket.socket) -> None:
@@ -189,21 +215,44 @@ class Zygote:
                 raise ValueError(f"spawn needs {len(FD_NAMES)} descriptors (and the recorder's), got {len(fds)}")
             limits = dict(request.get("limits") or {})
             memory = limits.pop("memory_bytes", None)  # watched here, not an rlimit
-            assignment = {"role": request["role"], "cwd": request["cwd"], "env": request["env"], "limits": limits,
+            cwd = os.path.abspath(str(request["cwd"]))
+            if self.support is not None and not self.owns(cwd):
+                raise ValueError(f"a job's directory must be new and inside {self.jobs_dir}: {cwd}")
+            assignment = {"role": request["role"], "cwd": cwd, "env": request["env"], "limits": limits,
                           "launchers": self.launchers}
             while True:
+                if self.broken:
+                    raise RuntimeError(self.broken)
                 pid, link = self.spares.pop(0) if self.spares else self.fork_spare()
                 try:
+                    # Only a spare that says it is ready is assigned: one that died (say, it could not
+                    # lock itself down) must not take a job and read as that job's failure.
+                    link.settimeout(READY_WAIT_S)
+                    if link.recv(len(READY)) != READY:
+                        raise ConnectionError(f"spare {pid} ended before it was ready")
+                    link.settimeout(None)
+                    if self.support is not None:  # the spare's own directory becomes the job's
+                        os.makedirs(os.path.dirname(cwd), mode=0o755, exist_ok=True)
+                        os.rename(self.spare_dir(pid), cwd)
                     socket.send_fds(link, [json.dumps(assignment).encode()], fds)
                     break
                 except OSError:  # that spare died; take another
-                    self.children.discard(pid)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    try:
+                        _, status = os.waitpid(pid, 0)
+                        self.children.discard(pid)
+                        self.record_exit(pid, status)
+                    except ChildProcessError:
+                        self.children.discard(pid)
                 finally:
                     link.close()
             if memory:
                 self.memory_limits[pid] = int(memory)
-            self.workdirs[pid] = str(assignment["cwd"])
-            return {"ok": True, "pid": pid}
+            self.workdirs[pid] = cwd
+            return {"ok": True, "pid": pid, "confinement": self.support.layers() if self.support else []}
         if op == "kill":
             pid = int(request["pid"])
             if pid in self.children:
@@ -227,8 +276,9 @@ class Zygote:
             return {"ok": True, "exit": self.exits.get(pid), "running": pid in self.children,
                     "memory_killed_bytes": self.memory_kills.get(pid)}
         if op == "ping":
-            return {"ok": True, "children": len(self.children), "spares": len(self.spares),
-                    "warm": {**self.facts, "launchers": len(self.launchers)}}
+            return {"ok": not self.broken, "error": self.broken, "children": len(self.children), "spares": len(self.spares),
+                    "warm": {**self.facts, "launchers": len(self.launchers)},
+                    "confinement": self.support.layers() if self.support else []}
         if op == "learn":
             for pattern in request.get("launchers") or []:
                 self.learn(pattern)
@@ -271,10 +321,27 @@ class Zygote:
             print(f"zygote: a launcher build gave {built!r}", file=sys.stderr, flush=True)
 
     def refill(self) -> None:
-        while len(self.spares) < self.spares_wanted:
+        while len(self.spares) < self.spares_wanted and not self.broken:
             self.spares.append(self.fork_spare())
 
+    def owns(self, cwd: str) -> bool:
+        """A job's directory: job-X/role right below the jobs directory, not there yet."""
+        job = os.path.dirname(cwd)
+        return (os.path.realpath(os.path.dirname(job)) == os.path.realpath(self.jobs_dir)
+                and not os.path.basename(job).startswith(".") and not os.path.islink(job)
+                and not os.path.lexists(cwd))
+
+    def spare_dir(self, pid: int) -> str:
+        return self.spare_dirs[pid]
+
     def fork_spare(self) -> tuple[int, socket.socket]:
+        own = None
+        if self.support is not None:  # made here, before the fork, so it exists when the spare is assigned
+            self.spares_made += 1
+            own = os.path.join(self.jobs_dir, f"{SPARE_PREFIX}{os.getpid()}-{self.spares_made}")
+            os.mkdir(own, 0o700)
+            # Opened before the fork: the zygote may rename it to the job's directory at once.
+            own_fd = os.open(own, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -282,12 +349,19 @@ class Zygote:
         if pid == 0:
             ours.close()
             try:
-                self.become_child(theirs)
-            except BaseException:
+                self.become_child(theirs, own_fd if own is not None else None)
+            except BaseException as exc:
+                try:  # to the zygote's log, or to the job's stderr once assigned
+                    print(f"zygote: a child failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                except BaseException:
+                    pass
                 os._exit(70)
             os._exit(71)
         theirs.close()
         self.children.add(pid)
+        if own is not None:
+            os.close(own_fd)
+            self.spare_dirs[pid] = self.workdirs[pid] = own  # removed if it dies unassigned
         return pid, ours
 
     def reap(self) -> None:
@@ -302,19 +376,28 @@ class Zygote:
                 self.builder_done(pid)
                 continue
             self.children.discard(pid)
-            self.memory_limits.pop(pid, None)
-            self.exits[pid] = os.waitstatus_to_exitcode(status)
-            workdir = self.workdirs.pop(pid, None)
-            if workdir:  # under a namespace backend the worker cannot see it to clean it up
-                shutil.rmtree(workdir, ignore_errors=True)
+            self.record_exit(pid, status)
+
+    def record_exit(self, pid: int, status: int) -> None:
+        """Forget a child that has exited (and been waited for): its limits, its directory."""
+        self.memory_limits.pop(pid, None)
+        self.exits[pid] = os.waitstatus_to_exitcode(status)
+        if self.exits[pid] == EXIT_LOCKDOWN_FAILED and pid in self.spare_dirs:
+            self.broken = "a spare could not apply the lockdown this kernel offers (see the zygote's log)"
+        workdir = self.workdirs.pop(pid, None)
+        self.spare_dirs.pop(pid, None)
+        if workdir:  # under a namespace backend the worker cannot see it to clean it up
+            shutil.rmtree(workdir, ignore_errors=True)
+            job = os.path.dirname(workdir)
+            if os.path.realpath(job) != os.path.realpath(self.jobs_dir):
                 try:
-                    os.rmdir(os.path.dirname(workdir))  # the job's directory, once both roles are gone
+                    os.rmdir(job)  # the job's directory, once both roles are gone
                 except OSError:
                     pass
-            self.spares = [(p, link) for p, link in self.spares if p != pid]
-            if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
-                for old in list(self.exits)[:1024]:
-                    del self.exits[old]
+        self.spares = [(p, link) for p, link in self.spares if p != pid]
+        if len(self.exits) > 4096:  # nobody asked about the oldest; forget them
+            for old in list(self.exits)[:1024]:
+                del self.exits[old]
 
     def watch_memory(self) -> None:
         """Kill a child whose process tree holds more resident memory than its limit (a poll of
@@ -347,14 +430,32 @@ class Zygote:
                         pass
 
     # ---- a child's side, after fork
-    def become_child(self, link: socket.socket) -> None:
+    def lock_down(self, own: int) -> None:
+        """Confine this spare for good (one thread, no CUDA yet): its own directory to write, the
+        zygote's verified Triton builds to read, the runtime to read and Triton's compilers to run."""
+        try:
+            lockdown.apply(lockdown.Policy(read_write=[own], rules=self.lockdown_rules), self.support)
+        except OSError as exc:
+            print(f"zygote: a spare could not lock itself down: {exc}", file=sys.stderr, flush=True)
+            os._exit(EXIT_LOCKDOWN_FAILED)
+
+    def become_child(self, link: socket.socket, own: int | None = None) -> None:
         zygote_pid = os.getppid()
         self.listener.close()
         os.close(self.lifeline)
         for _, other in self.spares:  # the zygote's ends of its other spares' sockets
             other.close()
+        # Nothing of the zygote's but what it was given: not the worker's connection being served
+        # (a reply forged on it would name another pid), not a launcher builder's result pipe.
+        if self.serving is not None:
+            self.serving.close()
+        for pipe in self.builders.values():
+            os.close(pipe)
         _die_with_parent(zygote_pid)
         os.setsid()
+        if own is not None:
+            self.lock_down(own)
+            os.close(own)
         if self.device == "cuda":
             # Ahead of demand: a CUDA context takes ~0.3-0.6 s to create (safe here: the zygote has none).
             import torch
@@ -363,6 +464,7 @@ class Zygote:
 
             native.start_ahead()  # CUPTI's start-up, off the critical path and before the context; attached on assignment
             torch.empty(1, device="cuda")
+        link.send(READY)  # locked down (and with its CUDA context): it may be assigned
         message, fds, _, _ = socket.recv_fds(link, MAX_MESSAGE, len(FD_NAMES) + 1)
         link.close()
         if len(fds) not in (len(FD_NAMES), len(FD_NAMES) + 1):
@@ -425,12 +527,15 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: spares create their CUDA context early")
     parser.add_argument("--spares", type=int, default=2)
     parser.add_argument("--warm-target", default=None, help="backend:arch:warp_size, e.g. cuda:90:32")
+    parser.add_argument("--lockdown", choices=("on", "landlock", "seccomp"), default=None,
+                        help="each child confines itself: every layer the kernel offers, or only landlock or seccomp")
     args = parser.parse_args()
     listener = socket.socket(fileno=args.listen_fd)
     for name in ("TMPDIR", "TRITON_CACHE_DIR"):  # under a namespace backend only the zygote can make them
         if os.environ.get(name):
             os.makedirs(os.environ[name], exist_ok=True)
-    zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device)
+    support = lockdown.probe(args.lockdown) if args.lockdown else None
+    zygote = Zygote(listener, args.lifeline_fd, max(0, args.spares), args.device, support)
     zygote.facts = _preload(args.warm_target)
     if args.device == "cuda":  # built into a directory of this zygote's own, loaded here, started in each spare
         from . import native

@@ -1,7 +1,8 @@
 """The warm pool inside a namespace backend: the zygote and its children share one private root
 (read-only system binds, a tmpfs for the jobs, no network). The host's files stay out of reach
-even of code that bypasses the audit hook (numpy reads files in C), each job's directory is removed
-when its process exits, a memory bomb is killed by the zygote's watch, and honest jobs pass."""
+even of code that bypasses the audit hook (numpy reads files in C), the jobs directory cannot be
+listed (each child's landlock), each job's directory is removed when its process exits, a memory
+bomb is killed by the zygote's watch, and honest jobs pass."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ try:
     print("HOST", len(np.fromfile({str(HOST_FILE)!r}, dtype=np.uint8)), flush=True)
 except OSError as exc:
     print("HOST", type(exc).__name__, flush=True)
-print("JOBS", sorted(os.listdir(os.path.dirname(os.path.dirname(os.getcwd())))), flush=True)
+try:
+    print("JOBS", sorted(os.listdir(os.path.dirname(os.path.dirname(os.getcwd())))), flush=True)
+except OSError as exc:
+    print("JOBS", type(exc).__name__, flush=True)
+print("JOB", os.path.dirname(os.getcwd()), flush=True)
+print("EARLIER", os.path.exists(EARLIER_JOB), flush=True)  # stat is not refused, listing is
 
 
 class ModelNew""")
@@ -39,13 +45,17 @@ def namespace_pool(request: pytest.FixtureRequest, make_isolation) -> Iterator[P
 
 
 def test_pooled_jobs_cannot_reach_host_files_and_leave_nothing_behind(namespace_pool: PoolClient) -> None:
-    first = evaluate(Problem(source=REFERENCE), Submission(source=SPY), FAST, pool=namespace_pool)
+    first = evaluate(Problem(source=REFERENCE), Submission(source=SPY.replace("EARLIER_JOB", "'/nonexistent'")), FAST,
+                     pool=namespace_pool)
     assert first.verdict == Verdict.correct, first.feedback
     assert first.environment.isolation == namespace_pool.isolation_name
     assert "HOST FileNotFoundError" in first.output["stdout"]
-    second = evaluate(Problem(source=REFERENCE), Submission(source=SPY), FAST, pool=namespace_pool)
-    jobs_seen = second.output["stdout"].split("JOBS", 1)[1]
-    assert jobs_seen.count("job-") == 1, jobs_seen  # the first job's directory is gone
+    assert "JOBS PermissionError" in first.output["stdout"]
+    first_job = first.output["stdout"].split("JOB ", 1)[1].split()[0]
+    second = evaluate(Problem(source=REFERENCE), Submission(source=SPY.replace("EARLIER_JOB", repr(first_job))), FAST,
+                      pool=namespace_pool)
+    assert second.verdict == Verdict.correct, second.feedback
+    assert "EARLIER False" in second.output["stdout"], second.output  # the first job's directory is gone
     assert first.timings_ms.start < 1000
 
 
