@@ -68,6 +68,7 @@ O_PATH, O_CLOEXEC = 0o10000000, 0o2000000
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
 EPERM, ENOSYS = 1, 38
+AF_UNIX = 1
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 # Any of these in clone's flags makes a new namespace.
 CLONE_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
@@ -262,6 +263,7 @@ class Policy:
     execute: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     shared_memory: list[str] = field(default_factory=list)
+    unix_sockets: bool = False  # socket(AF_UNIX) allowed: the CUDA driver needs it (every other family stays refused)
     # read, execute and devices resolved (`resolve`): the zygote does it once, its spares reuse it
     rules: dict[str, tuple[int, bool]] | None = None
 
@@ -319,6 +321,7 @@ def default_policy(workdir: str | int, extra_read: list[str] | None = None, *, c
         execute=executables(),
         devices=[*DEVICES, *glob.glob("/dev/nvidia*"), "/dev/nvidia-caps", "/dev/dri"],
         shared_memory=["/dev/shm"] if cuda else [],
+        unix_sockets=cuda,
     )
 
 
@@ -361,8 +364,10 @@ def apply_landlock(policy: Policy, abi: int) -> None:
         raise _error("landlock_create_ruleset")
     try:
         wanted = dict(policy.rules if policy.rules is not None else resolve(policy))
-        own_proc = os.path.realpath("/proc/self")  # /proc/<pid>: this process's own entries, nobody else's
-        wanted[own_proc] = (READ, True)
+        # /proc/<pid>: this process's own entries, nobody else's; writable, because the CUDA driver
+        # writes there while it initialises (with read only, cuInit fails: H200, driver 580).
+        own_proc = os.path.realpath("/proc/self")
+        wanted[own_proc] = (READ | FS_WRITE_FILE | FS_TRUNCATE, True)
         for path, (rights, is_dir) in wanted.items():
             try:
                 fd = os.open(path, O_PATH | O_CLOEXEC)
@@ -406,7 +411,7 @@ def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
 
 
-def seccomp_program(machine: str) -> bytes:
+def seccomp_program(machine: str, unix_sockets: bool = False) -> bytes:
     """The filter: deny the calls in _BLOCKED with EPERM, clone3 with ENOSYS, clone with a
     namespace flag with EPERM; anything from another architecture's ABI is killed."""
     numbers = SYSCALLS[machine]
@@ -420,6 +425,15 @@ def seccomp_program(machine: str) -> bytes:
     ]
     if machine == "x86_64":  # the x32 ABI's numbers carry bit 30
         program += [_bpf(BPF_JGE_K, 0x40000000, 0, 1), _bpf(BPF_RET_K, deny)]
+    if unix_sockets:  # socket(): Unix sockets only (the CUDA driver opens one while it initialises;
+        # cuInit fails without it). Their peers are what the namespaces and landlock's scope leave reachable.
+        program += [
+            _bpf(BPF_JEQ_K, numbers["socket"], 0, 3),
+            _bpf(BPF_LD_W_ABS, 16),  # the address family: the low half of args[0]
+            _bpf(BPF_JEQ_K, AF_UNIX, 0, 1),
+            _bpf(BPF_RET_K, SECCOMP_RET_ALLOW),
+            _bpf(BPF_LD_W_ABS, 0),  # the syscall number again
+        ]
     for number in blocked:
         program += [_bpf(BPF_JEQ_K, number, 0, 1), _bpf(BPF_RET_K, deny)]
     program += [
@@ -438,11 +452,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def apply_seccomp() -> None:
+def apply_seccomp(unix_sockets: bool = False) -> None:
     machine = os.uname().machine
     if machine not in SYSCALLS:
         raise LockdownError(0, f"no seccomp filter for {machine}")
-    program = seccomp_program(machine)
+    program = seccomp_program(machine, unix_sockets)
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -457,5 +471,5 @@ def apply(policy: Policy, support: Support) -> list[str]:
     if support.landlock_abi:
         apply_landlock(policy, support.landlock_abi)
     if support.seccomp:
-        apply_seccomp()
+        apply_seccomp(policy.unix_sockets)
     return support.layers()

@@ -434,7 +434,7 @@ class Zygote:
         """Confine this spare for good (one thread, no CUDA yet): its own directory to write, the
         zygote's verified Triton builds to read, the runtime to read and Triton's compilers to run."""
         try:
-            lockdown.apply(lockdown.Policy(read_write=[own], rules=self.lockdown_rules), self.support)
+            lockdown.apply(lockdown.Policy(read_write=[own], rules=self.lockdown_rules, unix_sockets=self.device == "cuda"), self.support)
         except OSError as exc:
             print(f"zygote: a spare could not lock itself down: {exc}", file=sys.stderr, flush=True)
             os._exit(EXIT_LOCKDOWN_FAILED)
