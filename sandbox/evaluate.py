@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import rules, static_checks
+from . import proportion, rules, static_checks
 from .feedback import write_feedback
 from .input_sets import plan_input_sets
 from .isolation import Isolation
@@ -402,7 +402,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
         compared, _ = run.ask(run.reference, compare_header, compare_payload)
     report = compared["report"]
     _record_comparison(run, report)
-    violations = _watch_violations(outcome, label)
+    violations = _watch_violations(outcome, label) + _judge_work(run, outcome, label)
     # With an op allowlist, an output may legitimately come from an allowed torch op.
     if outcome["unwritten_outputs"] and not outcome.get("output_problem") and not run.allowed_ops:
         violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome["unwritten_outputs"]}))
@@ -440,7 +440,7 @@ def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
     thread_events = [e for e in events if e.get("event") == "thread.start"]
     other_events = [e for e in events if e.get("event") != "thread.start"]
     checks = [
-        ("torch_fallback", reply.get("compute_ops"), "ops"),
+        ("torch_fallback", None if "work" in reply else reply.get("compute_ops"), "ops"),  # else: _judge_work
         ("tampering", reply.get("tampering", [])[:20], "changed"),
         ("forbidden_call", other_events[:20], "events"),
         ("background_thread", thread_events[:20], "events"),
@@ -448,6 +448,13 @@ def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
         ("device_to_host_transfer", reply.get("device_to_host"), "copies"),
     ]
     return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
+
+
+def _judge_work(run: _Run, reply: dict[str, Any], phase: str) -> list[Violation]:
+    """Torch's share of the work (sandbox/proportion.py): fatal findings returned, epilogue warnings kept."""
+    fatal, warnings = proportion.judge(reply, phase, run.config, run.device)
+    proportion.keep_warning(run.anti_cheat.warnings, warnings)
+    return fatal
 
 
 def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
@@ -484,7 +491,10 @@ def _profile(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
     run.add_violations(_watch_violations(profiled, "profile"))
     run.performance.triton_time_fraction = profiled["fraction"]
     fraction = profiled["fraction"] or 0.0
-    if fraction < run.config.min_triton_time_fraction:
+    # Kernels of an allowed epilogue (a few µs each) are not a fallback, however small the problem.
+    outside_us = sum(profiled["kernels_us"].values()) * (1.0 - fraction) / 3  # per call: profile_kernels runs 3
+    allowance_us = proportion.epilogue_gpu_allowance_us(run.anti_cheat.warnings, run.config.epilogue_gpu_us_per_op)
+    if fraction < run.config.min_triton_time_fraction and outside_us > allowance_us:
         run.add_violations([rules.violation("low_triton_time_fraction", {
             "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": profiled["kernels_us"]})])
 
@@ -501,7 +511,7 @@ def _time_unlocked(run: _Run, header_inputs: Any, inputs: bytearray) -> None:
         if cache is not None:
             cache.put(cache_key, ref_stats)
     candidate, _ = run.ask(run.candidate, {"cmd": "time", "inputs": header_inputs, "options": options}, bytes(inputs))
-    run.add_violations(_watch_violations(candidate, "timing"))
+    run.add_violations(_watch_violations(candidate, "timing") + _judge_work(run, candidate, "timing"))
     cand_stats = candidate["stats"]
     perf = run.performance
     perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})
@@ -528,7 +538,8 @@ def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[st
         compiled = False
     elif verdict in (Verdict.correct, Verdict.incorrect, Verdict.cheating):
         compiled = compiled or anti_cheat.triton_launches > 0
-    reward, rewards = compute_reward(verdict, performance.speedup, performance.meaningful, config.reward)
+    penalty = config.reward.torch_epilogue_penalty if any(w.rule == "torch_epilogue" for w in anti_cheat.warnings) else 0.0
+    reward, rewards = compute_reward(verdict, performance.speedup, performance.meaningful, config.reward, penalty)
     timings.total = (time.monotonic() - started) * 1e3
     result = EvaluationResult(
         id=result_id,

@@ -62,6 +62,9 @@ class RewardConfig(_Strict):
     fast_p_threshold: float = Field(default=1.0, ge=0.0, description="fast_p: speedup that earns the reward")
     speedup_cap: float = Field(default=3.0, gt=0.0, description="drkernel: speedups above this count as this")
     cheat_penalty: float = Field(default=-1.0, description="reward given when a fatal anti-cheat rule fires")
+    torch_epilogue_penalty: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="share of a correct answer's reward taken away when a small "
+        "epilogue ran in torch (the torch_epilogue warning)")
 
 
 class EvalConfig(_Strict):
@@ -83,6 +86,13 @@ class EvalConfig(_Strict):
     min_triton_time_fraction: float = Field(
         default=0.5, ge=0.0, le=1.0, description="GPU: least share of kernel time in the submission's own kernels"
     )
+    torch_epilogue_max_share: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="largest share of the bytes touched that non-major torch compute ops "
+        "may have and count as an epilogue (torch_epilogue warning) instead of torch_fallback")
+    max_scalar_reads: int = Field(default=8, ge=0, description="scalar reads to the host (.item()) allowed per checked call")
+    epilogue_gpu_us_per_op: float = Field(
+        default=10.0, ge=0.0, description="GPU: kernel time per call outside the submission's kernels an allowed epilogue "
+        "may take, per epilogue op, before low_triton_time_fraction applies")
     reward: RewardConfig = RewardConfig()
     # No `isolation` here: the worker's setting decides, and a request must not be able to lower it.
 

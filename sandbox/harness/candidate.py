@@ -17,6 +17,7 @@ from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, profile_kernels, time_on_host
+from .work import WorkMeter, launch_bytes, unwritten_outputs
 
 
 def _compile_error_types() -> tuple[type[BaseException], ...]:
@@ -62,7 +63,10 @@ class CandidateRole:
         self._decode = tensors.decode
         self._encode_error = tensors.EncodeError
         self._aliased_inputs = _aliased_inputs
-        self._unwritten_outputs = _unwritten_outputs
+        self._unwritten_outputs = unwritten_outputs
+        self._launch_bytes = launch_bytes
+        self.meter = WorkMeter(lambda: self.recorder.launches if self.recorder is not None else [])
+        self.ops.meter = self.meter
 
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
         kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
@@ -74,6 +78,7 @@ class CandidateRole:
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
         self.path = write_source(header)
+        self.meter.device_type = self.device.type
         init_inputs = tensors.decode(header["init_inputs"], payload, "cpu")
         self.allowed_ops = frozenset(header.get("allowed_ops", ()))
         # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.
@@ -143,9 +148,13 @@ class CandidateRole:
         assert self.recorder is not None
         inputs = self._decode(header["inputs"], payload, self.device)
         self.recorder.take()
+        self.meter.start(inputs)
         outputs = self._forward(inputs)
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
+        work = self.meter.take()
+        derived = work.pop("derived")
+        work["triton_bytes"] = self._launch_bytes(launches)
         written = set().union(*(launch.storages for launch in launches)) if launches else set()
         reply: dict[str, Any] = {
             "ok": True,
@@ -154,7 +163,8 @@ class CandidateRole:
             "aliases_input": self._aliased_inputs(outputs, inputs),
             "compute_ops": self._compute_ops(ops, self.allowed_ops),
             "device_to_host": device_to_host,
-            "unwritten_outputs": self._unwritten_outputs(outputs, written),
+            "unwritten_outputs": self._unwritten_outputs(outputs, written, derived, work["scalar_reads_of_kernel_data"] > 0),
+            "work": work,
             "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
             **self.observations(),
         }
@@ -172,6 +182,7 @@ class CandidateRole:
         assert self.recorder is not None
         input_sets = self._decode(header["inputs"], payload, self.device)
         self.recorder.take()
+        self.meter.reset()
 
         # The op recorder stays on while timed (entered once, not per call): a candidate cannot tell
         # the timed calls from the checked ones by looking for it.
@@ -188,8 +199,11 @@ class CandidateRole:
             self.recorder.keep_storages = True
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
+        work = self.meter.take()
+        work.pop("derived")
+        work["triton_bytes"] = self._launch_bytes(launches)
         stats["launches"] = sum(1 for launch in launches if launch.own)
-        return {"ok": True, "stats": stats, "compute_ops": self._compute_ops(ops, self.allowed_ops),
+        return {"ok": True, "stats": stats, "compute_ops": self._compute_ops(ops, self.allowed_ops), "work": work,
                 "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
                 "device_to_host": device_to_host, **self.observations()}, b""
 
@@ -226,15 +240,6 @@ def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:
     return [
         index for index, x in enumerate(inputs)
         if isinstance(x, torch.Tensor) and x.untyped_storage().nbytes() and x.untyped_storage().data_ptr() in output_storages
-    ]
-
-
-def _unwritten_outputs(outputs: Any, written: set[int]) -> list[int]:
-    """Indices of output tensors whose storage no Triton launch received as an argument."""
-    return [
-        index for index, t in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs])
-        if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.numel()
-        and t.untyped_storage().data_ptr() not in written
     ]
 
 
