@@ -77,7 +77,8 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
                 text += " It is slower than PyTorch: fuse work into fewer kernels, use larger blocks, or cut memory traffic."
             return text + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings)
         return (f"Correct on {result.correctness.trials} trials over {result.correctness.input_sets} input sets. "
-                "Speed was not measured (no GPU: Triton interpreter on the CPU).")
+                "Speed was not measured (no GPU: Triton interpreter on the CPU)."
+                + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings))
     if verdict == Verdict.cheating:
         lines = [_rule_text(v) for v in result.anti_cheat.violations]
         return " ".join(lines) + " Do the computation inside your own @triton.jit kernels and return the tensors they write."

@@ -1,0 +1,73 @@
+"""How correctness and fairness are judged (docs/judging.md), on the CPU with Triton's interpreter,
+in processes forked by the warm pool.
+
+tests/judging/ holds small problems (`NAME_problem.py`) and candidates for them (`NAME_*.py`, the
+problem is the part of the name before the first underscore). Each candidate's first line says
+what must happen: `# expect: correct` (accepted with no warning), `# expect: correct, WARNING`
+(accepted with that warning) or `# expect: RULE` (verdict `cheating` with that rule)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.evaluate import evaluate
+from sandbox.models import EvalConfig, EvaluationResult, Problem, RewardConfig, Submission, Verdict
+
+HERE = Path(__file__).parent / "judging"
+CANDIDATES = sorted(p for p in HERE.glob("*.py") if not p.stem.endswith("_problem"))
+
+
+def problem_for(path: Path) -> Problem:
+    return Problem(source=(HERE / f"{path.stem.split('_')[0]}_problem.py").read_text())
+
+
+def expectation(path: Path) -> tuple[str, str | None]:
+    match = re.match(r"# expect: (\w+)(?:, (\w+))?", path.read_text())
+    assert match, f"{path.name} must start with '# expect: ...'"
+    return match.group(1), match.group(2)
+
+
+def judge(path: Path, pool: Any, **config: Any) -> EvaluationResult:
+    return evaluate(problem_for(path), Submission(source=path.read_text()),
+                    EvalConfig(device="cpu", trials=2, timeout_s=90, **config), pool=pool)
+
+
+@pytest.mark.parametrize("path", CANDIDATES, ids=lambda p: p.stem)
+def test_candidate_gets_its_verdict(path: Path, warm_pool: Any) -> None:
+    expected, warning = expectation(path)
+    result = judge(path, warm_pool)
+    rules = [v.rule for v in result.anti_cheat.violations]
+    warnings = [w.rule for w in result.anti_cheat.warnings]
+    if expected == "correct":
+        assert result.verdict == Verdict.correct, (result.verdict, rules, result.feedback)
+        assert warnings == ([warning] if warning else []), warnings
+        return
+    assert result.verdict == Verdict.cheating, (result.verdict, rules, result.feedback)
+    assert expected in rules, rules
+
+
+def test_epilogue_share_and_penalty_reach_the_result(warm_pool: Any) -> None:
+    path = HERE / "sum_partials_epilogue.py"
+    result = judge(path, warm_pool, reward=RewardConfig(torch_epilogue_penalty=0.25))
+    [warning] = result.anti_cheat.warnings
+    assert warning.rule == "torch_epilogue" and warning.evidence["ops"] == {"sum": 1}
+    assert 0 < warning.evidence["torch_share"] < 0.05  # the partials are 8 floats against 16x250 read by the kernel
+    assert result.reward == pytest.approx(0.75) and result.rewards.correctness == 1.0
+    assert "torch_epilogue" in result.feedback
+
+
+def test_epilogue_share_is_configurable(warm_pool: Any) -> None:
+    """With no share allowed, the same epilogue is a fallback (the old strict rule)."""
+    result = judge(HERE / "sum_partials_epilogue.py", warm_pool, torch_epilogue_max_share=0.0)
+    assert result.verdict == Verdict.cheating
+    assert [v.rule for v in result.anti_cheat.violations] == ["torch_fallback"]
+
+
+def test_major_op_is_named(warm_pool: Any) -> None:
+    result = judge(HERE / "linear_in_torch.py", warm_pool)
+    [violation] = [v for v in result.anti_cheat.violations if v.rule == "torch_fallback"]
+    assert violation.evidence["major_ops"] == ["addmm"]
