@@ -78,7 +78,7 @@ class CandidateRole:
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
         self.path = write_source(header)
-        self.meter.device_type = self.device.type
+        self.meter.device_type, self.meter.candidate_file = self.device.type, self.path
         init_inputs = tensors.decode(header["init_inputs"], payload, "cpu")
         self.allowed_ops = frozenset(header.get("allowed_ops", ()))
         # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.
@@ -89,9 +89,9 @@ class CandidateRole:
         with self.ops:  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
             torch.empty(0)
         self.ops.take()
-        if self.device.type == "cuda":
-            # The profiler imports torch._dynamo lazily, and that rewraps torch.manual_seed.
-            importlib.import_module("torch._dynamo")
+        # torch._dynamo rewraps torch.manual_seed when imported; the profiler, @torch.compiler.disable and
+        # torch.library.custom_op import it lazily: before the snapshot, on every device.
+        importlib.import_module("torch._dynamo")
         self.audit = AuditGuard(self.path, os.path.dirname(self.path))
         self.audit.install()
         self.snapshot = IntegritySnapshot()

@@ -54,6 +54,10 @@ class OpRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
+        body = self.meter.custom_op_body(func) if self.meter is not None else None
+        if body is not None:  # the submission's torch.library.custom_op: its body runs watched, in place of the op
+            with self:
+                return body(*args, **kwargs)
         name = op_name(func)
         self.ops[name] += 1
         # A scalar read (`.item()`) is not a data copy: the work meter counts it (sandbox/proportion.py judges).

@@ -71,6 +71,7 @@ class WorkMeter:
     def __init__(self, launches: Callable[[], list[Any]]) -> None:
         self._launches = launches
         self.device_type = "cpu"  # scalar reads of tensors on this device count (a CPU tensor's .item() moves nothing)
+        self.candidate_file = ""  # custom ops whose body is defined there are the submission's wrappers
         self.reset()
 
     def _kernel_storages(self) -> set[int]:
@@ -81,6 +82,9 @@ class WorkMeter:
             self._kernel |= launch.storages
         self._launches_seen = len(launches)
         return self._kernel
+
+    def custom_op_body(self, func: Any) -> Callable[..., Any] | None:
+        return custom_op_body(func, self.candidate_file, self.device_type) if self.candidate_file else None
 
     def start(self, inputs: Any) -> None:
         """A new call on these inputs."""
@@ -129,6 +133,26 @@ class WorkMeter:
         self.reset()
         taken["derived"] = derived
         return taken
+
+
+def custom_op_body(func: Any, candidate_file: str, device_type: str) -> Callable[..., Any] | None:
+    """The Python body of a `torch.library.custom_op` the submission defined, for this device. The
+    op recorder runs it in place of the op, with the recorder still on: the body's torch ops and
+    launches are then seen like any other (an op run normally would hide its body's torch ops below
+    the recorder). None for any other op: that counts as torch compute."""
+    schema = getattr(func, "_schema", None)
+    if schema is None or getattr(func, "namespace", "aten") in ("aten", "prims"):
+        return None
+    try:
+        from torch._library.custom_ops import OPDEFS
+    except ImportError:
+        return None
+    definition = OPDEFS.get(schema.name)
+    if definition is None:
+        return None
+    body = definition._backend_fns.get(device_type) or definition._init_fn
+    code = getattr(body, "__code__", None)
+    return body if code is not None and code.co_filename == candidate_file else None
 
 
 def launch_bytes(launches: Iterable[Any]) -> int:
