@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import proportion, rules, static_checks
+from . import judging, proportion, rules, static_checks
 from .feedback import write_feedback
 from .input_sets import plan_input_sets
 from .isolation import Isolation
@@ -93,6 +93,7 @@ class _Run:
     timing_lock: TimingLock | None = None
     tolerance: tuple[float | None, float | None] = (None, None)
     allowed_ops: list[str] = field(default_factory=list)
+    dtypes: set[str] = field(default_factory=set)  # of the trials' inputs and outputs (judging.interpreter_limitation)
     compiled: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
     answers: dict[str, tuple[dict[str, Any], bytearray]] = field(default_factory=dict)  # deferred commands' replies
@@ -239,6 +240,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         run.reference.close()
         output = run.candidate.output()
         shutil.rmtree(workdir, ignore_errors=True)
+    verdict, error = judging.interpreter_limitation(verdict, error, run.environment.interpreter, run.dtypes)
     if pool is not None and run.environment.launchers_built:
         try:  # the next evaluations with these argument types skip gcc
             pool.learn_launchers(run.environment.launchers_built)
@@ -391,6 +393,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     with run.gpu_step(holds=run.compiled):  # the first run is mostly compiling: it holds nothing
         outcome, data = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, bytes(inputs))
     run.compiled = run.compiled or outcome["launches"] > 0
+    run.dtypes |= judging.dtypes_in(reply["inputs"]) | judging.dtypes_in(outcome["outputs"])
     if counted:
         run.correctness.trials += 1
     compare_header = {"cmd": "compare", "trial": label, "outputs": outcome["outputs"], "returned": outcome["returned"],

@@ -4,7 +4,8 @@ in processes forked by the warm pool.
 tests/judging/ holds small problems (`NAME_problem.py`) and candidates for them (`NAME_*.py`, the
 problem is the part of the name before the first underscore). Each candidate's first line says
 what must happen: `# expect: correct` (accepted with no warning), `# expect: correct, WARNING`
-(accepted with that warning) or `# expect: RULE` (verdict `cheating` with that rule)."""
+(accepted with that warning), `# expect: interpreter_limitation` (no verdict on the CPU
+interpreter, never `incorrect`) or `# expect: RULE` (verdict `cheating` with that rule)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ def test_candidate_gets_its_verdict(path: Path, warm_pool: Any) -> None:
     result = judge(path, warm_pool)
     rules = [v.rule for v in result.anti_cheat.violations]
     warnings = [w.rule for w in result.anti_cheat.warnings]
+    if expected == "interpreter_limitation":
+        assert result.verdict == Verdict.infrastructure_error and result.error is not None, (result.verdict, result.feedback)
+        assert result.error["kind"] == "interpreter_limitation" and result.error["dtypes"] == ["bfloat16"]
+        assert result.reward == 0 and "interpreter" in result.feedback
+        return
     if expected == "correct":
         assert result.verdict == Verdict.correct, (result.verdict, rules, result.feedback)
         assert warnings == ([warning] if warning else []), warnings
