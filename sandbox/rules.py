@@ -32,13 +32,15 @@ RULES: dict[str, Rule] = {
         Rule(
             "input_mutation", Severity.fatal,
             "inputs overwritten (zeroed, or computed in place)",
-            "the inputs the candidate received are compared bit for bit with pristine copies in the reference process",
+            "the inputs the candidate received are compared bit for bit with pristine copies in the reference process; an "
+            "input the reference itself changes in place (inplace=True) may also come back as the reference leaves it",
             "forward() modified its input tensors; inputs must be left unchanged (write results to new output tensors)",
         ),
         Rule(
             "output_aliases_input", Severity.fatal,
             "returning an input (or a view of it) as the output",
-            "the storage of every returned tensor is compared with the storage of every input",
+            "the storage of every returned tensor is compared with the storage of every input (allowed for an input "
+            "the reference itself returns, as an in-place module does)",
             "an output shares memory with an input; allocate a fresh output tensor (e.g. torch.empty_like) and write it with your kernel",
         ),
         Rule(

@@ -118,8 +118,12 @@ def compare_outputs(expected: Any, actual: Any, atol: float | None, rtol: float 
     return summary
 
 
-def inputs_unchanged(pristine: list[Any], returned: Any) -> dict[str, Any]:
-    """Inputs must come back bit-identical (compared as raw bytes, so NaN == NaN)."""
+def inputs_unchanged(pristine: list[Any], returned: Any, mutated: dict[int, torch.Tensor] | None = None,
+                     atol: float | None = None, rtol: float | None = None) -> dict[str, Any]:
+    """Inputs must come back bit-identical (compared as raw bytes, so NaN == NaN), except those the
+    reference itself changes in place (`mutated`: index -> the reference's input after its call):
+    those may come back unchanged or as the reference left them (compared like an output)."""
+    mutated = mutated or {}
     returned_list = flatten_outputs(returned)
     changed = []
     for index, (before, after) in enumerate(zip(pristine, returned_list, strict=False)):
@@ -130,11 +134,30 @@ def inputs_unchanged(pristine: list[Any], returned: Any) -> dict[str, Any]:
                 and before.dtype == after.dtype
                 and torch.equal(_bits(before), _bits(after.to(before.device)))
             )
+            if not same and index in mutated:
+                same = bool(compare_tensor(mutated[index], after, atol, rtol)["passed"])
         else:
             same = before == after
         if not same:
             changed.append(index)
     return {"unchanged": not changed and len(returned_list) == len(pristine), "changed_inputs": changed}
+
+
+def run_reference(model: Any, inputs: list[Any]) -> tuple[Any, dict[int, torch.Tensor], list[int]]:
+    """The reference's outputs on copies of `inputs`, the inputs it changed in place (index -> their
+    state after the call) and the inputs an output shares memory with (`nn.ReLU(inplace=True)`)."""
+    copies = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+    with torch.no_grad():
+        outputs = model(*copies)
+    mutated = {
+        index: copy for index, (original, copy) in enumerate(zip(inputs, copies, strict=True))
+        if isinstance(original, torch.Tensor) and not torch.equal(_bits(original), _bits(copy))
+    }
+    storages = {t.untyped_storage().data_ptr() for t in flatten_outputs(outputs)
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.untyped_storage().nbytes()}
+    aliased = [index for index, copy in enumerate(copies) if isinstance(copy, torch.Tensor) and copy.untyped_storage().nbytes()
+               and copy.untyped_storage().data_ptr() in storages]
+    return outputs, mutated, aliased
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,10 @@ class ReferenceRole:
         self.input_sets: list[dict[str, int]] = [{}]
         self.trials: dict[str, tuple[list[Any], Any]] = {}
         self.timing_inputs: list[list[Any]] = []
+        # Inputs the reference changes in place (index -> state after its call), per trial and for the last call.
+        self.mutated: dict[str, dict[int, torch.Tensor]] = {}
+        self.last_mutated: dict[int, torch.Tensor] = {}
+        self.aliased_inputs: list[int] = []
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
@@ -77,6 +81,8 @@ class ReferenceRole:
             "allowed_ops": [str(op) for op in getattr(self.module, "ALLOWED_OPS", [])],
             "warnings": warnings,
             "valid_sets": valid_sets,
+            "mutates_inputs": sorted(self.last_mutated),  # from the last forward of the setup
+            "aliases_inputs": self.aliased_inputs,
         }
         return reply, data
 
@@ -95,8 +101,9 @@ class ReferenceRole:
         return [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in inputs]
 
     def forward(self, inputs: list[Any]) -> Any:
-        with torch.no_grad():
-            return self.model(*[x.clone() if isinstance(x, torch.Tensor) else x for x in inputs])
+        outputs, self.last_mutated, aliased = compare.run_reference(self.model, inputs)
+        self.aliased_inputs = sorted({*self.aliased_inputs, *aliased})
+        return outputs
 
     def _valid_sets(self, seed: int) -> list[int]:
         """Derived input sets the reference itself cannot run (e.g. a size that must divide another)
@@ -133,6 +140,7 @@ class ReferenceRole:
         inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]))
         expected = self.forward(inputs)
         self.trials[header["trial"]] = (inputs, expected)
+        self.mutated[header["trial"]] = self.last_mutated
         description, data = tensors.encode(inputs)
         shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
         reply = {"ok": True, "inputs": description, "shapes": shapes}
@@ -168,7 +176,8 @@ class ReferenceRole:
             report = {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
         else:
             report = compare.compare_outputs(expected, actual, header.get("atol"), header.get("rtol"))
-        report["inputs"] = compare.inputs_unchanged(pristine, returned)
+        report["inputs"] = compare.inputs_unchanged(pristine, returned, self.mutated.pop(header["trial"], None),
+                                                    header.get("atol"), header.get("rtol"))
         return {"ok": True, "report": report}, b""
 
     def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
