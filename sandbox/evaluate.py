@@ -435,7 +435,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
                                          "reason": reason}
         for output in report.get("outputs", []):
             if not output["passed"]:
-                run.correctness.first_failure.update({k: output.get(k) for k in ("worst_index", "worst_expected", "worst_actual")})
+                run.correctness.first_failure.update({k: output.get(k) for k in ("worst_index", "worst_expected", "worst_actual", "failed_elements")})
                 break
     return passed
 
@@ -465,7 +465,7 @@ def _judge_work(run: _Run, reply: dict[str, Any], phase: str) -> list[Violation]
 
 def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
     for output in report.get("outputs", []):
-        for key in ("max_abs_error", "max_rel_error"):
+        for key in ("max_abs_error", "max_rel_error", "max_abs_error_vs_fp64", "reference_error_vs_fp64"):
             value = output.get(key)
             if value is not None:
                 current = getattr(run.correctness, key)

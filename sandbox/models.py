@@ -111,6 +111,10 @@ class Correctness(_Strict):
     input_set_overrides: list[dict[str, int]] = []
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    max_abs_error_vs_fp64: float | None = Field(default=None, description="the candidate's largest error against the "
+                                                 "reference run in float64 (where the problem runs in float64)")
+    reference_error_vs_fp64: float | None = Field(default=None, description="the fp32 reference's own largest error "
+                                                  "against its float64 run (the comparison allows a multiple of it)")
     atol: float | None = None
     rtol: float | None = None
     recheck_passed: bool | None = None

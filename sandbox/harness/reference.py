@@ -37,6 +37,8 @@ class ReferenceRole:
         self.mutated: dict[str, dict[int, torch.Tensor]] = {}
         self.last_mutated: dict[int, torch.Tensor] = {}
         self.aliased_inputs: list[int] = []
+        self.model64: Any = None  # the model in float64, for the fp64 comparison
+        self.exact: dict[str, Any] = {}  # per trial: the fp64 reference's outputs (or None)
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
@@ -59,6 +61,7 @@ class ReferenceRole:
                 self.model = self.module.Model(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
                 self.model = self.model.to(self.device)
+            self.model64 = compare.exact_model(self.model)
             if header.get("checked"):  # built again for a cached problem: its sets and warnings are known
                 valid_sets, warnings = list(range(len(self.input_sets))), []
                 description, data = None, b""
@@ -141,11 +144,13 @@ class ReferenceRole:
         expected = self.forward(inputs)
         self.trials[header["trial"]] = (inputs, expected)
         self.mutated[header["trial"]] = self.last_mutated
+        self.exact[header["trial"]] = compare.exact_outputs(self.model64, inputs, expected)
         description, data = tensors.encode(inputs)
         shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
         reply = {"ok": True, "inputs": description, "shapes": shapes}
         if header.get("expected_budget") is not None:
-            reply["expected"], expected_data = _encode_within(expected, int(header["expected_budget"]) - len(data))
+            packed = compare.pack_expected(expected, self.exact[header["trial"]])
+            reply["expected"], expected_data = _encode_within(packed, int(header["expected_budget"]) - len(data))
             reply["inputs_nbytes"] = len(data)
             data += expected_data
         return reply, data
@@ -162,8 +167,10 @@ class ReferenceRole:
     def cmd_compare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         if "expected" in header:
             pristine, expected, payload = self._supplied(header, payload)
+            expected, exact = compare.unpack_expected(expected)
         else:
             pristine, expected = self.trials.pop(header["trial"])
+            exact = self.exact.pop(header["trial"], None)
         try:
             returned = tensors.decode(header["returned"], payload, self.device)
             actual = None if header.get("outputs") is None else tensors.decode(header["outputs"], payload, self.device)
@@ -175,7 +182,7 @@ class ReferenceRole:
         if actual is None:  # the candidate's outputs could not be transferred
             report = {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
         else:
-            report = compare.compare_outputs(expected, actual, header.get("atol"), header.get("rtol"))
+            report = compare.compare_outputs(expected, actual, header.get("atol"), header.get("rtol"), exact)
         report["inputs"] = compare.inputs_unchanged(pristine, returned, self.mutated.pop(header["trial"], None),
                                                     header.get("atol"), header.get("rtol"))
         return {"ok": True, "report": report}, b""
