@@ -107,6 +107,7 @@ def score_pair(entry: dict[str, Any], root: Path, device: str, config: EvalConfi
         torch_share=epilogue_share(result),
         message=message_of(result),
         max_abs_error=result.correctness.max_abs_error,
+        failed_trial=(result.correctness.first_failure or {}).get("trial"),
         wall_s=round(time.monotonic() - started, 2),
         environment=result.environment.model_dump(),
     )
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{share} {row['wall_s']}s{flag}", flush=True)
 
     summary = summarise(rows)
-    false_rejections = [{k: r.get(k) for k in ("candidate", "verdict", "rules", "message", "tags")}
+    false_rejections = [{k: r.get(k) for k in ("candidate", "verdict", "rules", "message", "failed_trial", "tags")}
                         for r in rows if r["label"] == "honest" and r["verdict"] != ACCEPTED]
     accepted_cheats = [{k: r.get(k) for k in ("candidate", "label", "verdict", "warnings", "torch_share")}
                        for r in rows if r["label"] in REJECT_LABELS and r["verdict"] == ACCEPTED]
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=1))
     for item in false_rejections:
-        print(f"HONEST REJECTED {item['candidate']}: {item['verdict']} {item['rules']} {item['message'][:400]}")
+        print(f"HONEST REJECTED {item['candidate']}: {item['verdict']} {item['rules']} (trial {item['failed_trial']}) "
+              f"{item['message'][:400]}")
     for item in accepted_cheats:
         print(f"CHEAT ACCEPTED {item['candidate']} ({item['label']})")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -197,7 +197,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
-    input_sets = plan_problem(problem.source, config.input_sets)
+    input_sets = judging.planned_sets(plan_problem(problem.source, config.input_sets), config)
     failure = static_checks.check_candidate(submission.source)
     static_ms = (time.monotonic() - started) * 1e3
     if failure is not None:
@@ -218,7 +218,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         config=config, device=device, salt=salt, fresh_salt=salt, deadline=started + config.timeout_s,
         reference=HarnessProcess("reference", workdir / "reference", device, python, isolation, pool),
         candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool),
-        problem_sha256=problem.sha256, reference_cache=reference_cache, timing_lock=timing_lock,
+        problem_sha256=judging.problem_key(problem.sha256, config), reference_cache=reference_cache, timing_lock=timing_lock,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
     )
     run.anti_cheat.warnings.extend(static_warnings)
@@ -283,14 +283,19 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     run.input_sets = input_sets
     run.correctness.input_sets = len(input_sets)
     run.correctness.input_set_overrides = input_sets
+    run.correctness.value_ranges = list(reply.get("value_ranges", []))
 
     setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
                                        "init_seed": init_seed, "init_inputs": reply["init_inputs"],
-                                       "allowed_ops": run.allowed_ops}, bytes(init_payload))
+                                       "allowed_ops": run.allowed_ops,
+                                       "randomize_parameters": bool(reply.get("randomize_parameters"))}, bytes(init_payload))
     run.add_violations(_watch_violations(setup, "import"))
     # Every input set is checked at least once, whatever the trial count.
     for trial in range(max(config.trials, len(input_sets))):
         if not _trial(run, f"trial{trial}", trial % len(input_sets)):
+            return
+    for name in run.correctness.value_ranges:  # adversarial value ranges on the original set (hardening.py)
+        if not _trial(run, f"values_{name}", 0, values=name):
             return
     _time(run)
     # Fresh values on every input set, after timing (the first has the timed loop's shapes): a
@@ -325,7 +330,7 @@ def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dic
             return run.cached.setup_reply(judged["environment"])
     reply, init_payload = run.ask(run.reference, {
         "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device,
-        "init_seed": derive_seed(run.salt, "init"), "input_sets": input_sets,
+        "init_seed": derive_seed(run.salt, "init"), "input_sets": input_sets, **judging.setup_options(run.config),
     })
     if run.reference_data is not None and not reply.get("mutates_inputs"):  # its inputs' after-state is not cached
         run.recording = ReferenceData.start(run.salt, reply, init_payload)
@@ -357,14 +362,14 @@ def _timing_key(run: _Run, input_sets: list[dict[str, int]], environment: dict[s
                               {"sets": run.config.timing_sets, "max_seconds": run.config.max_timing_seconds})
 
 
-def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any], bytes]:
+def _trial_inputs(run: _Run, label: str, set_index: int, values: str | None = None) -> tuple[dict[str, Any], bytes]:
     """A trial's inputs: cached on a hit; else made by the reference (with its expected outputs
     while they are being recorded and still fit the cache's entry size). Rechecks are never cached."""
     if run.cached is not None and label in run.cached.trials:
         return run.cached.inputs(label)
     recheck = label.startswith("recheck")
     header = {"cmd": "inputs", "trial": label, "set_index": set_index,
-              "seed": derive_seed(run.fresh_salt if recheck else run.salt, label)}
+              "seed": derive_seed(run.fresh_salt if recheck else run.salt, label), "values": values}
     recording, cache = run.recording, run.reference_data
     if recording is None or cache is None or recheck:
         reply, payload = run.ask(run.reference, header)
@@ -388,10 +393,10 @@ def _timing_inputs(run: _Run) -> tuple[dict[str, Any], bytes]:
     return reply, bytes(payload)
 
 
-def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
-    """One correctness trial on fresh inputs; returns whether it passed."""
+def _trial(run: _Run, label: str, set_index: int, counted: bool = True, values: str | None = None) -> bool:
+    """One correctness trial on fresh inputs (in a value range of hardening.py when `values`); returns whether it passed."""
     with run.gpu_step():
-        reply, inputs = _trial_inputs(run, label, set_index)
+        reply, inputs = _trial_inputs(run, label, set_index, values)
     with run.gpu_step(holds=run.compiled):  # the first run is mostly compiling: it holds nothing
         outcome, data = run.ask(run.candidate, {"cmd": "run", "trial": label, "inputs": reply["inputs"]}, bytes(inputs))
     run.compiled = run.compiled or outcome["launches"] > 0

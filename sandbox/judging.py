@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import Verdict
+from .models import EvalConfig, Verdict
 
 # dtypes the interpreter cannot compute faithfully (numpy has no such type)
 INTERPRETER_UNFAITHFUL_DTYPES = frozenset({
@@ -48,3 +48,30 @@ def interpreter_limitation(verdict: Verdict, error: dict[str, Any] | None, inter
                    "so a mismatch here says nothing about the kernel; check it on a GPU",
     }
 
+
+
+def setup_options(config: EvalConfig) -> dict[str, Any]:
+    """What the reference's setup needs of the request: the mode, and the tolerance it judges degenerate
+    problems and value ranges at (when the request sets one)."""
+    options: dict[str, Any] = {"mode": config.mode}
+    if config.value_ranges is not None:
+        options["value_ranges"] = list(config.value_ranges)
+    if config.atol is not None:
+        options["atol"] = config.atol
+    if config.rtol is not None:
+        options["rtol"] = config.rtol
+    return options
+
+
+def problem_key(problem_sha256: str, config: EvalConfig) -> str:
+    """The problem's identity for the reference caches: another mode (or choice of value ranges) draws
+    other parameters and inputs."""
+    key = problem_sha256 if config.mode == "strict" else f"{problem_sha256}:{config.mode}"
+    return key if config.value_ranges is None else f"{key}:{','.join(config.value_ranges)}"
+
+
+def planned_sets(input_sets: list[dict[str, int]], config: EvalConfig) -> list[dict[str, int]]:
+    """The KernelBench-compatible mode checks the published inputs only (unless the request names sets)."""
+    if config.mode == "kernelbench" and config.input_sets is None:
+        return input_sets[:1]
+    return input_sets

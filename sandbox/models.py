@@ -68,6 +68,9 @@ class RewardConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    mode: Literal["strict", "kernelbench"] = Field(
+        default="strict", description="strict: parameters drawn at random, extra input sets (sizes, value ranges); "
+        "kernelbench: the published inputs and parameters only, for results comparable with published numbers")
     trials: int = Field(default=5, ge=1, le=100)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -89,6 +92,9 @@ class EvalConfig(_Strict):
     torch_epilogue_max_share: float = Field(
         default=0.2, ge=0.0, le=1.0, description="largest share of the bytes touched that non-major torch compute ops "
         "may have and count as an epilogue (torch_epilogue warning) instead of torch_fallback")
+    value_ranges: list[Literal["scaled", "shifted", "negative", "near_constant"]] | None = Field(
+        default=None, description="strict mode: the value ranges of the extra trials (default: every one the problem "
+        "allows and the reference stays finite and accurate in)")
     max_scalar_reads: int = Field(default=8, ge=0, description="scalar reads to the host (.item()) allowed per checked call")
     epilogue_gpu_us_per_op: float = Field(
         default=10.0, ge=0.0, description="GPU: kernel time per call outside the submission's kernels an allowed epilogue "
@@ -109,6 +115,8 @@ class Correctness(_Strict):
     passed: int = 0
     input_sets: int = 0
     input_set_overrides: list[dict[str, int]] = []
+    value_ranges: list[str] = Field(default=[], description="extra trials on the original set with inputs moved into "
+                                    "these value ranges (sandbox/harness/hardening.py; strict mode)")
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     max_abs_error_vs_fp64: float | None = Field(default=None, description="the candidate's largest error against the "

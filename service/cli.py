@@ -117,8 +117,13 @@ def check(
     output_format: Annotated[str, typer.Option("--format", help="text, json, or github (workflow annotations on the offending lines)")] = "text",
     junit: Annotated[Path | None, typer.Option(help="also write the result as JUnit XML to this file")] = None,
     isolation: IsolationOption = "auto",
+    mode: Annotated[str, typer.Option(help="strict (default: random parameters, extra input sets and value ranges) or "
+                                           "kernelbench (the published inputs only, comparable with published numbers)")] = "strict",
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
+    if mode not in ("strict", "kernelbench"):
+        err.print(f"error: --mode must be strict or kernelbench, not {mode!r}")
+        raise typer.Exit(EXIT_USAGE)
     if output_format not in ("text", "json", "github"):
         err.print(f"error: --format must be text, json or github, not {output_format!r}")
         raise typer.Exit(EXIT_USAGE)
@@ -139,7 +144,7 @@ def check(
         err.print(f"error: {reference}: the reference is empty or invalid ({exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc})")
         raise typer.Exit(EXIT_USAGE) from None
     config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,  # type: ignore[arg-type]
-                        reward=RewardConfig(preset=reward))  # type: ignore[arg-type]
+                        reward=RewardConfig(preset=reward), mode=mode)  # type: ignore[arg-type]
     backend = choose_isolation(isolation)
     try:
         result = evaluate(problem, submission, config, isolation=backend)

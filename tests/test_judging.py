@@ -17,6 +17,7 @@ import pytest
 
 from sandbox.evaluate import evaluate
 from sandbox.models import EvalConfig, EvaluationResult, Problem, RewardConfig, Submission, Verdict
+from sandbox.static_checks import ProblemSourceError
 
 HERE = Path(__file__).parent / "judging"
 CANDIDATES = sorted(p for p in HERE.glob("*.py") if not p.stem.endswith("_problem"))
@@ -40,6 +41,10 @@ def judge(path: Path, pool: Any, **config: Any) -> EvaluationResult:
 @pytest.mark.parametrize("path", CANDIDATES, ids=lambda p: p.stem)
 def test_candidate_gets_its_verdict(path: Path, warm_pool: Any) -> None:
     expected, warning = expectation(path)
+    if expected == "problem_error":
+        with pytest.raises(ProblemSourceError, match="degenerate problem"):
+            judge(path, warm_pool)
+        return
     result = judge(path, warm_pool)
     rules = [v.rule for v in result.anti_cheat.violations]
     warnings = [w.rule for w in result.anti_cheat.warnings]
@@ -103,3 +108,37 @@ def test_failed_elements_are_named(warm_pool: Any) -> None:
     assert failure["failed_elements"] and len(failure["failed_elements"]) <= 5
     worst = failure["failed_elements"][0]
     assert failure["worst_index"] == worst["index"] and worst["abs_error"] > 1e-4
+
+
+def test_value_ranges_stay_in_the_declared_domain(warm_pool: Any) -> None:
+    """log(x): every range is kept, the negative one clamped into INPUT_DOMAIN = (0.01, None)."""
+    result = judge(HERE / "log_honest.py", warm_pool)
+    assert result.verdict == Verdict.correct, result.feedback
+    assert result.correctness.value_ranges == ["scaled", "shifted", "negative", "near_constant"]
+
+
+def test_value_ranges_where_the_reference_is_not_finite_are_dropped(warm_pool: Any) -> None:
+    """Without the declared domain, log of negative inputs is NaN in the reference: that range is dropped."""
+    source = (HERE / "log_problem.py").read_text().replace("INPUT_DOMAIN = (0.01, None)", "")
+    result = evaluate(Problem(source=source), Submission(source=(HERE / "log_honest.py").read_text()),
+                      EvalConfig(device="cpu", trials=2), pool=warm_pool)
+    assert result.verdict == Verdict.correct, result.feedback
+    assert "negative" not in result.correctness.value_ranges and "scaled" in result.correctness.value_ranges
+
+
+def test_problem_can_opt_out_of_random_parameters(warm_pool: Any) -> None:
+    source = (HERE / "layernorm_problem.py").read_text() + "\nRANDOMIZE_PARAMETERS = False\n"
+    result = evaluate(Problem(source=source), Submission(source=(HERE / "layernorm_ignores_parameters.py").read_text()),
+                      EvalConfig(device="cpu", trials=2), pool=warm_pool)
+    assert result.verdict == Verdict.correct, result.feedback  # weight 1 and bias 0: ignoring them is right here
+
+
+def test_kernelbench_mode_uses_the_published_inputs_only(warm_pool: Any) -> None:
+    """The KernelBench-compatible mode: the published inputs and parameters, no extra sets or ranges.
+    Cheats that only hardening catches pass there; the default stays strict."""
+    for name in ("layernorm_ignores_parameters.py", "softmax_no_max_subtraction.py"):
+        path = HERE / name
+        lenient = judge(path, warm_pool, mode="kernelbench")
+        assert lenient.verdict == Verdict.correct, (name, lenient.feedback)
+        assert lenient.correctness.input_sets == 1 and lenient.correctness.value_ranges == []
+        assert judge(path, warm_pool).verdict == Verdict.incorrect

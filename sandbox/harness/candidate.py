@@ -13,6 +13,7 @@ import torch
 from . import tensors, triton_cache
 from .audit import AuditGuard
 from .dispatch import OpRecorder, compute_ops
+from .hardening import randomize_parameters
 from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
@@ -65,6 +66,7 @@ class CandidateRole:
         self._aliased_inputs = _aliased_inputs
         self._unwritten_outputs = unwritten_outputs
         self._launch_bytes = launch_bytes
+        self._randomize_parameters = randomize_parameters
         self.meter = WorkMeter(lambda: self.recorder.launches if self.recorder is not None else [])
         self.ops.meter = self.meter
 
@@ -115,6 +117,8 @@ class CandidateRole:
                 self.model = self.model.to(self.device)
         except BaseException as exc:
             raise self._failure(exc) from None
+        if header.get("randomize_parameters"):  # the reference's model got the same draw (hardening.py)
+            self._randomize_parameters(self.model, int(header["init_seed"]))
         return {"ok": True, "environment": environment(self.device), **self.observations()}, b""
 
     def observations(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import compare, tensors
+from . import compare, hardening, tensors
 from .runtime import environment, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, time_on_host
 
@@ -39,6 +39,7 @@ class ReferenceRole:
         self.aliased_inputs: list[int] = []
         self.model64: Any = None  # the model in float64, for the fp64 comparison
         self.exact: dict[str, Any] = {}  # per trial: the fp64 reference's outputs (or None)
+        self.input_domain: Any = None  # the problem's INPUT_DOMAIN (clamps the value ranges)
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
@@ -54,6 +55,11 @@ class ReferenceRole:
         if missing:
             raise ProblemError(f"the reference module does not define {', '.join(missing)}")
         self.input_sets = header.get("input_sets") or [{}]
+        strict = header.get("mode", "strict") == "strict"
+        randomize = strict and bool(getattr(self.module, "RANDOMIZE_PARAMETERS", True))
+        self.input_domain = getattr(self.module, "INPUT_DOMAIN", None)
+        tolerance = (header.get("atol", getattr(self.module, "ATOL", None)), header.get("rtol", getattr(self.module, "RTOL", None)))
+        value_ranges: list[str] = []
         try:
             init_inputs = list(self.module.get_init_inputs())
             torch.manual_seed(int(header["init_seed"]))
@@ -61,6 +67,8 @@ class ReferenceRole:
                 self.model = self.module.Model(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
                 self.model = self.model.to(self.device)
+            if randomize:  # the candidate's model gets the same draw (hardening.py)
+                hardening.randomize_parameters(self.model, int(header["init_seed"]))
             self.model64 = compare.exact_model(self.model)
             if header.get("checked"):  # built again for a cached problem: its sets and warnings are known
                 valid_sets, warnings = list(range(len(self.input_sets))), []
@@ -71,8 +79,13 @@ class ReferenceRole:
                 compare.compare_outputs(warm, warm, None, None)
             else:
                 valid_sets = self._valid_sets(int(header["init_seed"]))
-                warnings = self._degenerate_warnings(int(header["init_seed"]))
+                if strict:
+                    value_ranges = self._valid_value_ranges(int(header["init_seed"]), *tolerance, header.get("value_ranges"))
+                self._check_not_degenerate(int(header["init_seed"]), value_ranges, *tolerance)
+                warnings = []
                 description, data = tensors.encode(init_inputs)
+        except ProblemError:
+            raise
         except Exception as exc:
             raise ProblemError(f"the reference problem failed to run: {type(exc).__name__}: {exc}") from exc
         reply = {
@@ -84,12 +97,14 @@ class ReferenceRole:
             "allowed_ops": [str(op) for op in getattr(self.module, "ALLOWED_OPS", [])],
             "warnings": warnings,
             "valid_sets": valid_sets,
+            "randomize_parameters": randomize,
+            "value_ranges": value_ranges,
             "mutates_inputs": sorted(self.last_mutated),  # from the last forward of the setup
             "aliases_inputs": self.aliased_inputs,
         }
         return reply, data
 
-    def make_inputs(self, set_index: int, seed: int) -> list[Any]:
+    def make_inputs(self, set_index: int, seed: int, values: str | None = None) -> list[Any]:
         overrides = self.input_sets[set_index]
         saved = {name: getattr(self.module, name) for name in overrides}
         try:
@@ -101,7 +116,8 @@ class ReferenceRole:
         finally:
             for name, value in saved.items():
                 setattr(self.module, name, value)
-        return [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in inputs]
+        inputs = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in inputs]
+        return hardening.apply_value_range(inputs, values, self.input_domain) if values else inputs
 
     def forward(self, inputs: list[Any]) -> Any:
         outputs, self.last_mutated, aliased = compare.run_reference(self.model, inputs)
@@ -122,25 +138,50 @@ class ReferenceRole:
         self.input_sets = [self.input_sets[i] for i in valid]
         return valid
 
-    def _degenerate_warnings(self, seed: int) -> list[dict[str, Any]]:
-        """Warn when the reference output barely depends on its inputs (then zeros might pass)."""
-        first, second = (self.forward(self.make_inputs(0, seed + k)) for k in (1, 2))
-        report = compare.compare_outputs(first, second, None, None)
-        if report["passed"]:
-            return [{
-                "rule": "degenerate_problem",
-                "severity": "warning",
-                "message": "the reference output is the same for two different random inputs; "
-                "a candidate that ignores its inputs could pass",
-                "evidence": {"max_abs_difference": max((o.get("max_abs_error") or 0.0) for o in report["outputs"]) if report["outputs"] else 0.0},
-            }]
-        return []
+    def _valid_value_ranges(self, seed: int, atol: float | None, rtol: float | None,
+                            requested: list[str] | None = None) -> list[str]:
+        """The value ranges (hardening.VALUE_RANGES, or the problem's VALUE_RANGES) in which the
+        reference stays finite and its fp32 result agrees with its fp64 one at the problem's tolerance
+        (so the range can judge); on the original input set."""
+        names = getattr(self.module, "VALUE_RANGES", None)
+        names = list(hardening.VALUE_RANGES) if names is None else [n for n in names if n in hardening.VALUE_RANGES]
+        if requested is not None:  # the request's choice, within the problem's
+            names = [n for n in names if n in requested]
+        valid = []
+        for name in names:
+            try:
+                inputs = self.make_inputs(0, seed + 7, name)
+                outputs = self.forward(inputs)
+                exact = compare.exact_outputs(self.model64, inputs, outputs)
+            except Exception:
+                continue
+            if not hardening.all_finite(outputs):
+                continue
+            if exact is not None:
+                rounded = type(exact)(t.to(o.dtype) for t, o in zip(exact, outputs, strict=True)) \
+                    if isinstance(exact, (list, tuple)) else exact.to(outputs.dtype)
+                if not compare.compare_outputs(outputs, rounded, atol, rtol)["passed"]:
+                    continue
+            valid.append(name)
+        return valid
+
+    def _check_not_degenerate(self, seed: int, value_ranges: list[str], atol: float | None, rtol: float | None) -> None:
+        """A problem whose output is the same, at its own tolerance, for three draws and every value
+        range cannot tell a kernel from a constant: it is refused (ProblemError)."""
+        outputs = [self.forward(self.make_inputs(0, seed + k)) for k in (1, 2, 3)]
+        outputs += [self.forward(self.make_inputs(0, seed + 1, name)) for name in value_ranges]
+        evidence = hardening.degenerate(outputs, atol, rtol)
+        if evidence is not None and not getattr(self.module, "ALLOW_DEGENERATE", False):
+            raise ProblemError(
+                f"degenerate problem: the reference output is the same at the problem's tolerance for {evidence['draws']} "
+                f"different inputs (largest difference {evidence['max_abs_difference']:.3g}), so it cannot tell a kernel "
+                "from a constant; change get_inputs (or set ALLOW_DEGENERATE = True to judge it anyway)")
 
     def cmd_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         """A trial's inputs. With `expected_budget` (bytes), the expected outputs come too, after the
         inputs' bytes (`inputs_nbytes`), or `expected: null` when they exceed the budget or cannot
         be encoded: the engine keeps them in its reference-data cache."""
-        inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]))
+        inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]), header.get("values"))
         expected = self.forward(inputs)
         self.trials[header["trial"]] = (inputs, expected)
         self.mutated[header["trial"]] = self.last_mutated
