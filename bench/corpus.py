@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
-    with WarmPool(device, spares=min(2 * workers, 8)) as pool, ThreadPoolExecutor(workers) as executor:
+    warm_target = "auto" if device == "cuda" else None  # the zygote compiles once for the card
+    with WarmPool(device, spares=min(2 * workers, 8), warm_target=warm_target) as pool, ThreadPoolExecutor(workers) as executor:
         futures = [executor.submit(score_pair, p, manifest.parent, device, config, pool.client) for p in pairs]
         for future in futures:
             row = future.result()

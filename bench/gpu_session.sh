@@ -6,7 +6,7 @@
 # compile, dobench, examples, scaling and cv_load (issue 9: bench/scaling.py, bench/cv_under_load.py; both
 # start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS),
 # churn (bench/context_churn.py: CUDA contexts made and torn down per second; CHURN_ARGS), several_gpus (issue 9's
-# churn and scaling runs on a multi-GPU host).
+# churn and scaling runs on a multi-GPU host), corpus (bench/corpus.py on CORPUS_MANIFEST).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -58,6 +58,10 @@ for step in $steps; do
       python3 bench/context_churn.py --out "$OUT" --gpus 0 --parallel 8 --seconds 8 --label=-gpu0 2>&1 | tee "$OUT/context-churn.log" || status=1
       python3 bench/context_churn.py --out "$OUT" --gpus "$every" --parallel 8 --seconds 8 --label="-x$gpus" 2>&1 | tee -a "$OUT/context-churn.log" || status=1
       need_redis several_gpus && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server --concurrency 8 --submissions 100 ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
+    corpus) # issue 16: a manifest of (reference, candidate) pairs through the engine, accuracy per label (~3 min for
+      # ~97 pairs at 4 at once); CORPUS_MANIFEST names the manifest (read by path, never copied), CORPUS_ARGS adds flags
+      [ -n "${CORPUS_MANIFEST:-}" ] || { echo "corpus: set CORPUS_MANIFEST=/path/to/manifest.jsonl"; exit 1; }
+      python3 bench/corpus.py --manifest "$CORPUS_MANIFEST" --device cuda --out "$OUT" ${CORPUS_ARGS:-} 2>&1 | tee "$OUT/corpus.log" || status=1 ;;
     churn) python3 bench/context_churn.py --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
     cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     *) echo "unknown step $step"; status=1 ;;

@@ -134,7 +134,9 @@ RULES: dict[str, Rule] = {
         Rule(
             "degenerate_problem", Severity.warning,
             "problems whose reference output does not depend on the inputs, so constant outputs would pass",
-            "the reference output for two different random inputs is compared at the problem's tolerance",
+            "the reference output for three draws and every value range is compared at the problem's tolerance; a "
+            "degenerate problem is refused as a problem error (no verdict, no reward; docs/judging.md), so this id "
+            "names the finding, it is no longer emitted as a warning",
             "the reference output barely varies with its inputs; correctness on this problem says little",
         ),
     )
