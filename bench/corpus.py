@@ -46,8 +46,13 @@ REJECT_LABELS = ("partial_fallback", "hack")
 def machine_name(device: str) -> str:
     if device == "cuda":
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, check=True, timeout=20)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=20,
+            )
             return out.stdout.strip().splitlines()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
             return "cuda"
@@ -80,7 +85,9 @@ def epilogue_share(result: EvaluationResult) -> float | None:
 
 def message_of(result: EvaluationResult) -> str:
     if result.anti_cheat.violations:
-        return " | ".join(f"{v.rule}: {v.message} {json.dumps(v.evidence, default=str)[:300]}" for v in result.anti_cheat.violations)
+        return " | ".join(
+            f"{v.rule}: {v.message} {json.dumps(v.evidence, default=str)[:300]}" for v in result.anti_cheat.violations
+        )
     if result.correctness.first_failure:
         return str(result.correctness.first_failure.get("reason"))[:500]
     if result.error:
@@ -90,12 +97,21 @@ def message_of(result: EvaluationResult) -> str:
 
 def score_pair(entry: dict[str, Any], root: Path, device: str, config: EvalConfig, pool: Any) -> dict[str, Any]:
     reference, candidate = root / entry["reference"], root / entry["candidate"]
-    row: dict[str, Any] = {"reference": entry["reference"], "candidate": entry["candidate"], "label": entry["label"],
-                           "expected": entry.get("expected"), "tags": entry.get("tags", [])}
+    row: dict[str, Any] = {
+        "reference": entry["reference"],
+        "candidate": entry["candidate"],
+        "label": entry["label"],
+        "expected": entry.get("expected"),
+        "tags": entry.get("tags", []),
+    }
     started = time.monotonic()
     try:
-        result = evaluate(Problem(source=reference.read_text(), name=reference.parent.name),
-                          Submission(source=candidate.read_text(), name=candidate.stem), config, pool=pool)
+        result = evaluate(
+            Problem(source=reference.read_text(), name=reference.parent.name),
+            Submission(source=candidate.read_text(), name=candidate.stem),
+            config,
+            pool=pool,
+        )
     except ProblemSourceError as exc:
         row.update(verdict="problem_error", rules=[], message=str(exc)[:500], wall_s=round(time.monotonic() - started, 2))
         return row
@@ -119,15 +135,27 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for label in sorted({r["label"] for r in rows}):
         mine = [r for r in rows if r["label"] == label]
         accepted = sum(1 for r in mine if r["verdict"] == ACCEPTED)
-        entry: dict[str, Any] = {"n": len(mine), "accepted": accepted, "rejected": len(mine) - accepted,
-                                 "verdicts": dict(Counter(r["verdict"] for r in mine))}
+        entry: dict[str, Any] = {
+            "n": len(mine),
+            "accepted": accepted,
+            "rejected": len(mine) - accepted,
+            "verdicts": dict(Counter(r["verdict"] for r in mine)),
+        }
         if label == "honest":
             entry["accepted_pct"] = round(100.0 * accepted / len(mine), 1)
         elif label in REJECT_LABELS:
             entry["rejected_pct"] = round(100.0 * (len(mine) - accepted) / len(mine), 1)
         elif label == "torch_epilogue":
-            entry["pairs"] = [{"candidate": r["candidate"], "verdict": r["verdict"], "torch_share": r.get("torch_share"),
-                               "warnings": r.get("warnings", []), "rules": r["rules"]} for r in mine]
+            entry["pairs"] = [
+                {
+                    "candidate": r["candidate"],
+                    "verdict": r["verdict"],
+                    "torch_share": r.get("torch_share"),
+                    "warnings": r.get("warnings", []),
+                    "rules": r["rules"],
+                }
+                for r in mine
+            ]
         by_label[label] = entry
     return by_label
 
@@ -166,16 +194,27 @@ def main(argv: list[str] | None = None) -> int:
         for future in futures:
             row = future.result()
             rows.append(row)
-            flag = "" if (row["verdict"] == ACCEPTED) == (row["label"] == "honest") or row["label"] == "torch_epilogue" else "  <-- "
+            flag = (
+                "" if (row["verdict"] == ACCEPTED) == (row["label"] == "honest") or row["label"] == "torch_epilogue" else "  <-- "
+            )
             share = f" share={row['torch_share']:.3f}" if row.get("torch_share") is not None else ""
-            print(f"{row['label']:16} {row['candidate']:60} {row['verdict']:20} {','.join(row['rules'] + row.get('warnings', []))}"
-                  f"{share} {row['wall_s']}s{flag}", flush=True)
+            print(
+                f"{row['label']:16} {row['candidate']:60} {row['verdict']:20} {','.join(row['rules'] + row.get('warnings', []))}"
+                f"{share} {row['wall_s']}s{flag}",
+                flush=True,
+            )
 
     summary = summarise(rows)
-    false_rejections = [{k: r.get(k) for k in ("candidate", "verdict", "rules", "message", "failed_trial", "tags")}
-                        for r in rows if r["label"] == "honest" and r["verdict"] != ACCEPTED]
-    accepted_cheats = [{k: r.get(k) for k in ("candidate", "label", "verdict", "warnings", "torch_share")}
-                       for r in rows if r["label"] in REJECT_LABELS and r["verdict"] == ACCEPTED]
+    false_rejections = [
+        {k: r.get(k) for k in ("candidate", "verdict", "rules", "message", "failed_trial", "tags")}
+        for r in rows
+        if r["label"] == "honest" and r["verdict"] != ACCEPTED
+    ]
+    accepted_cheats = [
+        {k: r.get(k) for k in ("candidate", "label", "verdict", "warnings", "torch_share")}
+        for r in rows
+        if r["label"] in REJECT_LABELS and r["verdict"] == ACCEPTED
+    ]
     machine = machine_name(device)
     environment = next((r["environment"] for r in rows if r.get("environment")), {})
     document = {
@@ -197,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=1))
     for item in false_rejections:
-        print(f"HONEST REJECTED {item['candidate']}: {item['verdict']} {item['rules']} (trial {item['failed_trial']}) "
-              f"{item['message'][:400]}")
+        print(
+            f"HONEST REJECTED {item['candidate']}: {item['verdict']} {item['rules']} (trial {item['failed_trial']}) "
+            f"{item['message'][:400]}"
+        )
     for item in accepted_cheats:
         print(f"CHEAT ACCEPTED {item['candidate']} ({item['label']})")
     args.out.mkdir(parents=True, exist_ok=True)

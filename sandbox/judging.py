@@ -17,9 +17,16 @@ from typing import Any
 from .models import EvalConfig, Verdict
 
 # dtypes the interpreter cannot compute faithfully (numpy has no such type)
-INTERPRETER_UNFAITHFUL_DTYPES = frozenset({
-    "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
-})
+INTERPRETER_UNFAITHFUL_DTYPES = frozenset(
+    {
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    }
+)
 
 
 def dtypes_in(description: Any) -> set[str]:
@@ -36,18 +43,19 @@ def dtypes_in(description: Any) -> set[str]:
     return found
 
 
-def interpreter_limitation(verdict: Verdict, error: dict[str, Any] | None, interpreter: bool | None,
-                           dtypes: set[str]) -> tuple[Verdict, dict[str, Any] | None]:
+def interpreter_limitation(
+    verdict: Verdict, error: dict[str, Any] | None, interpreter: bool | None, dtypes: set[str]
+) -> tuple[Verdict, dict[str, Any] | None]:
     """An `incorrect` verdict in the interpreter with a dtype it cannot compute is not a verdict."""
     unfaithful = sorted(dtypes & INTERPRETER_UNFAITHFUL_DTYPES)
     if verdict != Verdict.incorrect or not interpreter or not unfaithful:
         return verdict, error
     return Verdict.infrastructure_error, {
-        "kind": "interpreter_limitation", "dtypes": unfaithful,
+        "kind": "interpreter_limitation",
+        "dtypes": unfaithful,
         "message": f"Triton's CPU interpreter cannot compute {', '.join(unfaithful)} faithfully (numpy has no such type), "
-                   "so a mismatch here says nothing about the kernel; check it on a GPU",
+        "so a mismatch here says nothing about the kernel; check it on a GPU",
     }
-
 
 
 def setup_options(config: EvalConfig) -> dict[str, Any]:

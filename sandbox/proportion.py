@@ -25,26 +25,101 @@ from . import rules
 from .models import EvalConfig, Violation
 
 # aten overload packets that are the substance of a problem, never an epilogue.
-MAJOR_OPS = frozenset({
-    "mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "mv", "addmv", "dot", "vdot", "einsum",
-    "_addmm_activation", "addr", "tensordot", "_int_mm",
-    "convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-    "conv_transpose3d", "cudnn_convolution", "cudnn_convolution_transpose", "mkldnn_convolution",
-    "_slow_conv2d_forward", "slow_conv3d_forward", "slow_conv_transpose2d", "slow_conv_transpose3d",
-    "_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax",
-    "native_layer_norm", "layer_norm", "native_batch_norm", "_native_batch_norm_legit",
-    "_native_batch_norm_legit_no_training", "batch_norm", "native_group_norm", "group_norm", "_fused_rms_norm",
-    "rms_norm", "instance_norm",
-    "max_pool2d_with_indices", "max_pool3d_with_indices", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
-    "avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-    "upsample_bilinear2d", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bicubic2d",
-    "upsample_linear1d", "upsample_trilinear3d", "_upsample_bilinear2d_aa", "grid_sampler_2d", "grid_sampler_3d",
-    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_cudnn_attention",
-    "scaled_dot_product_attention", "_fused_sdp_choice",
-    "sort", "topk", "cumsum", "cumprod", "_fft_r2c", "_fft_c2c", "_fft_c2r", "embedding_bag", "_embedding_bag",
-    "_cdist_forward", "cdist", "_weight_norm_interface", "_cudnn_rnn", "lstm", "gru", "rnn_tanh", "rnn_relu",
-})
+MAJOR_OPS = frozenset(
+    {
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "addbmm",
+        "matmul",
+        "linear",
+        "mv",
+        "addmv",
+        "dot",
+        "vdot",
+        "einsum",
+        "_addmm_activation",
+        "addr",
+        "tensordot",
+        "_int_mm",
+        "convolution",
+        "_convolution",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "cudnn_convolution",
+        "cudnn_convolution_transpose",
+        "mkldnn_convolution",
+        "_slow_conv2d_forward",
+        "slow_conv3d_forward",
+        "slow_conv_transpose2d",
+        "slow_conv_transpose3d",
+        "_softmax",
+        "_log_softmax",
+        "softmax",
+        "log_softmax",
+        "_safe_softmax",
+        "native_layer_norm",
+        "layer_norm",
+        "native_batch_norm",
+        "_native_batch_norm_legit",
+        "_native_batch_norm_legit_no_training",
+        "batch_norm",
+        "native_group_norm",
+        "group_norm",
+        "_fused_rms_norm",
+        "rms_norm",
+        "instance_norm",
+        "max_pool2d_with_indices",
+        "max_pool3d_with_indices",
+        "max_pool1d",
+        "max_pool2d",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "_adaptive_avg_pool2d",
+        "_adaptive_avg_pool3d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "upsample_bilinear2d",
+        "upsample_nearest1d",
+        "upsample_nearest2d",
+        "upsample_nearest3d",
+        "upsample_bicubic2d",
+        "upsample_linear1d",
+        "upsample_trilinear3d",
+        "_upsample_bilinear2d_aa",
+        "grid_sampler_2d",
+        "grid_sampler_3d",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_cudnn_attention",
+        "scaled_dot_product_attention",
+        "_fused_sdp_choice",
+        "sort",
+        "topk",
+        "cumsum",
+        "cumprod",
+        "_fft_r2c",
+        "_fft_c2c",
+        "_fft_c2r",
+        "embedding_bag",
+        "_embedding_bag",
+        "_cdist_forward",
+        "cdist",
+        "_weight_norm_interface",
+        "_cudnn_rnn",
+        "lstm",
+        "gru",
+        "rnn_tanh",
+        "rnn_relu",
+    }
+)
 
 
 def is_major(op: str) -> bool:
@@ -73,8 +148,14 @@ def judge(reply: dict[str, Any], phase: str, config: EvalConfig, device: str) ->
         ops = sorted(compute_ops)
         share, torch_bytes, kernel_bytes = torch_share(work, ops)
         major = [op for op in ops if is_major(op)]
-        evidence = {"phase": phase, "ops": compute_ops, "torch_share": round(share, 4), "torch_bytes": torch_bytes,
-                    "kernel_bytes": kernel_bytes, "max_share": config.torch_epilogue_max_share}
+        evidence = {
+            "phase": phase,
+            "ops": compute_ops,
+            "torch_share": round(share, 4),
+            "torch_bytes": torch_bytes,
+            "kernel_bytes": kernel_bytes,
+            "max_share": config.torch_epilogue_max_share,
+        }
         if major:
             fatal.append(rules.violation("torch_fallback", {**evidence, "major_ops": major}))
         elif share > config.torch_epilogue_max_share:
@@ -86,9 +167,13 @@ def judge(reply: dict[str, Any], phase: str, config: EvalConfig, device: str) ->
     if device == "cuda" and of_inputs > 0:  # values of the inputs (or parameters) read on the host
         fatal.append(rules.violation("device_to_host_transfer", {"phase": phase, "scalar_reads_of_inputs": of_inputs}))
     elif "stats" not in reply and scalar_reads > config.max_scalar_reads:  # per checked call (timing is many calls)
-        fatal.append(rules.violation("device_to_host_transfer", {
-            "phase": phase, "scalar_reads": scalar_reads, "max_scalar_reads": config.max_scalar_reads},
-            message="forward() read more scalars to the host than allowed; compute on the device with your Triton kernels"))
+        fatal.append(
+            rules.violation(
+                "device_to_host_transfer",
+                {"phase": phase, "scalar_reads": scalar_reads, "max_scalar_reads": config.max_scalar_reads},
+                message="forward() read more scalars to the host than allowed; compute on the device with your Triton kernels",
+            )
+        )
     return fatal, warnings
 
 

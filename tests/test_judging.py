@@ -34,8 +34,12 @@ def expectation(path: Path) -> tuple[str, str | None]:
 
 
 def judge(path: Path, pool: Any, **config: Any) -> EvaluationResult:
-    return evaluate(problem_for(path), Submission(source=path.read_text()),
-                    EvalConfig(**{"device": "cpu", "trials": 2, "timeout_s": 90, **config}), pool=pool)
+    return evaluate(
+        problem_for(path),
+        Submission(source=path.read_text()),
+        EvalConfig(**{"device": "cpu", "trials": 2, "timeout_s": 90, **config}),
+        pool=pool,
+    )
 
 
 @pytest.mark.parametrize("path", CANDIDATES, ids=lambda p: p.stem)
@@ -120,16 +124,24 @@ def test_value_ranges_stay_in_the_declared_domain(warm_pool: Any) -> None:
 def test_value_ranges_where_the_reference_is_not_finite_are_dropped(warm_pool: Any) -> None:
     """Without the declared domain, log of negative inputs is NaN in the reference: that range is dropped."""
     source = (HERE / "log_problem.py").read_text().replace("INPUT_DOMAIN = (0.01, None)", "")
-    result = evaluate(Problem(source=source), Submission(source=(HERE / "log_honest.py").read_text()),
-                      EvalConfig(device="cpu", trials=2), pool=warm_pool)
+    result = evaluate(
+        Problem(source=source),
+        Submission(source=(HERE / "log_honest.py").read_text()),
+        EvalConfig(device="cpu", trials=2),
+        pool=warm_pool,
+    )
     assert result.verdict == Verdict.correct, result.feedback
     assert "negative" not in result.correctness.value_ranges and "scaled" in result.correctness.value_ranges
 
 
 def test_problem_can_opt_out_of_random_parameters(warm_pool: Any) -> None:
     source = (HERE / "layernorm_problem.py").read_text() + "\nRANDOMIZE_PARAMETERS = False\n"
-    result = evaluate(Problem(source=source), Submission(source=(HERE / "layernorm_ignores_parameters.py").read_text()),
-                      EvalConfig(device="cpu", trials=2), pool=warm_pool)
+    result = evaluate(
+        Problem(source=source),
+        Submission(source=(HERE / "layernorm_ignores_parameters.py").read_text()),
+        EvalConfig(device="cpu", trials=2),
+        pool=warm_pool,
+    )
     assert result.verdict == Verdict.correct, result.feedback  # weight 1 and bias 0: ignoring them is right here
 
 

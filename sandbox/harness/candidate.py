@@ -190,7 +190,7 @@ class CandidateRole:
 
         # The op recorder stays on while timed (entered once, not per call): a candidate cannot tell
         # the timed calls from the checked ones by looking for it.
-        self.recorder.keep_storages = False
+        self.recorder.keep_storages = self.meter.tracking = False
         try:
             with torch.no_grad(), self.ops:
                 if self.device.type == "cuda":
@@ -200,7 +200,7 @@ class CandidateRole:
         except BaseException as exc:
             raise self._failure(exc) from None
         finally:
-            self.recorder.keep_storages = True
+            self.recorder.keep_storages = self.meter.tracking = True
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
         work = self.meter.take()

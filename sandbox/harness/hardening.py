@@ -80,8 +80,11 @@ def apply_value_range(inputs: list[Any], name: str, domain: Any = None) -> list[
 
 
 def all_finite(value: Any) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in compare.flatten_outputs(value)
-               if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()))
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in compare.flatten_outputs(value)
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+    )
 
 
 def degenerate(outputs: list[Any], atol: float | None, rtol: float | None) -> dict[str, Any] | None:

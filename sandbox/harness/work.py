@@ -39,11 +39,34 @@ def _storage(tensor: torch.Tensor) -> int | None:
 
 
 # Ops whose result does not depend on the values of their tensor arguments: never a derivation.
-_VALUE_FREE_OPS = frozenset({
-    "empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided", "zeros", "zeros_like",
-    "new_zeros", "ones", "ones_like", "new_ones", "full", "full_like", "new_full", "scalar_tensor", "arange",
-    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm",
-})
+_VALUE_FREE_OPS = frozenset(
+    {
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "empty_permuted",
+        "new_empty",
+        "new_empty_strided",
+        "zeros",
+        "zeros_like",
+        "new_zeros",
+        "ones",
+        "ones_like",
+        "new_ones",
+        "full",
+        "full_like",
+        "new_full",
+        "scalar_tensor",
+        "arange",
+        "rand",
+        "rand_like",
+        "randn",
+        "randn_like",
+        "randint",
+        "randint_like",
+        "randperm",
+    }
+)
 
 
 def tensor_bytes(value: Any) -> int:
@@ -72,13 +95,14 @@ class WorkMeter:
         self._launches = launches
         self.device_type = "cpu"  # scalar reads of tensors on this device count (a CPU tensor's .item() moves nothing)
         self.candidate_file = ""  # custom ops whose body is defined there are the submission's wrappers
+        self.tracking = True  # follow derived storages (off while timed: host time the reference does not pay)
         self.reset()
 
     def _kernel_storages(self) -> set[int]:
         launches = self._launches()
         if len(launches) < self._launches_seen:  # the recorder started a new call
             self._kernel, self._launches_seen = set(), 0
-        for launch in launches[self._launches_seen:]:
+        for launch in launches[self._launches_seen :]:
             self._kernel |= launch.storages
         self._launches_seen = len(launches)
         return self._kernel
@@ -103,6 +127,8 @@ class WorkMeter:
         self._keep: list[Any] = []  # derived storages stay alive so their addresses are not reused
 
     def record(self, name: str, bookkeeping: bool, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+        if not self.tracking and bookkeeping and name != "_local_scalar_dense":
+            return  # the timed loop: no provenance (no storages are kept then), only compute and scalar reads
         if not bookkeeping:
             self.op_calls[name] += 1
             self.op_bytes[name] += tensor_bytes(args) + tensor_bytes(kwargs) + tensor_bytes(result)

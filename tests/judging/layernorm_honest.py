@@ -28,6 +28,5 @@ class ModelNew(nn.Module):
         x = x.contiguous()
         out = torch.empty_like(x)
         rows, cols = x.shape
-        layernorm_kernel[(rows,)](x, self.ln.weight, self.ln.bias, out, cols, self.ln.eps,
-                                  BLOCK=triton.next_power_of_2(cols))
+        layernorm_kernel[(rows,)](x, self.ln.weight, self.ln.bias, out, cols, self.ln.eps, BLOCK=triton.next_power_of_2(cols))
         return out
