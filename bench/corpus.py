@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="", help="only pairs whose candidate path contains this")
     parser.add_argument("--include-cuda-only", action="store_true", help="on the CPU, also run pairs tagged cuda_only_code")
     parser.add_argument("--kernelbench-mode", action="store_true", help="published inputs only (EvalConfig.mode)")
+    parser.add_argument("--value-ranges", default=None, help="strict mode: comma-separated value ranges, or 'none' (default: all)")
     args = parser.parse_args(argv)
 
     device = args.device or detect_device()
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [p for p in pairs if p not in skipped]
     workers = args.workers or (4 if device == "cuda" else 1)
     extra: dict[str, Any] = {"mode": "kernelbench"} if args.kernelbench_mode else {}
+    if args.value_ranges is not None:
+        extra["value_ranges"] = [] if args.value_ranges == "none" else args.value_ranges.split(",")
     config = EvalConfig(device=device, trials=args.trials, timeout_s=args.timeout, max_timing_seconds=0.5, **extra)
     print(f"{len(pairs)} pairs on {device} ({len(skipped)} cuda_only_code skipped), {workers} at once", flush=True)
 
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CHEAT ACCEPTED {item['candidate']} ({item['label']})")
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", machine).strip("-").lower()
-    suffix = "-kernelbench" if args.kernelbench_mode else ""
+    suffix = ("-kernelbench" if args.kernelbench_mode else "") + (f"-ranges-{args.value_ranges}" if args.value_ranges else "")
     path = args.out / f"corpus-{slug}{suffix}-{document['date']}.json"
     path.write_text(json.dumps(document, indent=1, default=str) + "\n")
     print(f"wrote {path} in {document['wall_s']} s")
