@@ -135,8 +135,8 @@ RULES: dict[str, Rule] = {
             "degenerate_problem", Severity.warning,
             "problems whose reference output does not depend on the inputs, so constant outputs would pass",
             "the reference output for three draws and every value range is compared at the problem's tolerance; a "
-            "degenerate problem is refused as a problem error (no verdict, no reward; docs/judging.md), so this id "
-            "names the finding, it is no longer emitted as a warning",
+            "degenerate problem is refused as a problem error (no verdict, no reward; docs/judging.md); the warning is "
+            "given only in the KernelBench-compatible mode, which judges it anyway",
             "the reference output barely varies with its inputs; correctness on this problem says little",
         ),
     )

@@ -154,3 +154,9 @@ def test_kernelbench_mode_uses_the_published_inputs_only(warm_pool: Any) -> None
         assert lenient.verdict == Verdict.correct, (name, lenient.feedback)
         assert lenient.correctness.input_sets == 1 and lenient.correctness.value_ranges == []
         assert judge(path, warm_pool).verdict == Verdict.incorrect
+
+
+def test_kernelbench_mode_judges_a_degenerate_problem_with_a_warning(warm_pool: Any) -> None:
+    result = judge(HERE / "constant_ones.py", warm_pool, mode="kernelbench")
+    assert result.verdict == Verdict.correct
+    assert [w.rule for w in result.anti_cheat.warnings] == ["degenerate_problem"]

@@ -81,8 +81,7 @@ class ReferenceRole:
                 valid_sets = self._valid_sets(int(header["init_seed"]))
                 if strict:
                     value_ranges = self._valid_value_ranges(int(header["init_seed"]), *tolerance, header.get("value_ranges"))
-                self._check_not_degenerate(int(header["init_seed"]), value_ranges, *tolerance)
-                warnings = []
+                warnings = self._check_not_degenerate(int(header["init_seed"]), value_ranges, *tolerance, refuse=strict)
                 description, data = tensors.encode(init_inputs)
         except ProblemError:
             raise
@@ -165,14 +164,21 @@ class ReferenceRole:
             valid.append(name)
         return valid
 
-    def _check_not_degenerate(self, seed: int, value_ranges: list[str], atol: float | None, rtol: float | None) -> None:
+    def _check_not_degenerate(self, seed: int, value_ranges: list[str], atol: float | None, rtol: float | None,
+                              refuse: bool = True) -> list[dict[str, Any]]:
         """A problem whose output is the same, at its own tolerance, for three draws and every value
-        range cannot tell a kernel from a constant: it is refused (ProblemError)."""
+        range cannot tell a kernel from a constant: it is refused (ProblemError). In the
+        KernelBench-compatible mode (`refuse` False) it is judged, with the degenerate_problem warning."""
         outputs = [self.forward(self.make_inputs(0, seed + k)) for k in (1, 2, 3)]
         outputs += [self.forward(self.make_inputs(0, seed + 1, name)) for name in value_ranges]
         evidence = hardening.degenerate(outputs, atol, rtol)
-        if evidence is not None and not getattr(self.module, "ALLOW_DEGENERATE", False):
-            raise ProblemError(
+        if evidence is None or getattr(self.module, "ALLOW_DEGENERATE", False):
+            return []
+        if not refuse:
+            return [{"rule": "degenerate_problem", "severity": "warning", "evidence": evidence,
+                     "message": "the reference output is the same for different inputs at the problem's tolerance; "
+                                "a candidate that ignores its inputs could pass"}]
+        raise ProblemError(
                 f"degenerate problem: the reference output is the same at the problem's tolerance for {evidence['draws']} "
                 f"different inputs (largest difference {evidence['max_abs_difference']:.3g}), so it cannot tell a kernel "
                 "from a constant; change get_inputs (or set ALLOW_DEGENERATE = True to judge it anyway)")

@@ -1,4 +1,4 @@
-# expect: problem_error — returns 2.0 everywhere; the problem cannot tell that from a kernel, so nothing is judged
+# expect: problem_error — returns 1.0 everywhere, which matches; the problem cannot tell that from a kernel, so nothing is judged
 import torch
 import torch.nn as nn
 import triton
@@ -8,7 +8,7 @@ import triton.language as tl
 @triton.jit
 def fill_kernel(out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + offs, tl.full((BLOCK,), 2.0, tl.float32), mask=offs < n)
+    tl.store(out_ptr + offs, tl.full((BLOCK,), 1.0, tl.float32), mask=offs < n)
 
 
 class ModelNew(nn.Module):
