@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import native_evidence, rules, static_checks
+from . import judging, native_evidence, proportion, rules, static_checks
 from .feedback import write_feedback
 from .harness import shm
 from .harness.stats import clean_samples, summarize, tight
@@ -104,6 +104,8 @@ class _Run:
     timing_lock: TimingLock | None = None
     tolerance: tuple[float | None, float | None] = (None, None)
     allowed_ops: list[str] = field(default_factory=list)
+    reference_aliases: set[int] = field(default_factory=set)  # inputs the reference returns (in-place modules)
+    dtypes: set[str] = field(default_factory=set)  # of the trials' inputs and outputs (judging.interpreter_limitation)
     compiled: bool = False
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
     answers: dict[str, tuple[dict[str, Any], list[int]]] = field(default_factory=dict)  # deferred commands' replies
@@ -262,7 +264,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
-    input_sets = plan_problem(problem.source, config.input_sets)
+    input_sets = judging.planned_sets(plan_problem(problem.source, config.input_sets), config)
     failure = static_checks.check_candidate(submission.source)
     static_ms = (time.monotonic() - started) * 1e3
     if failure is not None:
@@ -285,7 +287,8 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         candidate=HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool,
                                  native_records=device == "cuda"),
         # Another precision is another problem for the caches (inputs, expected outputs, timings).
-        problem_sha256=problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(),
+        problem_sha256=judging.problem_key(
+            problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(), config),
         reference_cache=reference_cache, timing_lock=timing_lock, started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
         kernel_functions=static_checks.jit_functions(ast.parse(submission.source)),
@@ -310,6 +313,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         run.reference.close()
         output = run.candidate.output()
         shutil.rmtree(workdir, ignore_errors=True)
+    verdict, error = judging.interpreter_limitation(verdict, error, run.environment.interpreter, run.dtypes)
     if pool is not None and run.environment.launchers_built:
         try:  # the next evaluations with these argument types skip gcc
             pool.learn_launchers(run.environment.launchers_built)
@@ -360,13 +364,16 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
             config.rtol if config.rtol is not None else reply.get("rtol") if reply.get("rtol") is not None else low_precision,
         )
         run.allowed_ops = sorted({*config.allowed_ops, *reply.get("allowed_ops", [])})
+        run.reference_aliases = set(reply.get("aliases_inputs", []))
         run.input_sets = input_sets
         run.correctness.input_sets = len(input_sets)
         run.correctness.input_set_overrides = input_sets
+        run.correctness.value_ranges = list(reply.get("value_ranges", []))
 
         setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
                                            "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
-                                           "allowed_ops": run.allowed_ops}, init_fds)
+                                           "allowed_ops": run.allowed_ops,
+                                           "randomize_parameters": bool(reply.get("randomize_parameters"))}, init_fds)
     finally:
         close_fds(init_fds)
     run.add_violations(_watch_violations(setup, "import"))
@@ -374,6 +381,9 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     trial = 0
     while trial < max(_trial_count(run), len(input_sets)):
         if not _trial(run, f"trial{trial}", trial % len(input_sets)):
+            return
+    for name in run.correctness.value_ranges:  # adversarial value ranges on the original set (hardening.py)
+        if not _trial(run, f"values_{name}", 0, values=name):
             return
         trial += 1
     _time(run)
@@ -430,9 +440,9 @@ def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dic
             return reply, [shm.from_bytes(init_bytes, "referee-init")]
     reply, fds = run.ask(run.reference, {
         "cmd": "setup", "path": reference[0], "source": reference[1], "device": run.device, "precision": run.config.precision,
-        "init_seed": derive_seed(run.salt, "init"), "input_sets": input_sets,
+        "init_seed": derive_seed(run.salt, "init"), "input_sets": input_sets, **judging.setup_options(run.config),
     })
-    if run.reference_data is not None:
+    if run.reference_data is not None and not reply.get("mutates_inputs"):  # its inputs' after-state is not cached
         try:
             init_bytes = shm.read_all(fds[0], run.reference_data.max_entry_bytes) if fds else b""
             run.recording = ReferenceData.start(run.salt, reply, init_bytes)
@@ -472,7 +482,7 @@ def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
     thread_events = [e for e in events if e.get("event") == "thread.start"]
     other_events = [e for e in events if e.get("event") != "thread.start"]
     checks = [
-        ("torch_fallback", reply.get("compute_ops"), "ops"),
+        ("torch_fallback", None if "work" in reply else reply.get("compute_ops"), "ops"),  # else: _judge_work
         ("tampering", reply.get("tampering", [])[:20], "changed"),
         ("forbidden_call", other_events[:20], "events"),
         ("background_thread", thread_events[:20], "events"),
@@ -482,9 +492,16 @@ def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
     return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
 
 
+def _judge_work(run: _Run, reply: dict[str, Any], phase: str) -> list[Violation]:
+    """Torch's share of the work (sandbox/proportion.py): fatal findings returned, epilogue warnings kept."""
+    fatal, warnings = proportion.judge(reply, phase, run.config, run.device)
+    proportion.keep_warning(run.anti_cheat.warnings, warnings)
+    return fatal
+
+
 def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
     for output in report.get("outputs", []):
-        for key in ("max_abs_error", "max_rel_error"):
+        for key in ("max_abs_error", "max_rel_error", "max_abs_error_vs_fp64", "reference_error_vs_fp64"):
             value = output.get(key)
             if value is not None:
                 current = getattr(run.correctness, key)
@@ -493,7 +510,7 @@ def _record_comparison(run: _Run, report: dict[str, Any]) -> None:
             run.correctness.atol, run.correctness.rtol = output["atol"], output["rtol"]
 
 
-def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any], list[int]]:
+def _trial_inputs(run: _Run, label: str, set_index: int, values: str | None = None) -> tuple[dict[str, Any], list[int]]:
     """A trial's inputs, shared by the reference (the reply's descriptors go to the candidate): on a
     hit, from the cached inputs and expected outputs the engine hands the judge; else made by the
     reference (recorded for the cache while they still fit its entry size). Rechecks are never cached."""
@@ -506,7 +523,7 @@ def _trial_inputs(run: _Run, label: str, set_index: int) -> tuple[dict[str, Any]
             close_fds(supplied)
     recheck = label.startswith("recheck")
     header = {"cmd": "inputs", "trial": label, "set_index": set_index,
-              "seed": derive_seed(run.fresh_salt if recheck else run.salt, label)}
+              "seed": derive_seed(run.fresh_salt if recheck else run.salt, label), "values": values}
     recording, cache = run.recording, run.reference_data
     if recording is None or cache is None or recheck:
         return run.ask(run.reference, header)
@@ -543,10 +560,10 @@ def _timing_inputs(run: _Run) -> tuple[dict[str, Any], list[int]]:
     return run.answers.pop("timing_inputs", None) or run.ask(run.reference, _timing_inputs_header(run))
 
 
-def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
-    """One correctness trial on fresh inputs; returns whether it passed."""
+def _trial(run: _Run, label: str, set_index: int, counted: bool = True, values: str | None = None) -> bool:
+    """One correctness trial on fresh inputs (in a value range of hardening.py when `values`); returns whether it passed."""
     with run.gpu_step():
-        reply, input_fds = _trial_inputs(run, label, set_index)
+        reply, input_fds = _trial_inputs(run, label, set_index, values)
     _scale_deadline(run, reply)
     try:
         with run.gpu_step(holds=run.compiled):  # the first run is mostly compiling: it holds nothing
@@ -554,6 +571,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
     finally:
         close_fds(input_fds)
     run.compiled = run.compiled or outcome["launches"] > 0
+    run.dtypes |= judging.dtypes_in(reply["inputs"]) | judging.dtypes_in(outcome.get("outputs"))
     if counted:
         run.correctness.trials += 1
     compare_header = {"cmd": "compare", "trial": label, "outputs": outcome.get("outputs"),
@@ -565,7 +583,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
         close_fds(output_fds)
     report = compared["report"]
     _record_comparison(run, report)
-    violations = _watch_violations(outcome, label)
+    violations = _watch_violations(outcome, label) + _judge_work(run, outcome, label)
     # With an op allowlist, an output may legitimately come from an allowed torch op.
     if outcome["unwritten_outputs"] and not outcome.get("output_problem") and not run.allowed_ops:
         violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome["unwritten_outputs"]}))
@@ -579,8 +597,9 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
         violations.append(rules.violation("non_plain_output", {"trial": label, "detail": outcome["output_problem"]}))
     if not report["inputs"]["unchanged"]:
         violations.append(rules.violation("input_mutation", {"trial": label, "changed_inputs": report["inputs"]["changed_inputs"]}))
-    if outcome["aliases_input"]:
-        violations.append(rules.violation("output_aliases_input", {"trial": label, "inputs": outcome["aliases_input"]}))
+    aliased = [i for i in outcome["aliases_input"] if i not in run.reference_aliases]  # an in-place reference returns its input
+    if aliased:
+        violations.append(rules.violation("output_aliases_input", {"trial": label, "inputs": aliased}))
     run.add_violations(violations)
     passed = bool(report["passed"]) and not violations
     if counted and passed:
@@ -592,7 +611,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True) -> bool:
                                          "reason": reason}
         for output in report.get("outputs", []):
             if not output["passed"]:
-                run.correctness.first_failure.update({k: output.get(k) for k in ("worst_index", "worst_expected", "worst_actual")})
+                run.correctness.first_failure.update({k: output.get(k) for k in ("worst_index", "worst_expected", "worst_actual", "failed_elements")})
                 break
     return passed
 
@@ -623,13 +642,18 @@ def _profile(run: _Run) -> None:
     kernels; it holds the GPU shared only so as not to disturb another evaluation's timing)."""
     if run.native_windows:  # the timed calls' own records: no extra calls, nothing the candidate reports
         profiled: dict[str, Any] = native_evidence.profile(run.native_windows, run.kernel_functions)
+        calls = len(run.native_windows)
     else:
         with run.gpu_step():
             profiled, _ = run.ask(run.candidate, {"cmd": "profile"})
         run.add_violations(_watch_violations(profiled, "profile"))
+        calls = 3  # profile_kernels runs three
     run.performance.triton_time_fraction = profiled["fraction"]
     fraction = profiled["fraction"] or 0.0
-    if fraction < run.config.min_triton_time_fraction:
+    # Kernels of an allowed epilogue (a few µs each) are not a fallback, however small the problem.
+    outside_us = sum(profiled["kernels_us"].values()) * (1.0 - fraction) / max(calls, 1)  # per call
+    allowance_us = proportion.epilogue_gpu_allowance_us(run.anti_cheat.warnings, run.config.epilogue_gpu_us_per_op)
+    if fraction < run.config.min_triton_time_fraction and outside_us > allowance_us:
         run.add_violations([rules.violation("low_triton_time_fraction", {
             "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": profiled["kernels_us"]})])
 
@@ -737,7 +761,7 @@ def _time_candidate(run: _Run) -> dict[str, Any] | None:
                                              "slack_s": slack_s, "first_label": first_label})
         wall_ms = (time.monotonic() - began) * 1e3
         try:
-            run.add_violations(_watch_violations(timed, "timing"))
+            run.add_violations(_watch_violations(timed, "timing") + _judge_work(run, timed, "timing"))
             if timed.get("output_problem") or not isinstance(timed.get("outputs"), list) or len(timed["outputs"]) != calls:
                 run.add_violations([rules.violation("non_plain_output", {"phase": "timing", "detail": str(timed.get("output_problem"))[:300]})])
                 return None
@@ -809,7 +833,8 @@ def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[st
         compiled = False
     elif verdict in (Verdict.correct, Verdict.incorrect, Verdict.cheating):
         compiled = compiled or anti_cheat.triton_launches > 0
-    reward, rewards = compute_reward(verdict, performance.speedup, performance.meaningful, config.reward)
+    penalty = config.reward.torch_epilogue_penalty if any(w.rule == "torch_epilogue" for w in anti_cheat.warnings) else 0.0
+    reward, rewards = compute_reward(verdict, performance.speedup, performance.meaningful, config.reward, penalty)
     timings.total = (time.monotonic() - started) * 1e3
     result = EvaluationResult(
         id=result_id,

@@ -77,7 +77,8 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
                 text += " It is slower than PyTorch: fuse work into fewer kernels, use larger blocks, or cut memory traffic."
             return text + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings)
         return (f"Correct on {result.correctness.trials} trials over {result.correctness.input_sets} input sets. "
-                "Speed was not measured (no GPU: Triton interpreter on the CPU).")
+                "Speed was not measured (no GPU: Triton interpreter on the CPU)."
+                + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings))
     if verdict == Verdict.cheating:
         lines = [_rule_text(v) for v in result.anti_cheat.violations]
         return " ".join(lines) + " Do the computation inside your own @triton.jit kernels and return the tensors they write."
@@ -87,8 +88,11 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
         where = f" (trial {failure.get('trial')}, input shapes {failure.get('shapes')})" if failure else ""
         text = f"Incorrect output{where}: {failure.get('reason', 'outputs differ from the reference')}."
         if failure.get("worst_index") is not None and isinstance(failure.get("worst_expected"), (int, float)):
-            text += (f" Largest error at index {failure['worst_index']}: expected {failure['worst_expected']:.6g}, "
-                     f"got {failure['worst_actual']:.6g}.")
+            text += (f" Largest error at index {failure['worst_index']} (among the failed elements): expected "
+                     f"{failure['worst_expected']:.6g}, got {failure['worst_actual']:.6g}.")
+            others = [e["index"] for e in (failure.get("failed_elements") or [])[1:]]
+            if others:
+                text += " Other failed elements: " + ", ".join(map(str, others)) + "."
             shapes = failure.get("shapes") or []
             index = failure["worst_index"]
             if shapes and isinstance(index, list) and len(shapes[0]) == len(index) and index:

@@ -62,9 +62,15 @@ class RewardConfig(_Strict):
     fast_p_threshold: float = Field(default=1.0, ge=0.0, description="fast_p: speedup that earns the reward")
     speedup_cap: float = Field(default=3.0, gt=0.0, description="drkernel: speedups above this count as this")
     cheat_penalty: float = Field(default=-1.0, description="reward given when a fatal anti-cheat rule fires")
+    torch_epilogue_penalty: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="share of a correct answer's reward taken away when a small "
+        "epilogue ran in torch (the torch_epilogue warning)")
 
 
 class EvalConfig(_Strict):
+    mode: Literal["strict", "kernelbench"] = Field(
+        default="strict", description="strict: parameters drawn at random, extra input sets (sizes, value ranges); "
+        "kernelbench: the published inputs and parameters only, for results comparable with published numbers")
     trials: int = Field(default=5, ge=1, le=100)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -88,6 +94,16 @@ class EvalConfig(_Strict):
         "(fp16/bf16 default to atol = rtol = 1e-2, as KernelBench)"
     )
     compile_baseline: bool = Field(default=False, description="also time torch.compile(reference) and report the speedup over it (GPU only)")
+    torch_epilogue_max_share: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="largest share of the bytes touched that non-major torch compute ops "
+        "may have and count as an epilogue (torch_epilogue warning) instead of torch_fallback")
+    value_ranges: list[Literal["scaled", "shifted", "negative", "near_constant"]] | None = Field(
+        default=None, description="strict mode: the value ranges of the extra trials (default: every one the problem "
+        "allows and the reference stays finite and accurate in)")
+    max_scalar_reads: int = Field(default=8, ge=0, description="scalar reads to the host (.item()) allowed per checked call")
+    epilogue_gpu_us_per_op: float = Field(
+        default=10.0, ge=0.0, description="GPU: kernel time per call outside the submission's kernels an allowed epilogue "
+        "may take, per epilogue op, before low_triton_time_fraction applies")
     reward: RewardConfig = RewardConfig()
     # No `isolation` here: the worker's setting decides, and a request must not be able to lower it.
 
@@ -104,8 +120,14 @@ class Correctness(_Strict):
     passed: int = 0
     input_sets: int = 0
     input_set_overrides: list[dict[str, int]] = []
+    value_ranges: list[str] = Field(default=[], description="extra trials on the original set with inputs moved into "
+                                    "these value ranges (sandbox/harness/hardening.py; strict mode)")
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    max_abs_error_vs_fp64: float | None = Field(default=None, description="the candidate's largest error against the "
+                                                 "reference run in float64 (where the problem runs in float64)")
+    reference_error_vs_fp64: float | None = Field(default=None, description="the fp32 reference's own largest error "
+                                                  "against its float64 run (the comparison allows a multiple of it)")
     atol: float | None = None
     rtol: float | None = None
     recheck_passed: bool | None = None

@@ -6,6 +6,9 @@ interpreter), only the correctness term is used.
   `rewards.speedup` (the speedup when correct, for plan tokens); reward = correctness x speedup.
 - fast_p (KernelBench's fast_p): reward 1 when correct and speedup > p, else 0.
 - drkernel (Dr. Kernel / KernelGYM style): correctness + min(speedup, cap) when correct.
+
+A correct answer with a small epilogue in torch (the `torch_epilogue` warning) keeps
+`1 - torch_epilogue_penalty` of its reward (`rewards` stay as computed).
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from __future__ import annotations
 from .models import RewardConfig, Rewards, Verdict
 
 
-def compute_reward(verdict: Verdict, speedup: float | None, meaningful: bool, config: RewardConfig) -> tuple[float, Rewards]:
+def compute_reward(verdict: Verdict, speedup: float | None, meaningful: bool, config: RewardConfig,
+                   penalty: float = 0.0) -> tuple[float, Rewards]:
+    """`penalty` (0..1): the share of a correct answer's reward taken away (a torch epilogue)."""
+    reward, rewards = _reward(verdict, speedup, meaningful, config)
+    if penalty and verdict == Verdict.correct and reward > 0:
+        reward *= 1.0 - penalty
+    return reward, rewards
+
+
+def _reward(verdict: Verdict, speedup: float | None, meaningful: bool, config: RewardConfig) -> tuple[float, Rewards]:
     if verdict == Verdict.cheating:
         return config.cheat_penalty, Rewards(correctness=0.0, speedup=0.0)
     if verdict != Verdict.correct:

@@ -32,13 +32,15 @@ RULES: dict[str, Rule] = {
         Rule(
             "input_mutation", Severity.fatal,
             "inputs overwritten (zeroed, or computed in place)",
-            "the inputs the candidate received are compared bit for bit with pristine copies in the reference process",
+            "the inputs the candidate received are compared bit for bit with pristine copies in the reference process; an "
+            "input the reference itself changes in place (inplace=True) may also come back as the reference leaves it",
             "forward() modified its input tensors; inputs must be left unchanged (write results to new output tensors)",
         ),
         Rule(
             "output_aliases_input", Severity.fatal,
             "returning an input (or a view of it) as the output",
-            "the storage of every returned tensor is compared with the storage of every input",
+            "the storage of every returned tensor is compared with the storage of every input (allowed for an input "
+            "the reference itself returns, as an in-place module does)",
             "an output shares memory with an input; allocate a fresh output tensor (e.g. torch.empty_like) and write it with your kernel",
         ),
         Rule(
@@ -49,17 +51,29 @@ RULES: dict[str, Rule] = {
         ),
         Rule(
             "torch_fallback", Severity.fatal,
-            "PyTorch fallback: forward computes with torch ops, nn modules or F.*, whole or in part",
-            "a TorchDispatchMode records every aten op dispatched during every forward call; ops other than "
-            "allocation, views/reshapes, copies and casts are compute (list in sandbox/harness/dispatch.py)",
+            "PyTorch fallback: forward computes with torch ops, nn modules or F.*, whole or in a major part",
+            "a TorchDispatchMode records every aten op dispatched during every forward call and the bytes each compute op "
+            "touches (ops other than allocation, views/reshapes, copies and casts; sandbox/harness/dispatch.py); a major "
+            "op (matmul, convolution, softmax, normalisation, pooling, ...) in torch, or torch compute above "
+            "torch_epilogue_max_share of the bytes touched, is a fallback (sandbox/proportion.py)",
             "forward() computed with PyTorch operators instead of your Triton kernels; only allocation, views, "
             "reshapes and copies may happen outside the kernels",
         ),
         Rule(
+            "torch_epilogue", Severity.warning,
+            "a small final step in torch (a .sum() over per-block partial sums, out / n, the product of a shape)",
+            "the bytes touched by torch compute ops, against those of the submission's Triton launches, are at most "
+            "torch_epilogue_max_share and no major op (matmul, convolution, softmax, normalisation, ...) ran in torch; "
+            "the reward is reduced by torch_epilogue_penalty (sandbox/proportion.py)",
+            "a small part of forward() ran in PyTorch after your kernels; it is accepted, with a reduced reward: "
+            "fold it into a kernel for the full reward",
+        ),
+        Rule(
             "output_not_written_by_kernel", Severity.fatal,
             "outputs produced elsewhere (a decoy launch on a scratch buffer, a cached tensor, a torch result)",
-            "the storage of every returned tensor must have been an argument of a Triton launch in the same forward call "
-            "(not applied when the problem or request allows torch ops)",
+            "the storage of every returned tensor must have been an argument of a Triton launch in the same forward call, "
+            "or computed by torch ops from such data (a copy, an allowed epilogue), or be a one-element tensor made from "
+            "a scalar read of such data (not applied when the problem or request allows torch ops)",
             "a returned tensor was not passed to any of your Triton kernels in that call; return the buffers your kernels write",
         ),
         Rule(
@@ -80,7 +94,8 @@ RULES: dict[str, Rule] = {
         Rule(
             "device_to_host_transfer", Severity.fatal,
             "CPU / numpy detour: copying to the host to compute there",
-            "device-to-host copies dispatched during forward are counted (GPU only)",
+            "device-to-host copies dispatched during forward are counted (GPU only); scalar reads (.item()) are allowed "
+            "up to max_scalar_reads per call (all devices)",
             "forward() copied data from the GPU to the host; compute on the GPU with your Triton kernels",
         ),
         Rule(
@@ -134,7 +149,9 @@ RULES: dict[str, Rule] = {
         Rule(
             "degenerate_problem", Severity.warning,
             "problems whose reference output does not depend on the inputs, so constant outputs would pass",
-            "the reference output for two different random inputs is compared at the problem's tolerance",
+            "the reference output for three draws and every value range is compared at the problem's tolerance; a "
+            "degenerate problem is refused as a problem error (no verdict, no reward; docs/judging.md); the warning is "
+            "given only in the KernelBench-compatible mode, which judges it anyway",
             "the reference output barely varies with its inputs; correctness on this problem says little",
         ),
     )

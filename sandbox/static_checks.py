@@ -112,6 +112,7 @@ def check_problem(source: str) -> ast.Module:
 
 
 _SUSPICIOUS_CALLS = {"exec", "eval", "compile", "__import__", "_make_subclass", "as_subclass"}
+_BUILTIN_CALLS = {"exec", "eval", "compile", "__import__"}
 _SUSPICIOUS_MODULES = {"gc", "inspect", "ctypes", "socket", "subprocess", "signal", "multiprocessing", "threading", "_thread"}
 _SUSPICIOUS_DEFS = {"__torch_function__", "__torch_dispatch__"}
 
@@ -132,6 +133,10 @@ def suspicious_constructs(source: str) -> list[dict[str, object]]:
         line = getattr(node, "lineno", None)
         if isinstance(node, ast.Call):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            # `module.eval()` or `re.compile(...)` is a method, not the builtin (unless reached through builtins).
+            if isinstance(node.func, ast.Attribute) and name in _BUILTIN_CALLS and not (
+                    isinstance(node.func.value, ast.Name) and node.func.value.id in ("builtins", "__builtins__")):
+                name = None
             if name in _SUSPICIOUS_CALLS:
                 found.append({"line": line, "construct": f"call to {name}"})
             if name == "getattr" and len(node.args) >= 2 and not isinstance(node.args[1], ast.Constant):

@@ -163,8 +163,13 @@ def check(
     precision: PrecisionOption = "fp32",
     compile_baseline: CompileBaselineOption = False,
     isolation: IsolationOption = "auto",
+    mode: Annotated[str, typer.Option(help="strict (default: random parameters, extra input sets and value ranges) or "
+                                           "kernelbench (the published inputs only, comparable with published numbers)")] = "strict",
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
+    if mode not in ("strict", "kernelbench"):
+        err.print(f"error: --mode must be strict or kernelbench, not {mode!r}")
+        raise typer.Exit(EXIT_USAGE)
     if output_format not in ("text", "json", "github"):
         err.print(f"error: --format must be text, json or github, not {output_format!r}")
         raise typer.Exit(EXIT_USAGE)
@@ -187,7 +192,7 @@ def check(
         err.print(f"error: {reference}: the reference is empty or invalid ({exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc})")
         raise typer.Exit(EXIT_USAGE) from None
     config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,  # type: ignore[arg-type]
-                        precision=precision, compile_baseline=compile_baseline, reward=RewardConfig(preset=reward))  # type: ignore[arg-type]
+                        precision=precision, compile_baseline=compile_baseline, reward=RewardConfig(preset=reward), mode=mode)  # type: ignore[arg-type]
     backend = choose_isolation(isolation)
     try:
         result = evaluate(problem, submission, config, isolation=backend)

@@ -9,6 +9,7 @@ import pytest
 from sandbox.evaluate import evaluate
 from sandbox.models import EvalConfig, Problem, Submission, Verdict
 from sandbox.rules import RULES
+from sandbox.static_checks import ProblemSourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 HONEST_FILL = '''
@@ -58,11 +59,14 @@ INPUT_IGNORED = CONSTANT.replace("return torch.ones_like(x)", "return x * 0 + 1"
 
 
 @pytest.mark.parametrize("source", [CONSTANT, INPUT_IGNORED], ids=["constant", "input_ignored"])
-def test_degenerate_problem_gets_a_warning(source: str) -> None:
-    result = evaluate(Problem(source=source), Submission(source=HONEST_FILL), EvalConfig(device="cpu", trials=1))
-    warnings = [w.rule for w in result.anti_cheat.warnings]
-    assert "degenerate_problem" in warnings
-    assert result.verdict == Verdict.correct  # a warning, not a verdict: the fill kernel does match
+def test_degenerate_problem_is_refused(source: str) -> None:
+    """A problem that cannot tell a kernel from a constant judges nothing (docs/judging.md): a problem
+    error, not a warning that changes nothing; ALLOW_DEGENERATE = True judges it anyway."""
+    with pytest.raises(ProblemSourceError, match="degenerate problem"):
+        evaluate(Problem(source=source), Submission(source=HONEST_FILL), EvalConfig(device="cpu", trials=1))
+    result = evaluate(Problem(source=source + "\nALLOW_DEGENERATE = True\n"), Submission(source=HONEST_FILL),
+                      EvalConfig(device="cpu", trials=1))
+    assert result.verdict == Verdict.correct  # the fill kernel does match
 
 
 def test_ordinary_problem_gets_no_degenerate_warning() -> None:

@@ -17,6 +17,7 @@ import torch
 
 from sandbox.evaluate import evaluate
 from sandbox.harness import tensors
+from sandbox.harness.compare import unpack_expected
 from sandbox.harness.reference import ReferenceRole
 from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 from sandbox.reference_cache import ReferenceCache
@@ -113,7 +114,7 @@ def test_outputs_carried_for_leaked_cached_inputs_fail_the_fresh_rechecks(honest
     known = {}
     for label, trial in entry.trials.items():
         (x,) = tensors.decode(trial["inputs"], entry.blobs[f"{label}.inputs"], "cpu")
-        expected = tensors.decode(trial["expected"], entry.blobs[f"{label}.expected"], "cpu")
+        expected, _exact = unpack_expected(tensors.decode(trial["expected"], entry.blobs[f"{label}.expected"], "cpu"))
         known[round(float(x[0]), 5)] = expected.tolist()
     identity = "copy_kernel[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), BLOCK=1024); return out"  # wrong: no relu
     cheat = _run(_memorizing_candidate(known, identity), warm_pool, timing, data)

@@ -14,10 +14,12 @@ import torch
 from . import tensors, triton_cache
 from .audit import AuditGuard
 from .dispatch import OpRecorder, compute_ops
+from .hardening import randomize_parameters
 from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, profile_kernels, round_on_host
+from .work import WorkMeter, launch_bytes, unwritten_outputs
 
 
 def _compile_error_types() -> tuple[type[BaseException], ...]:
@@ -69,7 +71,11 @@ class CandidateRole:
         self.timer: CudaTimer | None = None
         self.native_recorder: Any = None
         self._aliased_inputs = _aliased_inputs
-        self._unwritten_outputs = _unwritten_outputs
+        self._unwritten_outputs = unwritten_outputs
+        self._launch_bytes = launch_bytes
+        self._randomize_parameters = randomize_parameters
+        self.meter = WorkMeter(lambda: self.recorder.launches if self.recorder is not None else [])
+        self.ops.meter = self.meter
 
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
         kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
@@ -93,6 +99,7 @@ class CandidateRole:
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
         self.path = write_source(header)
+        self.meter.device_type, self.meter.candidate_file = self.device.type, self.path
         init_fds = header["fds"]
         init_inputs = tensors.decode_fd(header["init_inputs"], init_fds[0], "cpu", limit=1 << 30) if init_fds else (
             tensors.decode(header["init_inputs"], b"", "cpu"))
@@ -105,9 +112,9 @@ class CandidateRole:
         with self.ops:  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
             torch.empty(0)
         self.ops.take()
-        if self.device.type == "cuda":
-            # The profiler imports torch._dynamo lazily, and that rewraps torch.manual_seed.
-            importlib.import_module("torch._dynamo")
+        # torch._dynamo rewraps torch.manual_seed when imported; the profiler, @torch.compiler.disable and
+        # torch.library.custom_op import it lazily: before the snapshot, on every device.
+        importlib.import_module("torch._dynamo")
         self.native_recorder = self._native_recorder()  # bound before the candidate is imported
         self.audit = AuditGuard(self.path, os.path.dirname(self.path))
         self.audit.install()
@@ -134,6 +141,8 @@ class CandidateRole:
                     self.model = self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[header["precision"]])
         except BaseException as exc:
             raise self._failure(exc) from None
+        if header.get("randomize_parameters"):  # the reference's model got the same draw (hardening.py)
+            self._randomize_parameters(self.model, int(header["init_seed"]))
         return {"ok": True, "environment": environment(self.device), **self.observations()}, b""
 
     def observations(self) -> dict[str, Any]:
@@ -189,9 +198,13 @@ class CandidateRole:
         except tensors.EncodeError as exc:
             raise CandidateFailed({"ok": False, "error": {"kind": "infrastructure_error", "message": str(exc)}}) from None
         self.recorder.take()
+        self.meter.start(inputs)
         outputs = self._forward(inputs)
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
+        work = self.meter.take()
+        derived = work.pop("derived")
+        work["triton_bytes"] = self._launch_bytes(launches)
         written = set().union(*(launch.storages for launch in launches)) if launches else set()
         reply: dict[str, Any] = {
             "ok": True,
@@ -200,7 +213,8 @@ class CandidateRole:
             "aliases_input": self._aliased_inputs(outputs, inputs),
             "compute_ops": self._compute_ops(ops, self.allowed_ops),
             "device_to_host": device_to_host,
-            "unwritten_outputs": self._unwritten_outputs(outputs, written),
+            "unwritten_outputs": self._unwritten_outputs(outputs, written, derived, work["scalar_reads_of_kernel_data"] > 0),
+            "work": work,
             "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
             **self.observations(),
         }
@@ -226,9 +240,10 @@ class CandidateRole:
         self._let_go()
         self.recorder.take()
         calls, start = int(header["calls"]), int(header.get("start", 0))
+        self.meter.reset()
         # The op recorder stays on while timed (entered once, not per call): a candidate cannot tell
         # the timed calls from the checked ones by looking for it.
-        self.recorder.keep_storages = False
+        self.recorder.keep_storages = self.meter.tracking = False
         try:
             with torch.no_grad(), self.ops:
                 if self.device.type == "cuda":
@@ -241,9 +256,12 @@ class CandidateRole:
         except BaseException as exc:
             raise self._failure(exc) from None
         finally:
-            self.recorder.keep_storages = True
+            self.recorder.keep_storages = self.meter.tracking = True
         launches = self.recorder.take()
         ops, device_to_host = self.ops.take()
+        work = self.meter.take()
+        work.pop("derived")
+        work["triton_bytes"] = self._launch_bytes(launches)
         outputs, fds = [], []
         try:
             for value in timed.pop("outputs"):
@@ -258,7 +276,7 @@ class CandidateRole:
         self.kept = timed  # the outputs stay alive until the next command
         return {"ok": True, **timed, "outputs": outputs, "fds": fds,
                 "launches": sum(1 for launch in launches if launch.own),
-                "compute_ops": self._compute_ops(ops, self.allowed_ops),
+                "compute_ops": self._compute_ops(ops, self.allowed_ops), "work": work,
                 "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
                 "device_to_host": device_to_host, **self.observations()}, b""
 
@@ -296,14 +314,5 @@ def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:
     return [
         index for index, x in enumerate(inputs)
         if isinstance(x, torch.Tensor) and x.untyped_storage().nbytes() and x.untyped_storage().data_ptr() in output_storages
-    ]
-
-
-def _unwritten_outputs(outputs: Any, written: set[int]) -> list[int]:
-    """Indices of output tensors whose storage no Triton launch received as an argument."""
-    return [
-        index for index, t in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs])
-        if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.numel()
-        and t.untyped_storage().data_ptr() not in written
     ]
 

@@ -50,14 +50,23 @@ class OpRecorder(TorchDispatchMode):
         super().__init__()
         self.ops: Counter[str] = Counter()
         self.device_to_host: int = 0
+        self.meter: Any = None  # a work.WorkMeter, set by the candidate role
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
+        body = self.meter.custom_op_body(func) if self.meter is not None else None
+        if body is not None:  # the submission's torch.library.custom_op: its body runs watched, in place of the op
+            with self:
+                return body(*args, **kwargs)
         name = op_name(func)
         self.ops[name] += 1
-        if name in ("_to_copy", "copy_", "_copy_from", "_local_scalar_dense") and _moves_to_host(name, args, kwargs):
+        # A scalar read (`.item()`) is not a data copy: the work meter counts it (sandbox/proportion.py judges).
+        if name in ("_to_copy", "copy_", "_copy_from") and _moves_to_host(name, args, kwargs):
             self.device_to_host += 1
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if self.meter is not None:
+            self.meter.record(name, name in BOOKKEEPING_OPS, args, kwargs, result)
+        return result
 
     def take(self) -> tuple[Counter[str], int]:
         ops, transfers = self.ops, self.device_to_host

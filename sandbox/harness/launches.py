@@ -23,6 +23,7 @@ class Launch:
     storages: set[int]  # storage addresses of every tensor argument (empty while timing)
     keep_alive: list[Any]  # the storages themselves: freed memory would be reused at the same address
     side_stream: bool = False  # launched on a CUDA stream other than the default one
+    nbytes: int = 0  # bytes of its tensor arguments (the work it may touch; kept while timing too)
 
 
 @dataclass
@@ -70,8 +71,11 @@ class LaunchRecorder:
         held = [value.untyped_storage() for value in list(args) + list(kwargs.values())
                 if isinstance(value, torch.Tensor)] if self.keep_storages else []
         storages = {storage.data_ptr() for storage in held}
+        tensors = {value.data_ptr(): value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor)}
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         side_stream = torch.cuda.is_initialized() and torch.cuda.current_stream() != torch.cuda.default_stream()
-        self.launches.append(Launch(kernel=name, own=own, storages=storages, keep_alive=held, side_stream=side_stream))
+        self.launches.append(Launch(kernel=name, own=own, storages=storages, keep_alive=held, side_stream=side_stream,
+                                    nbytes=nbytes))
         (self.totals if own else self.foreign)[name] += 1
 
     def take(self) -> list[Launch]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import compare, tensors
+from . import compare, hardening, tensors
 from .runtime import environment, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, time_on_host
 
@@ -48,6 +48,14 @@ class ReferenceRole:
         self.timing_shared: list[tensors.SharedValue] = []
         self.round_pristine: list[list[Any]] = []
         self.round_expected: list[Any] = []
+        self.round_exact: list[Any] = []
+        # Inputs the reference changes in place (index -> state after its call), per trial and for the last call.
+        self.mutated: dict[str, dict[int, torch.Tensor]] = {}
+        self.last_mutated: dict[int, torch.Tensor] = {}
+        self.aliased_inputs: list[int] = []
+        self.model64: Any = None  # the model in float64, for the fp64 comparison
+        self.exact: dict[str, Any] = {}  # per trial: the fp64 reference's outputs (or None)
+        self.input_domain: Any = None  # the problem's INPUT_DOMAIN (clamps the value ranges)
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
@@ -64,6 +72,11 @@ class ReferenceRole:
             raise ProblemError(f"the reference module does not define {', '.join(missing)}")
         self.input_sets = header.get("input_sets") or [{}]
         self.dtype = PRECISIONS[header.get("precision") or "fp32"]
+        strict = header.get("mode", "strict") == "strict"
+        randomize = strict and bool(getattr(self.module, "RANDOMIZE_PARAMETERS", True))
+        self.input_domain = getattr(self.module, "INPUT_DOMAIN", None)
+        tolerance = (header.get("atol", getattr(self.module, "ATOL", None)), header.get("rtol", getattr(self.module, "RTOL", None)))
+        value_ranges: list[str] = []
         try:
             init_inputs = [_cast(x, self.dtype) for x in self.module.get_init_inputs()]
             torch.manual_seed(int(header["init_seed"]))
@@ -73,6 +86,9 @@ class ReferenceRole:
                 self.model = self.model.to(self.device)
                 if self.dtype != torch.float32:
                     self.model = self.model.to(self.dtype)
+            if randomize:  # the candidate's model gets the same draw (hardening.py)
+                hardening.randomize_parameters(self.model, int(header["init_seed"]))
+            self.model64 = compare.exact_model(self.model)
             if header.get("checked"):  # built again for a cached problem: its sets and warnings are known
                 valid_sets, warnings = list(range(len(self.input_sets))), []
                 description, init_fd = None, None
@@ -82,8 +98,12 @@ class ReferenceRole:
                 compare.compare_outputs(warm, warm, None, None)
             else:
                 valid_sets = self._valid_sets(int(header["init_seed"]))
-                warnings = self._degenerate_warnings(int(header["init_seed"]))
+                if strict:
+                    value_ranges = self._valid_value_ranges(int(header["init_seed"]), *tolerance, header.get("value_ranges"))
+                warnings = self._check_not_degenerate(int(header["init_seed"]), value_ranges, *tolerance, refuse=strict)
                 description, init_fd = tensors.share_bytes(init_inputs)
+        except ProblemError:
+            raise
         except Exception as exc:
             raise ProblemError(f"the reference problem failed to run: {type(exc).__name__}: {exc}") from exc
         reply = {
@@ -96,10 +116,14 @@ class ReferenceRole:
             "warnings": warnings,
             "valid_sets": valid_sets,
             "fds": [init_fd] if init_fd is not None else [],
+            "randomize_parameters": randomize,
+            "value_ranges": value_ranges,
+            "mutates_inputs": sorted(self.last_mutated),  # from the last forward of the setup
+            "aliases_inputs": self.aliased_inputs,
         }
         return reply, b""
 
-    def make_inputs(self, set_index: int, seed: int) -> list[Any]:
+    def make_inputs(self, set_index: int, seed: int, values: str | None = None) -> list[Any]:
         overrides = self.input_sets[set_index]
         saved = {name: getattr(self.module, name) for name in overrides}
         try:
@@ -111,11 +135,13 @@ class ReferenceRole:
         finally:
             for name, value in saved.items():
                 setattr(self.module, name, value)
-        return [_cast(x.to(self.device), self.dtype) if isinstance(x, torch.Tensor) else x for x in inputs]
+        inputs = [_cast(x.to(self.device), self.dtype) if isinstance(x, torch.Tensor) else x for x in inputs]
+        return hardening.apply_value_range(inputs, values, self.input_domain) if values else inputs
 
     def forward(self, inputs: list[Any]) -> Any:
-        with torch.no_grad():
-            return self.model(*[x.clone() if isinstance(x, torch.Tensor) else x for x in inputs])
+        outputs, self.last_mutated, aliased = compare.run_reference(self.model, inputs)
+        self.aliased_inputs = sorted({*self.aliased_inputs, *aliased})
+        return outputs
 
     def _valid_sets(self, seed: int) -> list[int]:
         """Derived input sets the reference itself cannot run (e.g. a size that must divide another)
@@ -131,19 +157,51 @@ class ReferenceRole:
         self.input_sets = [self.input_sets[i] for i in valid]
         return valid
 
-    def _degenerate_warnings(self, seed: int) -> list[dict[str, Any]]:
-        """Warn when the reference output barely depends on its inputs (then zeros might pass)."""
-        first, second = (self.forward(self.make_inputs(0, seed + k)) for k in (1, 2))
-        report = compare.compare_outputs(first, second, None, None)
-        if report["passed"]:
-            return [{
-                "rule": "degenerate_problem",
-                "severity": "warning",
-                "message": "the reference output is the same for two different random inputs; "
-                "a candidate that ignores its inputs could pass",
-                "evidence": {"max_abs_difference": max((o.get("max_abs_error") or 0.0) for o in report["outputs"]) if report["outputs"] else 0.0},
-            }]
-        return []
+    def _valid_value_ranges(self, seed: int, atol: float | None, rtol: float | None,
+                            requested: list[str] | None = None) -> list[str]:
+        """The value ranges (hardening.VALUE_RANGES, or the problem's VALUE_RANGES) in which the
+        reference stays finite and its fp32 result agrees with its fp64 one at the problem's tolerance
+        (so the range can judge); on the original input set."""
+        names = getattr(self.module, "VALUE_RANGES", None)
+        names = list(hardening.VALUE_RANGES) if names is None else [n for n in names if n in hardening.VALUE_RANGES]
+        if requested is not None:  # the request's choice, within the problem's
+            names = [n for n in names if n in requested]
+        valid = []
+        for name in names:
+            try:
+                inputs = self.make_inputs(0, seed + 7, name)
+                outputs = self.forward(inputs)
+                exact = compare.exact_outputs(self.model64, inputs, outputs)
+            except Exception:
+                continue
+            if not hardening.all_finite(outputs):
+                continue
+            if exact is not None:
+                rounded = type(exact)(t.to(o.dtype) for t, o in zip(exact, outputs, strict=True)) \
+                    if isinstance(exact, (list, tuple)) else exact.to(outputs.dtype)
+                if not compare.compare_outputs(outputs, rounded, atol, rtol)["passed"]:
+                    continue
+            valid.append(name)
+        return valid
+
+    def _check_not_degenerate(self, seed: int, value_ranges: list[str], atol: float | None, rtol: float | None,
+                              refuse: bool = True) -> list[dict[str, Any]]:
+        """A problem whose output is the same, at its own tolerance, for three draws and every value
+        range cannot tell a kernel from a constant: it is refused (ProblemError). In the
+        KernelBench-compatible mode (`refuse` False) it is judged, with the degenerate_problem warning."""
+        outputs = [self.forward(self.make_inputs(0, seed + k)) for k in (1, 2, 3)]
+        outputs += [self.forward(self.make_inputs(0, seed + 1, name)) for name in value_ranges]
+        evidence = hardening.degenerate(outputs, atol, rtol)
+        if evidence is None or getattr(self.module, "ALLOW_DEGENERATE", False):
+            return []
+        if not refuse:
+            return [{"rule": "degenerate_problem", "severity": "warning", "evidence": evidence,
+                     "message": "the reference output is the same for different inputs at the problem's tolerance; "
+                                "a candidate that ignores its inputs could pass"}]
+        raise ProblemError(
+                f"degenerate problem: the reference output is the same at the problem's tolerance for {evidence['draws']} "
+                f"different inputs (largest difference {evidence['max_abs_difference']:.3g}), so it cannot tell a kernel "
+                "from a constant; change get_inputs (or set ALLOW_DEGENERATE = True to judge it anyway)")
 
     def cmd_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         """A trial's inputs, made here (or, as a judge, from the engine's cached inputs and expected
@@ -155,10 +213,13 @@ class ReferenceRole:
         if "cached" in header:
             fds, cached = header["fds"], header["cached"]
             inputs = tensors.decode_fd(cached["inputs"], fds[0], self.device)
-            expected = tensors.decode_fd(cached["expected"], fds[1], self.device)
+            expected, exact = compare.unpack_expected(tensors.decode_fd(cached["expected"], fds[1], self.device))
         else:
-            inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]))
+            inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]), header.get("values"))
             expected = self.forward(inputs)
+            self.mutated[header["trial"]] = self.last_mutated
+            exact = compare.exact_outputs(self.model64, inputs, expected)
+        self.exact[header["trial"]] = exact
         shared = tensors.SharedValue(inputs, self.device)
         self.trials[header["trial"]] = (inputs, shared, expected)
         shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
@@ -170,7 +231,7 @@ class ReferenceRole:
             if _nbytes(inputs) + _nbytes(expected) <= int(header["expected_budget"]):
                 try:
                     inputs_desc, inputs_fd = tensors.share_bytes(inputs)
-                    expected_desc, expected_fd = tensors.share_bytes(expected)
+                    expected_desc, expected_fd = tensors.share_bytes(compare.pack_expected(expected, exact))
                     reply["record"] = {"inputs": inputs_desc, "expected": expected_desc, "fds": [len(fds), len(fds) + 1]}
                     fds += [inputs_fd, expected_fd]
                 except tensors.EncodeError:
@@ -182,17 +243,19 @@ class ReferenceRole:
         """Read the candidate's outputs where they are (its sealed memfd, or its GPU memory by IPC
         handle), compare them with the expected outputs, and the shared inputs with the pristine ones."""
         inputs, shared, expected = self.trials.pop(header["trial"])
+        exact = self.exact.pop(header["trial"], None)
         attached = tensors.Attached(self.device)
         try:
-            report = self._judge(expected, header.get("outputs"), header["fds"], attached, header.get("atol"), header.get("rtol"))
-            report["inputs"] = compare.inputs_unchanged(inputs, shared.value)
+            report = self._judge(expected, header.get("outputs"), header["fds"], attached, header.get("atol"), header.get("rtol"), exact)
+            report["inputs"] = compare.inputs_unchanged(inputs, shared.value, self.mutated.pop(header["trial"], None),
+                                                        header.get("atol"), header.get("rtol"))
         finally:
             attached.close()
             shared.release()
         return {"ok": True, "report": report}, b""
 
     def _judge(self, expected: Any, outputs: Any, fds: list[int], attached: tensors.Attached,
-               atol: float | None, rtol: float | None) -> dict[str, Any]:
+               atol: float | None, rtol: float | None, exact: Any = None) -> dict[str, Any]:
         if outputs is None:  # the candidate's outputs could not be exported
             return {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
         try:
@@ -200,7 +263,7 @@ class ReferenceRole:
         except (tensors.EncodeError, OSError, ValueError) as exc:  # what the candidate sent is not its outputs
             return {"passed": False, "undecodable": str(exc)[:500], "outputs": [],
                     "reason": "the candidate process sent outputs that cannot be read"}
-        return compare.compare_outputs(expected, actual, atol, rtol)
+        return compare.compare_outputs(expected, actual, atol, rtol, exact)
 
     def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         """The timed loop's input sets: one shared buffer per set, whose contents `refresh` rewrites
@@ -219,12 +282,16 @@ class ReferenceRole:
     def cmd_refresh(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         """Fresh values (seeds the candidate never sees) in every shared timing set, and their
         expected outputs, before a timed round of the candidate."""
-        self.round_pristine, self.round_expected = [], []
+        self.round_pristine, self.round_expected, self.round_exact = [], [], []
         for shared, seed in zip(self.timing_shared, header["seeds"], strict=True):
             fresh = self.make_inputs(0, int(seed))
             shared.refresh(fresh)
             self.round_pristine.append(fresh)
-            self.round_expected.append(self.forward(fresh))
+            expected = self.forward(fresh)
+            self.round_expected.append(expected)
+            # The timed calls are judged as the trials are (the fp64 allowance included): an honest
+            # kernel that sums in another order must not fail here where it passed there.
+            self.round_exact.append(compare.exact_outputs(self.model64, fresh, expected))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return {"ok": True}, b""
@@ -238,7 +305,7 @@ class ReferenceRole:
             for check in header["checks"]:
                 set_index = int(check["set"])
                 report = self._judge(self.round_expected[set_index], check.get("outputs"), header["fds"], attached,
-                                     header.get("atol"), header.get("rtol"))
+                                     header.get("atol"), header.get("rtol"), self.round_exact[set_index])
                 results.append({"call": check["call"], "set": set_index, "passed": bool(report.get("passed")),
                                 "reason": report.get("reason"), "undecodable": report.get("undecodable")})
         finally:

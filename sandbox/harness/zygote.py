@@ -66,12 +66,12 @@ def _preload(warm_target: str | None) -> dict[str, Any]:
     context so the compiler's first-use costs are paid here once."""
     started = time.monotonic()
     import torch
+    import torch._dynamo  # every candidate process imports it before its integrity snapshot
     import triton  # noqa: F401
 
     from . import candidate, reference  # noqa: F401  the roles and everything they import
 
-    if warm_target:  # a GPU child imports these on its first profile or dynamo check; pay once here
-        import torch._dynamo
+    if warm_target:  # a GPU child imports this on its first profile; pay once here
         import torch.profiler
     facts: dict[str, Any] = {"import_s": round(time.monotonic() - started, 3)}
     if warm_target:

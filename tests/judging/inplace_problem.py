@@ -1,0 +1,23 @@
+# A reference that works in place: nn.ReLU(inplace=True) changes its input, then a scale and shift.
+import torch
+import torch.nn as nn
+
+rows = 8
+cols = 300
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(x) * 2 + 1
+
+
+def get_inputs():
+    return [torch.randn(rows, cols)]
+
+
+def get_init_inputs():
+    return []
