@@ -382,10 +382,10 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     while trial < max(_trial_count(run), len(input_sets)):
         if not _trial(run, f"trial{trial}", trial % len(input_sets)):
             return
+        trial += 1
     for name in run.correctness.value_ranges:  # adversarial value ranges on the original set (hardening.py)
         if not _trial(run, f"values_{name}", 0, values=name):
             return
-        trial += 1
     _time(run)
     # Fresh values on every input set, after timing (the first has the timed loop's shapes): a
     # candidate replaying what it saw while timed, or carrying outputs for inputs it saw in an
