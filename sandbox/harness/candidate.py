@@ -123,6 +123,7 @@ class CandidateRole:
         # torch.library.custom_op import it lazily: before the snapshot, on every device.
         importlib.import_module("torch._dynamo")
         self.native_recorder = self._native_recorder()  # bound before the candidate is imported
+        self.witness.profiling = self.native_recorder is None  # kineto and the recorder share CUPTI's callbacks
         self.audit = AuditGuard(self.path, os.path.dirname(self.path), allow_native=bool(header.get("allow_native_code")))
         self.audit.install()
         self.snapshot = IntegritySnapshot()

@@ -104,6 +104,9 @@ class OpWitness:
         self.ops: Counter[str] = Counter()
         self.tops: list[tuple[str, tuple[str, ...]]] = []  # each outermost op: its name, and every name below it
         self.failure: str | None = None
+        # Off where the native CUPTI recorder runs (GPU): kineto would take CUPTI's callbacks from it,
+        # and the recorder's kernel windows are the stronger evidence there. Threads are counted anyway.
+        self.profiling = True
         self.threads_left_running = 0  # Python threads started during a call and still alive after it
         self._threads_before = 0
 
@@ -111,7 +114,7 @@ class OpWitness:
         self._session = None
         self._threads_before = _python_threads()
         self._tasks_before = _os_threads()
-        if torch.autograd._profiler_enabled():  # the harness's own profile phase (the switches are sealed)
+        if not self.profiling or torch.autograd._profiler_enabled():  # the harness's own profile phase (switches are sealed)
             return self
         kwargs: dict[str, Any] = {"use_kineto": True, "record_shapes": False}
         if self._config is not None:
