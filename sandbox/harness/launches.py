@@ -87,7 +87,7 @@ class LaunchRecorder:
         host = [value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor) and value.device.type == "cpu"]
         if self.on_gpu and host:
             self.host_memory_launches += 1  # the kernel reads or writes host memory: data left the device
-        fingerprints = {storage.data_ptr(): _fingerprint(storage) for storage in held if storage.device.type == "cpu"}
+        fingerprints = {_extent(value): _fingerprint(value) for value in host} if self.keep_storages else {}
         self.launches.append(Launch(kernel=name, own=own, storages=storages, keep_alive=held, side_stream=side_stream,
                                     nbytes=nbytes, fingerprints=fingerprints, sequence=self.op_clock()))
         (self.totals if own else self.foreign)[name] += 1
@@ -100,9 +100,9 @@ class LaunchRecorder:
         for index, tensor in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
             if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or tensor.layout != torch.strided:
                 continue
-            storage = tensor.untyped_storage()
-            last = next((launch for launch in reversed(launches) if storage.data_ptr() in launch.fingerprints), None)
-            if last is not None and last.sequence == now and _fingerprint(storage) != last.fingerprints[storage.data_ptr()]:
+            extent = _extent(tensor)
+            last = next((launch for launch in reversed(launches) if extent in launch.fingerprints), None)
+            if last is not None and last.sequence == now and _fingerprint(tensor) != last.fingerprints[extent]:
                 changed.append(index)
         return changed
 
@@ -119,9 +119,18 @@ class LaunchRecorder:
         }
 
 
-def _fingerprint(storage: Any) -> int:
-    """CRC of a host storage's bytes, read in place (no torch op: the recorders must not see it)."""
-    nbytes = storage.nbytes()
-    if not nbytes or not storage.data_ptr():
+def _extent(tensor: Any) -> tuple[int, int]:
+    """(address, bytes) a host tensor's elements span (not its whole storage: a mapped input's
+    storage can be far larger than the tensor)."""
+    if not tensor.numel():
+        return tensor.data_ptr(), 0
+    span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True) if size)
+    return tensor.data_ptr(), span * tensor.element_size()
+
+
+def _fingerprint(tensor: Any) -> int:
+    """CRC of the bytes a host tensor spans, read in place (no torch op: the recorders must not see it)."""
+    address, nbytes = _extent(tensor)
+    if not nbytes or not address:
         return 0
-    return zlib.crc32((ctypes.c_char * nbytes).from_address(storage.data_ptr()))
+    return zlib.crc32((ctypes.c_char * nbytes).from_address(address))
