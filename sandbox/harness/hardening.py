@@ -43,7 +43,8 @@ def randomize_parameters(model: Any, seed: int) -> int:
     rank: Counter[tuple[tuple[int, ...], str]] = Counter()
     done = 0
     with torch.no_grad():
-        for tensor in chain(model.parameters(), model.buffers()):
+        # nn.Module's own methods: a model may name an attribute `buffers` or `parameters`.
+        for tensor in chain(torch.nn.Module.parameters(model), torch.nn.Module.buffers(model)):
             if not tensor.is_floating_point() or tensor.numel() == 0:
                 continue
             key = (tuple(tensor.shape), str(tensor.dtype))
