@@ -428,8 +428,12 @@ def _cuda_graph_methods() -> list[tuple[Any, str, str]]:
 
 def native_files(directory: str, limit: int = 2000) -> list[str]:
     """Executable or loadable native files (ELF) under the job directory: native code the
-    candidate brought or built, whichever way it would be loaded."""
+    candidate brought or built, whichever way it would be loaded. Triton's own cache is left out:
+    on a GPU it holds the launchers and kernels Triton compiles (loading a library from there by
+    hand is refused by the hook's load check)."""
     found: list[str] = []
+    cache_dir = os.environ.get("TRITON_CACHE_DIR")
+    triton_cache = os.path.realpath(cache_dir) if cache_dir else None
     pending, seen = [directory], 0
     while pending and seen < limit:
         try:
@@ -440,7 +444,8 @@ def native_files(directory: str, limit: int = 2000) -> list[str]:
             seen += 1
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
+                    if os.path.realpath(entry.path) != triton_cache:
+                        pending.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
                     with open(entry.path, "rb") as handle:
                         if handle.read(4) == b"\x7fELF":

@@ -109,6 +109,9 @@ def _functions_of(value: Any) -> list[types.FunctionType]:
     return found
 
 
+_DATA = (type(None), bool, int, float, str, bytes, tuple)  # plain values, not behaviour
+
+
 class _Reach:
     """The functions, classes and name bindings reachable from the harness's code."""
 
@@ -202,7 +205,10 @@ class IntegritySnapshot:
         reach = self._reach
         for (namespace_id, name), identity in reach.bindings.items():
             label, namespace = reach.namespaces[namespace_id]
-            if id(namespace.get(name, _ABSENT)) != identity:
+            value = namespace.get(name, _ABSENT)
+            if isinstance(value, _DATA) and identity != id(_ABSENT):
+                continue  # a module's cached value (torch.cuda._cached_device_count is set at CUDA's start)
+            if id(value) != identity:
                 changed.append(f"{label}.{name} was " + ("added" if identity == id(_ABSENT) else "replaced"))
         for key, function in reach.functions.items():
             if (id(function.__code__), id(function.__defaults__), id(function.__kwdefaults__)) != self._code[key]:
