@@ -141,7 +141,7 @@ def test_client_waits_out_a_429_and_retries() -> None:
     from service.settings import Settings
 
     with background_server(Settings(redis_url=None, auth="off", embedded_workers=1, max_queued_per_key=1)) as url:
-        with RefereeClient(url, retries=0) as impatient, RefereeClient(url, retries=2) as patient:
+        with RefereeClient(url, retries=0) as impatient, RefereeClient(url, retries=6) as patient:
             first = impatient.submit({"reference": REFERENCE, "candidate": CANDIDATE, **FAST})
             assert first["status"] in ("queued", "started")
             with pytest.raises(ApiError) as refused:
