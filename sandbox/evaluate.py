@@ -379,6 +379,7 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
         setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
                                            "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
                                            "allowed_ops": run.allowed_ops, "allow_native_code": rules.native_code_allowed(),
+                                           "audit_hook": not rules.audit_hook_off(),
                                            "randomize_parameters": bool(reply.get("randomize_parameters"))}, init_fds)
     finally:
         close_fds(init_fds)

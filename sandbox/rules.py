@@ -181,6 +181,13 @@ def native_code_allowed() -> bool:
     return os.environ.get("REFEREE_ALLOW_NATIVE_CODE", "") == "1"
 
 
+def audit_hook_off() -> bool:
+    """The operator's switch for testing the operating system's layer alone (REFEREE_UNSAFE_NO_AUDIT_HOOK=1
+    in the worker's environment, never a request): candidates run without the audit hook, as if they had
+    beaten it. Never for production."""
+    return os.environ.get("REFEREE_UNSAFE_NO_AUDIT_HOOK", "") == "1"
+
+
 def rule_of_event(event: dict[str, Any]) -> str:
     """The rule a refused call reported by the audit hook belongs to."""
     name, reason = str(event.get("event", "")), str(event.get("reason", ""))

@@ -53,6 +53,9 @@ def _attack_beside_a_victim(
         return path
 
     monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)  # to learn the victim job's directory
+    # The sealed audit hook now refuses the prelude's bypasses (tests/exploits covers them), so that it is
+    # the kernel's layer alone that meets the attack, these jobs run as if the hook were beaten: without it.
+    monkeypatch.setenv("REFEREE_UNSAFE_NO_AUDIT_HOOK", "1")
     victim: dict[str, EvaluationResult] = {}
     thread = threading.Thread(
         target=lambda: victim.update(result=evaluate(Problem(source=REFERENCE), Submission(source=VICTIM), FAST, **where))
@@ -78,7 +81,7 @@ def test_attacker_past_its_guards_meets_the_kernel_in_the_warm_pool(
     warm_pool: PoolClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     victim, attacker, report = _attack_beside_a_victim(monkeypatch, True, pool=warm_pool)
-    assert "BYPASSED ['policy_table', 'open_check', 'original_start_new_thread']" in attacker.output["stdout"]
+    assert "BYPASSED [" in attacker.output["stdout"]  # it tried the bypasses (the sealed hook refuses most of them)
     assert report["victim_seen"], report  # the attack ran while the other job was being judged
     if warm_pool.isolation_name == "process":
         # The control: without the kernel's layers, a candidate past its guards reaches all of this.
