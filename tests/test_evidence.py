@@ -236,6 +236,7 @@ def test_a_large_problem_gets_fewer_trials_and_one_timing_set(monkeypatch: pytes
     problem, candidate = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate)
     large = evaluate(problem, candidate, EvalConfig(device="cpu"))
     assert large.verdict == Verdict.correct, large.feedback
-    assert large.correctness.trials == 3 and large.performance.timed_calls_checked == 2  # 2 rounds x 1 set
+    ranges = len(large.correctness.value_ranges)  # one more trial per adversarial value range (judging.md)
+    assert large.correctness.trials == 3 + ranges and large.performance.timed_calls_checked == 2  # 2 rounds x 1 set
     asked = evaluate(problem, candidate, EvalConfig(device="cpu", trials=4, timing_sets=2))  # asked for: kept
-    assert asked.correctness.trials == 4 and asked.performance.timed_calls_checked == 4
+    assert asked.correctness.trials == 4 + ranges and asked.performance.timed_calls_checked == 4

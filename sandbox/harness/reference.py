@@ -49,6 +49,7 @@ class ReferenceRole:
         self.round_pristine: list[list[Any]] = []
         self.round_expected: list[Any] = []
         self.round_exact: list[Any] = []
+        self.round_mutated: list[dict[int, torch.Tensor]] = []
         # Inputs the reference changes in place (index -> state after its call), per trial and for the last call.
         self.mutated: dict[str, dict[int, torch.Tensor]] = {}
         self.last_mutated: dict[int, torch.Tensor] = {}
@@ -282,13 +283,14 @@ class ReferenceRole:
     def cmd_refresh(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         """Fresh values (seeds the candidate never sees) in every shared timing set, and their
         expected outputs, before a timed round of the candidate."""
-        self.round_pristine, self.round_expected, self.round_exact = [], [], []
+        self.round_pristine, self.round_expected, self.round_exact, self.round_mutated = [], [], [], []
         for shared, seed in zip(self.timing_shared, header["seeds"], strict=True):
             fresh = self.make_inputs(0, int(seed))
             shared.refresh(fresh)
             self.round_pristine.append(fresh)
             expected = self.forward(fresh)
             self.round_expected.append(expected)
+            self.round_mutated.append(self.last_mutated)  # what an in-place reference leaves in its inputs
             # The timed calls are judged as the trials are (the fp64 allowance included): an honest
             # kernel that sums in another order must not fail here where it passed there.
             self.round_exact.append(compare.exact_outputs(self.model64, fresh, expected))
@@ -311,7 +313,8 @@ class ReferenceRole:
         finally:
             attached.close()
         changed = [k for k, (shared, fresh) in enumerate(zip(self.timing_shared, self.round_pristine, strict=True))
-                   if not compare.inputs_unchanged(fresh, shared.value)["unchanged"]]
+                   if not compare.inputs_unchanged(fresh, shared.value, self.round_mutated[k] if k < len(self.round_mutated) else None,
+                                                   header.get("atol"), header.get("rtol"))["unchanged"]]
         return {"ok": True, "checks": results, "changed_sets": changed}, b""
 
     def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
