@@ -204,7 +204,7 @@ def _native_samples(run: _Run, first_label: int, calls: int, flushes: int) -> tu
     """The windows of a round's calls in the native recorder's records (each call between its two
     markers), or None and why not (no recorder, or records that do not add up: then the harness's
     events, advisory)."""
-    records = getattr(run.candidate, "records", None)
+    records = run.candidate.records
     if records is None:
         return None, None
     stream = records.wait_for_flush(flushes, timeout=5.0)
