@@ -39,7 +39,7 @@ DEFAULT_IMAGE = "triton-referee-worker:latest"
 _FD_FLAGS = ("--read-fd", "--write-fd", "--key-fd", "--data-fd", "--evidence-fd")  # the last is optional (the native recorder's)
 
 
-def _client(timeout: float = 30.0) -> Any:
+def _client(timeout: int = 30) -> Any:
     import docker  # optional dependency: only this backend needs it
 
     return docker.from_env(timeout=timeout)

@@ -59,8 +59,12 @@ class Limits:
 
 
 class Isolation(Protocol):
-    name: str
-    limits: Limits
+    # Read-only here: the backends are frozen dataclasses.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def limits(self) -> Limits: ...
 
     def command(self, argv: list[str], workdir: Path, device: str) -> list[str]:
         """The command line that runs `argv` confined, with `workdir` as its only writable place."""

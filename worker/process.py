@@ -233,7 +233,7 @@ class HarnessProcess:
         (shared memory) go with it and stay the caller's to close."""
         assert self.channel is not None and self.process is not None
         self._posted_at = time.monotonic()
-        self._guarded(header, lambda: self.channel.send(header, payload, deadline=deadline, fds=fds or ()))  # type: ignore[union-attr]
+        self._guarded(header, lambda: self.channel.send(header, payload, deadline=deadline, fds=fds or ()))
 
     def take_fds(self) -> list[int]:
         """The descriptors that came with the last reply (now the caller's to close)."""
@@ -248,7 +248,7 @@ class HarnessProcess:
             return {"stopped": True, "states": {}, "gone": True}
         if isinstance(self.process, _PooledChild):
             try:
-                return self.pool.signal(self.process.pid, "stop")  # type: ignore[union-attr]
+                return self.process.pool.signal(self.process.pid, "stop")
             except PoolUnavailable as exc:
                 return {"stopped": False, "states": {}, "error": str(exc)}
         if getattr(self.isolation, "name", "").startswith("docker"):
@@ -264,7 +264,7 @@ class HarnessProcess:
             return
         if isinstance(self.process, _PooledChild):
             try:
-                self.pool.signal(self.process.pid, "cont")  # type: ignore[union-attr]
+                self.process.pool.signal(self.process.pid, "cont")
             except PoolUnavailable:
                 pass
             return
@@ -278,7 +278,7 @@ class HarnessProcess:
     def collect(self, header: dict[str, Any], *, deadline: float) -> tuple[dict[str, Any], bytearray]:
         assert self.channel is not None
         try:
-            reply, data = self._guarded(header, lambda: self.channel.recv(deadline=deadline))  # type: ignore[union-attr]
+            reply, data = self._guarded(header, lambda: self.channel.recv(deadline=deadline))
         finally:
             self.busy_seconds += time.monotonic() - self._posted_at
         if reply.get("cmd") != header.get("cmd"):
