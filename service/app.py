@@ -135,6 +135,7 @@ class Observe:
 def _build(settings: Settings) -> tuple[Store, JobQueue]:
     if settings.embedded:
         return Store(MemoryKV(), settings.result_ttl_s), EmbeddedQueue(settings.embedded_workers, retries=settings.job_retries)
+    assert settings.redis_url is not None  # not embedded
     connection = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
     queue = RQQueue(connection, settings.queue_name, retries=settings.job_retries, result_ttl=settings.result_ttl_s,
                     worker_stale_s=settings.worker_stale_s)

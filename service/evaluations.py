@@ -122,7 +122,7 @@ class Evaluations:
         unique: dict[str, Prepared] = {}  # digest -> the first item with it in this request
         for item in items:
             unique.setdefault(item.digest, item)
-        records = [{"id": uuid.uuid4().hex, "owner": owner, "created_at": now, "name": item.name,
+        records: list[dict[str, Any]] = [{"id": uuid.uuid4().hex, "owner": owner, "created_at": now, "name": item.name,
                     "digest": digest, "reward_preset": item.reward_preset} for digest, item in unique.items()]
         previous = self.store.put_evaluations_and_claim(owner, records, list(unique))
         resolved: dict[str, tuple[str, bool]] = {}  # digest -> (id, deduplicated)

@@ -79,7 +79,7 @@ class RQQueue:
 
     def _outcome(self, job: Job) -> Outcome:
         status = job.get_status(refresh=False)
-        times = {"enqueued_at": _epoch(job.enqueued_at), "started_at": _epoch(job.started_at)}
+        times: dict[str, Any] = {"enqueued_at": _epoch(job.enqueued_at), "started_at": _epoch(job.started_at)}
         if status == JobStatus.FINISHED:
             return Outcome("finished", document=job.return_value(), **times)
         if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):

@@ -208,7 +208,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the queue answers and at least one worker is live."""
     referee = _referee(request)
-    kind = "embedded" if request.app.state.settings.embedded else "redis"
+    kind: Literal["redis", "embedded"] = "embedded" if request.app.state.settings.embedded else "redis"
 
     def probe() -> Readiness:
         try:

@@ -168,7 +168,7 @@ class _Run:
         if not reply.get("ok"):
             close_fds(fds)
             error = reply.get("error") or {"kind": "infrastructure_error", "message": "malformed reply"}
-            kind = error.get("kind")
+            kind = str(error.get("kind"))
             if process is self.reference and kind == "problem_error":
                 raise ProblemSourceError(error.get("message", "the reference failed"))
             verdict = _FAILURE_VERDICTS.get(kind, Verdict.infrastructure_error) if process is self.candidate else Verdict.infrastructure_error
@@ -269,7 +269,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     failure = static_checks.check_candidate(submission.source)
     static_ms = (time.monotonic() - started) * 1e3
     if failure is not None:
-        error = {"kind": failure.verdict.value, "message": failure.message, "line": failure.line}
+        error: dict[str, Any] | None = {"kind": failure.verdict.value, "message": failure.message, "line": failure.line}
         return _finish(result_id, config, failure.verdict, error, Correctness(), Performance(), AntiCheat(),
                        Environment(), False, {}, StageTimings(static=static_ms), started, submission.source)
 

@@ -118,9 +118,9 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
         if trace and trace not in text:
             text += "\n" + trace
         if source is not None:
-            lines = offending_lines(result, source)
-            if lines:
-                text += "\nIn your code:\n" + _quote(source, lines)
+            line_numbers = offending_lines(result, source)
+            if line_numbers:
+                text += "\nIn your code:\n" + _quote(source, line_numbers)
         return text.strip()
     if verdict == Verdict.timeout:
         return f"Timed out: {error.get('message', '')}. Check for endless loops or far too much work per call."

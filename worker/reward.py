@@ -30,12 +30,12 @@ def _reward(verdict: Verdict, speedup: float | None, meaningful: bool, config: R
         return config.cheat_penalty, Rewards(correctness=0.0, speedup=0.0)
     if verdict != Verdict.correct:
         return 0.0, Rewards(correctness=0.0, speedup=0.0)
-    timed = meaningful and speedup is not None
+    timed = speedup if meaningful else None  # the speedup, where it counts
     if config.preset == "tritonrl":
-        speed = speedup if timed else 0.0
-        return (speed if timed else 1.0), Rewards(correctness=1.0, speedup=speed)
+        speed = timed if timed is not None else 0.0
+        return (speed if timed is not None else 1.0), Rewards(correctness=1.0, speedup=speed)
     if config.preset == "fast_p":
-        fast = 1.0 if timed and speedup > config.fast_p_threshold else 0.0
-        return (fast if timed else 1.0), Rewards(correctness=1.0, speedup=fast)
-    capped = min(speedup, config.speedup_cap) if timed else 0.0
+        fast = 1.0 if timed is not None and timed > config.fast_p_threshold else 0.0
+        return (fast if timed is not None else 1.0), Rewards(correctness=1.0, speedup=fast)
+    capped = min(timed, config.speedup_cap) if timed is not None else 0.0
     return 1.0 + capped, Rewards(correctness=1.0, speedup=capped)

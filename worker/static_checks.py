@@ -28,10 +28,11 @@ MAX_INT_DIGITS = 4300
 _MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10))  # every int of at most this many bits has <= 4300 digits
 
 
-def _huge_int(tree: ast.Module) -> ast.Constant | None:
+def _huge_int(tree: ast.Module) -> tuple[int, int] | None:
+    """The line and size in bits of the first integer literal over the limit."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, int) and node.value.bit_length() > _MAX_INT_BITS:
-            return node
+            return node.lineno, node.value.bit_length()
     return None
 
 
@@ -50,8 +51,9 @@ def _parse(source: str, what: str) -> ast.Module | StaticFailure:
         return StaticFailure(Verdict.compile_error, f"the {what} cannot be parsed: {type(exc).__name__}: {exc}")
     huge = _huge_int(tree)
     if huge is not None:
-        return StaticFailure(Verdict.compile_error, f"SyntaxError at line {huge.lineno}: an integer literal over {MAX_INT_DIGITS} "
-                                                    f"digits ({huge.value.bit_length()} bits)", huge.lineno)
+        line, bits = huge
+        return StaticFailure(Verdict.compile_error, f"SyntaxError at line {line}: an integer literal over {MAX_INT_DIGITS} "
+                                                    f"digits ({bits} bits)", line)
     return tree
 
 

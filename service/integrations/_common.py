@@ -98,8 +98,9 @@ class RefereeScorer:
             raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
         candidates: list[Candidate | None] = [find_candidate(c) for c in completions]
         scored: list[Scored | None] = [None if c is not None else Scored(no_code_result(), None) for c in candidates]
-        pending = [i for i, c in enumerate(candidates) if c is not None]
-        bodies = [{**self.options, **problem_spec(problems[i]), "candidate": candidates[i].source} for i in pending]  # type: ignore[union-attr]
+        found = {i: c for i, c in enumerate(candidates) if c is not None}
+        pending = list(found)
+        bodies = [{**self.options, **problem_spec(problems[i]), "candidate": found[i].source} for i in pending]
         if bodies:
             with RefereeClient(self.url, self.api_key, timeout=60.0) as client:
                 for i, result in zip(pending, client.evaluate_many(bodies, concurrency=self.concurrency, timeout=self.timeout), strict=True):

@@ -116,7 +116,7 @@ def register_with_verl(name: str = "referee") -> None:
     """Put `RefereeRewardManager` in verl's reward-manager registry under `name` (once per process)."""
     from verl.workers.reward_manager.registry import REWARD_MANAGER_REGISTRY
 
-    REWARD_MANAGER_REGISTRY.setdefault(name, RefereeRewardManager)  # type: ignore[arg-type]
+    REWARD_MANAGER_REGISTRY.setdefault(name, RefereeRewardManager)
 
 
 if "verl" in sys.modules:  # loaded by verl (a path, pkg://, or VERL_USE_EXTERNAL_MODULES): register
