@@ -12,6 +12,7 @@ import os
 import site
 import sys
 import sysconfig
+from types import FrameType
 from typing import Any
 
 # Introspection events decided by the direct caller: stdlib helpers (namedtuple, typing, logging)
@@ -110,7 +111,7 @@ class AuditGuard:
         return not os.path.realpath(filename).startswith(self._trusted_roots + self._stdlib)
 
     def _direct_caller_untrusted(self) -> str | None:
-        frame = self._getframe(2)
+        frame: FrameType | None = self._getframe(2)
         while frame is not None and frame.f_code.co_filename.endswith(_LOOKED_THROUGH):
             frame = frame.f_back
         if frame is not None and self._untrusted(frame.f_code.co_filename):
@@ -119,7 +120,7 @@ class AuditGuard:
 
     def _untrusted_caller(self) -> str | None:
         """The file of the innermost frame outside the standard library, if that is untrusted code."""
-        frame = self._getframe(2)
+        frame: FrameType | None = self._getframe(2)
         while frame is not None:
             filename = frame.f_code.co_filename
             in_stdlib = filename.startswith("<frozen") or (

@@ -177,7 +177,7 @@ class CandidateRole:
     def _native_recorder(self) -> Any:
         """The native recorder this process was started with (the `native` package, where present)."""
         try:
-            from . import native  # type: ignore[attr-defined]
+            from . import native
         except ImportError:
             return None
         active = getattr(native, "active", None)
@@ -264,7 +264,8 @@ class CandidateRole:
         work = self.meter.take()
         work.pop("derived")
         work["triton_bytes"] = self._launch_bytes(launches)
-        outputs, fds = [], []
+        outputs: list[Any] = []
+        fds: list[int] = []
         try:
             for value in timed.pop("outputs"):
                 description, sent = self._export(value, self.device)

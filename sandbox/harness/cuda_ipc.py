@@ -100,7 +100,7 @@ def export_handle(tensor: torch.Tensor) -> tuple[str, int, int]:
     """(handle, allocation size, byte offset of the tensor's storage offset 0) for a device tensor
     of this process: the handle of the whole allocation it lives in."""
     base, size = ctypes.c_uint64(), ctypes.c_size_t()
-    pointer = tensor.data_ptr() - tensor.storage_offset() * tensor.element_size()
+    pointer = tensor.data_ptr() - int(tensor.storage_offset()) * tensor.element_size()
     _check(_cuda().cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), pointer), "cuMemGetAddressRange")
     handle = _Handle()
     _check(_cuda().cuIpcGetMemHandle(ctypes.byref(handle), base.value), "cuIpcGetMemHandle")
@@ -116,8 +116,8 @@ class Opened:
 
     def open(self, handle: Any) -> tuple[int, torch.Tensor]:
         if handle in self.blocks:
-            _, size, data = self.blocks[handle]
-            return size, data
+            _, known_size, data = self.blocks[handle]
+            return known_size, data
         if not isinstance(handle, str) or len(handle) != 2 * HANDLE_BYTES:
             raise IpcError("malformed IPC handle")
         try:

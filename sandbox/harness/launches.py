@@ -41,7 +41,7 @@ class LaunchRecorder:
     def install(self) -> None:
         from triton.runtime.jit import JITFunction
 
-        classes: list[type] = [JITFunction]
+        classes: list[Any] = [JITFunction]  # Triton's classes (untyped: their `run` is replaced)
         try:
             from triton.runtime.interpreter import InterpretedFunction
 

@@ -87,7 +87,7 @@ class Channel:
             except OSError:
                 pass
 
-    def _mac(self, tag: bytes, seq: int, header: bytes, payload: bytes | memoryview) -> bytes:
+    def _mac(self, tag: bytes, seq: int, header: bytes, payload: bytes | bytearray | memoryview) -> bytes:
         mac = hmac.new(self._key, tag + seq.to_bytes(8, "big"), hashlib.sha256)
         mac.update(header)
         mac.update(payload)

@@ -6,6 +6,7 @@ No pickle anywhere: a candidate controls the bytes it sends, so decoding must no
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from typing import Any
 
@@ -73,7 +74,7 @@ def encode(value: Any) -> tuple[Any, bytes]:
     return description, b"".join(chunks)
 
 
-def decode(description: Any, payload: bytes | bytearray, device: str | torch.device = "cpu") -> Any:
+def decode(description: Any, payload: bytes | bytearray | mmap.mmap, device: str | torch.device = "cpu") -> Any:
     """Rebuild a value; anything malformed (the candidate controls these bytes) is an EncodeError."""
     try:
         return _decode(description, payload, device)
@@ -83,7 +84,7 @@ def decode(description: Any, payload: bytes | bytearray, device: str | torch.dev
         raise EncodeError(f"malformed value description: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(description: Any, payload: bytes | bytearray, device: str | torch.device) -> Any:
+def _decode(description: Any, payload: bytes | bytearray | mmap.mmap, device: str | torch.device) -> Any:
     buffer = payload if isinstance(payload, bytearray) else bytearray(payload)
 
     def walk(desc: Any) -> Any:
@@ -365,7 +366,7 @@ def export_outputs(value: Any, device: torch.device) -> tuple[Any, list[int]]:
             desc["fd"] = 0
             if desc["nbytes"]:
                 flat = tensor.detach().contiguous().reshape(-1).cpu().view(torch.uint8)
-                shm.write_at(fd, desc["offset"], flat.numpy())
+                shm.write_at(fd, desc["offset"], flat.numpy().data)
         shm.seal(fd)
     except BaseException:
         os.close(fd)

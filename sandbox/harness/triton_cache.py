@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sysconfig
-from types import ModuleType
 from typing import Any
 
 LAUNCHER = "__triton_launcher"
@@ -66,7 +65,7 @@ def copy_seed(source: str, target: str, files: dict[str, str]) -> int:
     return copied
 
 
-def _driver() -> ModuleType | None:
+def _driver() -> Any:  # Triton's module or None (Triton ships no types)
     """Triton's CUDA driver module, when it builds a launcher per argument-type pattern."""
     try:
         from triton.backends.nvidia import driver

@@ -91,6 +91,17 @@ class WorkMeter:
     kernel wrote before the op counts as that op's source.
     """
 
+    # Per call, set by reset().
+    op_bytes: Counter[str]
+    op_calls: Counter[str]
+    scalar_reads: int
+    scalar_reads_of_kernel_data: int
+    derived: set[int]
+    inputs: set[int]  # the call's inputs: kernels read them, so what torch makes of them is not derived
+    _kernel: set[int]
+    _launches_seen: int
+    _keep: list[Any]  # derived storages stay alive so their addresses are not reused
+
     def __init__(self, launches: Callable[[], list[Any]]) -> None:
         self._launches = launches
         self.device_type = "cpu"  # scalar reads of tensors on this device count (a CPU tensor's .item() moves nothing)
@@ -116,15 +127,15 @@ class WorkMeter:
         self.inputs = {s for s in map(_storage, _tensors(inputs)) if s is not None}
 
     def reset(self) -> None:
-        self.op_bytes: Counter[str] = Counter()
-        self.op_calls: Counter[str] = Counter()
+        self.op_bytes = Counter()
+        self.op_calls = Counter()
         self.scalar_reads = 0
         self.scalar_reads_of_kernel_data = 0
-        self.derived: set[int] = set()
-        self.inputs: set[int] = set()  # the call's inputs: kernels read them, so what torch makes of them is not derived
-        self._kernel: set[int] = set()
+        self.derived = set()
+        self.inputs = set()
+        self._kernel = set()
         self._launches_seen = 0
-        self._keep: list[Any] = []  # derived storages stay alive so their addresses are not reused
+        self._keep = []
 
     def record(self, name: str, bookkeeping: bool, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
         if not self.tracking and bookkeeping and name != "_local_scalar_dense":

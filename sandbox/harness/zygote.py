@@ -118,7 +118,7 @@ def _compile_for(target: str) -> None:
     backend, arch, warp = target.split(":")
 
     @triton.jit
-    def _warm(x_ptr, n, BLOCK: tl.constexpr):
+    def _warm(x_ptr, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]  # Triton reads a kernel's annotations
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
         tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) * 2.0, mask=mask)
@@ -163,7 +163,8 @@ class Zygote:
         while True:
             self.reap()
             self.watch_memory()
-            ready, _, _ = select.select([self.listener, self.lifeline], [], [], 0.2)
+            watched: list[socket.socket | int] = [self.listener, self.lifeline]
+            ready, _, _ = select.select(watched, [], [], 0.2)
             if self.lifeline in ready:
                 return 0
             if self.listener in ready:
@@ -433,6 +434,7 @@ class Zygote:
     def lock_down(self, own: int) -> None:
         """Confine this spare for good (one thread, no CUDA yet): its own directory to write, the
         zygote's verified Triton builds to read, the runtime to read and Triton's compilers to run."""
+        assert self.support is not None  # a spare has its own directory only under lockdown (fork_spare)
         try:
             lockdown.apply(lockdown.Policy(read_write=[own], rules=self.lockdown_rules, unix_sockets=self.device == "cuda"), self.support)
         except OSError as exc:
