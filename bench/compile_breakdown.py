@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import triton
@@ -22,7 +23,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+def _scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]  # Triton reads a kernel's annotations
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     tl.store(y_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) * 3.0, mask=mask)
@@ -30,7 +31,7 @@ def _scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
 
 def child(cache_dir: str, report: str) -> None:
     os.environ["TRITON_CACHE_DIR"] = cache_dir
-    marks = {}
+    marks: dict[str, Any] = {}
     started = time.monotonic()
     torch.cuda.init()
     x = torch.randn(1 << 20, device="cuda")
@@ -52,7 +53,7 @@ def child(cache_dir: str, report: str) -> None:
     Path(report).write_text(json.dumps(marks))
 
 
-def run_child(cache_dir: str) -> dict:
+def run_child(cache_dir: str) -> dict[str, Any]:
     report = tempfile.mktemp(suffix=".json")
     started = time.monotonic()
     pid = os.fork()
@@ -73,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     assert not torch.cuda.is_initialized()
     root = Path(tempfile.mkdtemp())
-    rows = {"empty_cache": [], "seeded_cache": []}
+    rows: dict[str, list[dict[str, Any]]] = {"empty_cache": [], "seeded_cache": []}
     for i in range(3):
         rows["empty_cache"].append(run_child(str(root / f"empty{i}")))
     seed = root / "empty0"

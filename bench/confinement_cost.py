@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,7 +70,7 @@ def start_pool(backend: str, device: str, lockdown_on: bool) -> WarmPool:
     return pool
 
 
-def one(pool: WarmPool, device: str) -> tuple[float, float, list[str]]:
+def one(pool: WarmPool, device: Literal["cuda", "cpu"]) -> tuple[float, float, list[str]]:
     config = EvalConfig(device=device, trials=2, timeout_s=120)
     started = time.perf_counter()
     result = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), config, pool=pool.client)
@@ -80,7 +80,7 @@ def one(pool: WarmPool, device: str) -> tuple[float, float, list[str]]:
     return elapsed, result.timings_ms.start, result.environment.confinement
 
 
-def measure(backend: str, device: str, runs: int) -> dict[str, Any]:
+def measure(backend: str, device: Literal["cuda", "cpu"], runs: int) -> dict[str, Any]:
     """Both pools run at once; evaluations alternate between them (off, on, on, off, ...), so the
     load of a shared machine falls on both alike. The paired differences are the cost."""
     pools = {"off": start_pool(backend, device, False), "on": start_pool(backend, device, True)}

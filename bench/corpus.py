@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     summary = summarise(rows)
-    false_rejections = [
+    false_rejections: list[dict[str, Any]] = [
         {k: r.get(k) for k in ("candidate", "verdict", "rules", "message", "failed_trial", "tags")}
         for r in rows
         if r["label"] == "honest" and r["verdict"] != ACCEPTED
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["label"] in REJECT_LABELS and r["verdict"] == ACCEPTED
     ]
     machine = machine_name(device)
-    environment = next((r["environment"] for r in rows if r.get("environment")), {})
+    environment: dict[str, Any] = next((r["environment"] for r in rows if r.get("environment")), {})
     document = {
         "machine": machine,
         "device": device,

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -106,7 +107,7 @@ def main() -> int:
         "seccomp": {"seccomp": support.seccomp},
         "both": {"landlock_abi": support.landlock_abi, "seccomp": support.seccomp},
     }
-    report = {
+    report: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "kernel": os.uname().release,

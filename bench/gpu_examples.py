@@ -47,7 +47,7 @@ def main() -> int:
                 result = evaluate(
                     Problem(source=(problem_dir / "reference.py").read_text(), name=problem_dir.name),
                     Submission(source=candidate.read_text()),
-                    EvalConfig(device=device),  # type: ignore[arg-type]
+                    EvalConfig(device=device),
                 )
                 wall = time.monotonic() - started
                 perf = result.performance

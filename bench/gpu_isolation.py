@@ -106,7 +106,7 @@ def run_probes(out: dict[str, Any]) -> None:
     sentinel = subprocess.Popen(["sleep", "300"], start_new_session=True)
     secrets = {"AWS_SECRET_ACCESS_KEY": "gpu-probe-" + uuid.uuid4().hex, "REFEREE_API_KEYS": "gpu-probe-" + uuid.uuid4().hex}
     os.environ.update(secrets)
-    config = {"port": port, "outside": "1.1.1.1", "other_job_file": str(other / "expected.txt"),
+    config: dict[str, Any] = {"port": port, "outside": "1.1.1.1", "other_job_file": str(other / "expected.txt"),
               "worker_file": str(ROOT / "service" / "settings.py"),
               "outside_file": str(Path(tempfile.gettempdir()) / f"referee-escape-{uuid.uuid4().hex}"),
               "repo_file": str(ROOT / f"escape-{uuid.uuid4().hex}.txt"),

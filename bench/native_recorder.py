@@ -49,7 +49,7 @@ def child(mode: str, fd: int, cache: str) -> None:
     import triton.language as tl
 
     @triton.jit
-    def bench_scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    def bench_scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]  # Triton reads a kernel's annotations
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
         tl.store(y_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) * 3.0, mask=mask)

@@ -166,8 +166,8 @@ def summarize(records: list[Record]) -> dict[str, Any]:
     latency = [r.done - r.submitted for r in records if r.done]
     engine = [(r.result.get("timings_ms") or {}).get("total", 0) / 1e3 for r in records if r.result.get("timings_ms")]
     queued = [(r.result.get("timings_ms") or {}).get("queued", 0) / 1e3 for r in records if r.result.get("timings_ms")]
-    lock = [(r.result.get("performance") or {}).get("lock_wait_ms") for r in records]
-    lock = [x / 1e3 for x in lock if x is not None]
+    lock_ms = [(r.result.get("performance") or {}).get("lock_wait_ms") for r in records]
+    lock = [x / 1e3 for x in lock_ms if x is not None]
 
     stages: dict[str, list[float]] = {}
     for r in records:

@@ -11,6 +11,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import triton.testing
@@ -40,7 +41,7 @@ def main() -> None:
         input_sets = [reference.get_inputs() for _ in range(4)]
     rows: dict[str, float] = {}
 
-    def timer_median(label: str, mode=None) -> None:
+    def timer_median(label: str, mode: Any = None) -> None:
         with torch.no_grad():
             if mode is None:
                 stats = CudaTimer(device).run(lambda x: model(*x), input_sets)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sandbox.harness import shm
 from sandbox.harness.stats import clean_samples, summarize, tight
@@ -61,7 +61,7 @@ _FAILURE_VERDICTS = {
 }
 
 
-def detect_device() -> str:
+def detect_device() -> Literal["cuda", "cpu"]:
     """'cuda' when an NVIDIA device node exists, else 'cpu' (decided without importing torch)."""
     return "cuda" if glob.glob("/dev/nvidia[0-9]*") else "cpu"
 
