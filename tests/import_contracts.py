@@ -20,9 +20,9 @@ class OnlyImportsContract(Contract):
     allowed = fields.ListField(subfield=fields.StringField())
 
     def check(self, graph: grimp.ImportGraph, verbose: bool) -> ContractCheck:
-        allowed = set(sys.stdlib_module_names) | {str(name) for name in self.allowed}  # type: ignore[attr-defined]
+        allowed = set(sys.stdlib_module_names) | {str(name) for name in self.allowed}
         offences = []
-        for source in self.source_modules:  # type: ignore[attr-defined]
+        for source in self.source_modules:
             package = source.name
             for importer in sorted({package} | graph.find_descendants(package)):
                 for imported in sorted(graph.find_modules_directly_imported_by(importer)):

@@ -195,7 +195,7 @@ def test_an_rq_worker_keeps_reference_data_in_a_private_directory(monkeypatch: p
     monkeypatch.setenv("REFEREE_REFERENCE_DATA_MAX_USES", "7")
     jobs.use_reference_data_directory()
     assert jobs.REFERENCE_DATA.max_uses == 7
-    assert jobs.REFERENCE_DATA.store.directory == tmp_path / "reference" / "data"  # type: ignore[union-attr]
+    assert jobs.REFERENCE_DATA.store.directory == tmp_path / "reference" / "data"
     assert stat.S_IMODE((tmp_path / "reference" / "data").stat().st_mode) == 0o700
 
 

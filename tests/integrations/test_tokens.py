@@ -105,7 +105,7 @@ def test_trl_token_level_rewards_against_the_server(
     first, second = per_token
     assert first is not None and second is not None
     assert len(first) == len(ids[0]) and len(second) == len(ids[1])
-    start, stop = code_token_range(tokenizer, ids[0], (find_candidate(texts[0]).start, find_candidate(texts[0]).end))  # type: ignore[union-attr]
+    start, stop = code_token_range(tokenizer, ids[0], (find_candidate(texts[0]).start, find_candidate(texts[0]).end))
     assert first[start:stop] == [1.0] * (stop - start)  # correct: correctness 1 on the code
     assert set(first[:start]) == {0.0}  # rewards.speedup on the plan: 0 on the CPU, which times nothing
     assert set(second) == {0.0}
