@@ -206,10 +206,10 @@ def host_use(into: dict[str, Any], interval_s: float = 2.0) -> Iterator[None]:
     stop = threading.Event()
     smi = shutil.which("nvidia-smi")
 
-    def sample() -> None:
+    def sample(smi: str) -> None:
         while not stop.wait(interval_s):
             try:
-                out = subprocess.run([smi, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],  # type: ignore[list-item]
+                out = subprocess.run([smi, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],
                                      capture_output=True, text=True, timeout=10).stdout
             except (OSError, subprocess.SubprocessError):
                 return
@@ -218,7 +218,7 @@ def host_use(into: dict[str, Any], interval_s: float = 2.0) -> Iterator[None]:
                 if len(parts) == 2 and parts[1].replace(".", "").isdigit():
                     samples.setdefault(parts[0], []).append(float(parts[1]))
 
-    sampler = threading.Thread(target=sample, daemon=True) if smi else None
+    sampler = threading.Thread(target=sample, args=(smi,), daemon=True) if smi else None
     if sampler:
         sampler.start()
     states = ProcessStates(interval_s=0.25)

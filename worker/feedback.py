@@ -69,10 +69,11 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
     verdict = result.verdict
     if verdict == Verdict.correct:
         perf = result.performance
-        if perf.meaningful and perf.speedup is not None:
+        # A speedup is only ever set with both timings (evaluate._time).
+        if perf.meaningful and perf.speedup is not None and perf.candidate_ms is not None and perf.reference_ms is not None:
             text = (f"Correct on {result.correctness.trials} trials over {result.correctness.input_sets} input sets. "
                     f"Speedup {perf.speedup:.2f}x over the PyTorch reference "
-                    f"({perf.candidate_ms.median:.4g} ms vs {perf.reference_ms.median:.4g} ms).")  # type: ignore[union-attr]
+                    f"({perf.candidate_ms.median:.4g} ms vs {perf.reference_ms.median:.4g} ms).")
             if perf.speedup < 1.0:
                 text += " It is slower than PyTorch: fuse work into fewer kernels, use larger blocks, or cut memory traffic."
             return text + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings)
