@@ -206,8 +206,7 @@ def main(args: list[str]) -> int:
         return 128 - code if code < 0 else code
     if spec.get("chdir"):
         os.chdir(spec["chdir"])
-    os.execv(argv[0], argv)
-    return 127
+    os.execv(argv[0], argv)  # returns only by raising
 
 
 if __name__ == "__main__":
