@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.rules import RULES
-from sandbox.static_checks import ProblemSourceError
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.rules import RULES
+from worker.static_checks import ProblemSourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 HONEST_FILL = '''

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sandbox.models import EvaluationResult, Verdict
+from worker.models import EvaluationResult, Verdict
 
 # DESIGN.md, "Reward JSON": the fields every client may rely on.
 REWARD_JSON_FIELDS = [
