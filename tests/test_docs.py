@@ -26,7 +26,9 @@ NOT_REPOSITORY_FILES = {
 OUTSIDE_REFERENCES = ("../shared", "/work/", "DESIGN" + ".md", "ANTICHEAT" + ".md", "NEWS" + ".md")
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
-INLINE = re.compile(r"`([^`\n]+)`")
+# A code span, as CommonMark reads it: a run of backticks up to the next run of the same length,
+# possibly across a line break (never a blank line).
+INLINE = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n\s*\n).)+?)(?<!`)\1(?!`)", re.S)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*$", re.M)
 FILE_SUFFIXES = (".py", ".md", ".yaml")
@@ -64,7 +66,7 @@ def cited_paths(text: str, top_level: set[str]) -> list[tuple[str, bool]]:
     is one bare file name ending in .py, .md or .yaml (`bare`: found by its name anywhere)."""
     found: list[tuple[str, bool]] = []
     spans = [(block.group(0), False) for block in FENCE.finditer(text)]
-    spans += [(span, True) for span in INLINE.findall(FENCE.sub("", text))]
+    spans += [(match.group(2), True) for match in INLINE.finditer(FENCE.sub("", text))]
     for span, inline in spans:
         tokens = span.split()
         for raw in tokens:
@@ -135,14 +137,17 @@ def test_the_path_check_catches_what_is_missing(files: list[str], tmp_path: Path
     text = (
         "The engine is `worker/evaluate.py`; the old one was `sandbox/evaluate.py`.\n"
         "```\nbash bench/gpu_session.sh && python3 bench/no_such_benchmark.py --out DIR\n```\n"
-        "See `compare.py`, `no_such_module.py`, `REFERENCE.py` and `docs/{design,nowhere}.md`.\n"
+        "See `compare.py`, `no_such_module.py`, `REFERENCE.py` and `docs/{design,nowhere}.md`; run `bash\n"
+        "bench/gone.sh --fast` (``a `quoted` tests/nothing.py``).\n"
         "Elsewhere: `/usr/lib`, `POST /v1/evaluations`, `KernelBench/level1`, `pkg://service.integrations.verl`.\n"
     )
     assert sorted(missing_paths(text, files)) == [
+        "bench/gone.sh",
         "bench/no_such_benchmark.py",
         "docs/nowhere.md",
         "no_such_module.py",
         "sandbox/evaluate.py",
+        "tests/nothing.py",
     ]
     document = tmp_path / "page.md"
     (tmp_path / "other.md").write_text("# A heading\n")
