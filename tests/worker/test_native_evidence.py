@@ -264,8 +264,8 @@ def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> Non
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    for path in (root / "sandbox" / "native_evidence.py", root / "sandbox" / "harness" / "native" / "__init__.py"):
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "worker" / "native_evidence.py", root / "sandbox" / "harness" / "native" / "__init__.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = "import worker.jobs as jobs; print(jobs.REFERENCE_CACHE.directory)"
 
 
