@@ -274,7 +274,8 @@ def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> Non
             else:
                 continue
             for name in names:
-                assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
+                # the judge reads the loader's constants from sandbox.harness.native, the second file here
+                assert name.split(".")[0] in sys.stdlib_module_names or name == "sandbox.harness", f"{path.name} imports {name}"
 
 
 def test_profile_from_windows_has_the_profile_commands_shape() -> None:
