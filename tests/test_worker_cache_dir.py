@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ("from worker import context; from worker.settings import JudgeSettings; "
-         "print(context.start(JudgeSettings(isolation='process', warm_pool=False), data_in_files=True).reference_cache.directory)")
+         "print(context.start(JudgeSettings(isolation='process', warm_pool=False), data_in_files=False).reference_cache.directory)")
 
 
 def _cache_directory(wanted: Path) -> subprocess.CompletedProcess[str]:
