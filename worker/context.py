@@ -71,14 +71,19 @@ def reference_cache_directory(wanted: Path) -> Path:
             owner: int | None = wanted.stat().st_uid
         except OSError:
             owner = None
-        print(f"warning: the reference cache {wanted} is not writable by uid {os.getuid()} ({exc.strerror or exc}"
-              f"{f'; owned by uid {owner}' if owner is not None else ''}); this worker caches in {fallback} instead. "
-              f"Fix: chown {os.getuid()} {wanted}", file=sys.stderr, flush=True)
+        print(
+            f"warning: the reference cache {wanted} is not writable by uid {os.getuid()} ({exc.strerror or exc}"
+            f"{f'; owned by uid {owner}' if owner is not None else ''}); this worker caches in {fallback} instead. "
+            f"Fix: chown {os.getuid()} {wanted}",
+            file=sys.stderr,
+            flush=True,
+        )
         return fallback
 
 
-def start(settings: JudgeSettings, *, data_in_files: bool, pool_spares: int | None = None,
-          device: str | None = None) -> WorkerContext:
+def start(
+    settings: JudgeSettings, *, data_in_files: bool, pool_spares: int | None = None, device: str | None = None
+) -> WorkerContext:
     """Set up this process's context from `settings` and make it current.
 
     `data_in_files`: keep reference data as private files beside the timings (an RQ worker: each job
@@ -95,12 +100,16 @@ def start(settings: JudgeSettings, *, data_in_files: bool, pool_spares: int | No
         context.reference_cache = ReferenceCache(directory)
         if settings.reference_data_cache:
             context.reference_data = ReferenceDataCache(
-                directory / "data" if data_in_files else None, max_uses=settings.reference_data_max_uses,
-                ttl_s=settings.reference_data_ttl_s, max_entry_bytes=settings.reference_data_max_bytes)
+                directory / "data" if data_in_files else None,
+                max_uses=settings.reference_data_max_uses,
+                ttl_s=settings.reference_data_ttl_s,
+                max_entry_bytes=settings.reference_data_max_bytes,
+            )
     if settings.warm_pool and isolation.name in POOLED_BACKENDS:
         spares = settings.pool_spares if pool_spares is None else pool_spares
-        pool = WarmPool(device or detect_device(), spares=spares, warm_target="auto", isolation=isolation,
-                        python=settings.harness_python)
+        pool = WarmPool(
+            device or detect_device(), spares=spares, warm_target="auto", isolation=isolation, python=settings.harness_python
+        )
         pool.start()
         context.pool = pool
         threading.Thread(target=_watch, args=(pool,), name="referee-pool-watch", daemon=True).start()

@@ -36,11 +36,14 @@ class JudgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REFEREE_", extra="ignore", env_ignore_empty=True)
 
     # How harness processes are confined. Never set per request.
-    isolation: IsolationName = Field(default=IsolationName(defaults.ISOLATION),
-                                     description="auto takes docker, then bwrap, then unshare")
+    isolation: IsolationName = Field(
+        default=IsolationName(defaults.ISOLATION), description="auto takes docker, then bwrap, then unshare"
+    )
     lockdown: Lockdown = Field(default=Lockdown(defaults.LOCKDOWN), description="layers harness processes put on themselves")
-    unsafe_no_audit_hook: bool = Field(default=defaults.UNSAFE_NO_AUDIT_HOOK,
-                                       description="candidates run without the audit hook: testing the kernel's layer alone")
+    unsafe_no_audit_hook: bool = Field(
+        default=defaults.UNSAFE_NO_AUDIT_HOOK,
+        description="candidates run without the audit hook: testing the kernel's layer alone",
+    )
     harness_python: str | None = Field(default=defaults.HARNESS_PYTHON, description="interpreter for harness processes")
     docker_image: str = defaults.DOCKER_IMAGE
     docker_python: str | None = defaults.DOCKER_PYTHON
@@ -67,8 +70,12 @@ class JudgeSettings(BaseSettings):
 
     def docker_options(self) -> dict[str, object]:
         """The DockerIsolation fields a worker sets (sandbox/docker_backend.py cannot read settings)."""
-        return {"image": self.docker_image, "python": self.docker_python, "harness_lib": self.docker_harness_lib,
-                "state_dir": self.docker_state_dir}
+        return {
+            "image": self.docker_image,
+            "python": self.docker_python,
+            "harness_lib": self.docker_harness_lib,
+            "state_dir": self.docker_state_dir,
+        }
 
 
 class WorkerSettings(JudgeSettings):
