@@ -718,7 +718,7 @@ def serve(
 WORKER_OPTIONS = {"redis_url": "--redis-url", "gpu": "--gpu", "queue_name": "--queue", "worker_name": "--name", "burst": "--burst",
                   "monitoring_interval_s": "--monitoring-interval", "heartbeat_grace_s": "--heartbeat-grace",
                   "registry_maintenance_interval_s": "--maintenance-interval", "worker_ttl_s": "--worker-ttl",
-                  "concurrency": "--concurrency", "warm_pool": "--warm-pool", "isolation": "--isolation"}
+                  "worker_concurrency": "--concurrency", "warm_pool": "--warm-pool", "isolation": "--isolation"}
 
 
 @app.command()
@@ -751,7 +751,7 @@ def worker(
     given = {"redis_url": redis_url, "gpu": gpu, "queue_name": queue, "worker_name": name, "burst": burst,
              "monitoring_interval_s": monitoring_interval, "heartbeat_grace_s": heartbeat_grace,
              "registry_maintenance_interval_s": maintenance_interval, "worker_ttl_s": worker_ttl,
-             "concurrency": concurrency, "warm_pool": warm_pool, "isolation": isolation}
+             "worker_concurrency": concurrency, "warm_pool": warm_pool, "isolation": isolation}
     overrides = {key: value for key, value in given.items() if value is not None}
     settings = _settings_or_usage_error(lambda: WorkerSettings(**overrides), WORKER_OPTIONS)
     run_worker(settings)

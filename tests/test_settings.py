@@ -134,6 +134,8 @@ def test_defaults_come_from_the_defaults_module(monkeypatch: pytest.MonkeyPatch)
         defaults.WORKER_TTL_S,
         defaults.QUEUE_NAME,
     )
+    monkeypatch.setenv("REFEREE_CONCURRENCY", "16")  # the trainer integrations' (evaluations in flight), not the worker's
+    assert WorkerSettings(redis_url="redis://localhost:1/0").worker_concurrency == defaults.WORKER_CONCURRENCY
     api = Settings()
     assert (api.port, api.max_body_bytes, api.reference_data_max_uses, api.lock_dir) == (
         defaults.PORT,

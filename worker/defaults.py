@@ -44,7 +44,7 @@ MONITORING_INTERVAL_S = 10  # RQ checks the horse and refreshes the job's heartb
 HEARTBEAT_GRACE_S = 60  # a heartbeat this late makes the job count as abandoned (RQ's fixed grace is 60 s)
 REGISTRY_MAINTENANCE_INTERVAL_S = 600  # RQ's own registry sweeps
 WORKER_TTL_S = 420  # how long a worker stays registered without a heartbeat
-CONCURRENCY = 1  # RQ workers on one GPU, sharing its warm pool and timing lock
+WORKER_CONCURRENCY = 1  # RQ workers on one GPU, sharing its warm pool and timing lock
 LOG_LEVEL = "INFO"
 
 # --- the API server (`referee serve`) ---

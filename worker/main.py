@@ -100,10 +100,10 @@ def run_worker(options: WorkerSettings) -> None:
 
     # Set up once, before RQ forks its work horses: each inherits it (settings, backend, warm pool,
     # caches). Reference data as files: a horse's memory would not carry entries over.
-    host = context.start(options, data_in_files=True, pool_spares=max(options.pool_spares, 2 * options.concurrency))
+    host = context.start(options, data_in_files=True, pool_spares=max(options.pool_spares, 2 * options.worker_concurrency))
     parent = os.getpid()
     siblings = []
-    for index in range(1, options.concurrency):
+    for index in range(1, options.worker_concurrency):
         pid = os.fork()
         if pid == 0:  # a sibling RQ worker on the same GPU and pool; it dies with this process
             _die_with_parent(parent)

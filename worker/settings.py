@@ -90,5 +90,6 @@ class WorkerSettings(JudgeSettings):
     heartbeat_grace_s: int = Field(default=defaults.HEARTBEAT_GRACE_S, ge=1)
     registry_maintenance_interval_s: int = Field(default=defaults.REGISTRY_MAINTENANCE_INTERVAL_S, ge=1)
     worker_ttl_s: int = Field(default=defaults.WORKER_TTL_S, ge=5)
-    concurrency: int = Field(default=defaults.CONCURRENCY, ge=1)
+    # Not REFEREE_CONCURRENCY: the trainer integrations read that one (evaluations in flight).
+    worker_concurrency: int = Field(default=defaults.WORKER_CONCURRENCY, ge=1)
     log_level: LogLevel = LogLevel(defaults.LOG_LEVEL)
