@@ -86,10 +86,14 @@ class WorkerSettings(JudgeSettings):
     gpu: int | None = Field(default=None, ge=0, description="pinned with CUDA_VISIBLE_DEVICES for every job")
     worker_name: str | None = Field(default=None, description="default: host, GPU and pid")
     burst: bool = False
+    # RQ checks the horse and refreshes the job's heartbeat every `monitoring_interval_s`; a job whose
+    # heartbeat is `heartbeat_grace_s` overdue counts as abandoned (RQ's fixed grace is 60 s).
     monitoring_interval_s: int = Field(default=defaults.MONITORING_INTERVAL_S, ge=1)
     heartbeat_grace_s: int = Field(default=defaults.HEARTBEAT_GRACE_S, ge=1)
     registry_maintenance_interval_s: int = Field(default=defaults.REGISTRY_MAINTENANCE_INTERVAL_S, ge=1)
     worker_ttl_s: int = Field(default=defaults.WORKER_TTL_S, ge=5)
+    # RQ runs one job at a time per worker process: this many processes share the GPU, its warm pool
+    # and its timing lock, so one job's start-up, compile and checks overlap another's timing.
     # Not REFEREE_CONCURRENCY: the trainer integrations read that one (evaluations in flight).
     worker_concurrency: int = Field(default=defaults.WORKER_CONCURRENCY, ge=1)
     log_level: LogLevel = LogLevel(defaults.LOG_LEVEL)
