@@ -25,6 +25,7 @@ from rich.table import Table
 
 from sandbox.isolation import Isolation, IsolationName
 from sandbox.selection import select_isolation
+from worker import defaults
 from worker.evaluate import detect_device, evaluate
 from worker.models import (
     MAX_SOURCE_BYTES,
@@ -725,22 +726,22 @@ WORKER_OPTIONS = {"redis_url": "--redis-url", "gpu": "--gpu", "queue_name": "--q
 def worker(
     redis_url: Annotated[str | None, typer.Option(help="Redis holding the queue (or REFEREE_REDIS_URL)")] = None,
     gpu: Annotated[int | None, typer.Option(min=0, help="pin this GPU (CUDA_VISIBLE_DEVICES) for every job")] = None,
-    queue: Annotated[str | None, typer.Option(help="queue name (default referee, or REFEREE_QUEUE_NAME)")] = None,
+    queue: Annotated[str | None, typer.Option(help=f"queue name (default {defaults.QUEUE_NAME}, or REFEREE_QUEUE_NAME)")] = None,
     name: Annotated[str | None, typer.Option(help="worker name (default: host, GPU and pid)")] = None,
     burst: Annotated[bool | None, typer.Option("--burst/--no-burst", help="exit when the queue is empty (default off)")] = None,
-    monitoring_interval: Annotated[int | None, typer.Option(min=1, help="seconds between job heartbeats (default 10)")] = None,
+    monitoring_interval: Annotated[int | None, typer.Option(min=1, help=f"seconds between job heartbeats (default {defaults.MONITORING_INTERVAL_S})")] = None,
     heartbeat_grace: Annotated[int | None, typer.Option(min=1, help="seconds a heartbeat may be late before the job counts as "
-                                                                    "abandoned (default 60)")] = None,
+                                                                    f"abandoned (default {defaults.HEARTBEAT_GRACE_S})")] = None,
     maintenance_interval: Annotated[int | None, typer.Option(min=1, help="seconds between this worker's registry sweeps "
-                                                                         "(default 600)")] = None,
+                                                                         f"(default {defaults.REGISTRY_MAINTENANCE_INTERVAL_S})")] = None,
     worker_ttl: Annotated[int | None, typer.Option(min=5, help="seconds this worker stays registered without a heartbeat "
-                                                               "(default 420)")] = None,
+                                                               f"(default {defaults.WORKER_TTL_S})")] = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="RQ workers on this GPU, sharing its warm pool and timing lock "
-                                                                "(default 1)")] = None,
+                                                                f"(default {defaults.WORKER_CONCURRENCY})")] = None,
     warm_pool: Annotated[bool | None, typer.Option("--warm-pool/--no-warm-pool",
                                                    help="fork harness processes from a zygote with torch imported (default on)")] = None,
-    isolation: Annotated[IsolationName | None, typer.Option(help="confinement of harness processes (default auto, or "
-                                                                 "REFEREE_ISOLATION)")] = None,
+    isolation: Annotated[IsolationName | None, typer.Option(help=f"confinement of harness processes (default {defaults.ISOLATION}, "
+                                                                 "or REFEREE_ISOLATION)")] = None,
 ) -> None:
     """Run one RQ worker (one per GPU): takes evaluations from Redis and runs them. Settings come from
     REFEREE_* variables (docs/settings.md); these options override them."""
