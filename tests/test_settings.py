@@ -188,3 +188,20 @@ def test_operator_switches_are_not_taken_from_a_request(switch: dict[str, Any]) 
         answer = api.post("/v1/evaluations", json={"reference": TINY_REFERENCE, "candidate": "x", **switch})
     assert answer.status_code == 422, answer.text
     assert next(iter(switch)) in answer.text
+
+
+def test_the_trainer_side_reads_its_variables_in_one_settings_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.integrations import scorer_from_env
+
+    for name in [name for name in os.environ if name.startswith("REFEREE_")]:
+        monkeypatch.delenv(name)
+    assert scorer_from_env().url == "http://127.0.0.1:8000" and scorer_from_env().concurrency == 16
+    monkeypatch.setenv("REFEREE_SERVER", "http://server:1")
+    assert scorer_from_env().url == "http://server:1"
+    monkeypatch.setenv("REFEREE_URL", "http://url:2")  # REFEREE_URL wins over REFEREE_SERVER
+    monkeypatch.setenv("REFEREE_OPTIONS", '{"trials": 2}')
+    monkeypatch.setenv("REFEREE_CONCURRENCY", "3")
+    monkeypatch.setenv("REFEREE_API_KEY", "k")
+    scorer = scorer_from_env(concurrency=None)
+    assert (scorer.url, scorer.options, scorer.concurrency, scorer.api_key) == ("http://url:2", {"trials": 2}, 3, "k")
+    assert scorer_from_env(url="http://given:3").url == "http://given:3"
