@@ -6,7 +6,7 @@ No tensor crosses a pipe: inputs are made here in shared memory (a memfd on the 
 of their own shared by CUDA IPC on the GPU), and the candidate's outputs are read where the
 candidate left them (see tensors.py, the data plane).
 
-As a judge (`setup` with `judge: true`, when the engine holds this problem's reference data in its
+As a judge (`judge` instead of `setup`, when the engine holds this problem's reference data in its
 cache) it loads no problem at all: it prepares its device, and `inputs` receives the cached inputs
 and expected outputs from the engine (sealed memfds), shares the inputs and compares as a reference does."""
 
@@ -58,11 +58,14 @@ class ReferenceRole:
         self.exact: dict[str, Any] = {}  # per trial: the fp64 reference's outputs (or None)
         self.input_domain: Any = None  # the problem's INPUT_DOMAIN (clamps the value ranges)
 
+    def cmd_judge(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """No module, no model: the engine supplies what a comparison needs (see the module's docstring)."""
+        self.device = resolve_device(header["device"])
+        prepare_device(header["device"])
+        return {"ok": True, "environment": environment(self.device)}, b""
+
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         self.device = resolve_device(header["device"])
-        if header.get("judge"):  # no module, no model: the engine supplies what a comparison needs
-            prepare_device(header["device"])
-            return {"ok": True, "environment": environment(self.device)}, b""
         self.keep_file = write_source(header)
         try:
             self.module = load_module(self.keep_file, "referee_problem")
