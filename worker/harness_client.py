@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from sandbox.harness.messages import (
-    COMMANDS,
+    CANDIDATE_COMMANDS,
+    REFERENCE_COMMANDS,
     CandidateSetup,
     CandidateSetupReply,
     CandidateTimingInputs,
@@ -117,6 +118,7 @@ class HarnessClient:
     """Sends typed requests to one harness process and decodes its replies (see the module's docstring)."""
 
     trusted = False
+    commands: dict[str, tuple[type[Message], type[Message]]] = CANDIDATE_COMMANDS  # what this kind of process answers
 
     def __init__(self, process: HarnessProcess, exchange: Exchange) -> None:
         self.process = process
@@ -173,7 +175,7 @@ class HarnessClient:
         return cast(R, reply), fds
 
     def _send(self, request: Message, fds: list[int] | None, step: str) -> Pending[Message]:
-        reply_type = COMMANDS[self.role][request.command][1]
+        reply_type = self.commands[request.command][1]
         started = time.monotonic()
         self._failing(lambda: self.process.post(request_wire(request), deadline=self.exchange.deadline, fds=fds))
         return Pending(request, reply_type, started, step)
@@ -189,8 +191,13 @@ class HarnessClient:
 
     def _malformed(self, command: str, exc: MessageError) -> Stop:
         if self.trusted:
-            return Stop(Verdict.infrastructure_error, {
-                "kind": "infrastructure_error", "message": f"the {self.role} process sent a malformed reply to {command!r}: {exc}"})
+            return Stop(
+                Verdict.infrastructure_error,
+                {
+                    "kind": "infrastructure_error",
+                    "message": f"the {self.role} process sent a malformed reply to {command!r}: {exc}",
+                },
+            )
         evidence = {"command": command, "problem": exc.rule, "at": exc.where, "detail": exc.detail[:300]}
         return Stop(Verdict.cheating, None, [rules.violation("protocol_violation", evidence)])
 
@@ -200,15 +207,21 @@ class HarnessClient:
             return step()
         except HarnessTimeout as exc:
             if not self.trusted:
-                raise Stop(Verdict.timeout, {"kind": "timeout", "message": f"{exc} (limit {self.exchange.timeout_s:g} s)"}) from exc
+                raise Stop(
+                    Verdict.timeout, {"kind": "timeout", "message": f"{exc} (limit {self.exchange.timeout_s:g} s)"}
+                ) from exc
             raise Stop(Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": str(exc)}) from exc
         except HarnessDied as exc:
             verdict = Verdict.infrastructure_error if self.trusted else Verdict.runtime_error
             error: dict[str, Any] = {"kind": verdict.value, "message": str(exc), "returncode": exc.returncode}
             if exc.memory is not None:  # killed for memory: name the budget and what was held
                 used, budget = exc.memory
-                error["memory_budget"] = {"memory": "host (resident)", "budget_bytes": budget, "used_bytes": used,
-                                          "whose": self.role}
+                error["memory_budget"] = {
+                    "memory": "host (resident)",
+                    "budget_bytes": budget,
+                    "used_bytes": used,
+                    "whose": self.role,
+                }
             raise Stop(verdict, error) from exc
 
 
@@ -216,6 +229,7 @@ class ReferenceClient(HarnessClient):
     """The reference process: trusted, but its replies are decoded as strictly as the candidate's."""
 
     trusted = True
+    commands = REFERENCE_COMMANDS
 
     def judge(self, device: str) -> JudgeSetupReply:
         return cast(JudgeSetupReply, self.ask(JudgeSetup(device=device))[0])

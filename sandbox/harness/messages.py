@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, 
 
 # Limits on what one message may hold (a frame's header is at most 4 MiB anyway: protocol.py).
 MAX_TEXT_CHARS = 1 << 16
+MAX_SOURCE_CHARS = 1 << 22  # a submitted file (the models cap it at 4 Mi characters; a frame's header at 4 MiB)
 MAX_ITEMS = 1 << 16
 MAX_JSON_DEPTH = 24
 MAX_NODES = 1 << 20  # values visited while decoding one message
@@ -41,7 +42,15 @@ class Bounds:
     high: float
 
 
+@dataclass(frozen=True)
+class MaxChars:
+    """The length limit of a string field, where it is not MAX_TEXT_CHARS (Annotated[str, MaxChars(n)])."""
+
+    limit: int
+
+
 Count = Annotated[int, Bounds(0, MAX_INT)]
+SourceText = Annotated[str, MaxChars(MAX_SOURCE_CHARS)]
 Index = Annotated[int, Bounds(0, MAX_ITEMS)]
 Seed = Annotated[int, Bounds(0, MAX_INT)]
 
@@ -189,7 +198,7 @@ class ReferenceSetup(Message):
 
     command = "setup"
     path: str
-    source: str
+    source: SourceText
     device: str
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     init_seed: Seed
@@ -417,7 +426,7 @@ class CandidateSetup(Message):
 
     command = "setup"
     path: str
-    source: str
+    source: SourceText
     device: str
     init_seed: Seed
     init_inputs: Json
@@ -634,8 +643,9 @@ def _spend(budget: list[int], where: str) -> None:
 def _message(cls: type[M], data: Any, where: str, budget: list[int]) -> M:
     _spend(budget, where)
     if type(data) is not dict:
-        raise MessageError("not_an_object" if not where else "wrong_type", where,
-                           f"expected an object ({cls.__name__}), got {_kind(data)}")
+        raise MessageError(
+            "not_an_object" if not where else "wrong_type", where, f"expected an object ({cls.__name__}), got {_kind(data)}"
+        )
     hints = _hints(cls)
     declared = {f.name: f for f in dataclasses.fields(cls) if f.init}
     extra = [key for key in data if key not in declared]
@@ -661,7 +671,8 @@ def _value(tp: Any, value: Any, where: str, budget: list[int]) -> Any:
     origin = get_origin(tp)
     if origin is Annotated:
         base, *extras = get_args(tp)
-        checked = _value(base, value, where, budget)
+        limits = [extra.limit for extra in extras if isinstance(extra, MaxChars)]
+        checked = _text(value, where, limits[0]) if limits else _value(base, value, where, budget)
         for extra in extras:
             if isinstance(extra, Bounds) and not extra.low <= checked <= extra.high:
                 raise MessageError("out_of_range", where, f"{checked!r} is outside [{extra.low:g}, {extra.high:g}]")
@@ -732,11 +743,11 @@ def _value(tp: Any, value: Any, where: str, budget: list[int]) -> Any:
     raise TypeError(f"messages.py cannot decode {tp!r}")  # a declaration this codec does not know
 
 
-def _text(value: Any, where: str) -> str:
+def _text(value: Any, where: str, limit: int = MAX_TEXT_CHARS) -> str:
     if type(value) is not str:
         raise MessageError("wrong_type", where, f"expected a string, got {_kind(value)}")
-    if len(value) > MAX_TEXT_CHARS:
-        raise MessageError("too_large", where, f"a string of {len(value)} characters, more than {MAX_TEXT_CHARS}")
+    if len(value) > limit:
+        raise MessageError("too_large", where, f"a string of {len(value)} characters, more than {limit}")
     return value
 
 
