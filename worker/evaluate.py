@@ -5,7 +5,12 @@ The judge owns the evidence (docs/evidence.md): tensors stay in shared memory (m
 CUDA IPC on the GPU) made and read by the reference; this process relays descriptors and never
 holds a tensor; timing statistics are made here from raw samples; timed calls run in rounds on
 inputs the reference rewrites between rounds, and outputs of calls picked after each round are
-checked while the candidate is stopped; the reference is timed only while the candidate is stopped."""
+checked while the candidate is stopped; the reference is timed only while the candidate is stopped.
+
+Here: planning, starting both processes, the set-up of both sides, the trials and rechecks, and the
+result document. Timing is worker/timed_rounds.py; what an evaluation has learned so far, and the
+findings drawn from the candidate's replies, worker/evaluation_state.py; every command and reply
+goes through worker/harness_client.py (typed messages of sandbox/harness/messages.py)."""
 
 from __future__ import annotations
 
@@ -13,40 +18,30 @@ import ast
 import dataclasses
 import glob
 import hashlib
-import math
 import secrets
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox.harness import messages, shm
 from sandbox.harness.messages import (
     CandidateSetup,
-    CheckRound,
     Compare,
     ComparisonReport,
     Launchers,
     MessageError,
-    Observations,
     ReferenceSetup,
     ReferenceSetupReply,
-    RoundCheck,
-    RunReply,
-    TimedRoundReply,
-    TimeRound,
     TrialInputs,
     TrialInputsReply,
 )
-from sandbox.harness.stats import clean_samples, summarize, tight
 from sandbox.isolation import Isolation
 
-from . import judging, native_evidence, proportion, rules, static_checks
+from . import judging, rules, static_checks
+from .evaluation_state import LARGE_TRIAL_BYTES, Evaluation, derive_seed, judge_work, timing_key, watch_violations
 from .feedback import write_feedback
 from .harness_client import CandidateClient, Exchange, ReferenceClient, Stop, close_fds
 from .input_sets import plan_input_sets
@@ -60,7 +55,6 @@ from .models import (
     Problem,
     StageTimings,
     Submission,
-    TimingStats,
     Verdict,
     Violation,
 )
@@ -70,101 +64,13 @@ from .reference_cache import ReferenceCache
 from .reference_data import ReferenceData, ReferenceDataCache
 from .reward import compute_reward
 from .static_checks import ProblemSourceError
+from .timed_rounds import measure, timing_seeds
 from .timing_lock import TimingLock
 
 
 def detect_device() -> str:
     """'cuda' when an NVIDIA device node exists, else 'cpu' (decided without importing torch)."""
     return "cuda" if glob.glob("/dev/nvidia[0-9]*") else "cpu"
-
-
-def derive_seed(salt: int, label: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{label}".encode()).digest()[:8], "big") & ((1 << 62) - 1)
-
-
-@dataclass
-class _Run:
-    """What one evaluation has learned so far."""
-
-    config: EvalConfig
-    device: str
-    salt: int  # the trials' (on a reference-data hit, the cache entry's)
-    fresh_salt: int  # this evaluation's own secret: timing inputs and rechecks
-    exchange: Exchange  # the deadline and the time spent per step, shared by both conversations
-    reference: ReferenceClient
-    candidate: CandidateClient
-    correctness: Correctness = field(default_factory=Correctness)
-    performance: Performance = field(default_factory=Performance)
-    anti_cheat: AntiCheat = field(default_factory=AntiCheat)
-    environment: Environment = field(default_factory=Environment)
-    problem_sha256: str = ""
-    input_sets: list[dict[str, int]] = field(default_factory=list)
-    reference_cache: ReferenceCache | None = None
-    reference_data: ReferenceDataCache | None = None
-    data_key: str = ""
-    cached: ReferenceData | None = None  # a hit: the reference process is a judge, the data comes from here
-    cached_reference_stats: dict[str, Any] | None = None  # the timing that came with a hit
-    recording: ReferenceData | None = None  # a miss being recorded for the cache
-    timing_lock: TimingLock | None = None
-    tolerance: tuple[float | None, float | None] = (None, None)
-    allowed_ops: list[str] = field(default_factory=list)
-    reference_aliases: set[int] = field(default_factory=set)  # inputs the reference returns (in-place modules)
-    dtypes: set[str] = field(default_factory=set)  # of the trials' inputs and outputs (judging.interpreter_limitation)
-    compiled: bool = False
-    started: float = 0.0
-    trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
-    output_nbytes: int = 0
-    timing_sets: int = 1  # how many the reference made
-    kernel_functions: list[str] = field(default_factory=list)  # the submission's @triton.jit functions (from its source)
-    native_windows: list[Any] = field(default_factory=list)  # the timed calls' windows of native records
-
-    @contextmanager
-    def gpu_step(self, holds: bool = True) -> Iterator[None]:
-        """Around a step that runs kernels but is not timing: holds the GPU shared, so no timing
-        runs meanwhile (see timing_lock.py)."""
-        if not holds or self.timing_lock is None or self.device != "cuda":
-            yield
-            return
-        with self.timing_lock.shared() as waited_s:
-            self.exchange.add_step("wait.gpu", waited_s * 1e3)
-            yield
-
-    def add_violations(self, violations: list[Violation]) -> None:
-        known = {v.rule for v in self.anti_cheat.violations}
-        self.anti_cheat.violations.extend(v for v in violations if v.rule not in known)
-
-
-def _native_samples(run: _Run, first_label: int, calls: int, flushes: int) -> tuple[list[Any] | None, str | None]:
-    """The windows of a round's calls in the native recorder's records (each call between its two
-    markers), or None and why not (no recorder, or records that do not add up: then the harness's
-    events, advisory)."""
-    records = run.candidate.process.records
-    if records is None:
-        return None, None
-    stream = records.wait_for_flush(flushes, timeout=5.0)
-    if stream.hello is None:
-        return None, "no native recorder in the candidate's process"
-    found = native_evidence.windows(stream, first_label, first_label + 2 * calls - 1)
-    calls_windows = list(found)[0::2]
-    if found.problems or len(calls_windows) != calls or not all(w.complete for w in calls_windows):
-        return None, "native records unusable: " + "; ".join(found.problems[:3])
-    return calls_windows, None
-
-
-def _native_violations(run: _Run, call_windows: list[Any], round_index: int) -> list[Violation]:
-    """What the records of a round's calls show: a timed call that ran none of the submission's
-    kernels did not do the work; data copied to the host is a CPU detour (a scalar is allowed)."""
-    idle = [i for i, window in enumerate(call_windows)
-            if not any(native_evidence.names_kernel(f, k.name) for k in window.kernels for f in run.kernel_functions)]
-    found = []
-    if idle:
-        found.append(rules.violation("no_triton_launch", {"phase": "timing", "round": round_index, "calls": idle[:10],
-                                                          "evidence": "native recorder"}))
-    copied = [sum(window.device_to_host) for window in call_windows]
-    if max(copied, default=0) > HOST_SCALAR_BYTES:
-        found.append(rules.violation("device_to_host_transfer", {"phase": "timing", "round": round_index,
-                                                                 "bytes_per_call": max(copied), "evidence": "native recorder"}))
-    return found
 
 
 def jobs_root() -> Path:
@@ -216,7 +122,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     reference_path = workdir / "reference" / "problem.py"
     candidate_path = workdir / "candidate" / "candidate.py"
     exchange = Exchange(deadline=started + config.timeout_s, timeout_s=config.timeout_s)
-    run = _Run(
+    run = Evaluation(
         config=config, device=device, salt=salt, fresh_salt=salt, exchange=exchange,
         reference=ReferenceClient(HarnessProcess("reference", workdir / "reference", device, python, isolation, pool), exchange),
         candidate=CandidateClient(HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool,
@@ -271,17 +177,12 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
                    run.environment, run.compiled, output, timings, started, submission.source)
 
 
-# Large problems: the deadline grows with a trial's bytes, and fewer trials are run by default.
+# Large problems (LARGE_TRIAL_BYTES): the deadline grows with a trial's bytes, and fewer trials are run by default.
 SECONDS_PER_GIB = 10.0
-LARGE_TRIAL_BYTES = 1 << 30
 LARGE_DEFAULT_TRIALS = 3
-# Timed rounds: every call's outputs are kept until the round is checked, within this many bytes.
-KEEP_BYTES = {"cuda": 4 << 30, "cpu": 256 << 20}
-MAX_CALLS_PER_ROUND = 100  # few rounds for µs kernels: each round costs a refresh, a check and a stop
-HOST_SCALAR_BYTES = 64  # device-to-host bytes per timed call still taken as a scalar sync (`.item()`), not a detour
 
 
-def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], input_sets: list[dict[str, int]]) -> None:
+def _check(run: Evaluation, reference: tuple[str, str], candidate: tuple[str, str], input_sets: list[dict[str, int]]) -> None:
     config = run.config
     # The candidate process sets up its device (CUDA context, Triton's driver) while the reference
     # builds its model: both before any candidate code is loaded.
@@ -312,7 +213,7 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
             randomize_parameters=reply.randomize_parameters), init_fds)
     finally:
         close_fds(init_fds)
-    run.add_violations(_watch_violations(setup, "import"))
+    run.add_violations(watch_violations(setup, "import"))
     # Every input set is checked at least once, whatever the trial count.
     trial = 0
     while trial < max(_trial_count(run), len(input_sets)):
@@ -322,7 +223,7 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
     for name in run.correctness.value_ranges:  # adversarial value ranges on the original set (hardening.py)
         if not _trial(run, f"values_{name}", 0, values=name):
             return
-    _time(run)
+    measure(run)
     # Fresh values on every input set, after timing (the first has the timed loop's shapes): a
     # candidate replaying what it saw while timed, or carrying outputs for inputs it saw in an
     # earlier result (cached trial inputs repeat), fails here.
@@ -342,7 +243,7 @@ def _valid(input_sets: list[dict[str, int]], valid: list[int] | None) -> list[di
     return [input_sets[i] for i in (valid if valid is not None else range(len(input_sets)))]
 
 
-def _trial_count(run: _Run) -> int:
+def _trial_count(run: Evaluation) -> int:
     """The requested trials; by default fewer for a large problem (each trial's inputs are fresh,
     and the timed rounds and rechecks check more calls on fresh values anyway)."""
     if "trials" not in run.config.model_fields_set and run.trial_nbytes >= LARGE_TRIAL_BYTES:
@@ -350,7 +251,7 @@ def _trial_count(run: _Run) -> int:
     return run.config.trials
 
 
-def _scale_deadline(run: _Run, reply: TrialInputsReply) -> None:
+def _scale_deadline(run: Evaluation, reply: TrialInputsReply) -> None:
     """Once a trial's size is known: the deadline grows by SECONDS_PER_GIB per GiB of inputs and
     expected outputs, so a problem of several GB does not time out by default."""
     if run.trial_nbytes:
@@ -361,7 +262,7 @@ def _scale_deadline(run: _Run, reply: TrialInputsReply) -> None:
     run.exchange.deadline = max(run.exchange.deadline, run.started + run.config.timeout_s + extra)
 
 
-def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dict[str, int]]) -> tuple[ReferenceSetupReply, list[int]]:
+def _setup_reference(run: Evaluation, reference: tuple[str, str], input_sets: list[dict[str, int]]) -> tuple[ReferenceSetupReply, list[int]]:
     """The reference's setup reply and its init inputs' memfd: from the cache on a hit (the
     reference process judges the trials, and builds the live model in the background for the fresh
     timing inputs and rechecks), else from the problem's model (recorded for the cache when it is on)."""
@@ -375,7 +276,7 @@ def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dic
             run.reference.setup_in_background(ReferenceSetup(
                 path=reference[0], source=reference[1], device=run.device, precision=run.config.precision,
                 init_seed=derive_seed(run.salt, "init"), input_sets=_valid(input_sets, cached.valid_sets), checked=True))
-            run.reference.timing_inputs_in_background(_timing_seeds(run))
+            run.reference.timing_inputs_in_background(timing_seeds(run))
             return cached, [shm.from_bytes(run.cached.init_bytes, "referee-init")]
     reply, fds = run.reference.setup(ReferenceSetup(
         path=reference[0], source=reference[1], device=run.device, precision=run.config.precision,
@@ -389,7 +290,7 @@ def _setup_reference(run: _Run, reference: tuple[str, str], input_sets: list[dic
     return reply, fds
 
 
-def _cached_reference_data(run: _Run, input_sets: list[dict[str, int]], reported: messages.Environment) -> ReferenceData | None:
+def _cached_reference_data(run: Evaluation, input_sets: list[dict[str, int]], reported: messages.Environment) -> ReferenceData | None:
     """This problem's entry in the reference-data cache, if any; a hit also needs the reference's
     cached timing (kept in the run, as the judge cannot time anything)."""
     assert run.reference_data is not None and run.reference_cache is not None
@@ -403,46 +304,17 @@ def _cached_reference_data(run: _Run, input_sets: list[dict[str, int]], reported
         valid_sets = _valid(input_sets, entry.setup_reply(reported).valid_sets)
     except (MessageError, IndexError):  # an entry this version cannot read is a miss
         return None
-    run.cached_reference_stats = run.reference_cache.get(_timing_key(run, valid_sets, environment))
+    run.cached_reference_stats = run.reference_cache.get(timing_key(run, valid_sets, environment))
     return entry if run.cached_reference_stats is not None else None
 
 
-def _environment(run: _Run, reported: messages.Environment) -> Environment:
+def _environment(run: Evaluation, reported: messages.Environment) -> Environment:
     facts = reported.to_wire()
     return Environment(**{k: v for k, v in facts.items() if k in Environment.model_fields and k != "confinement"},
                        isolation=run.reference.process.isolation_name, confinement=run.candidate.process.confinement)
 
 
-def _timing_key(run: _Run, input_sets: list[dict[str, int]], environment: dict[str, Any]) -> str:
-    return ReferenceCache.key(run.problem_sha256, input_sets, environment,
-                              {"sets": run.config.timing_sets, "max_seconds": run.config.max_timing_seconds})
-
-
-def _watch_violations(reply: Observations, phase: str) -> list[Violation]:
-    """Violations from what the candidate process's watchers saw during one phase (and, in a reply
-    of calls, what its op and launch recorders counted)."""
-    thread_events = [e.to_wire() for e in reply.audit_events if e.event == "thread.start"]
-    other_events = [e.to_wire() for e in reply.audit_events if e.event != "thread.start"]
-    calls = reply if isinstance(reply, (RunReply, TimedRoundReply)) else None
-    checks = [
-        ("torch_fallback", calls.compute_ops if calls is not None and calls.work is None else None, "ops"),  # else: _judge_work
-        ("tampering", reply.tampering[:20], "changed"),
-        ("forbidden_call", other_events[:20], "events"),
-        ("background_thread", thread_events[:20], "events"),
-        ("side_stream", calls.side_stream_launches if calls is not None else None, "launches"),
-        ("device_to_host_transfer", calls.device_to_host if calls is not None else None, "copies"),
-    ]
-    return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
-
-
-def _judge_work(run: _Run, reply: RunReply | TimedRoundReply, phase: str) -> list[Violation]:
-    """Torch's share of the work (worker/proportion.py): fatal findings returned, epilogue warnings kept."""
-    fatal, warnings = proportion.judge(reply.compute_ops, reply.work, phase, run.config, run.device)
-    proportion.keep_warning(run.anti_cheat.warnings, warnings)
-    return fatal
-
-
-def _record_comparison(run: _Run, report: ComparisonReport) -> None:
+def _record_comparison(run: Evaluation, report: ComparisonReport) -> None:
     for output in report.outputs:
         for key in ("max_abs_error", "max_rel_error", "max_abs_error_vs_fp64", "reference_error_vs_fp64"):
             value = getattr(output, key)
@@ -453,7 +325,7 @@ def _record_comparison(run: _Run, report: ComparisonReport) -> None:
             run.correctness.atol, run.correctness.rtol = output.atol, output.rtol
 
 
-def _trial_inputs(run: _Run, label: str, set_index: int, values: str | None = None) -> tuple[TrialInputsReply, list[int]]:
+def _trial_inputs(run: Evaluation, label: str, set_index: int, values: str | None = None) -> tuple[TrialInputsReply, list[int]]:
     """A trial's inputs, shared by the reference (the reply's descriptors go to the candidate): on a
     hit, from the cached inputs and expected outputs the engine hands the judge; else made by the
     reference (recorded for the cache while they still fit its entry size). Rechecks are never cached."""
@@ -485,19 +357,7 @@ def _trial_inputs(run: _Run, label: str, set_index: int, values: str | None = No
     return reply, fds[:first]
 
 
-def _timing_seeds(run: _Run) -> list[int]:
-    return [derive_seed(run.fresh_salt, f"timing{k}") for k in range(_timing_set_count(run))]
-
-
-def _timing_set_count(run: _Run) -> int:
-    """The requested timing sets; by default one for a large problem (each set costs the reference
-    its shared buffer and its expected outputs on the device, and the contents change every round)."""
-    if "timing_sets" not in run.config.model_fields_set and run.trial_nbytes >= LARGE_TRIAL_BYTES:
-        return 1
-    return run.config.timing_sets
-
-
-def _trial(run: _Run, label: str, set_index: int, counted: bool = True, values: str | None = None) -> bool:
+def _trial(run: Evaluation, label: str, set_index: int, counted: bool = True, values: str | None = None) -> bool:
     """One correctness trial on fresh inputs (in a value range of hardening.py when `values`); returns whether it passed."""
     with run.gpu_step():
         reply, input_fds = _trial_inputs(run, label, set_index, values)
@@ -519,7 +379,7 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True, values: 
         close_fds(output_fds)
     report = compared.report
     _record_comparison(run, report)
-    violations = _watch_violations(outcome, label) + _judge_work(run, outcome, label)
+    violations = watch_violations(outcome, label) + judge_work(run, outcome, label)
     # With an op allowlist, an output may legitimately come from an allowed torch op.
     if outcome.unwritten_outputs and not outcome.output_problem and not run.allowed_ops:
         violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome.unwritten_outputs}))
@@ -550,215 +410,6 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True, values: 
                 run.correctness.first_failure.update({k: getattr(output, k) for k in ("worst_index", "worst_expected", "worst_actual", "failed_elements")})
                 break
     return passed
-
-
-def _time(run: _Run) -> None:
-    """Time the reference (the candidate stopped) and the candidate (in checked rounds) on the same
-    input shapes, holding the GPU's timing lock (when there is one) so no other evaluation's timing
-    runs meanwhile."""
-    with run.gpu_step():
-        # Fresh every evaluation (never cached); on a hit made in the background since the setup.
-        reply, fds = run.reference.timing_inputs(_timing_seeds(run))
-        run.timing_sets = len(reply.inputs)
-        try:
-            run.candidate.timing_inputs(reply.inputs, fds)
-        finally:
-            close_fds(fds)
-    if run.timing_lock is None or run.device != "cuda":
-        _time_unlocked(run)
-    else:
-        with run.timing_lock.held() as waited_s:
-            run.performance.lock_wait_ms = waited_s * 1e3
-            _time_unlocked(run)
-    if run.device == "cuda" and not run.anti_cheat.violations:
-        _profile(run)
-
-
-def _profile(run: _Run) -> None:
-    """The share of GPU time in the submission's own kernels (the profiler sees only this process's
-    kernels; it holds the GPU shared only so as not to disturb another evaluation's timing)."""
-    if run.native_windows:  # the timed calls' own records: no extra calls, nothing the candidate reports
-        native = native_evidence.profile(run.native_windows, run.kernel_functions)
-        reported_fraction, kernels_us = native["fraction"], native["kernels_us"]
-        calls = len(run.native_windows)
-    else:
-        with run.gpu_step():
-            profiled = run.candidate.profile()
-        run.add_violations(_watch_violations(profiled, "profile"))
-        reported_fraction, kernels_us = profiled.fraction, profiled.kernels_us
-        calls = 3  # profile_kernels runs three
-    run.performance.triton_time_fraction = reported_fraction
-    fraction = reported_fraction or 0.0
-    # Kernels of an allowed epilogue (a few µs each) are not a fallback, however small the problem.
-    outside_us = sum(kernels_us.values()) * (1.0 - fraction) / max(calls, 1)  # per call
-    allowance_us = proportion.epilogue_gpu_allowance_us(run.anti_cheat.warnings, run.config.epilogue_gpu_us_per_op)
-    if fraction < run.config.min_triton_time_fraction and outside_us > allowance_us:
-        run.add_violations([rules.violation("low_triton_time_fraction", {
-            "fraction": fraction, "threshold": run.config.min_triton_time_fraction, "kernels_us": kernels_us})])
-
-
-def _time_reference(run: _Run, compiled: bool = False) -> dict[str, Any]:
-    """The reference's timing (with `compiled`, of torch.compile(reference): the compile baseline),
-    from the cache or measured now with the candidate's processes stopped (SIGSTOP, checked by their
-    state); only a timing taken so is cached."""
-    cache = run.reference_cache
-    cache_key = _timing_key(run, run.input_sets, run.environment.model_dump())
-    if compiled:
-        cache_key = ReferenceCache.key(cache_key, [], {}, {"compiled": True})
-        ref_stats = cache.get(cache_key) if cache is not None else None
-    else:
-        ref_stats = run.cached_reference_stats if run.cached is not None else (cache.get(cache_key) if cache is not None else None)
-        run.performance.reference_cached = ref_stats is not None
-    if ref_stats is not None:
-        run.performance.reference_timed_alone = run.performance.reference_timed_alone or not compiled
-        return ref_stats
-    paused = run.candidate.process.pause()
-    try:
-        if not compiled:
-            run.performance.reference_timed_alone = bool(paused.get("stopped"))
-            run.performance.candidate_state_while_reference_timed = paused.get("states") or {}
-        timed = run.reference.time(run.config.max_timing_seconds, compiled)
-    finally:
-        run.candidate.process.resume()
-    samples = clean_samples(timed.samples(), 1 << 16)
-    if not samples:
-        raise Stop(Verdict.infrastructure_error, {"kind": "infrastructure_error", "message": "the reference timing has no samples"})
-    ref_stats = {**timed.facts(), **summarize(samples)}
-    if cache is not None and paused.get("stopped"):
-        cache.put(cache_key, ref_stats)
-    return ref_stats
-
-
-def _time_unlocked(run: _Run) -> None:
-    ref_stats = _time_reference(run)
-    cand_stats = _time_candidate(run)
-    if cand_stats is None:
-        return
-    perf = run.performance
-    perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})
-    perf.candidate_ms = TimingStats(**{k: v for k, v in cand_stats.items() if k in TimingStats.model_fields})
-    perf.method = cand_stats["method"]
-    perf.meaningful = run.device == "cuda" and not run.environment.interpreter
-    # On the GPU only: on the CPU inductor's C++ build takes minutes and the times mean nothing anyway.
-    if run.config.compile_baseline and run.device == "cuda":
-        compiled_stats = _time_reference(run, compiled=True)
-        perf.compiled_reference_ms = TimingStats(**{k: v for k, v in compiled_stats.items() if k in TimingStats.model_fields})
-        if perf.meaningful and cand_stats["median"] > 0:
-            perf.speedup_vs_compiled = compiled_stats["median"] / cand_stats["median"]
-    if perf.meaningful and cand_stats["median"] > 0:
-        perf.speedup = ref_stats["median"] / cand_stats["median"]
-        ref_low, ref_high = ref_stats["ci95"]
-        cand_low, cand_high = cand_stats["ci95"]
-        perf.speedup_ci95 = [ref_low / cand_high, ref_high / cand_low] if cand_low > 0 else None
-        if cand_stats.get("event_ms_total"):
-            perf.host_event_ratio = cand_stats["host_ms_total"] / cand_stats["event_ms_total"]
-    else:
-        perf.note = ("Triton interpreter on the CPU: times are host-clock figures of the interpreter and mean "
-                     "nothing for GPU speed; speedup is not reported and the reward uses correctness only")
-
-
-def _calls_per_round(run: _Run) -> int:
-    """As many calls as keep their outputs within KEEP_BYTES, at least one, at most
-    MAX_CALLS_PER_ROUND (on the CPU, one call per timing set: the interpreter is slow)."""
-    sets = run.timing_sets
-    if run.device != "cuda":
-        return sets
-    fit = KEEP_BYTES["cuda"] // max(run.output_nbytes, 1)
-    return int(max(1, min(MAX_CALLS_PER_ROUND, fit)))
-
-
-def _time_candidate(run: _Run) -> dict[str, Any] | None:
-    """Timed rounds. Before each, the reference rewrites the shared timing sets with fresh values
-    from seeds only it and this process know; the candidate makes every call of the round, keeping
-    each call's outputs; then this process picks (after the reply, at random) which calls the
-    reference checks, with the candidate stopped. Statistics are made here, from the samples of the
-    counted rounds (the first is warm-up): on the CPU from this process's own clock around each
-    round, on the GPU from the harness's CUDA events (advisory: the candidate's process reports them)
-    cross-checked against this process's clock."""
-    gpu = run.device == "cuda"
-    calls = _calls_per_round(run)
-    # An eighth of the calls of each GPU round, at least two (a cheat replaying one call in ten goes
-    # unseen with odds of 0.9**130 over ten rounds of 100); every call on the CPU (one round).
-    checks_per_round = min(calls, max(2, math.ceil(calls / 8))) if gpu else calls
-    min_reps, max_reps = (20, 1000) if gpu else (calls, calls)
-    started = time.monotonic()
-    samples: list[float] = []
-    host_ms = event_ms = 0.0
-    slack_s: float | None = None
-    perf = run.performance
-    perf.timing_evidence = "harness_cuda_events (advisory)" if gpu else "judge_host_clock"
-    rounds = 0
-    native_notes: list[str] = []
-    while True:
-        seeds = [derive_seed(run.fresh_salt, f"round{rounds}.set{k}") for k in range(run.timing_sets)]
-        with run.gpu_step():
-            run.reference.refresh(seeds)
-        began = time.monotonic()
-        first_label = 1 + rounds * 2 * MAX_CALLS_PER_ROUND
-        timed, fds = run.candidate.time_round(TimeRound(calls=calls, start=rounds * calls, slack_s=slack_s, first_label=first_label))
-        wall_ms = (time.monotonic() - began) * 1e3
-        try:
-            run.add_violations(_watch_violations(timed, "timing") + _judge_work(run, timed, "timing"))
-            if timed.output_problem or timed.outputs is None or len(timed.outputs) != calls:
-                run.add_violations([rules.violation("non_plain_output", {"phase": "timing", "detail": str(timed.output_problem)[:300]})])
-                return None
-            picked = sorted(secrets.SystemRandom().sample(range(calls), min(checks_per_round, calls)))
-            checks = [RoundCheck(call=i, set=(rounds * calls + i) % run.timing_sets, outputs=timed.outputs[i]) for i in picked]
-            paused = run.candidate.process.pause(light=True)
-            try:
-                with run.gpu_step(holds=False):
-                    checked = run.reference.check_round(CheckRound(checks=checks, atol=run.tolerance[0], rtol=run.tolerance[1]), fds)
-            finally:
-                run.candidate.process.resume()
-        finally:
-            close_fds(fds)
-        perf.timed_calls_checked += len(checks)
-        perf.timed_rounds = rounds + 1
-        perf.candidate_stopped_while_checked = bool(paused.get("stopped")) and perf.candidate_stopped_while_checked is not False
-        failed = [c.evidence() for c in checked.checks if not c.passed]
-        if failed:
-            run.add_violations([rules.violation("timed_output_mismatch", {"round": rounds, "calls": calls, "failed": failed[:4]})])
-            return None
-        if checked.changed_sets:
-            run.add_violations([rules.violation("input_mutation", {"phase": "timing", "changed_sets": checked.changed_sets})])
-            return None
-        claimed = clean_samples(timed.samples, calls)
-        if len(claimed) != calls or sum(claimed) > wall_ms * 1.05 + 1.0:
-            run.add_violations([rules.violation("timing_claim_inconsistent", {
-                "round": rounds, "claimed_ms_total": sum(claimed) if claimed else None, "judge_wall_ms": wall_ms})])
-            return None
-        call_windows, note = _native_samples(run, first_label, calls, rounds + 1) if gpu else (None, None)
-        if note and note not in native_notes:
-            native_notes.append(note)
-        native = [w.span_ns / 1e6 for w in call_windows] if call_windows is not None else None
-        if call_windows is not None and rounds > 0:
-            run.native_windows.extend(call_windows)
-            found = _native_violations(run, call_windows, rounds)
-            if found:
-                run.add_violations(found)
-                return None
-        if rounds == 0:  # warm-up: compiles, autotuning; sets the spin before each timed call
-            slack_s = min(2 * wall_ms / 1e3 / calls, 20e-3)
-        else:
-            if gpu and native is None and perf.timing_evidence == "native_recorder":
-                perf.timing_evidence = "mixed (native recorder, then harness_cuda_events: advisory)"
-            elif gpu and native is not None and rounds == 1:
-                perf.timing_evidence = "native_recorder"
-            samples.extend(native if native is not None else claimed if gpu else [wall_ms / calls] * calls)
-            host_ms += wall_ms
-            event_ms += sum(claimed)
-        rounds += 1
-        if len(samples) >= min_reps and (len(samples) >= max_reps or time.monotonic() - started > run.config.max_timing_seconds
-                                         or (gpu and tight(samples, 0.005))):
-            break
-        if time.monotonic() - started > 4 * run.config.max_timing_seconds and samples:
-            break
-    if native_notes:
-        perf.note = "; ".join(native_notes)[:500]
-    stats = summarize(samples)
-    stats.update(method="cuda_events+l2_flush" if gpu else "host_clock",  # the method names are a public contract host_ms_total=host_ms, event_ms_total=event_ms,
-                 stable=bool(gpu and tight(samples, 0.005)))
-    return stats
 
 
 def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[str, Any] | None,
