@@ -108,7 +108,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     failure = static_checks.check_candidate(submission.source)
     static_ms = (time.monotonic() - started) * 1e3
     if failure is not None:
-        error = {"kind": failure.verdict.value, "message": failure.message, "line": failure.line}
+        error: dict[str, Any] | None = {"kind": failure.verdict.value, "message": failure.message, "line": failure.line}
         return _finish(result_id, config, failure.verdict, error, Correctness(), Performance(), AntiCheat(),
                        Environment(), False, {}, StageTimings(static=static_ms), started, submission.source)
 

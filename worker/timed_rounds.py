@@ -62,7 +62,7 @@ def _profile(run: Evaluation) -> None:
     """The share of GPU time in the submission's own kernels (the profiler sees only this process's
     kernels; it holds the GPU shared only so as not to disturb another evaluation's timing)."""
     if run.native_windows:  # the timed calls' own records: no extra calls, nothing the candidate reports
-        native = native_evidence.profile(run.native_windows, run.kernel_functions)
+        native: dict[str, Any] = native_evidence.profile(run.native_windows, run.kernel_functions)
         reported_fraction, kernels_us = native["fraction"], native["kernels_us"]
         calls = len(run.native_windows)
     else:

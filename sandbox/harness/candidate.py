@@ -37,6 +37,7 @@ from .messages import (
     SummaryReply,
     TimedRoundReply,
     TimeRound,
+    Work,
 )
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, profile_kernels, round_on_host
@@ -236,7 +237,7 @@ class CandidateRole:
             "compute_ops": self._compute_ops(ops, self.allowed_ops),
             "device_to_host": device_to_host,
             "unwritten_outputs": self._unwritten_outputs(outputs, written, derived, work["scalar_reads_of_kernel_data"] > 0),
-            "work": work,
+            "work": Work(**work),
             "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
             **self.observations(),
         }
@@ -284,7 +285,8 @@ class CandidateRole:
         work = self.meter.take()
         work.pop("derived")
         work["triton_bytes"] = self._launch_bytes(launches)
-        outputs, outgoing = [], []
+        outputs: list[Any] = []
+        outgoing: list[int] = []
         try:
             for value in timed.pop("outputs"):
                 description, sent = self._export(value, self.device)
@@ -296,7 +298,7 @@ class CandidateRole:
             return TimedRoundReply(output_problem=str(exc)[:500], samples=timed["samples"], **self.observations()), []
         self.kept = timed  # the outputs stay alive until the next command
         return TimedRoundReply(**timed, outputs=outputs, launches=sum(1 for launch in launches if launch.own),
-                               compute_ops=self._compute_ops(ops, self.allowed_ops), work=work,
+                               compute_ops=self._compute_ops(ops, self.allowed_ops), work=Work(**work),
                                side_stream_launches=sum(1 for launch in launches if launch.side_stream),
                                device_to_host=device_to_host, **self.observations()), outgoing
 

@@ -672,7 +672,7 @@ def _value(tp: Any, value: Any, where: str, budget: list[int]) -> Any:
     if origin is Annotated:
         base, *extras = get_args(tp)
         limits = [extra.limit for extra in extras if isinstance(extra, MaxChars)]
-        checked = _text(value, where, limits[0]) if limits else _value(base, value, where, budget)
+        checked: Any = _text(value, where, limits[0]) if limits else _value(base, value, where, budget)
         for extra in extras:
             if isinstance(extra, Bounds) and not extra.low <= checked <= extra.high:
                 raise MessageError("out_of_range", where, f"{checked!r} is outside [{extra.low:g}, {extra.high:g}]")

@@ -299,7 +299,8 @@ class ReferenceRole:
         # The reference is timed on the shared buffers themselves (no second copy on the device):
         # the candidate's processes are stopped while it is.
         self.timing_inputs = [list(shared.value) for shared in self.timing_shared]
-        descriptions, outgoing = [], []
+        descriptions: list[Any] = []
+        outgoing: list[int] = []
         for shared in self.timing_shared:
             descriptions.append(tensors.renumber(shared.description, len(outgoing)))
             outgoing += shared.take_fds()

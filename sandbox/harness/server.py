@@ -52,7 +52,7 @@ def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int, data_fd: int
             request, reply = None, ErrorReply(error=ErrorDetail(kind="infrastructure_error", message=f"malformed request: {exc}"))
         if isinstance(request, Exit):
             close_all(received)
-            channel.send({"ok": True, "cmd": command})
+            channel.send({"ok": True})
             return 0
         if request is not None:
             try:
