@@ -231,9 +231,9 @@ def test_a_large_problem_gets_fewer_trials_and_one_timing_set(monkeypatch: pytes
                                                                           honest_tiny_candidate: str) -> None:
     """The size threshold lowered to the tiny problem's (4 kB of input, 4 kB of output): by default
     3 trials instead of 5 (still every input set) and one timing set; what a request asks for is kept."""
-    import worker.evaluate as engine
+    import worker.evaluation_state as state
 
-    monkeypatch.setattr(engine, "LARGE_TRIAL_BYTES", 1000)
+    monkeypatch.setattr(state, "LARGE_TRIAL_BYTES", 1000)
     problem, candidate = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate)
     large = evaluate(problem, candidate, EvalConfig(device="cpu"))
     assert large.verdict == Verdict.correct, large.feedback

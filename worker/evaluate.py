@@ -41,7 +41,7 @@ from sandbox.harness.messages import (
 from sandbox.isolation import Isolation
 
 from . import judging, rules, static_checks
-from .evaluation_state import LARGE_TRIAL_BYTES, Evaluation, derive_seed, judge_work, timing_key, watch_violations
+from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key, watch_violations
 from .feedback import write_feedback
 from .harness_client import CandidateClient, Exchange, ReferenceClient, Stop, close_fds
 from .input_sets import plan_input_sets
@@ -177,7 +177,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
                    run.environment, run.compiled, output, timings, started, submission.source)
 
 
-# Large problems (LARGE_TRIAL_BYTES): the deadline grows with a trial's bytes, and fewer trials are run by default.
+# Large problems (evaluation_state.LARGE_TRIAL_BYTES): the deadline grows with a trial's bytes, and fewer trials are run by default.
 SECONDS_PER_GIB = 10.0
 LARGE_DEFAULT_TRIALS = 3
 
@@ -246,7 +246,7 @@ def _valid(input_sets: list[dict[str, int]], valid: list[int] | None) -> list[di
 def _trial_count(run: Evaluation) -> int:
     """The requested trials; by default fewer for a large problem (each trial's inputs are fresh,
     and the timed rounds and rechecks check more calls on fresh values anyway)."""
-    if "trials" not in run.config.model_fields_set and run.trial_nbytes >= LARGE_TRIAL_BYTES:
+    if "trials" not in run.config.model_fields_set and run.large:
         return min(run.config.trials, LARGE_DEFAULT_TRIALS)
     return run.config.trials
 

@@ -74,6 +74,11 @@ class Evaluation:
             self.exchange.add_step("wait.gpu", waited_s * 1e3)
             yield
 
+    @property
+    def large(self) -> bool:
+        """A trial of at least LARGE_TRIAL_BYTES (inputs and expected outputs), once one is known."""
+        return self.trial_nbytes >= LARGE_TRIAL_BYTES
+
     def add_violations(self, violations: list[Violation]) -> None:
         known = {v.rule for v in self.anti_cheat.violations}
         self.anti_cheat.violations.extend(v for v in violations if v.rule not in known)

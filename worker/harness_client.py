@@ -138,8 +138,7 @@ class HarnessClient:
     def post(self, request: Message, fds: list[int] | None = None) -> Pending[Message]:
         """Send a command; its answer is collected later, so two processes can work at once."""
         self.drain()
-        pending = self._send(request, fds, f"{self.role}.{request.command}")
-        return pending
+        return self._send(request, fds, f"{self.role}.{request.command}")
 
     def defer(self, request: Message, step: str) -> None:
         """Send a command the process works on in the background: its answer is taken (see

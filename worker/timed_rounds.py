@@ -13,7 +13,7 @@ from sandbox.harness.messages import CheckRound, RoundCheck, TimeRound
 from sandbox.harness.stats import clean_samples, summarize, tight
 
 from . import native_evidence, proportion, rules
-from .evaluation_state import LARGE_TRIAL_BYTES, Evaluation, derive_seed, judge_work, timing_key, watch_violations
+from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key, watch_violations
 from .harness_client import Stop, close_fds
 from .models import TimingStats, Verdict, Violation
 from .reference_cache import ReferenceCache
@@ -31,7 +31,7 @@ def timing_seeds(run: Evaluation) -> list[int]:
 def _timing_set_count(run: Evaluation) -> int:
     """The requested timing sets; by default one for a large problem (each set costs the reference
     its shared buffer and its expected outputs on the device, and the contents change every round)."""
-    if "timing_sets" not in run.config.model_fields_set and run.trial_nbytes >= LARGE_TRIAL_BYTES:
+    if "timing_sets" not in run.config.model_fields_set and run.large:
         return 1
     return run.config.timing_sets
 
