@@ -57,6 +57,7 @@ class Evaluation:
     dtypes: set[str] = field(default_factory=set)  # of the trials' inputs and outputs (judging.interpreter_limitation)
     compiled: bool = False
     started: float = 0.0
+    audit_hook: bool = True  # off only by the operator's test switch (evaluate's audit_hook)
     trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
     output_nbytes: int = 0
     timing_sets: int = 1  # how many the reference made
