@@ -14,8 +14,15 @@ from .feedback import write_feedback
 from .models import EvaluationResult, RewardPreset, Verdict
 
 
-def unjudged_result(evaluation_id: str, verdict: Verdict, message: str, *, kind: str | None = None,
-                    reward_preset: RewardPreset = "tritonrl", **details: Any) -> EvaluationResult:
+def unjudged_result(
+    evaluation_id: str,
+    verdict: Verdict,
+    message: str,
+    *,
+    kind: str | None = None,
+    reward_preset: RewardPreset = "tritonrl",
+    **details: Any,
+) -> EvaluationResult:
     """A result whose candidate was not judged, with `error = {"kind", "message", **details}`.
 
     `infrastructure_error`: Referee could not finish (status "failed"; never the candidate's fault).
