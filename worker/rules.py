@@ -1,6 +1,6 @@
 """Anti-cheat rules: stable ids, severity, and the message a model gets when one fires.
 
-The ids are a public contract (the README lists them); never rename one.
+The ids are a public contract (docs/anticheat.md lists them); never rename one.
 """
 
 from __future__ import annotations
