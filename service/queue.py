@@ -19,6 +19,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
+from tenacity import Retrying, stop_after_attempt
 
 from worker.jobs import run_evaluation
 from worker.models import EvaluationJob
@@ -167,15 +168,16 @@ class EmbeddedQueue:
                 outcome.state, outcome.started_at = "started", time.time()
                 self._outcomes[job_id] = outcome
                 self._busy[name] = job_id
-            for attempt in range(self.retries + 1):
-                try:
-                    # The engine enforces the evaluation's own timeout; nothing here can hang forever.
-                    document = run_evaluation(job)
-                    outcome = Outcome("finished", document=document, enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
-                    break
-                except Exception as exc:
-                    outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc} (attempt {attempt + 1})",
-                                      enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
+            # As RQ's Retry: `retries` more attempts, at once. The engine enforces the evaluation's own
+            # timeout, so no attempt can hang forever.
+            retrying = Retrying(stop=stop_after_attempt(self.retries + 1), reraise=True)
+            try:
+                document = retrying(run_evaluation, job)
+                outcome = Outcome("finished", document=document, enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
+            except Exception as exc:
+                attempts = retrying.statistics.get("attempt_number", 1)
+                outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc} (attempt {attempts})",
+                                  enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
             with self._lock:
                 self._outcomes[job_id] = outcome
                 self._busy.pop(name, None)
