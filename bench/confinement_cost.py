@@ -64,8 +64,8 @@ def apply_cost(samples: int = 20) -> dict[str, Any]:
 
 
 def start_pool(backend: str, device: str, lockdown_on: bool) -> WarmPool:
-    os.environ["REFEREE_LOCKDOWN"] = "on" if lockdown_on else "off"  # read when the zygote starts
-    pool = WarmPool(device, isolation=select_isolation(backend, Limits(memory_bytes=4 << 30)), spares=2)
+    lockdown = "on" if lockdown_on else "off"  # as REFEREE_LOCKDOWN in a worker's settings
+    pool = WarmPool(device, isolation=select_isolation(backend, Limits(memory_bytes=4 << 30), lockdown=lockdown), spares=2)
     pool.start()
     return pool
 

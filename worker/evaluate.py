@@ -111,6 +111,7 @@ class _Run:
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
     answers: dict[str, tuple[dict[str, Any], list[int]]] = field(default_factory=dict)  # deferred commands' replies
     started: float = 0.0
+    audit_hook: bool = True  # off only by the operator's test switch (evaluate's audit_hook)
     trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
     output_nbytes: int = 0
     timing_sets: int = 1  # how many the reference made
@@ -256,12 +257,14 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
              job_id: str | None = None, python: str | None = None,
              reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None,
              pool: PoolClient | None = None, timing_lock: TimingLock | None = None,
-             reference_data: ReferenceDataCache | None = None) -> EvaluationResult:
+             reference_data: ReferenceDataCache | None = None, audit_hook: bool = True) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
     With `reference_cache`, the reference's timing is reused for the same problem, plan and card.
     With `reference_data` too, its inputs and expected outputs are (see `reference_data.py`).
     With `pool`, both harness processes are forked by the warm pool's zygote (its isolation applies)
-    instead of started fresh. With `timing_lock`, the GPU is held only while timing."""
+    instead of started fresh. With `timing_lock`, the GPU is held only while timing. `audit_hook=False`
+    is the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK, from the worker's settings, never a
+    request): the candidate runs without the audit hook, as if it had beaten it."""
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
@@ -292,7 +295,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
             problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(), config),
         reference_cache=reference_cache, timing_lock=timing_lock, started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
-        kernel_functions=static_checks.jit_functions(ast.parse(submission.source)),
+        kernel_functions=static_checks.jit_functions(ast.parse(submission.source)), audit_hook=audit_hook,
     )
     run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
@@ -373,7 +376,7 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
 
         setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
                                            "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
-                                           "allowed_ops": run.allowed_ops, "audit_hook": not rules.audit_hook_off(),
+                                           "allowed_ops": run.allowed_ops, "audit_hook": run.audit_hook,
                                            "randomize_parameters": bool(reply.get("randomize_parameters"))}, init_fds)
     finally:
         close_fds(init_fds)

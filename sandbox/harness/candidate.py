@@ -116,7 +116,7 @@ class CandidateRole:
         # torch.library.custom_op import it lazily: before the snapshot, on every device.
         importlib.import_module("torch._dynamo")
         self.native_recorder = self._native_recorder()  # bound before the candidate is imported
-        if header.get("audit_hook", True):  # off only by the operator's test switch (rules.audit_hook_off)
+        if header.get("audit_hook", True):  # off only by the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK)
             self.audit = AuditGuard(self.path, os.path.dirname(self.path))
             self.audit.install()
         self.snapshot = IntegritySnapshot()
