@@ -2,7 +2,7 @@
 and expected outputs while the live model builds in the background for the fresh timing inputs and
 rechecks, with the same results as a miss; a candidate carrying outputs for leaked cached inputs
 fails the rechecks; entries rotate, expire and stay small; off means the old path.
-tests/test_corpus.py runs the exploit corpus on hits."""
+tests/worker/test_corpus.py runs the exploit corpus on hits."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = ("from worker import context; from worker.settings import JudgeSettings; "
          "print(context.start(JudgeSettings(isolation='process', warm_pool=False), data_in_files=False).reference_cache.directory)")
 
