@@ -132,7 +132,8 @@ def _time_unlocked(run: Evaluation) -> None:
     perf.reference_ms = TimingStats(**{k: v for k, v in ref_stats.items() if k in TimingStats.model_fields})
     perf.candidate_ms = TimingStats(**{k: v for k, v in cand_stats.items() if k in TimingStats.model_fields})
     perf.method = cand_stats["method"]
-    perf.meaningful = run.device == "cuda" and not run.environment.interpreter
+    untrusted = cand_stats.get("untrusted")
+    perf.meaningful = run.device == "cuda" and not run.environment.interpreter and not untrusted
     # On the GPU only: on the CPU inductor's C++ build takes minutes and the times mean nothing anyway.
     if run.config.compile_baseline and run.device == "cuda":
         compiled_stats = _time_reference(run, compiled=True)
@@ -146,6 +147,12 @@ def _time_unlocked(run: Evaluation) -> None:
         perf.speedup_ci95 = [ref_low / cand_high, ref_high / cand_low] if cand_low > 0 else None
         if cand_stats.get("event_ms_total"):
             perf.host_event_ratio = cand_stats["host_ms_total"] / cand_stats["event_ms_total"]
+    elif untrusted:
+        perf.note = (
+            f"{untrusted}: the recorder started in the candidate's process and then stopped accounting for "
+            "its timed calls, so no time the judge can trust was measured; speedup is not reported and the "
+            "reward uses correctness only"
+        )[:500]
     else:
         perf.note = (
             "Triton interpreter on the CPU: times are host-clock figures of the interpreter and mean "
@@ -185,6 +192,7 @@ def _time_candidate(run: Evaluation) -> dict[str, Any] | None:
     perf.timing_evidence = "harness_cuda_events (advisory)" if gpu else "judge_host_clock"
     rounds = 0
     native_notes: list[str] = []
+    untrusted: str | None = None  # why the native records stopped adding up, once they had started
     while True:
         seeds = [derive_seed(run.fresh_salt, f"round{rounds}.set{k}") for k in range(run.timing_sets)]
         with run.gpu_step():
@@ -240,6 +248,11 @@ def _time_candidate(run: Evaluation) -> dict[str, Any] | None:
         call_windows, note = _native_samples(run, first_label, calls, rounds + 1) if gpu else (None, None)
         if note and note not in native_notes:
             native_notes.append(note)
+        # The recorder said hello before the candidate was imported; records that stop adding up after
+        # that are the candidate's doing or a fault, and either way the events its process reports
+        # instead are only a claim: the speed is not credited (a candidate gains nothing by it).
+        if note and note.startswith(UNUSABLE_RECORDS) and rounds > 0 and untrusted is None:
+            untrusted = note
         native = [w.span_ns / 1e6 for w in call_windows] if call_windows is not None else None
         if call_windows is not None and rounds > 0:
             run.native_windows.extend(call_windows)
@@ -269,6 +282,8 @@ def _time_candidate(run: Evaluation) -> dict[str, Any] | None:
     if native_notes:
         perf.note = "; ".join(native_notes)[:500]
     stats = summarize(samples)
+    if untrusted:
+        stats["untrusted"] = untrusted
     stats.update(
         method="cuda_events+l2_flush"
         if gpu
@@ -276,6 +291,9 @@ def _time_candidate(run: Evaluation) -> dict[str, Any] | None:
         stable=bool(gpu and tight(samples, 0.005)),
     )
     return stats
+
+
+UNUSABLE_RECORDS = "native records unusable"
 
 
 def _native_samples(run: Evaluation, first_label: int, calls: int, flushes: int) -> tuple[list[Any] | None, str | None]:
@@ -291,7 +309,7 @@ def _native_samples(run: Evaluation, first_label: int, calls: int, flushes: int)
     found = native_evidence.windows(stream, first_label, first_label + 2 * calls - 1)
     calls_windows = list(found)[0::2]
     if found.problems or len(calls_windows) != calls or not all(w.complete for w in calls_windows):
-        return None, "native records unusable: " + "; ".join(found.problems[:3])
+        return None, UNUSABLE_RECORDS + ": " + "; ".join(found.problems[:3])
     return calls_windows, None
 
 
