@@ -116,7 +116,7 @@ def test_a_malformed_reply_from_a_live_process_is_a_verdict_not_a_crash(tmp_path
             with pytest.raises(Stop) as stopped:
                 ReferenceClient(process, exchange).refresh([1])  # the reference must answer {"ok": true} only
             assert stopped.value.verdict == Verdict.infrastructure_error and not stopped.value.violations
-            assert "malformed reply to 'refresh'" in stopped.value.error["message"]  # type: ignore[index]
+            assert "malformed reply to 'refresh'" in stopped.value.error["message"]
         else:
             with pytest.raises(Stop) as stopped:
                 CandidateClient(process, exchange).run("trial0", {"t": "list", "items": []}, [])

@@ -213,10 +213,10 @@ def test_a_hostile_reply_is_refused_with_the_named_rule(case: str) -> None:
 def test_the_honest_neighbours_of_the_hostile_replies_are_accepted() -> None:
     """Each hostile reply's nearest honest one decodes: an int where an int is due (0 included),
     a long but bounded list, None for an optional field, a float given as an integer."""
-    assert decode_reply(mutated_run_reply(lambda h: h.update(launches=0, device_to_host=0))).launches == 0  # type: ignore[attr-defined]
+    assert decode_reply(mutated_run_reply(lambda h: h.update(launches=0, device_to_host=0))).launches == 0
     many = decode_reply(mutated_run_reply(lambda h: h.update(foreign_launches=["k"] * messages.MAX_ITEMS)))
-    assert len(many.foreign_launches) == messages.MAX_ITEMS  # type: ignore[attr-defined]
-    assert decode_reply(mutated_run_reply(lambda h: h.update(outputs=None, output_problem="a subclass"))).outputs is None  # type: ignore[attr-defined]
+    assert len(many.foreign_launches) == messages.MAX_ITEMS
+    assert decode_reply(mutated_run_reply(lambda h: h.update(outputs=None, output_problem="a subclass"))).outputs is None
     timed = decode(TimedRoundReply, {"samples": [1, 2.5, 0], "outputs": None, "output_problem": "lazy"})
     assert timed.samples == [1, 2.5, 0]
 
