@@ -32,7 +32,7 @@ preflight: $(BIN)/referee
 test: $(BIN)/referee preflight
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 lint: $(BIN)/referee
 	$(BIN)/ruff check .
