@@ -75,6 +75,8 @@ for step in $steps; do
       # ~97 pairs at 4 at once); CORPUS_MANIFEST names the manifest (read by path, never copied), CORPUS_ARGS adds flags
       [ -n "${CORPUS_MANIFEST:-}" ] || { echo "corpus: set CORPUS_MANIFEST=/path/to/manifest.jsonl"; exit 1; }
       python3 bench/corpus.py --manifest "$CORPUS_MANIFEST" --device cuda --out "$OUT" ${CORPUS_ARGS:-} 2>&1 | tee "$OUT/corpus.log" || status=1 ;;
+    anticheat)  # the anti-cheat corpus only (CPU files plus tests/gpu/{exploits,honest}), ~3 min
+      REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_corpus.py --tb=short 2>&1 | tee "$OUT/gpu-anticheat.log" || status=1 ;;
     churn) python3 bench/context_churn.py --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
     cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     cli_vs_kb) # ~4 min: 4 example pairs x 2 repeats x (referee check + KernelBench's evaluator, fresh processes)

@@ -171,6 +171,12 @@ class _Run:
             if process is self.reference and kind == "problem_error":
                 raise ProblemSourceError(error.get("message", "the reference failed"))
             verdict = _FAILURE_VERDICTS.get(kind, Verdict.infrastructure_error) if process is self.candidate else Verdict.infrastructure_error
+            # Torch ops before a crash stay a crash; refused calls and tampering do not.
+            evidence = {k: v for k, v in reply.items() if k != "compute_ops"}
+            caught = _watch_violations(evidence, header["cmd"]) if process is self.candidate else []
+            if caught:  # a forbidden call that ended the run is cheating, not a crash
+                self.add_violations(caught)
+                verdict = Verdict.cheating
             raise _Stop(verdict, error)
         return reply, fds
 
@@ -372,7 +378,8 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
 
         setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
                                            "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
-                                           "allowed_ops": run.allowed_ops, "audit_hook": not rules.audit_hook_off(),
+                                           "allowed_ops": run.allowed_ops, "allow_native_code": rules.native_code_allowed(),
+                                           "audit_hook": not rules.audit_hook_off(),
                                            "randomize_parameters": bool(reply.get("randomize_parameters"))}, init_fds)
     finally:
         close_fds(init_fds)
@@ -479,15 +486,18 @@ def _timing_key(run: _Run, input_sets: list[dict[str, int]], environment: dict[s
 def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
     """Violations from what the candidate process's watchers saw during one phase."""
     events = reply.get("audit_events", [])
-    thread_events = [e for e in events if e.get("event") == "thread.start"]
-    other_events = [e for e in events if e.get("event") != "thread.start"]
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_rule.setdefault(rules.rule_of_event(event), []).append(event)
     checks = [
         ("torch_fallback", None if "work" in reply else reply.get("compute_ops"), "ops"),  # else: _judge_work
+        ("torch_fallback", reply.get("hidden_compute"), "hidden_ops"),  # ops the dispatch mode never saw: never proportionate
         ("tampering", reply.get("tampering", [])[:20], "changed"),
-        ("forbidden_call", other_events[:20], "events"),
-        ("background_thread", thread_events[:20], "events"),
+        *((rule, found[:20], "events") for rule, found in sorted(by_rule.items())),
+        ("native_code", reply.get("native_files"), "files"),
+        ("background_thread", reply.get("threads_left_running"), "threads_left_running"),
         ("side_stream", reply.get("side_stream_launches"), "launches"),
-        ("device_to_host_transfer", reply.get("device_to_host"), "copies"),
+        ("device_to_host_transfer", (reply.get("device_to_host") or 0) + (reply.get("host_memory_launches") or 0), "copies"),
     ]
     return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
 
@@ -587,6 +597,8 @@ def _trial(run: _Run, label: str, set_index: int, counted: bool = True, values: 
     # With an op allowlist, an output may legitimately come from an allowed torch op.
     if outcome["unwritten_outputs"] and not outcome.get("output_problem") and not run.allowed_ops:
         violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome["unwritten_outputs"]}))
+    if outcome.get("host_written_outputs") and not run.allowed_ops:  # changed from the host after its last launch
+        violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "written_from_host": outcome["host_written_outputs"]}))
     if outcome["foreign_launches"] and not run.config.allow_foreign_kernels:
         violations.append(rules.violation("foreign_kernel", {"trial": label, "kernels": outcome["foreign_launches"]}))
     if outcome["launches"] == 0:
