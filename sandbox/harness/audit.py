@@ -71,6 +71,17 @@ BUILD_TOOLS = frozenset({"ninja", "make", "cmake", "gcc", "g++", "cc", "c++", "c
 # Where a shared library may be loaded from by ctypes without the operator's permission.
 SYSTEM_LIBRARY_DIRS = ("/usr/lib", "/lib", "/usr/lib64", "/lib64", "/usr/local/cuda", "/usr/local/lib", "/opt/")
 
+# Every event `decide` can refuse: anything else returns at the hook's first line (the interpreter
+# raises some events in bulk: `builtins.id` for every id(), `object.__getattr__` for every read of a
+# function's `__code__`/`__defaults__`, `open` and `exec` for every import).
+PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.exec", "os.posix_spawn", "os.system"})
+# Events that create or move a path: refused outside the job directory like a write (a symlink planted
+# in a trusted package's tree would change where its files resolve).
+PATH_WRITE_EVENTS = frozenset({"os.symlink", "os.link", "os.rename", "os.mkdir", "os.truncate"})
+WATCHED_EVENTS = frozenset(FORBIDDEN_EVENTS) | PROCESS_EVENTS | PATH_WRITE_EVENTS | frozenset({
+    "open", "object.__getattr__", "object.__setattr__", "compile", "code.__new__", "exec", "function.__new__"})
+WATCHED_READS = FRAME_ATTRIBUTES | {"__code__"}
+
 THREAD_STARTERS = ("start_new_thread", "_start_new_thread", "start_joinable_thread", "_start_joinable_thread")
 CALL_EVENT = "referee.sealed_call"
 
@@ -143,12 +154,15 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
     import _thread
 
     forbidden = dict(FORBIDDEN_EVENTS)
+    watched, watched_reads = WATCHED_EVENTS, WATCHED_READS
+    process_events, path_write_events = PROCESS_EVENTS, PATH_WRITE_EVENTS
     direct_events = DIRECT_CALLER_EVENTS
     frame_attributes = FRAME_ATTRIBUTES
     build_tools = BUILD_TOOLS
     looked_through_files = _LOOKED_THROUGH_FILES
     looked_through_functions = _LOOKED_THROUGH_FUNCTIONS
-    realpath, isabs, basename, fsdecode = os.path.realpath, os.path.isabs, os.path.basename, os.fsdecode
+    realpath, normpath, isabs, basename, dirname, fsdecode = (os.path.realpath, os.path.normpath, os.path.isabs,
+                                                              os.path.basename, os.path.dirname, os.fsdecode)
     getframe = sys._getframe
     get_ident = _thread.get_ident
     candidate_file, job_dir, jobs_root = guard.candidate_file, guard.job_dir, guard.jobs_root
@@ -157,55 +171,80 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
     events = guard.events
     own_proc = f"/proc/{os.getpid()}"
     paths = sysconfig.get_paths()
-    stdlib = _roots(paths["stdlib"], paths["platstdlib"])
-    site_roots = _roots(paths["purelib"], paths["platlib"], *site.getsitepackages())
+    stdlib_paths = (paths["stdlib"], paths["platstdlib"])
+    site_paths = (paths["purelib"], paths["platlib"], *site.getsitepackages())
+    trusted_paths = (harness_dir, _package_dir("torch"), _package_dir("triton"), _package_dir("numpy"))
+    stdlib = _roots(*stdlib_paths)
+    site_roots = _roots(*site_paths)
     # Only these packages act on their own account; any other library acts for the candidate.
-    trusted = _roots(harness_dir, _package_dir("torch"), _package_dir("triton"), _package_dir("numpy"))
+    trusted = _roots(*trusted_paths)
+    every_root = trusted + stdlib + site_roots
+    # The same roots as written (before symlinks are resolved): a file's verdict is kept only for names
+    # that lie, as written, under one of these trees, which the candidate cannot change (read-only;
+    # the hook refuses writes and new links there). Any other name may resolve differently tomorrow (a
+    # directory of the job swapped for a link into torch): it is never trusted, whatever it resolves to.
+    written_roots = every_root + tuple(sorted({normpath(p) + os.sep for p in (*stdlib_paths, *site_paths, *trusted_paths) if p}))
     system_libraries = SYSTEM_LIBRARY_DIRS + tuple(r.rstrip(os.sep) for r in trusted + site_roots)
     builders = _launcher_builders()
     originals: dict[str, Any] = {}
     busy: set[int] = set()  # threads inside the hook (per thread: another thread's events are still judged)
     CodeType, FunctionType = types.CodeType, types.FunctionType
     # The frames below the installer (the harness's command loop, its `python -c` entry): walks stop
-    # there. Held, so their ids stay theirs.
+    # there. Held (a set of the frames themselves: hashing a frame raises no event, `id` does).
     base: list[Any] = []
     below = getframe(1)
     while below is not None:
         base.append(below)
         below = below.f_back
-    base_ids = frozenset(id(f) for f in base)
+    base_frames = frozenset(base)
+    # file name -> (in the stdlib, trusted, trusted strictly): decided once per name (see written_roots)
+    verdicts: dict[str, tuple[bool, bool, bool]] = {}
+    untrusted_verdict = (False, False, False)
+    frozen_verdict = (True, True, True)
 
     def real(filename: str) -> str:
         return realpath(filename)
 
+    def verdict(filename: str) -> tuple[bool, bool, bool]:
+        known = verdicts.get(filename)
+        if known is not None:
+            return known
+        if filename == candidate_file:
+            return untrusted_verdict
+        if not isabs(filename):
+            return frozen_verdict if filename.startswith("<frozen") else untrusted_verdict  # <string>: exec'd code
+        if ".." in filename.split(os.sep) or not normpath(filename).startswith(written_roots):
+            return untrusted_verdict
+        resolved = real(filename)  # (a venv's platstdlib holds its site-packages: those are not stdlib)
+        in_std = resolved.startswith(stdlib) and "-packages" not in resolved and "-packages" not in filename
+        found = (in_std, resolved.startswith(every_root), resolved.startswith(trusted) or in_std)
+        verdicts[filename] = found
+        return found
+
     def in_stdlib(filename: str) -> bool:
-        return filename.startswith("<frozen") or (isabs(filename) and real(filename).startswith(stdlib) and "-packages" not in filename)
+        return verdict(filename)[0]
 
     def untrusted_file(filename: str, strict: bool = False) -> bool:
         """Strict: only torch, triton, numpy, the harness and the stdlib act on their own account
         (threads: a library's thread runs whatever it is given). Otherwise any installed package."""
-        if filename == candidate_file:
-            return True
-        if not isabs(filename):
-            return not filename.startswith("<frozen")  # <string>: exec'd code
-        resolved = real(filename)  # (a venv's platstdlib holds its site-packages: those are not stdlib)
-        if strict:
-            return not (resolved.startswith(trusted) or (resolved.startswith(stdlib) and "-packages" not in resolved))
-        return not resolved.startswith(trusted + stdlib + site_roots)
+        return not verdict(filename)[2 if strict else 1]
 
     def trusted_name(filename: Any) -> bool:
-        """A file name that would make code look like the trusted side's."""
+        """A file name that would make code look like the trusted side's (resolved every time: this
+        refuses, so it errs towards trusted)."""
         if not isinstance(filename, (str, bytes)):
             return False
         name = fsdecode(filename)
-        return name.startswith("<frozen") or (isabs(name) and real(name).startswith(trusted + stdlib + site_roots))
+        return name.startswith("<frozen") or (isabs(name) and real(name).startswith(every_root))
 
     def untrusted_caller(frame: Any, strict: bool = False) -> str | None:
         """The file of the innermost frame outside the standard library, if that is untrusted code."""
-        while frame is not None and id(frame) not in base_ids:
+        index = 2 if strict else 1
+        while frame is not None and frame not in base_frames:
             filename = frame.f_code.co_filename
-            if not in_stdlib(filename):
-                return filename if untrusted_file(filename, strict) else None
+            found = verdict(filename)
+            if not found[0]:
+                return None if found[index] else filename
             frame = frame.f_back
         return None
 
@@ -219,7 +258,7 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
         return None
 
     def untrusted_on_stack(frame: Any) -> str | None:
-        while frame is not None and id(frame) not in base_ids:
+        while frame is not None and frame not in base_frames:
             if untrusted_file(frame.f_code.co_filename):
                 return frame.f_code.co_filename
             frame = frame.f_back
@@ -244,7 +283,7 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
         name = basename(fsdecode(program))
         if name not in build_tools and not name.endswith(("-gcc", "-g++", "-cc", "-c++", "-ld")) and not name.startswith(("gcc-", "g++-", "clang-")):
             return None
-        while frame is not None and id(frame) not in base_ids:
+        while frame is not None and frame not in base_frames:
             if frame.f_code in builders:
                 return None
             if untrusted_file(frame.f_code.co_filename):
@@ -252,13 +291,16 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             frame = frame.f_back
         return f"building native code ({name})"
 
+    def inside_job(resolved: str) -> bool:
+        return resolved.startswith(job_dir + os.sep) or resolved == job_dir
+
     def open_reason(args: tuple[Any, ...]) -> str | None:
         path, mode = args[0], args[1] if len(args) > 1 else "r"
         if not isinstance(path, (str, bytes)):
             return None  # an fd
         path = fsdecode(path)
         resolved = real(path)
-        if resolved.startswith(job_dir + os.sep) or resolved == job_dir:
+        if inside_job(resolved):
             return None
         writing = isinstance(mode, str) and any(flag in mode for flag in "wax+")
         if isinstance(mode, int):
@@ -277,6 +319,22 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             return "reading another process's /proc entries"
         return None
 
+    def path_write_reason(event: str, args: tuple[Any, ...]) -> str | None:
+        """A link, rename, directory or truncation outside the job directory (the entry itself, not
+        what an existing link points to)."""
+        targets = args[:2] if event == "os.rename" else args[1:2] if event in ("os.symlink", "os.link") else args[:1]
+        directory_fds = {"os.symlink": args[2:3], "os.link": args[2:4], "os.rename": args[2:4], "os.mkdir": args[2:3]}.get(event, ())
+        relative_to_fd = any(isinstance(fd, int) and fd != -1 for fd in directory_fds)  # -1: no dir_fd
+        for target in targets:
+            if not isinstance(target, (str, bytes)):
+                continue
+            name = fsdecode(target)
+            if relative_to_fd and not isabs(name):
+                return "writing outside the job directory"
+            if not inside_job(os.path.join(real(dirname(name) or "."), basename(name))):
+                return "writing outside the job directory"
+        return None
+
     def library_reason(args: tuple[Any, ...]) -> str | None:
         """ctypes.dlopen of a file outside the system's and the trusted packages' directories."""
         path = args[0] if args else None
@@ -288,14 +346,15 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
         return None if real(name).startswith(system_libraries) else f"loading a native library from {name}"
 
     def decide(event: str, args: tuple[Any, ...], frame: Any) -> tuple[str | None, str | None]:
-        """(reason, caller) for a refused event, or (None, None)."""
+        """(reason, caller) for a refused event, or (None, None). Where a refusal needs an untrusted
+        caller, the caller (cached per file name) is found before the reason (which may resolve paths)."""
         if event == "object.__getattr__":
-            name = args[1] if len(args) > 1 else None
+            name = args[1]
             if name in frame_attributes:
                 return "frame walking", direct_caller_untrusted(frame)
-            target = args[0] if args else None
-            if name == "__code__" and isinstance(target, FunctionType) and trusted_name(target.__code__.co_filename):
-                return "reading the code of trusted functions", untrusted_caller(frame)
+            target = args[0]
+            if isinstance(target, FunctionType) and (caller := untrusted_caller(frame)) is not None and trusted_name(target.__code__.co_filename):
+                return "reading the code of trusted functions", caller
             return None, None
         if event == "object.__setattr__":
             target = args[0] if args else None
@@ -314,16 +373,13 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             if isinstance(code, CodeType) and trusted_name(code.co_filename) and not importing(frame, code.co_filename):
                 return "running code under a trusted file name", untrusted_caller(frame)
             return None, None
-        reason = forbidden.get(event)
-        if event == "open":
-            reason = open_reason(args)
-        elif event == "ctypes.dlopen":
+        if event == "ctypes.dlopen":
             caller = untrusted_caller(frame)
             library = library_reason(args)
             if library is not None:
                 return library, caller or "(a trusted library on the candidate's behalf)"
-            return (reason, caller) if caller else (None, None)
-        elif event in ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.system"):
+            return (forbidden[event], caller) if caller else (None, None)
+        if event in process_events:
             program = args[0] if args else None
             if event == "subprocess.Popen" and len(args) > 1 and isinstance(args[1], (list, tuple)) and args[1]:
                 program = program or args[1][0]
@@ -333,10 +389,14 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             build = native_build_reason(program, frame)
             if build is not None:
                 return build, untrusted_on_stack(frame) or "(a trusted library on the candidate's behalf)"
-        if reason is None:
-            return None, None
         caller = direct_caller_untrusted(frame) if event in direct_events else untrusted_caller(frame)
-        return reason, caller
+        if caller is None:
+            return None, None
+        if event == "open":
+            return open_reason(args), caller
+        if event in path_write_events:
+            return path_write_reason(event, args), caller
+        return forbidden.get(event), caller
 
     def refuse(event: str, reason: str, detail: Any) -> None:
         events.append({"event": event, "reason": reason, "detail": _short(detail)})
@@ -362,7 +422,11 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
         box.append(original(*args, **kwargs))
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
-        if not guard.active and event != CALL_EVENT:
+        # The fast path first: most events the interpreter raises can never be refused.
+        if event not in watched:
+            if event != CALL_EVENT:
+                return
+        elif not guard.active or (event == "object.__getattr__" and (len(args) < 2 or args[1] not in watched_reads)):
             return
         me = get_ident()
         if me in busy:
