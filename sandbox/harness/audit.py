@@ -189,6 +189,7 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
     originals: dict[str, Any] = {}
     busy: set[int] = set()  # threads inside the hook (per thread: another thread's events are still judged)
     CodeType, FunctionType = types.CodeType, types.FunctionType
+    identity = object.__hash__
     # The frames below the installer (the harness's command loop, its `python -c` entry): walks stop
     # there. Held (a set of the frames themselves: hashing a frame raises no event, `id` does).
     base: list[Any] = []
@@ -373,6 +374,8 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             if isinstance(code, CodeType) and trusted_name(code.co_filename) and not importing(frame, code.co_filename):
                 return "running code under a trusted file name", untrusted_caller(frame)
             return None, None
+        if allow_native and event in ("ctypes.dlopen", "ctypes.dlsym"):
+            return None, None  # the operator allows native code: loading a library and finding its symbols
         if event == "ctypes.dlopen":
             caller = untrusted_caller(frame)
             library = library_reason(args)
@@ -460,12 +463,15 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             except (TypeError, AttributeError):  # an extension type that refuses new attributes
                 continue
             originals.setdefault(kind, original)
-            kinds[id(original)] = kind
+            kinds[identity(original)] = kind
         for module in list(sys.modules.values()):
             try:
-                found = [(k, kinds[id(v)]) for k, v in list(vars(module).items()) if id(v) in kinds and originals[kinds[id(v)]] is v]
+                namespace = list(vars(module).items())
             except TypeError:
                 continue
+            # (`object.__hash__` is an object's identity, like id(), without an audit event per value)
+            found = [(k, kinds[key]) for (k, v), key in zip(namespace, map(identity, (v for _, v in namespace)), strict=True)
+                     if key in kinds and originals[kinds[key]] is v]
             for other, kind in found:
                 setattr(module, other, _sealed_stub(kind, None))
 
