@@ -44,6 +44,7 @@ test: $(BIN)/referee preflight
 
 lint: $(BIN)/referee
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

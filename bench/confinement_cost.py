@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stack import spread  # noqa: E402
-from sandbox.evaluate import evaluate  # noqa: E402
 from sandbox.harness import lockdown  # noqa: E402
-from sandbox.isolation import Limits, select_isolation  # noqa: E402
-from sandbox.models import EvalConfig, Problem, Submission, Verdict  # noqa: E402
-from sandbox.pool import WarmPool  # noqa: E402
+from sandbox.isolation import Limits  # noqa: E402
+from sandbox.selection import select_isolation  # noqa: E402
 from tests.tiny_problem import CANDIDATE, REFERENCE  # noqa: E402
+from worker.evaluate import evaluate  # noqa: E402
+from worker.models import EvalConfig, Problem, Submission, Verdict  # noqa: E402
+from worker.pool import WarmPool  # noqa: E402
 
 
 def apply_cost(samples: int = 20) -> dict[str, Any]:

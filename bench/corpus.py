@@ -34,10 +34,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sandbox.evaluate import detect_device, evaluate  # noqa: E402
-from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission  # noqa: E402
-from sandbox.pool import WarmPool  # noqa: E402
-from sandbox.static_checks import ProblemSourceError  # noqa: E402
+from worker.evaluate import detect_device, evaluate  # noqa: E402
+from worker.models import EvalConfig, EvaluationResult, Problem, Submission  # noqa: E402
+from worker.pool import WarmPool  # noqa: E402
+from worker.static_checks import ProblemSourceError  # noqa: E402
 
 ACCEPTED = "correct"
 REJECT_LABELS = ("partial_fallback", "hack")

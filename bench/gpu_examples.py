@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sandbox.evaluate import evaluate  # noqa: E402
-from sandbox.models import EvalConfig, Problem, Submission  # noqa: E402
 from service.cli import EXPECTED_VERDICTS  # noqa: E402
+from worker.evaluate import evaluate  # noqa: E402
+from worker.models import EvalConfig, Problem, Submission  # noqa: E402
 
 
 def card_name() -> str:

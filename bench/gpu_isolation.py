@@ -52,7 +52,7 @@ def preflight() -> dict[str, Any]:
         fail_fast("pydantic is not importable: put the wheels directory on PYTHONPATH")
     if shutil.which("unshare") is None:
         fail_fast("util-linux `unshare` is not on PATH")
-    from sandbox.isolation import unshare_works
+    from sandbox.selection import unshare_works
 
     if not unshare_works():
         fail_fast("unshare cannot create the namespaces (user namespaces disabled?); try: unshare --net --pid --mount --fork true")
@@ -78,9 +78,9 @@ def step(record: dict[str, Any], name: str, fn: Any) -> Any:
 
 
 def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
-    from sandbox.evaluate import evaluate
-    from sandbox.isolation import select_isolation
-    from sandbox.models import EvalConfig, Problem, Submission
+    from sandbox.selection import select_isolation
+    from worker.evaluate import evaluate
+    from worker.models import EvalConfig, Problem, Submission
 
     folder = ROOT / "examples" / example
     started = time.monotonic()
@@ -94,9 +94,9 @@ def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
 
 
 def run_probes(out: dict[str, Any]) -> None:
-    from sandbox.evaluate import jobs_root
-    from sandbox.isolation import select_isolation
+    from sandbox.selection import select_isolation
     from tests.security.probes import ESCAPES, run_probe, start_loopback_service
+    from worker.evaluate import jobs_root
 
     port = start_loopback_service()
     other = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root()))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see README).
+# Everything a session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see docs/deploy.md, "A GPU host without network").
 # Writes results under $OUT (or bench/results when OUT is unset). Usage: bench/gpu_session.sh [STEP...]
 # Steps: performance (issue 6), tests (the GPU-marked tests), diag (a short performance look), pair (performance on
 # GPU 0 while GPU 1 runs the tests and a timing-lock comparison), isolation (issue 5),

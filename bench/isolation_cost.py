@@ -30,11 +30,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sandbox.evaluate import evaluate, jobs_root  # noqa: E402
-from sandbox.isolation import Isolation, select_isolation  # noqa: E402
-from sandbox.models import EvalConfig, Problem, Submission  # noqa: E402
-from sandbox.process import HARNESS_PARENT, HarnessProcess, child_environment  # noqa: E402
+from sandbox.isolation import Isolation  # noqa: E402
+from sandbox.launch import HARNESS_PARENT, child_environment  # noqa: E402
+from sandbox.selection import select_isolation  # noqa: E402
 from tests.tiny_problem import CANDIDATE, REFERENCE  # noqa: E402
+from worker.evaluate import evaluate, jobs_root  # noqa: E402
+from worker.models import EvalConfig, Problem, Submission  # noqa: E402
+from worker.process import HarnessProcess  # noqa: E402
 
 
 def sandbox_start(isolation: Isolation) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sandbox import native_evidence  # noqa: E402
+from worker import native_evidence  # noqa: E402
 
 LAUNCHES = 2000
 TIMED = 300

@@ -23,7 +23,6 @@ import glob
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -156,7 +155,7 @@ def root_steps(python: str, workdir: Path, device: str, limits: Limits, *, devfs
     return steps
 
 
-def _is_root() -> bool:
+def is_root() -> bool:
     return os.geteuid() == 0
 
 
@@ -175,7 +174,7 @@ class UnshareIsolation:
 
     def command(self, argv: list[str], workdir: Path, device: str) -> list[str]:
         namespaces = ["--net", "--pid", "--ipc", "--uts", "--mount", "--fork", "--kill-child=SIGKILL"]
-        if not _is_root():
+        if not is_root():
             namespaces[:0] = ["--user", "--map-root-user"]
         spec = {"root": {"steps": root_steps(argv[0], workdir, device, self.limits)}, "limits": self.limits.rlimits(),
                 "uid": NOBODY, "gid": NOBODY, "chdir": str(workdir), "parent_death": True}
@@ -192,7 +191,7 @@ class BwrapIsolation:
 
     def command(self, argv: list[str], workdir: Path, device: str) -> list[str]:
         args = [self.executable, "--die-with-parent", "--new-session", "--hostname", "sandbox"]
-        if _is_root():
+        if is_root():
             # As root bwrap needs no user namespace; confine.py drops to nobody inside, so the harness is
             # an unprivileged uid on the host too (a user namespace would map it to host root).
             args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
@@ -315,68 +314,8 @@ def lockdown_choice(isolation: Isolation) -> str | None:
 def namespace_layers(isolation: Isolation) -> list[str]:
     """The layers the backend itself puts around a harness process (for `environment.confinement`)."""
     if isolation.name in ("unshare", "bwrap"):
-        layers = ["netns", "pidns", "ipcns", "utsns", "mntns"] + ([f"uid:{NOBODY}"] if _is_root() else ["userns"])
+        layers = ["netns", "pidns", "ipcns", "utsns", "mntns"] + ([f"uid:{NOBODY}"] if is_root() else ["userns"])
         return layers
     if isolation.name.startswith("docker"):
         return ["container", "netns", "pidns", "ipcns", "utsns", "mntns", "cap-drop:all"]
     return []
-
-
-def _probe(command: list[str]) -> bool:
-    try:
-        return subprocess.run(command, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@functools.lru_cache(maxsize=1)
-def bwrap_works() -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    flags = ["--unshare-net", "--unshare-pid"] if _is_root() else ["--unshare-all"]
-    return _probe(["bwrap", *flags, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"])
-
-
-@functools.lru_cache(maxsize=1)
-def unshare_works() -> bool:
-    """User namespaces can be disabled (sysctl, seccomp in a container): try, do not trust the binary."""
-    if shutil.which("unshare") is None:
-        return False
-    user = [] if _is_root() else ["--user", "--map-root-user"]
-    return _probe(["unshare", *user, "--net", "--pid", "--mount", "--fork", "true"])
-
-
-def select_isolation(name: str = "auto", limits: Limits | None = None) -> Isolation:
-    """The backend called `name`; `auto` takes the strongest that works here. Raises ValueError for
-    an unknown name and RuntimeError for one that cannot run on this machine."""
-    limits = limits or Limits()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown isolation {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name in ("auto", "docker"):
-        from .docker_backend import DockerIsolation, docker_unavailable
-
-        reason = docker_unavailable()
-        if reason is None:
-            return DockerIsolation(limits=limits)
-        if name == "docker":
-            raise RuntimeError(f"docker isolation is not available: {reason}")
-    if name in ("auto", "bwrap"):
-        if bwrap_works():
-            return BwrapIsolation(limits=limits)
-        if name == "bwrap":
-            raise RuntimeError("bubblewrap is not installed or cannot create namespaces here")
-    if name in ("auto", "unshare"):
-        if unshare_works():
-            return UnshareIsolation(limits=limits)
-        if name == "unshare":
-            raise RuntimeError("unshare cannot create namespaces here (user namespaces disabled?)")
-    if name == "auto":
-        log.warning("no isolation backend works on this machine (docker, bwrap, unshare): candidates run as plain "
-                    "processes, which is for development only")
-    return ProcessIsolation(limits=limits)
-
-
-@functools.lru_cache(maxsize=8)
-def cached_isolation(name: str) -> Isolation:
-    """`select_isolation` once per process and name (probing starts processes)."""
-    return select_isolation(name)

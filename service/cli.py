@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sandbox.evaluate import detect_device, evaluate
-from sandbox.isolation import BACKENDS, Isolation, select_isolation
-from sandbox.models import (
+from sandbox.isolation import BACKENDS, Isolation
+from sandbox.selection import select_isolation
+from worker.evaluate import detect_device, evaluate
+from worker.models import (
     MAX_SOURCE_BYTES,
     EvalConfig,
     EvaluationResult,
@@ -34,7 +35,7 @@ from sandbox.models import (
     Submission,
     Verdict,
 )
-from sandbox.static_checks import ProblemSourceError
+from worker.static_checks import ProblemSourceError
 
 if TYPE_CHECKING:
     from .client import RefereeClient
@@ -203,7 +204,7 @@ def check(
         err.print(f"internal error: {type(exc).__name__}: {exc}")
         raise typer.Exit(EXIT_INFRA) from None
     if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
-        from sandbox.feedback import write_feedback
+        from worker.feedback import write_feedback
 
         result.feedback = write_feedback(result, source=candidate_source)  # quote the offending lines
     if junit is not None:
@@ -244,8 +245,8 @@ def check_kernels(
     GitHub Action use this). Files without a reference beside them, and references, are skipped.
     Candidates run in parallel; on a GPU only one of them times at a time (the timing lock).
     Exit 0 only when every checked candidate is correct; 3 if Referee failed on one."""
-    from sandbox.feedback import write_feedback
-    from sandbox.timing_lock import TimingLock
+    from worker.feedback import write_feedback
+    from worker.timing_lock import TimingLock
 
     from .reports import Case, github_annotations, junit_xml
 

@@ -15,7 +15,7 @@ as a warning. What is left after the retries, and every other status >= 400, rai
 "rejected", and raises `RefereeUnavailable` for what no item can get past (auth, the server or its
 queue down): a trainer must never mistake a broken service for a reward.
 
-Imports only httpx, tenacity, pydantic and `sandbox.models`: a trainer installs it without the
+Imports only httpx, tenacity, pydantic and `worker.models`: a trainer installs it without the
 server stack (`pip install triton-referee`; the server is the `server` extra).
 """
 
@@ -41,7 +41,7 @@ from tenacity import (
     wait_random,
 )
 
-from sandbox.models import EvaluationResult, Verdict
+from worker.models import EvaluationResult, Verdict
 
 API_KEY_HEADER = "X-API-Key"  # service/auth.py reads the same header
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

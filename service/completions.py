@@ -21,7 +21,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from sandbox.models import EvaluationResult, Verdict
+from worker.models import EvaluationResult, Verdict
 
 THINK_TAGS = ("think", "thinking", "reasoning", "thought", "scratchpad")
 _TAGS = "|".join(THINK_TAGS)

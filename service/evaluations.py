@@ -19,9 +19,9 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from sandbox.evaluate import plan_problem
-from sandbox.static_checks import ProblemSourceError
+from worker.evaluate import plan_problem
 from worker.jobs import failure_document
+from worker.static_checks import ProblemSourceError
 
 from .metrics import Metrics
 from .queue import JobQueue, Outcome

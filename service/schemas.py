@@ -1,5 +1,5 @@
 """Request and response bodies of the HTTP API (pydantic v2). The result document itself is the
-engine's `sandbox.models.EvaluationResult`."""
+engine's `worker.models.EvaluationResult`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sandbox.models import EvalConfig
+from worker.models import EvalConfig
 
 
 def _utf8(value: str | None) -> str | None:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sandbox.models import MAX_SOURCE_BYTES
+from worker.models import MAX_SOURCE_BYTES
 
 
 def redact_url(url: str | None) -> str | None:

@@ -158,8 +158,8 @@ def write_pair(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 def evaluate_source() -> Callable[..., Any]:
     """evaluate(Problem, Submission, EvalConfig(device="cpu", trials=2, **config)) in-process, cached
     per (reference, candidate, config) for the session: several tests read the same result."""
-    from sandbox.evaluate import evaluate
-    from sandbox.models import EvalConfig, Problem, Submission
+    from worker.evaluate import evaluate
+    from worker.models import EvalConfig, Problem, Submission
 
     cache: dict[tuple[str, str, str], Any] = {}
 
@@ -207,7 +207,7 @@ def python_without_torch(tmp_path_factory: pytest.TempPathFactory) -> str:
 def warm_pool() -> Any:
     """A real warm pool (zygote with torch and triton imported) for the tests that evaluate many
     candidates: the production path, and a fraction of the cost of fresh processes."""
-    from sandbox.pool import WarmPool
+    from worker.pool import WarmPool
 
     with WarmPool("cpu", spares=2) as pool:
         yield pool.client

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from sandbox.models import MAX_SOURCE_BYTES
+from worker.models import MAX_SOURCE_BYTES
 
 
 def _document(stdout: str, stderr: str) -> dict:

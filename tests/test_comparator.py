@@ -13,7 +13,7 @@ import torch
 # The harness is started as the top-level package `harness`, but it is also importable from the
 # engine package; its modules import only torch and each other.
 from sandbox.harness import compare
-from sandbox.models import Verdict
+from worker.models import Verdict
 
 
 def _passes(expected, actual, atol=None, rtol=None) -> bool:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from sandbox.reference_cache import ReferenceCache
-from sandbox.reference_data import ReferenceDataCache
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from worker.reference_cache import ReferenceCache
+from worker.reference_data import ReferenceDataCache
 
 HERE = Path(__file__).parent
 PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import torch
 
-from sandbox.evaluate import evaluate
 from sandbox.harness import shm, tensors
 from sandbox.harness.reference import ReferenceRole
-from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 from tests.conftest import TINY_REFERENCE
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 
 HERE = Path(__file__).parent
 PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())
@@ -196,7 +196,7 @@ def test_the_data_plane_and_the_stop_work_in_namespaces(backend: str, tiny_refer
     """Shared memory crosses into new pid/ipc/mount namespaces (descriptors, not names), and the
     engine stops a namespaced candidate's processes, warm pool or fresh (docker: tests/security)."""
     from sandbox.isolation import BwrapIsolation, UnshareIsolation
-    from sandbox.pool import WarmPool
+    from worker.pool import WarmPool
 
     isolation = UnshareIsolation() if backend == "unshare" else BwrapIsolation()
     problem, candidate, config = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate), EvalConfig(device="cpu", trials=1)
@@ -230,7 +230,7 @@ def test_a_large_problem_gets_fewer_trials_and_one_timing_set(monkeypatch: pytes
                                                                           honest_tiny_candidate: str) -> None:
     """The size threshold lowered to the tiny problem's (4 kB of input, 4 kB of output): by default
     3 trials instead of 5 (still every input set) and one timing set; what a request asks for is kept."""
-    import sandbox.evaluate as engine
+    import worker.evaluate as engine
 
     monkeypatch.setattr(engine, "LARGE_TRIAL_BYTES", 1000)
     problem, candidate = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate)

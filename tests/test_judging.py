@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, EvaluationResult, Problem, RewardConfig, Submission, Verdict
-from sandbox.static_checks import ProblemSourceError
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, EvaluationResult, Problem, RewardConfig, Submission, Verdict
+from worker.static_checks import ProblemSourceError
 
 HERE = Path(__file__).parent / "judging"
 CANDIDATES = sorted(p for p in HERE.glob("*.py") if not p.stem.endswith("_problem"))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import detect_device
-from sandbox.models import EvaluationResult, Verdict
 from service.reports import pass_at_k, summarize
 from tests.tiny_problem import CANDIDATE_TEMPLATE, REFERENCE
+from worker.evaluate import detect_device
+from worker.models import EvaluationResult, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 HONEST = CANDIDATE_TEMPLATE.replace("FACTOR", "2")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
 
 HERE = Path(__file__).parent
 PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())

@@ -1,4 +1,4 @@
-"""The judge's reading of native recorder streams (sandbox/native_evidence.py), on synthetic
+"""The judge's reading of native recorder streams (worker/native_evidence.py), on synthetic
 streams: honest ones, truncated ones, garbage, and what a candidate writing into the descriptor or
 imitating markers would produce. The parser must never raise and must say what is wrong."""
 
@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from sandbox import native_evidence as ne
+from worker import native_evidence as ne
 
 BASE = 0x40000000
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import native_evidence as ne
 from sandbox.harness import native
+from worker import native_evidence as ne
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "tests" / "native" / "scenario.py"
@@ -238,7 +238,7 @@ def test_a_harness_process_given_an_evidence_fd_without_a_gpu_says_why_and_still
     import time
 
     from sandbox.harness.protocol import KEY_BYTES, Channel
-    from sandbox.process import _BOOTSTRAP, HARNESS_PARENT, child_environment
+    from sandbox.launch import BOOTSTRAP, HARNESS_PARENT, child_environment
 
     pipe = ne.RecordPipe()
     to_child_r, to_child_w = os.pipe()
@@ -250,7 +250,7 @@ def test_a_harness_process_given_an_evidence_fd_without_a_gpu_says_why_and_still
         sys.executable,
         "-I",
         "-c",
-        _BOOTSTRAP,
+        BOOTSTRAP,
         str(HARNESS_PARENT),
         "--role",
         "candidate",
@@ -305,7 +305,7 @@ def test_harness_processes_get_the_record_pipe_fresh_and_from_the_warm_pool(
     serves as usual."""
     import time
 
-    from sandbox.process import HarnessProcess
+    from worker.process import HarnessProcess
 
     pool = request.getfixturevalue("warm_pool") if pooled else None
     workdir = (Path(pool.scratch) if pool else tmp_path) / f"job-native-{pooled}" / "candidate"
@@ -326,7 +326,7 @@ def test_harness_processes_get_the_record_pipe_fresh_and_from_the_warm_pool(
 def test_without_native_records_nothing_changes(tmp_path: Path) -> None:
     import time
 
-    from sandbox.process import HarnessProcess
+    from worker.process import HarnessProcess
 
     process = HarnessProcess("candidate", tmp_path / "candidate", "cpu")
     process.start()

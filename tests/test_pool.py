@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
 from sandbox.harness import tensors
 from sandbox.harness.zygote import Zygote
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.pool import PoolUnavailable, WarmPool
-from sandbox.process import HarnessDied, HarnessProcess, child_environment
+from sandbox.launch import child_environment
 from tests.tiny_problem import CANDIDATE, REFERENCE
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.pool import PoolUnavailable, WarmPool
+from worker.process import HarnessDied, HarnessProcess
 
 FAST = EvalConfig(device="cpu", trials=1, timeout_s=60)
 MEMORY_BOMB = CANDIDATE.replace("class ModelNew", "HOARD = bytearray(3 << 30)\nHOARD[::4096] = b'x' * len(HOARD[::4096])\n\n\nclass ModelNew")

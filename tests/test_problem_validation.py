@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.rules import RULES
-from sandbox.static_checks import ProblemSourceError
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.rules import RULES
+from worker.static_checks import ProblemSourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 HONEST_FILL = '''
@@ -80,10 +80,10 @@ def test_ordinary_problem_gets_no_degenerate_warning() -> None:
     assert "degenerate_problem" not in [w.rule for w in result.anti_cheat.warnings]
 
 
-def test_readme_documents_every_rule() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_rules_catalogue_documents_every_rule() -> None:
+    catalogue = (ROOT / "docs" / "anticheat.md").read_text()
     for rule_id in RULES:
-        assert f"| `{rule_id}` |" in readme, rule_id
+        assert f"| `{rule_id}` |" in catalogue, rule_id
 
 
 def test_problem_allowlist_admits_a_named_torch_op() -> None:

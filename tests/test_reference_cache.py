@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.reference_cache import ReferenceCache
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.reference_cache import ReferenceCache
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -1,4 +1,4 @@
-"""The reference-data cache (sandbox/reference_data.py): a hit judges its trials with cached inputs
+"""The reference-data cache (worker/reference_data.py): a hit judges its trials with cached inputs
 and expected outputs while the live model builds in the background for the fresh timing inputs and
 rechecks, with the same results as a miss; a candidate carrying outputs for leaked cached inputs
 fails the rechecks; entries rotate, expire and stay small; off means the old path.
@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import torch
 
-from sandbox.evaluate import evaluate
 from sandbox.harness import tensors
 from sandbox.harness.compare import unpack_expected
 from sandbox.harness.reference import ReferenceRole
-from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from sandbox.reference_cache import ReferenceCache
-from sandbox.reference_data import ReferenceData, ReferenceDataCache
 from tests.conftest import TINY_REFERENCE, tiny_candidate
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from worker.reference_cache import ReferenceCache
+from worker.reference_data import ReferenceData, ReferenceDataCache
 
 # Computes relu, then doubles it inside the kernel: launches its own kernel, no torch compute, wrong.
 WRONG_CANDIDATE = tiny_candidate(

@@ -1,4 +1,4 @@
-"""The result document of a correct evaluation has every field DESIGN.md promises (Reward JSON)."""
+"""The result document of a correct evaluation has every field docs/results.md promises."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from sandbox.models import EvaluationResult, Verdict
+from worker.models import EvaluationResult, Verdict
 
-# DESIGN.md, "Reward JSON": the fields every client may rely on.
+# docs/results.md, "The document": the fields every client may rely on.
 REWARD_JSON_FIELDS = [
     "id", "status", "verdict", "reward", "rewards.correctness", "rewards.speedup", "compiled", "correct",
     "correctness.trials", "correctness.passed", "correctness.input_sets", "correctness.max_abs_error",

@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from sandbox.input_sets import plan_input_sets
-from sandbox.models import RewardConfig, Verdict
-from sandbox.reward import compute_reward
-from sandbox.static_checks import ProblemSourceError, check_candidate, check_problem, jit_functions
+from worker.input_sets import plan_input_sets
+from worker.models import RewardConfig, Verdict
+from worker.reward import compute_reward
+from worker.static_checks import ProblemSourceError, check_candidate, check_problem, jit_functions
 
 
 def _src(text: str) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
 
 
 def _read(examples_dir: Path, problem: str, candidate: str) -> tuple[str, str]:

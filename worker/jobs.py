@@ -13,14 +13,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sandbox.evaluate import detect_device, evaluate
-from sandbox.isolation import Isolation, cached_isolation
-from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from sandbox.pool import WarmPool, client_from_environment
-from sandbox.reference_cache import ReferenceCache
-from sandbox.reference_data import DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_USES, DEFAULT_TTL_S, ReferenceDataCache
-from sandbox.static_checks import ProblemSourceError
-from sandbox.timing_lock import TimingLock
+from sandbox.isolation import Isolation
+from sandbox.selection import cached_isolation
+from worker.evaluate import detect_device, evaluate
+from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from worker.pool import WarmPool, client_from_environment
+from worker.reference_cache import ReferenceCache
+from worker.reference_data import DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_USES, DEFAULT_TTL_S, ReferenceDataCache
+from worker.static_checks import ProblemSourceError
+from worker.timing_lock import TimingLock
 
 
 def _cache_directory() -> Path:
@@ -50,7 +51,7 @@ REFERENCE_CACHE = ReferenceCache(_cache_directory())
 
 
 def reference_data_cache(directory: Path | None = None) -> ReferenceDataCache:
-    """The cache of reference inputs and expected outputs (`sandbox/reference_data.py`), bounded by
+    """The cache of reference inputs and expected outputs (`worker/reference_data.py`), bounded by
     REFEREE_REFERENCE_DATA_MAX_USES, REFEREE_REFERENCE_DATA_TTL_S and REFEREE_REFERENCE_DATA_MAX_BYTES."""
     return ReferenceDataCache(
         directory,

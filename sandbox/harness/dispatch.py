@@ -76,7 +76,7 @@ class OpRecorder(TorchDispatchMode):
         self.ops[name] += 1
         if name not in VIEW_OPS:
             self.sequence += 1
-        # A scalar read (`.item()`) is not a data copy: the work meter counts it (sandbox/proportion.py judges).
+        # A scalar read (`.item()`) is not a data copy: the work meter counts it (worker/proportion.py judges).
         if name in ("_to_copy", "copy_", "_copy_from") and _moves_to_host(name, args, kwargs):
             self.device_to_host += 1
         result = func(*args, **kwargs)

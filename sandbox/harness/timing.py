@@ -118,7 +118,7 @@ class CudaTimer:
         outputs, and the host time of the round; the engine makes the statistics. With the native
         recorder, call i is also bracketed by markers first_label + 2i and first_label + 2i + 1, and
         the records are flushed after the round: the engine then takes the call's GPU time from
-        the records (sandbox/native_evidence.py), which the candidate's Python cannot rewrite."""
+        the records (worker/native_evidence.py), which the candidate's Python cannot rewrite."""
         seconds = float(slack_s) if isinstance(slack_s, (int, float)) else 20e-6  # the engine's, from the warm-up round
         slack_cycles = int(max(20e-6, min(seconds, 20e-3)) * self._clock_hz)
         starts = [self._Event(enable_timing=True) for _ in range(calls)]

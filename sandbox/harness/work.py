@@ -4,7 +4,7 @@ The op recorder (dispatch.py) hands every dispatched aten op to a `WorkMeter`. T
 the bytes each compute op touches (its tensor arguments and results), the scalar reads to the
 host (`.item()`, `float(t)`), and which storages hold data derived from what the kernels of this
 call touched: a result computed from such a storage (a copy, a slice made contiguous, a small
-epilogue) is derived too. The engine decides from these figures (sandbox/proportion.py); this
+epilogue) is derived too. The engine decides from these figures (worker/proportion.py); this
 process only measures.
 """
 

@@ -52,7 +52,7 @@ from .limits import apply_limits
 
 MAX_MESSAGE = 256 * 1024
 FD_NAMES = ("read", "write", "key", "stdout", "stderr", "data")
-EVIDENCE_FD = "evidence"  # optional, last: the native recorder's pipe (sandbox/native_evidence.py)
+EVIDENCE_FD = "evidence"  # optional, last: the native recorder's pipe (worker/native_evidence.py)
 MAX_LAUNCHERS = 512  # argument-type patterns learned per zygote
 PR_SET_PDEATHSIG = 1
 SPARE_PREFIX = ".spare-"

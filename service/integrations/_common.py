@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.feedback import write_feedback
-from sandbox.models import EvaluationResult, Verdict
 from service.client import RefereeClient
 from service.completions import Candidate, find_candidate, no_code_result
+from worker.feedback import write_feedback
+from worker.models import EvaluationResult, Verdict
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 log = logging.getLogger("referee.integrations")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Submission, Verdict
-from sandbox.pool import PoolClient, WarmPool
 from tests.test_corpus import EXPLOITS, HONEST, PROBLEM, expected_rule
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Submission, Verdict
+from worker.pool import PoolClient, WarmPool
 
 GPU = Path(__file__).parent
 ALL_EXPLOITS = EXPLOITS + sorted((GPU / "exploits").glob("*.py"))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sandbox.evaluate import evaluate
 from sandbox.harness import tensors
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

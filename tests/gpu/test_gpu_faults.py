@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.pool import PoolClient, WarmPool
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.pool import PoolClient, WarmPool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.gpu

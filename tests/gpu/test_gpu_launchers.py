@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
 from sandbox.harness.triton_cache import launchers_supported
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.pool import WarmPool
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.pool import WarmPool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.gpu

@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 
-from sandbox.models import EvaluationResult, Verdict
 from service.client import ApiError, AsyncRefereeClient, RefereeClient
 from service.integrations import openrlhf, trl, verl
 from tests.integrations.integration_support import CANDIDATE, CHEAT, COMPILE_ERROR, FAST, REFERENCE, WRONG, completion
+from worker.models import EvaluationResult, Verdict
 
 
 @pytest.fixture(autouse=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.models import AntiCheat, EvaluationResult, Performance, Severity, StageTimings, Verdict, Violation
 from service.reports import BAR_COLOUR, Case, html_report, summarize
 from tests.integrations.integration_support import CANDIDATE, CHEAT, REFERENCE, WRONG, completion
+from worker.models import AntiCheat, EvaluationResult, Performance, Severity, StageTimings, Verdict, Violation
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_CORPUS = ROOT / "bench" / "results" / "gpu-corpus-nvidia-h100-80gb-hbm3-2026-11-25.json"

@@ -8,9 +8,9 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from sandbox.models import EvaluationResult, Verdict
 from service.reports import Case, github_annotations, junit_xml
 from tests.integrations.integration_support import CANDIDATE, CHEAT, COMPILE_ERROR, REFERENCE
+from worker.models import EvaluationResult, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOTATION = re.compile(r"^::(error|warning|notice) file=(?P<file>[^,:]+)(,line=(?P<line>\d+))?(,title=(?P<title>[^:]*))?::(?P<message>.*)$")

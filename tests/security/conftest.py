@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from sandbox.evaluate import jobs_root
 from sandbox.isolation import BwrapIsolation, Isolation, Limits, ProcessIsolation, UnshareIsolation
 from tests.machine_lock import machine_lock
+from worker.evaluate import jobs_root
 
 from .images import build_image
 

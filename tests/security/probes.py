@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.isolation import Isolation, start_watchdog
-from sandbox.process import HARNESS_PARENT, child_environment
+from sandbox.launch import HARNESS_PARENT, child_environment
 
 ESCAPES = r'''
 import errno, json, os, signal, socket, sys

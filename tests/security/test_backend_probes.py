@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import jobs_root
+from worker.evaluate import jobs_root
 
 from . import probes
 from .conftest import CONFINING, ROOT

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from sandbox.pool import PoolClient, WarmPool
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from worker.pool import PoolClient, WarmPool
 
 from ..tiny_problem import CANDIDATE, REFERENCE
 from .confinement_probe import attacker_source, probe_report, uncontained

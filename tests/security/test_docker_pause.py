@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.reference_cache import ReferenceCache
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.reference_cache import ReferenceCache
 
 from ..tiny_problem import CANDIDATE, REFERENCE
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
-from sandbox.pool import PoolClient, WarmPool
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.pool import PoolClient, WarmPool
 
 from ..tiny_problem import CANDIDATE, REFERENCE
 from .test_hostile_candidates import MEMORY_BOMB

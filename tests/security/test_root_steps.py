@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.evaluate import evaluate
 from sandbox.isolation import Limits, UnshareIsolation, root_steps
-from sandbox.models import EvalConfig, Problem, Submission, Verdict
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
 
 from ..tiny_problem import CANDIDATE, REFERENCE
 

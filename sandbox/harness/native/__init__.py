@@ -1,7 +1,7 @@
 """Builds and starts the native launch recorder (recorder.c) in a harness process.
 
 The recorder writes every GPU kernel, memcpy and memset of this process, as CUPTI reports them, to
-a descriptor whose reading end the judge holds (sandbox/native_evidence.py parses the stream). It
+a descriptor whose reading end the judge holds (worker/native_evidence.py parses the stream). It
 must be started before any submitted code is imported. Standard library and ctypes only: nothing
 here imports torch, and nothing touches CUDA until `start`.
 

@@ -23,13 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .isolation import Isolation, ProcessIsolation, lockdown_choice, namespace_layers
+from sandbox.isolation import Isolation, ProcessIsolation, lockdown_choice, namespace_layers
+from sandbox.launch import HARNESS_PARENT, ZYGOTE_BOOTSTRAP, child_environment
 
 MAX_REPLY = 64 * 1024
-_ZYGOTE_BOOTSTRAP = (
-    "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "
-    "runpy.run_module('harness.zygote', run_name='__main__', alter_sys=True)"
-)
 
 
 class PoolUnavailable(Exception):
@@ -122,8 +119,6 @@ class WarmPool:
 
     def start(self, wait_s: float = 180.0) -> dict[str, Any]:
         """Start the zygote and wait until it answers; returns its ping (import and warm-up times)."""
-        from .process import HARNESS_PARENT, child_environment
-
         with self._lock:
             if os.path.exists(self.socket_path):
                 os.unlink(self.socket_path)
@@ -132,7 +127,7 @@ class WarmPool:
             listener.listen(64)
             zygote_home = self.scratch / ".zygote"  # made by the zygote, inside its isolation
             lifeline_r, self._lifeline = os.pipe()
-            argv = [self.python, "-I", "-c", _ZYGOTE_BOOTSTRAP, str(HARNESS_PARENT),
+            argv = [self.python, "-I", "-c", ZYGOTE_BOOTSTRAP, str(HARNESS_PARENT),
                     "--listen-fd", str(listener.fileno()), "--lifeline-fd", str(lifeline_r), "--spares", str(self.spares),
                     "--device", self.device]
             if self.warm_target:

@@ -19,20 +19,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import freeze, lockdown
-from .harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair
-from .isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_choice, namespace_layers, start_watchdog
+from sandbox.harness import freeze, lockdown
+from sandbox.harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair
+from sandbox.isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_choice, namespace_layers, start_watchdog
+from sandbox.launch import BOOTSTRAP, HARNESS_PARENT, child_environment
+
 from .native_evidence import RecordPipe, recorder_cache
 from .pool import PoolClient, PoolUnavailable
 
-HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
 OUTPUT_CAP_BYTES = 64 * 1024
-_BOOTSTRAP = "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('harness', run_name='__main__', alter_sys=True)"
 # Core dumps of a candidate would be large and could hold the channel key. Memory is watched (a
 # poll of resident pages: CUDA reserves far more address space than it uses, so no RLIMIT_AS) by
 # the warm pool's zygote; fresh processes leave it to the isolation backend.
 DEFAULT_LIMITS = {"core_bytes": 0, "memory_bytes": 16 << 30}
-_PASSED_ENV = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_PTXAS_PATH", "TRITON_LIBCUDA_PATH")
 
 
 class HarnessDied(Exception):
@@ -67,39 +66,6 @@ class _CappedReader(threading.Thread):
     def text(self) -> str:
         body = self.kept.decode("utf-8", "replace")
         return body + (f"\n[… {self.total - len(self.kept)} more bytes dropped]" if self.total > len(self.kept) else "")
-
-
-# Every evaluation creates and tears down two CUDA contexts, and the driver does most of that under
-# one lock (for the whole host, by a 2-GPU run's symptoms): measured on an H200, a host managed about
-# 6 contexts a second however many processes asked. With one hardware work queue per context instead of eight,
-# about 15 (bench/results/context-churn-*). A harness process uses one stream (the candidate may
-# not make others), so the queues it gives up were idle.
-CUDA_CONTEXT_ENVIRONMENT = {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
-
-
-def child_environment(workdir: Path, role: str, device: str) -> dict[str, str]:
-    """A clean environment: nothing of the parent's but what the runtime needs. No secrets."""
-    env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(
-        HOME=str(workdir),
-        TMPDIR=str(workdir / "tmp"),
-        LANG="C.UTF-8",
-        # A sandbox has no /etc/passwd: without these, getpass.getuser() (torch._dynamo's cache
-        # directory) asks getpwuid and fails.
-        USER="referee",
-        LOGNAME="referee",
-        TRITON_CACHE_DIR=str(workdir / f"triton-cache-{role}"),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    if device == "cpu":
-        env["TRITON_INTERPRET"] = "1"
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    else:
-        if "CUDA_VISIBLE_DEVICES" in os.environ:
-            env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-        env.update(CUDA_CONTEXT_ENVIRONMENT)
-    return env
 
 
 class _FreshChild:
@@ -206,7 +172,7 @@ class HarnessProcess:
                 self.process = _PooledChild(self.pool, pid)
             else:
                 argv = [
-                    self.python, "-I", "-c", _BOOTSTRAP, str(HARNESS_PARENT),
+                    self.python, "-I", "-c", BOOTSTRAP, str(HARNESS_PARENT),
                     "--role", self.role,
                     "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
                     "--data-fd", str(data_child),

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandbox.harness import shm
+from sandbox.harness.stats import clean_samples, summarize, tight
+from sandbox.isolation import Isolation
+
 from . import judging, native_evidence, proportion, rules, static_checks
 from .feedback import write_feedback
-from .harness import shm
-from .harness.stats import clean_samples, summarize, tight
 from .input_sets import plan_input_sets
-from .isolation import Isolation
 from .models import (
     AntiCheat,
     Correctness,
@@ -504,7 +505,7 @@ def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
 
 
 def _judge_work(run: _Run, reply: dict[str, Any], phase: str) -> list[Violation]:
-    """Torch's share of the work (sandbox/proportion.py): fatal findings returned, epilogue warnings kept."""
+    """Torch's share of the work (worker/proportion.py): fatal findings returned, epilogue warnings kept."""
     fatal, warnings = proportion.judge(reply, phase, run.config, run.device)
     proportion.keep_warning(run.anti_cheat.warnings, warnings)
     return fatal

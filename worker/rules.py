@@ -1,6 +1,6 @@
 """Anti-cheat rules: stable ids, severity, and the message a model gets when one fires.
 
-The ids are a public contract (the README lists them); never rename one.
+The ids are a public contract (docs/anticheat.md lists them); never rename one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ RULES: dict[str, Rule] = {
             "a TorchDispatchMode records every aten op dispatched during every forward call and the bytes each compute op "
             "touches (ops other than allocation, views/reshapes, copies and casts; sandbox/harness/dispatch.py); a major "
             "op (matmul, convolution, softmax, normalisation, pooling, ...) in torch, or torch compute above "
-            "torch_epilogue_max_share of the bytes touched, is a fallback (sandbox/proportion.py)",
+            "torch_epilogue_max_share of the bytes touched, is a fallback (worker/proportion.py)",
             "forward() computed with PyTorch operators instead of your Triton kernels; only allocation, views, "
             "reshapes and copies may happen outside the kernels",
         ),
@@ -65,7 +65,7 @@ RULES: dict[str, Rule] = {
             "a small final step in torch (a .sum() over per-block partial sums, out / n, the product of a shape)",
             "the bytes touched by torch compute ops, against those of the submission's Triton launches, are at most "
             "torch_epilogue_max_share and no major op (matmul, convolution, softmax, normalisation, ...) ran in torch; "
-            "the reward is reduced by torch_epilogue_penalty (sandbox/proportion.py)",
+            "the reward is reduced by torch_epilogue_penalty (worker/proportion.py)",
             "a small part of forward() ran in PyTorch after your kernels; it is accepted, with a reduced reward: "
             "fold it into a kernel for the full reward",
         ),
