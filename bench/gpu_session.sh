@@ -12,7 +12,8 @@
 # kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools; every evaluation ends by 560 s);
 # both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench);
 # confine (issue 18, ~2 min: CUDA, CUDA IPC and Triton's compilers under each
-# lockdown layer, then the locked-down warm pool under unshare against an attacker past its guards), corpus (issue 16: bench/corpus.py on CORPUS_MANIFEST).
+# lockdown layer, then the locked-down warm pool under unshare against an attacker past its guards), corpus (issue 16: bench/corpus.py on CORPUS_MANIFEST),
+# anticheat (issue 16: the anti-cheat corpus, CPU files plus tests/gpu/{exploits,honest}, ~3 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
