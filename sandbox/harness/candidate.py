@@ -94,11 +94,10 @@ class CandidateRole:
 
     def cmd_prepare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
         reply = prepare_device(header["device"])
-        if resolve_device(header["device"]).type == "cuda":
-            # What `setup` needs imported before its snapshot (see there), imported here instead: the
-            # engine overlaps `prepare` with the reference's set-up, and torch._dynamo alone takes
-            # seconds to import, which were on the critical path of every one-shot check.
-            importlib.import_module("torch._dynamo")
+        # What `setup` needs imported before its snapshot (see there), imported here instead, on every
+        # device: the engine overlaps `prepare` with the reference's set-up, and torch._dynamo alone
+        # takes seconds to import, which were on the critical path of every one-shot check.
+        importlib.import_module("torch._dynamo")
         return reply, b""
 
     def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
