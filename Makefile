@@ -24,19 +24,10 @@ demo: $(BIN)/referee
 PYTEST_WORKERS ?= 2
 
 # The suite installs what it lacks with apt-get and starts dockerd itself, which needs root. As another
-# user, everything must be there already: say what is missing instead of failing halfway.
-NEEDED_TOOLS := redis-server bwrap docker dockerd docker-compose chromium
-
-preflight:
-	@if [ "$$(id -u)" != 0 ]; then \
-	  missing=""; for tool in $(NEEDED_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
-	  docker info >/dev/null 2>&1 || missing="$$missing (a running docker daemon this user can reach: docker group)"; \
-	  if [ -n "$$missing" ]; then \
-	    echo "make test as $$(id -un): the suite installs its tools and starts dockerd only as root. Missing:$$missing"; \
-	    echo "As root: apt-get install -y redis-server bubblewrap docker.io docker-compose chromium; start dockerd and add $$(id -un) to the docker group. Or run make test as root."; \
-	    exit 2; \
-	  fi; \
-	fi
+# user, everything must be there already: say what is missing instead of failing halfway. The list of
+# tools and how they are set up live in tests/machine.py.
+preflight: $(BIN)/referee
+	@$(BIN)/python -m tests.machine
 
 test: $(BIN)/referee preflight
 	$(BIN)/ruff check .

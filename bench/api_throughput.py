@@ -4,7 +4,7 @@ workers (jobs only pile up in the queue), distinct submissions so none is dedupl
 The load generator is a bare asyncio HTTP/1.1 client on keep-alive connections, in this process,
 on the same machine as the API and Redis: all three share the CPUs, as they would on a small host.
 
-    python bench/api_throughput.py [--requests 4000] [--connections 32] [--batch 100] [--processes 2] [--out bench/results/X.json]
+    python -m bench.api_throughput [--requests 4000] [--connections 32] [--batch 100] [--processes 2] [--out bench/results/X.json]
 """
 
 from __future__ import annotations
@@ -12,26 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.stack import ApiServer, RedisServer, percentile
-from tests.tiny_problem import REFERENCE
+from bench.lib import describe_machine, percentile, write_result
+from bench.problems import static_reject, tiny
+from service.stack import ApiServer, RedisServer
 
 KEY = "bench-" + uuid.uuid4().hex
-
-
-def static_reject(tag: str) -> str:
-    """A distinct candidate the worker answers without running it (no @triton.jit kernel)."""
-    return f"# {tag}\nimport torch.nn as nn\n\n\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+REFERENCE = tiny().reference
 
 
 def request_bytes(port: int, path: str, body: dict[str, Any]) -> bytes:
@@ -116,12 +108,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="referee-bench-") as folder:
         figures = run(args.requests, args.connections, args.batch, Path(folder), args.processes)
-    report = {"benchmark": "api_throughput", "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU", "api_processes": args.processes,
-              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), **figures}
-    text = json.dumps(report, indent=2)
-    print(text)
+    report = {"benchmark": "api_throughput", "machine": describe_machine(), "api_processes": args.processes,
+              "date": time.strftime("%Y-%m-%d"), **figures}
+    print(json.dumps(report, indent=1))
     if args.out:
-        args.out.write_text(text + "\n")
+        write_result(args.out, report)
 
 
 if __name__ == "__main__":

@@ -10,26 +10,22 @@ Each measured `--repeats` times (the first of each tool also warms the disk cach
 kernel cache, as a CI machine's second check would find them). Records the medians, the ratio and
 the card as JSON.
 
-  python3 bench/cli_vs_kernelbench.py --kernelbench /path/to/KernelBench --out DIR     # on a GPU
-  python3 bench/cli_vs_kernelbench.py --device cpu --out DIR                           # the CLI alone, CPU
+  python3 -m bench.cli_vs_kernelbench --kernelbench /path/to/KernelBench --out DIR     # on a GPU
+  python3 -m bench.cli_vs_kernelbench --device cpu --out DIR                           # the CLI alone, CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.kernelbench_eval import kernelbench_command, last_json_line, run_measured
+from bench.lib import ROOT, card_name, is_cpu, slug, write_result
 
-from kernelbench_eval import card_name, kernelbench_command, last_json_line, run_measured
-
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
@@ -89,7 +85,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     card = card_name()
-    on_gpu = args.device == "cuda" or (args.device == "auto" and card != "cpu")
+    on_gpu = args.device == "cuda" or (args.device == "auto" and not is_cpu(card))
     compare = args.kernelbench is not None and on_gpu
     if args.kernelbench is not None and not on_gpu:
         print("KernelBench's evaluator needs CUDA: only the CLI is measured here", file=sys.stderr)
@@ -129,10 +125,8 @@ def main() -> int:
     }
     if compare:
         document["ratio_median"] = statistics.median(p["ratio"] for p in problems)
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
-    path = args.out / f"cli-vs-kernelbench-{slug}-{datetime.now(timezone.utc):%Y-%m-%d}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
+
+    path = write_result(args.out / f"cli-vs-kernelbench-{slug(card)}-{datetime.now(timezone.utc):%Y-%m-%d}.json", document)
     for p in problems:
         print(
             f"{p['problem']:12} referee {p['referee_median_s']:6.2f} s"

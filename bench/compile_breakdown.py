@@ -3,7 +3,7 @@ imported torch and triton without touching CUDA, fork children that each time CU
 driver utilities and the first launch of a small kernel (compile included), with an empty Triton
 cache, and with a cache seeded from an earlier child (the C helper modules and the kernel).
 
-    python3 bench/compile_breakdown.py --out DIR
+    python3 -m bench.compile_breakdown --out DIR
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+
+from bench.lib import card_name, write_result
 
 
 @triton.jit
@@ -82,7 +84,7 @@ def main() -> None:
         shutil.copytree(seed, target)
         rows["seeded_cache"].append(run_child(str(target)))
     print(json.dumps(rows, indent=1))
-    (args.out / "compile-breakdown.json").write_text(json.dumps({"card": "see nvidia-smi.txt", "rows": rows}, indent=1) + "\n")
+    write_result(args.out / "compile-breakdown.json", {"card": card_name(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -2,14 +2,14 @@
 
 For each namespace backend that works here, two warm pools run side by side: one with each child
 locking itself down (landlock and seccomp, the default) and one without (REFEREE_LOCKDOWN=off, the
-pool as it was before). They evaluate the tiny y = 2x problem (tests/tiny_problem.py, two trials)
+pool as it was before). They evaluate the tiny y = 2x problem (bench/problems.py, two trials)
 on the device in turn, one evaluation each per pair, so the load of a shared machine falls on both
 alike; p50/p95 of the whole evaluation and of its start stage (taking two children from the pool)
 and the paired differences are recorded. Also
 timed: `lockdown.apply` itself in a forked child of a process with torch imported (what each spare
 pays, ahead of demand).
 
-    python bench/confinement_cost.py [--device cpu] [--runs 60] [--backends unshare,bwrap] [--out bench/results]
+    python -m bench.confinement_cost [--device cpu] [--runs 60] [--backends unshare,bwrap] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -18,24 +18,22 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.lib import ROOT, describe_machine, spread, write_result
+from bench.problems import tiny
+from sandbox.harness import lockdown
+from sandbox.isolation import Limits
+from sandbox.selection import select_isolation
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission, Verdict
+from worker.pool import WarmPool
 
-from bench.stack import spread  # noqa: E402
-from sandbox.harness import lockdown  # noqa: E402
-from sandbox.isolation import Limits  # noqa: E402
-from sandbox.selection import select_isolation  # noqa: E402
-from tests.tiny_problem import CANDIDATE, REFERENCE  # noqa: E402
-from worker.evaluate import evaluate  # noqa: E402
-from worker.models import EvalConfig, Problem, Submission, Verdict  # noqa: E402
-from worker.pool import WarmPool  # noqa: E402
+REFERENCE, CANDIDATE = tiny().reference, tiny().candidate
 
 
 def apply_cost(samples: int = 20) -> dict[str, Any]:
@@ -64,8 +62,8 @@ def apply_cost(samples: int = 20) -> dict[str, Any]:
 
 
 def start_pool(backend: str, device: str, lockdown_on: bool) -> WarmPool:
-    os.environ["REFEREE_LOCKDOWN"] = "on" if lockdown_on else "off"  # read when the zygote starts
-    pool = WarmPool(device, isolation=select_isolation(backend, Limits(memory_bytes=4 << 30)), spares=2)
+    lockdown = "on" if lockdown_on else "off"  # as REFEREE_LOCKDOWN in a worker's settings
+    pool = WarmPool(device, isolation=select_isolation(backend, Limits(memory_bytes=4 << 30), lockdown=lockdown), spares=2)
     pool.start()
     return pool
 
@@ -130,14 +128,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     report: dict[str, Any] = {
-        "machine": {
-            "host": platform.node(),
-            "kernel": platform.release(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "device": args.device,
-            "note": args.note,
-        },
+        "machine": {**describe_machine(), "device": args.device, "note": args.note},
         "date": datetime.date.today().isoformat(),
         "what": "the tiny y = 2x problem through a warm pool, with and without each child's lockdown (landlock + seccomp)",
         "lockdown_apply": apply_cost(),
@@ -153,9 +144,7 @@ def main() -> int:
         report["backends"][backend] = entry
         print(backend, json.dumps(entry), flush=True)
     name = f"confinement-cost-{args.device}-{os.cpu_count()}cores{args.label}-{report['date']}.json"
-    path = Path(args.out) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_result(Path(args.out) / name, report)
     print(f"wrote {path}")
     return 0
 

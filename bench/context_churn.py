@@ -12,7 +12,7 @@ the kernel, state D, and where).
 If contexts per second stop growing with N while the CPUs are idle, context set-up and teardown
 are serialized host-wide (in the driver), and every GPU of the host shares that limit.
 
-    python3 bench/context_churn.py --out DIR --parallel 1,2,4,8 --seconds 12 --gpus 0
+    python3 -m bench.context_churn --out DIR --parallel 1,2,4,8 --seconds 12 --gpus 0
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -30,11 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.procstates import ProcessStates  # noqa: E402
-from bench.stack import spread  # noqa: E402
+from bench.lib import ROOT, describe_machine, slug, spread, write_result
+from bench.procstates import ProcessStates
 
 
 def make_context(mode: str) -> None:
@@ -104,8 +100,8 @@ def measure(parallel: int, gpus: list[int], seconds: float, mode: str) -> dict[s
     drivers = []
     for index in range(parallel):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpus[index % len(gpus)])}
-        drivers.append(subprocess.Popen([sys.executable, __file__, "--drive", str(start_at), str(seconds), mode],
-                                        env=env, stdout=subprocess.PIPE, text=True))
+        drivers.append(subprocess.Popen([sys.executable, "-m", "bench.context_churn", "--drive", str(start_at), str(seconds), mode],
+                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True))
     while time.monotonic() < start_at:
         time.sleep(0.05)
     with ProcessStates() as states:
@@ -141,16 +137,15 @@ def main() -> None:
     gpus = [int(g) for g in args.gpus.split(",")]
     report: dict[str, Any] = {
         "card": card, "gpus": gpus, "date": datetime.date.today().isoformat(),
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "host": {**describe_machine(), "torch": torch.__version__},
         "method": __doc__.split("\n\n")[1].replace("\n", " "), "runs": [],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"context-churn-{card.lower().replace(' ', '-')}{args.label}-{report['date']}.json"
+    path = args.out / f"context-churn-{slug(card)}{args.label}-{report['date']}.json"
     for parallel in (int(n) for n in args.parallel.split(",")):
         run = measure(parallel, gpus, args.seconds, args.mode)
         report["runs"].append(run)
         print(json.dumps(run), flush=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_result(path, report)
     print(f"wrote {path}")
 
 

@@ -1,6 +1,6 @@
 """Score a manifest of (reference, candidate) pairs through the real engine and report accuracy per label.
 
-    python3 bench/corpus.py --manifest PATH [--device cuda|cpu] [--out DIR] [--workers N]
+    python3 -m bench.corpus --manifest PATH [--device cuda|cpu] [--out DIR] [--workers N]
 
 The manifest is JSONL: one pair per line with `reference` and `candidate` (paths relative to the
 manifest's folder), `label` and `expected`, optionally `tags`. Labels: `honest` (expected
@@ -21,9 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -31,32 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from worker.evaluate import detect_device, evaluate  # noqa: E402
-from worker.models import EvalConfig, EvaluationResult, Problem, Submission  # noqa: E402
-from worker.pool import WarmPool  # noqa: E402
-from worker.static_checks import ProblemSourceError  # noqa: E402
+from bench.lib import ROOT, card_name, cpu_name, slug, write_result
+from worker.evaluate import detect_device, evaluate
+from worker.models import EvalConfig, EvaluationResult, Problem, Submission
+from worker.pool import WarmPool
+from worker.static_checks import ProblemSourceError
 
 ACCEPTED = "correct"
 REJECT_LABELS = ("partial_fallback", "hack")
 
-
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=20,
-            )
-            return out.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError, IndexError):
-            return "cuda"
-    return f"cpu-{os.cpu_count()}core-{platform.machine()}"
 
 
 def load_manifest(path: Path) -> list[dict[str, Any]]:
@@ -218,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
         if r["label"] in REJECT_LABELS and r["verdict"] == ACCEPTED
     ]
-    machine = machine_name(device)
+    machine = card_name() if device == "cuda" else cpu_name()
     environment = next((r["environment"] for r in rows if r.get("environment")), {})
     document = {
         "machine": machine,
@@ -245,11 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for item in accepted_cheats:
         print(f"CHEAT ACCEPTED {item['candidate']} ({item['label']})")
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", machine).strip("-").lower()
     suffix = ("-kernelbench" if args.kernelbench_mode else "") + (f"-ranges-{args.value_ranges}" if args.value_ranges else "")
-    path = args.out / f"corpus-{slug}{suffix}-{document['date']}.json"
-    path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    path = write_result(args.out / f"corpus-{slug(machine)}{suffix}-{document['date']}.json", document)
     print(f"wrote {path} in {document['wall_s']} s")
     return 0
 

@@ -17,8 +17,8 @@ finish) before the next problem. Each problem's first idle run times the referen
 run uses the cached reference timing, as in production and in bench/performance.py. The results
 file is written after every problem.
 
-    python3 bench/cv_under_load.py --out DIR [--runs 5] [--problems relu_64M,softmax_8192x4096,matmul_2048]
-    python3 bench/cv_under_load.py --out DIR --gpus 2 --smoke --runs 2   # CPU dry run of the plumbing (no speedups)
+    python3 -m bench.cv_under_load --out DIR [--runs 5] [--problems relu_64M,softmax_8192x4096,matmul_2048]
+    python3 -m bench.cv_under_load --out DIR --gpus 2 --smoke --runs 2   # CPU dry run of the plumbing (no speedups)
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -42,22 +41,18 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.performance import STABILITY_OPTIONS, card_name, stability_run, stability_summary  # noqa: E402
-from bench.problems import BenchProblem, large_problems  # noqa: E402
-from bench.scaling import Record, drive, gpu_count, host_use, problem_set, redis_binary  # noqa: E402
-from bench.stack import RedisServer, ServiceStack, wait_for  # noqa: E402
+from bench.lib import card_name, describe_machine, slug, write_result
+from bench.performance import STABILITY_OPTIONS, stability_run, stability_summary
+from bench.problems import BenchProblem, large_problems, tiny
+from bench.scaling import Record, drive, gpu_count, host_use, problem_set, redis_binary
+from service.stack import RedisServer, ServiceStack, wait_for
 
 
 def probe_problems(smoke: bool, names: str) -> tuple[list[BenchProblem], dict[str, Any]]:
     """The large problems (by name, default all) and their options; in a smoke run the tiny problem."""
     if smoke:
-        from tests.tiny_problem import CANDIDATE, REFERENCE
-
         # two "problems", so the smoke run also stops the load and starts it again
-        return ([BenchProblem(f"tiny_double_{n}", REFERENCE, CANDIDATE) for n in (1, 2)],
+        return ([BenchProblem(f"tiny_double_{n}", tiny().reference, tiny().candidate) for n in (1, 2)],
                 {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05})
     problems = large_problems()
     if names:
@@ -156,7 +151,7 @@ def main() -> None:
     card = card_name()
     report: dict[str, Any] = {
         "card": card, "gpus": gpus, "date": datetime.date.today().isoformat(),
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "host": describe_machine(),
         "isolation": args.isolation or os.environ.get("REFEREE_ISOLATION") or "auto",
         "method": ("the same honest kernel evaluated --runs times, one at a time, on GPU 0 (its own referee worker, "
                    f"--concurrency {args.concurrency}) for each problem, with bench/performance.py's stability options; first with "
@@ -168,10 +163,10 @@ def main() -> None:
         "order": [p.name for p in problems],
         "problems": {},
     }
-    path = args.out / f"cv-under-load-{card.lower().replace(' ', '-')}-x{gpus}-{report['date']}.json"
+    path = args.out / f"cv-under-load-{slug(card)}-x{gpus}-{report['date']}.json"
 
     def save() -> None:
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_result(path, report)
 
     scratch = Path(tempfile.mkdtemp(prefix="referee-cv-load-"))
     logs = args.out / "cv-under-load-logs"

@@ -1,23 +1,19 @@
 """Reference numbers for Referee's timing: `triton.testing.do_bench` (median) on every honest
 example, candidate and reference, in one plain process (no harness, no hooks).
 
-    python3 bench/dobench_examples.py --out DIR     # on a GPU host
+    python3 -m bench.dobench_examples --out DIR     # on a GPU host
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.dobench_problems import measure  # noqa: E402
+from bench.dobench_problems import measure
+from bench.lib import ROOT, write_result
 
 
 def main() -> None:
@@ -30,8 +26,7 @@ def main() -> None:
             rows[problem_dir.name] = measure(problem_dir.name, (problem_dir / "reference.py").read_text(),
                                              (problem_dir / "candidate.py").read_text(), Path(workdir))
             print(problem_dir.name, rows[problem_dir.name], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dobench-examples.json").write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1) + "\n")
+    write_result(args.out / "dobench-examples.json", {"card": torch.cuda.get_device_name(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`triton.testing.do_bench` (median, ms) of each problem's candidate and reference, in one plain
 process with no harness and no hooks: the yardstick for Referee's own kernel times.
 
-    python3 bench/dobench_problems.py PROBLEMS.json OUT.json    # PROBLEMS: [{"name", "reference", "candidate"}]
+    python3 -m bench.dobench_problems PROBLEMS.json OUT.json    # PROBLEMS: [{"name", "reference", "candidate"}]
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from pathlib import Path
 import torch
 import triton.testing
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "sandbox"))
-
-from harness.runtime import load_module  # noqa: E402
+from bench.lib import write_result
+from sandbox.harness.runtime import load_module
 
 
 def measure(name: str, reference_source: str, candidate_source: str, workdir: Path) -> dict[str, float]:
@@ -45,7 +43,7 @@ def main() -> None:
             rows[problem["name"]] = measure(problem["name"], problem["reference"], problem["candidate"], Path(workdir))
             print("do_bench", problem["name"], rows[problem["name"]], flush=True)
             torch.cuda.empty_cache()
-    Path(sys.argv[2]).write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1) + "\n")
+    write_result(Path(sys.argv[2]), {"card": torch.cuda.get_device_name(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ out its outputs), compiles and runs a Triton kernel in an empty cache
 (ptxas, and gcc for the launcher) and tries to open a socket. One JSON file says which step
 worked under which layer, so a failure names the layer and the step. About a minute.
 
-    python3 bench/gpu_confinement.py [--out bench/results]
+    python3 -m bench.gpu_confinement [--out bench/results]
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.lib import ROOT, slug, write_result
 
+# The child starts isolated (`python -I`) and imports the harness as the box does: as the top-level
+# package `harness`, from the folder its bootstrap puts on sys.path.
 CHILD = r"""
 import json, os, pickle, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -141,10 +142,7 @@ def main() -> int:
         result["seconds"] = round(time.monotonic() - started, 1)
         report["variants"][name] = result
         print(name, json.dumps(result), flush=True)
-    label = torch.cuda.get_device_name().lower().replace(" ", "-")
-    path = Path(args.out) / f"gpu-confinement-{label}-{report['date']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_result(Path(args.out) / f"gpu-confinement-{slug(torch.cuda.get_device_name())}-{report['date']}.json", report)
     both = report["variants"]["both"]
     working = all("ok" in both.get(step, {}) for step in ("cuda_context", "cuda_ipc_open", "cuda_ipc_export", "triton_compile_run"))
     refused = "error" in both.get("socket", {})

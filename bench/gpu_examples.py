@@ -1,7 +1,7 @@
 """Run every example through the engine on the GPU (and on the CPU interpreter, for agreement)
 and write the numbers to a JSON file named for the card.
 
-    python3 bench/gpu_examples.py --out bench/results   # on a GPU host
+    python3 -m bench.gpu_examples --out bench/results   # on a GPU host
 
 Each row: problem, candidate, device, verdict, wall time of the whole evaluation (two fresh
 harness processes, compile included), candidate and reference medians, speedup and its CI.
@@ -11,27 +11,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.cli import EXPECTED_VERDICTS  # noqa: E402
-from worker.evaluate import evaluate  # noqa: E402
-from worker.models import EvalConfig, Problem, Submission  # noqa: E402
-
-
-def card_name() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return "cpu"
+from bench.lib import ROOT, card_name, slug, write_result
+from service.cli import EXPECTED_VERDICTS
+from worker.evaluate import evaluate
+from worker.models import EvalConfig, Problem, Submission
 
 
 def main() -> int:
@@ -89,9 +76,7 @@ def main() -> int:
         "all_expected": all(r["verdict"] == r["expected"] for r in rows),
         "cpu_gpu_agree": all(len(v) == 1 for v in by_pair.values()),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"examples-{re.sub(r'[^A-Za-z0-9]+', '-', card).strip('-').lower()}-{document['date']}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path = write_result(args.out / f"examples-{slug(card)}-{document['date']}.json", document)
     print(f"all expected: {document['all_expected']}; cpu/gpu agree: {document['cpu_gpu_agree']}; wrote {path}")
     return 0 if document["all_expected"] and document["cpu_gpu_agree"] else 1
 

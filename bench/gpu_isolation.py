@@ -1,7 +1,7 @@
 """The unshare backend on a GPU host: a real CUDA Triton kernel evaluated inside it, and the escape
 probes that make sense there. For hosts without docker or bubblewrap (the lent H100/H200s).
 
-    python3 bench/gpu_isolation.py --out DIR [--examples relu softmax]
+    python3 -m bench.gpu_isolation --out DIR [--examples relu softmax]
 
 Needs: Linux, python3 with torch (CUDA) and triton, pydantic on PYTHONPATH (the engine's models),
 util-linux `unshare` able to create namespaces. Fails at once, with the reason, when one is
@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -27,8 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.lib import ROOT, slug, write_result
 
 
 def fail_fast(message: str) -> None:
@@ -94,8 +92,8 @@ def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
 
 
 def run_probes(out: dict[str, Any]) -> None:
+    from sandbox.probes import ESCAPES, run_probe, start_loopback_service
     from sandbox.selection import select_isolation
-    from tests.security.probes import ESCAPES, run_probe, start_loopback_service
     from worker.evaluate import jobs_root
 
     port = start_loopback_service()
@@ -182,10 +180,7 @@ def main() -> int:
 
     step(steps, "probes", probes)
     record["failed_expectations"] = expectations(record)
-    args.out.mkdir(parents=True, exist_ok=True)
-    card = re.sub(r"[^a-z0-9]+", "-", host["gpu"].lower()).strip("-")
-    path = args.out / f"gpu-isolation-{card}-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    path = write_result(args.out / f"gpu-isolation-{slug(host['gpu'])}-{record['date']}.json", record)
     print(path)
     print("failed expectations:", record["failed_expectations"] or "none")
     return 1 if record["failed_expectations"] else 0

@@ -31,12 +31,12 @@ status=0
 for step in $steps; do
   echo "=== $step $(date +%T)"
   case $step in
-    performance) python3 bench/performance.py --out "$OUT" 2>&1 | tee "$OUT/performance.log" || status=1 ;;
+    performance) python3 -m bench.performance --out "$OUT" 2>&1 | tee "$OUT/performance.log" || status=1 ;;
     tests) REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
     diag) # a short look at latency and throughput after a change (no baseline, no stability)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_launchers.py tests/gpu/test_gpu_engine.py --tb=short 2>&1 | tee "$OUT/gpu-tests-diag.log" || status=1
       for workers in 4 8; do
-        python3 bench/performance.py --out "$OUT" --workers $workers --latency 12 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-diag-w$workers" 2>&1 | tee "$OUT/performance-diag-w$workers.log" || status=1
+        python3 -m bench.performance --out "$OUT" --workers $workers --latency 12 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-diag-w$workers" 2>&1 | tee "$OUT/performance-diag-w$workers.log" || status=1
       done ;;
     pair) # two GPUs at once: the performance benchmark on GPU 0; on GPU 1 the GPU tests, then throughput
       # with and without exclusive timing (REFEREE_EXCLUSIVE_TIMING) for comparison. A quick gate first.
@@ -45,45 +45,45 @@ for step in $steps; do
       ( export CUDA_VISIBLE_DEVICES=1
         REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short > "$OUT/gpu-tests.log" 2>&1 || echo "GPU tests failed" >> "$OUT/gpu-tests.log"
         for timing in on off; do
-          REFEREE_EXCLUSIVE_TIMING=$timing python3 bench/performance.py --out "$OUT" --latency 3 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-exclusive-timing-$timing" > "$OUT/performance-exclusive-timing-$timing.log" 2>&1
+          REFEREE_EXCLUSIVE_TIMING=$timing python3 -m bench.performance --out "$OUT" --latency 3 --batch 60 --stability 0 --baseline-latency 0 --baseline-batch 0 --label="-exclusive-timing-$timing" > "$OUT/performance-exclusive-timing-$timing.log" 2>&1
         done ) &
-      CUDA_VISIBLE_DEVICES=0 python3 bench/performance.py --out "$OUT" --baseline-latency 4 --baseline-batch 12 --label="${PERF_LABEL:-}" 2>&1 | tee "$OUT/performance.log" || status=1
+      CUDA_VISIBLE_DEVICES=0 python3 -m bench.performance --out "$OUT" --baseline-latency 4 --baseline-batch 12 --label="${PERF_LABEL:-}" 2>&1 | tee "$OUT/performance.log" || status=1
       wait
       tail -3 "$OUT/gpu-tests.log"; grep -q "GPU tests failed" "$OUT/gpu-tests.log" && status=1 ;;
     latency) # single submissions only, on GPU 0 with nothing else on the host
-      CUDA_VISIBLE_DEVICES=0 python3 bench/performance.py --out "$OUT" --latency 12 --batch 0 --stability 0 --baseline-latency 0 --baseline-batch 0 --label=-latency 2>&1 | tee "$OUT/performance-latency.log" || status=1 ;;
+      CUDA_VISIBLE_DEVICES=0 python3 -m bench.performance --out "$OUT" --latency 12 --batch 0 --stability 0 --baseline-latency 0 --baseline-batch 0 --label=-latency 2>&1 | tee "$OUT/performance-latency.log" || status=1 ;;
     evidence) # issue 15: the GPU data plane (CUDA IPC), checked timed rounds, host memory vs tensor size (~3 min)
       REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_gpu_data_plane.py tests/gpu/test_gpu_engine.py --tb=short 2>&1 | tee "$OUT/gpu-evidence.log" || status=1 ;;
-    isolation) python3 bench/gpu_isolation.py --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
-    compile) python3 bench/compile_breakdown.py --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
-    dobench) python3 bench/dobench_examples.py --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
-    examples) python3 bench/gpu_examples.py --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1 ;;
-    scaling) need_redis scaling && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
+    isolation) python3 -m bench.gpu_isolation --out "$OUT" 2>&1 | tee "$OUT/gpu-isolation.log" || status=1 ;;
+    compile) python3 -m bench.compile_breakdown --out "$OUT" 2>&1 | tee "$OUT/compile-breakdown.log" || status=1 ;;
+    dobench) python3 -m bench.dobench_examples --out "$OUT" 2>&1 | tee "$OUT/dobench.log" || status=1 ;;
+    examples) python3 -m bench.gpu_examples --devices cuda --out "$OUT" 2>&1 | tee "$OUT/gpu-examples.log" || status=1 ;;
+    scaling) need_redis scaling && python3 -m bench.scaling --out "$OUT" --redis-server .redis/redis-server ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
     several_gpus) # issue 9 on a host with 2+ GPUs (~5 min on two): context churn on GPU 0 alone and spread
       # over every GPU (the same rate means one driver lock for the host), then throughput with 1, 2 (, 4)
       # GPUs at 8 slots each. `several_gpus cv_load` adds the CV under load (~3 min) in the same call.
       gpus=$(nvidia-smi -L | wc -l); every=$(seq -s, 0 $((gpus - 1)))
       [ "$gpus" -ge 2 ] || { echo "several_gpus: $gpus GPU here"; exit 1; }
-      python3 bench/context_churn.py --out "$OUT" --gpus 0 --parallel 8 --seconds 8 --label=-gpu0 2>&1 | tee "$OUT/context-churn.log" || status=1
-      python3 bench/context_churn.py --out "$OUT" --gpus "$every" --parallel 8 --seconds 8 --label="-x$gpus" 2>&1 | tee -a "$OUT/context-churn.log" || status=1
-      need_redis several_gpus && python3 bench/scaling.py --out "$OUT" --redis-server .redis/redis-server --concurrency 8 --submissions 100 ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
+      python3 -m bench.context_churn --out "$OUT" --gpus 0 --parallel 8 --seconds 8 --label=-gpu0 2>&1 | tee "$OUT/context-churn.log" || status=1
+      python3 -m bench.context_churn --out "$OUT" --gpus "$every" --parallel 8 --seconds 8 --label="-x$gpus" 2>&1 | tee -a "$OUT/context-churn.log" || status=1
+      need_redis several_gpus && python3 -m bench.scaling --out "$OUT" --redis-server .redis/redis-server --concurrency 8 --submissions 100 ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.log" || status=1 ;;
     native) # the native CUPTI recorder: real records against CUDA events, the warm pool's order, torch's profiler; then its cost
       python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_native_recorder.py --tb=short 2>&1 | tee "$OUT/native-tests.log" || status=1
-      python3 bench/native_recorder.py --out "$OUT" 2>&1 | tee "$OUT/native-recorder.log" || status=1 ;;
-    confine) python3 bench/gpu_confinement.py --out "$OUT" 2>&1 | tee "$OUT/gpu-confinement.log" || status=1
+      python3 -m bench.native_recorder --out "$OUT" 2>&1 | tee "$OUT/native-recorder.log" || status=1 ;;
+    confine) python3 -m bench.gpu_confinement --out "$OUT" 2>&1 | tee "$OUT/gpu-confinement.log" || status=1
       REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_confinement.py --tb=short 2>&1 | tee "$OUT/gpu-confinement-tests.log" || status=1 ;;
     corpus) # issue 16: a manifest of (reference, candidate) pairs through the engine, accuracy per label (~3 min for
       # ~97 pairs at 4 at once); CORPUS_MANIFEST names the manifest (read by path, never copied), CORPUS_ARGS adds flags
       [ -n "${CORPUS_MANIFEST:-}" ] || { echo "corpus: set CORPUS_MANIFEST=/path/to/manifest.jsonl"; exit 1; }
-      python3 bench/corpus.py --manifest "$CORPUS_MANIFEST" --device cuda --out "$OUT" ${CORPUS_ARGS:-} 2>&1 | tee "$OUT/corpus.log" || status=1 ;;
+      python3 -m bench.corpus --manifest "$CORPUS_MANIFEST" --device cuda --out "$OUT" ${CORPUS_ARGS:-} 2>&1 | tee "$OUT/corpus.log" || status=1 ;;
     anticheat)  # the anti-cheat corpus only (CPU files plus tests/gpu/{exploits,honest}), ~3 min
       REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_corpus.py --tb=short 2>&1 | tee "$OUT/gpu-anticheat.log" || status=1 ;;
-    churn) python3 bench/context_churn.py --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
-    cv_load) need_redis cv_load && python3 bench/cv_under_load.py --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
+    churn) python3 -m bench.context_churn --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
+    cv_load) need_redis cv_load && python3 -m bench.cv_under_load --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     cli_vs_kb) # ~4 min: 4 example pairs x 2 repeats x (referee check + KernelBench's evaluator, fresh processes)
-      python3 bench/cli_vs_kernelbench.py --kernelbench "${KERNELBENCH:-shared/kernelbench}" --repeats 2 --out "$OUT" ${CLI_VS_KB_ARGS:-} 2>&1 | tee "$OUT/cli-vs-kernelbench.log" || status=1 ;;
+      python3 -m bench.cli_vs_kernelbench --kernelbench "${KERNELBENCH:-shared/kernelbench}" --repeats 2 --out "$OUT" ${CLI_VS_KB_ARGS:-} 2>&1 | tee "$OUT/cli-vs-kernelbench.log" || status=1 ;;
     kb_sizes) # <= 9.5 min: matmul, relu, sum, softmax at published sizes; every evaluation is killed at 560 s at the latest
-      python3 bench/kernelbench_sizes.py --kernelbench "${KERNELBENCH:-shared/kernelbench}" --budget-s 560 --timeout-s 240 --out "$OUT" ${KB_SIZES_ARGS:-} 2>&1 | tee "$OUT/kernelbench-sizes.log" || status=1 ;;
+      python3 -m bench.kernelbench_sizes --kernelbench "${KERNELBENCH:-shared/kernelbench}" --budget-s 560 --timeout-s 240 --out "$OUT" ${KB_SIZES_ARGS:-} 2>&1 | tee "$OUT/kernelbench-sizes.log" || status=1 ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done

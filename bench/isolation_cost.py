@@ -5,11 +5,11 @@ For every backend that works here (pooled container, fresh container, bwrap, uns
   command line: the cost of the confinement alone;
 - `harness_start_s`: a harness process started with the backend and asked to exit (its Python,
   the harness package, the round trip over the channel);
-- `evaluation_s`: one whole evaluation of the tiny y = 2x problem (`tests/tiny_problem.py`) on the
+- `evaluation_s`: one whole evaluation of the tiny y = 2x problem (bench/problems.py) on the
   CPU (Triton's interpreter), two trials: what `referee check` spends, less its own start-up.
 Medians of `--repeat` runs after one warm-up (which also fills the docker pool).
 
-    python bench/isolation_cost.py [--repeat 5] [--docker-image TAG] [--out bench/results]
+    python -m bench.isolation_cost [--repeat 5] [--docker-image TAG] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,16 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.lib import ROOT, describe_machine, write_result
+from bench.problems import tiny
+from sandbox.isolation import Isolation
+from sandbox.launch import HARNESS_PARENT, child_environment
+from sandbox.selection import select_isolation
+from worker.evaluate import evaluate, jobs_root
+from worker.models import EvalConfig, Problem, Submission
+from worker.process import HarnessProcess
 
-from sandbox.isolation import Isolation  # noqa: E402
-from sandbox.launch import HARNESS_PARENT, child_environment  # noqa: E402
-from sandbox.selection import select_isolation  # noqa: E402
-from tests.tiny_problem import CANDIDATE, REFERENCE  # noqa: E402
-from worker.evaluate import evaluate, jobs_root  # noqa: E402
-from worker.models import EvalConfig, Problem, Submission  # noqa: E402
-from worker.process import HarnessProcess  # noqa: E402
+REFERENCE, CANDIDATE = tiny().reference, tiny().candidate
 
 
 def sandbox_start(isolation: Isolation) -> float:
@@ -132,14 +131,11 @@ def main() -> int:
             row["evaluation_overhead_s"] = round(row["evaluation_s"] - base["evaluation_s"], 3)
     host = f"cpu-{os.cpu_count()}cores"
     document = {
-        "host": {"kind": host, "machine": platform.machine(), "kernel": platform.release(), "python": platform.python_version(),
-                 "cpus": os.cpu_count(), "root": os.geteuid() == 0},
-        "problem": "tests/tiny_problem.py (y = 2x, n=256), device cpu (Triton interpreter), trials 2",
+        "host": {"kind": host, **describe_machine(), "root": os.geteuid() == 0},
+        "problem": "bench/problems.py's tiny (y = 2x, n=256), device cpu (Triton interpreter), trials 2",
         "repeat": args.repeat, "rows": rows, "notes": notes,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"isolation-cost-{host}-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path = write_result(args.out / f"isolation-cost-{host}-{datetime.date.today().isoformat()}.json", document)
     print(path)
     return 0
 

@@ -2,7 +2,7 @@
 bench/cli_vs_kernelbench.py and bench/kernelbench_sizes.py; and a runner that measures a command's
 wall time and the peak resident memory of its whole process tree.
 
-`python3 bench/kernelbench_eval.py --kernelbench PATH --reference REF.py --candidate CAND.py` runs
+`python3 -m bench.kernelbench_eval --kernelbench PATH --reference REF.py --candidate CAND.py` runs
 one `eval_kernel_against_ref` (KernelBench's src/ on sys.path; backend "triton") in this fresh
 process and prints its result as one JSON line. KernelBench's package imports LLM clients
 (openai, litellm, dotenv, ...) that its evaluator never calls; where one is not installed (a GPU host
@@ -190,9 +190,11 @@ def run_measured(
 def kernelbench_command(
     checkout: Path, reference: Path, candidate: Path, trials: int = 5, perf_trials: int = 100, precision: str = "fp32"
 ) -> list[str]:
+    """This module's command line for one evaluation; run it from the repository root."""
     return [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "bench.kernelbench_eval",
         "--kernelbench",
         str(checkout),
         "--reference",
@@ -217,16 +219,6 @@ def last_json_line(text: str) -> dict[str, Any] | None:
                 continue
     return None
 
-
-def card_name() -> str:
-    """The GPU's name (nvidia-smi, without importing torch here), or 'cpu'."""
-    try:
-        names = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
-        ).stdout.split("\n")
-        return names[0].strip() or "cpu"
-    except (OSError, subprocess.TimeoutExpired):
-        return "cpu"
 
 
 def main() -> None:

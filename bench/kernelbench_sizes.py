@@ -10,8 +10,8 @@ isolation `auto` picks), KernelBench's is `eval_kernel_against_ref` from the che
 Recorded per evaluation: wall time, verdict, speedup, and the peak resident memory of the whole
 process tree (summed over its processes, sampled every 50 ms), as JSON naming the card.
 
-  python3 bench/kernelbench_sizes.py --kernelbench /path/to/KernelBench --out DIR      # on a GPU
-  python3 bench/kernelbench_sizes.py --scale 0.004 --device cpu --out DIR              # small, CPU: Referee only
+  python3 -m bench.kernelbench_sizes --kernelbench /path/to/KernelBench --out DIR      # on a GPU
+  python3 -m bench.kernelbench_sizes --scale 0.004 --device cpu --out DIR              # small, CPU: Referee only
 
 --scale multiplies every size constant of the problems (at least 1), so the same files run small
 on the CPU (Triton's interpreter); KernelBench's evaluator needs CUDA and is skipped without it.
@@ -22,7 +22,6 @@ on the CPU (Triton's interpreter); KernelBench's evaluator needs CUDA and is ski
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -31,12 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.kernelbench_eval import kernelbench_command, last_json_line, run_measured
+from bench.lib import ROOT, card_name, is_cpu, slug, write_result
 
-from kernelbench_eval import card_name, kernelbench_command, last_json_line, run_measured
-
-ROOT = Path(__file__).resolve().parents[1]
-PROBLEMS_DIR = Path(__file__).resolve().parent / "problems"
+PROBLEMS_DIR = ROOT / "bench" / "problems"
 # Name -> (file stem, the module constants that are sizes). Fastest first, so a tight budget still
 # gets whole problems.
 PROBLEMS = {
@@ -116,7 +113,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown problems {unknown}; known: {', '.join(PROBLEMS)}")
     card = card_name()
-    on_gpu = args.device == "cuda" or (args.device == "auto" and card != "cpu")
+    on_gpu = args.device == "cuda" or (args.device == "auto" and not is_cpu(card))
     if args.kernelbench is not None and not on_gpu:
         print("KernelBench's evaluator needs CUDA: it is skipped here", file=sys.stderr)
     started = time.monotonic()
@@ -180,11 +177,9 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "evaluations": evaluations,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
+
     suffix = "" if args.scale == 1.0 else f"-scale{args.scale:g}"
-    path = args.out / f"kernelbench-sizes-{slug}{suffix}-{datetime.now(timezone.utc):%Y-%m-%d}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path = write_result(args.out / f"kernelbench-sizes-{slug(card)}{suffix}-{datetime.now(timezone.utc):%Y-%m-%d}.json", document)
     print(f"wrote {path}")
     ran = [e for e in evaluations if "skipped" not in e]
     return 0 if ran and all(e.get("verdict") == "correct" for e in ran) else 1

@@ -10,16 +10,13 @@ work horse, one stored result: only the harness run is skipped for the static on
 "Run once" is read from RQ's own worker logs: one "Worker W: QUEUE: evaluation ID (ID)" line per
 dequeue (per attempt) and one "Job OK (ID)" per success, for every id.
 
-    python bench/load.py [--submissions 2000] [--real 20] [--workers 3] [--out bench/results/X.json]
+    python -m bench.load [--submissions 2000] [--real 20] [--workers 3] [--out bench/results/X.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 import uuid
@@ -30,16 +27,12 @@ from typing import Any
 import httpx
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.stack import ApiServer, RedisServer, Worker, executions, live_workers, percentile, wait_for
-from tests.tiny_problem import CANDIDATE, REFERENCE
+from bench.lib import describe_machine, percentile, write_result
+from bench.problems import static_reject, tiny
+from service.stack import ApiServer, RedisServer, Worker, executions, live_workers, wait_for
 
 FAST = {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05}
-
-
-def static_reject(tag: str) -> str:
-    return f"# {tag}\nimport torch.nn as nn\n\n\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+REFERENCE, CANDIDATE = tiny().reference, tiny().candidate
 
 
 def items(submissions: int, real: int, tag: str) -> list[dict[str, Any]]:
@@ -139,12 +132,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="referee-load-") as folder:
         figures = run_load(Path(folder), args.submissions, args.real, args.workers, args.concurrency)
-    report = {"benchmark": "load", "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU",
-              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), **figures}
-    text = json.dumps(report, indent=2)
-    print(text)
+    report = {"benchmark": "load", "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"), **figures}
+    print(json.dumps(report, indent=1))
     if args.out:
-        args.out.write_text(text + "\n")
+        write_result(args.out, report)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,13 @@
 CUPTI, host time per Triton launch and GPU time per call (CUDA events) with and without it, host
 time per marker, and the bytes of records written. Each measurement runs in a fresh process, as a harness process would.
 
-    python3 bench/native_recorder.py --out DIR     (bench/gpu_session.sh native; about 40 s)
+    python3 -m bench.native_recorder --out DIR     (bench/gpu_session.sh native; about 40 s)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -17,20 +16,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from worker import native_evidence  # noqa: E402
+from bench.lib import ROOT, write_result
+from worker import native_evidence
 
 LAUNCHES = 2000
 TIMED = 300
 MARKS = 2000
 SIZES = {"small": 1 << 20, "large": 1 << 26}
+# Each measurement's process starts isolated (`python -I`), as a harness process does, so its
+# bootstrap puts the repository on sys.path itself (as sandbox/launch.py's does for the harness).
+CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from bench.native_recorder import child; child(sys.argv[2], int(sys.argv[3]), sys.argv[4])"
 
 
 def child(mode: str, fd: int, cache: str) -> None:
-    sys.path.insert(0, str(ROOT / "sandbox"))
-    from harness import native
+    from sandbox.harness import native
 
     facts: dict[str, object] = {"mode": mode}
     recorder = None
@@ -91,7 +90,7 @@ def run(mode: str, cache: str) -> dict[str, object]:
     pipe = native_evidence.RecordPipe()
     try:
         done = subprocess.run(
-            [sys.executable, "-I", __file__, "--child", mode, "--fd", str(pipe.child_fd()), "--cache", cache],
+            [sys.executable, "-I", "-c", CHILD, str(ROOT), mode, str(pipe.child_fd()), cache],
             pass_fds=[pipe.child_fd()],
             capture_output=True,
             text=True,
@@ -113,16 +112,9 @@ def run(mode: str, cache: str) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--child")
-    parser.add_argument("--fd", type=int, default=-1)
-    parser.add_argument("--cache")
     args = parser.parse_args()
-    if args.child:
-        child(args.child, args.fd, args.cache)
-        return 0
     with tempfile.TemporaryDirectory() as cache:
-        sys.path.insert(0, str(ROOT / "sandbox"))
-        from harness import native
+        from sandbox.harness import native
 
         location = native.locate_cupti()
         started = time.perf_counter()
@@ -141,8 +133,7 @@ def main() -> int:
             result[f"{name}_event_ratio"] = on[f"{name}_event_us_median"] / off[f"{name}_event_us_median"]
             result[f"{name}_host_ratio"] = on[f"{name}_host_us_per_launch"] / off[f"{name}_host_us_per_launch"]
     print(json.dumps(result, indent=1))
-    os.makedirs(args.out, exist_ok=True)
-    Path(args.out, "native-recorder.json").write_text(json.dumps(result, indent=1))
+    write_result(Path(args.out, "native-recorder.json"), result)
     return 0 if isinstance(result["on"], dict) and "error" not in result["on"] else 1
 
 

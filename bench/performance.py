@@ -10,8 +10,8 @@
 
 Every submission carries a nonce, so none is answered from the result cache.
 
-    python3 bench/performance.py --out DIR            # on the GPU host (bench/gpu_session.sh)
-    python3 bench/performance.py --out DIR --latency 4 --batch 8 --stability 0   # a smoke run (CPU too)
+    python3 -m bench.performance --out DIR            # on the GPU host (bench/gpu_session.sh)
+    python3 -m bench.performance --out DIR --latency 4 --batch 8 --stability 0   # a smoke run (CPU too)
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,27 +31,10 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.problems import BenchProblem, large_problems, small_problems  # noqa: E402
-from service.server import background_server  # noqa: E402
-from service.settings import Settings  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def card_name() -> str:
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=20, check=True).stdout.splitlines()[0].strip()
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return f"cpu-{platform.machine()}"
+from bench.lib import ROOT, card_name, describe_machine, percentile, slug, write_result
+from bench.problems import BenchProblem, large_problems, small_problems
+from service.server import background_server
+from service.settings import Settings
 
 
 class Bench:
@@ -165,8 +147,8 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
             # RL groups then send many candidates for it. Both are reported: cold once per problem,
             # then the steady state, where every submission is still a new candidate (compile included).
             cold = [bench.single(problem) for problem in small[1:]]
-            out["cold_latency"] = {"n": len(cold), "p50_s": round(percentile([c[0] for c in cold], 0.5), 3),
-                                   "p95_s": round(percentile([c[0] for c in cold], 0.95), 3),
+            out["cold_latency"] = {"n": len(cold), "p50_s": round(percentile([c[0] for c in cold], 50), 3),
+                                   "p95_s": round(percentile([c[0] for c in cold], 95), 3),
                                    "verdicts": verdicts([c[1] for c in cold]),
                                    "overhead_ms": stage_overhead([c[1] for c in cold])}
             print(f"  cold (first of each problem): p50 {out['cold_latency']['p50_s']} s", flush=True)
@@ -176,8 +158,8 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
             latencies.append(seconds)
             single_results.append(result)
             print(f"  latency {small[i % len(small)].name}: {seconds:.2f} s {result['verdict']}", flush=True)
-        out["latency"] = {"n": latency_n, "p50_s": round(percentile(latencies, 0.5), 3),
-                          "p95_s": round(percentile(latencies, 0.95), 3), "all_s": [round(x, 3) for x in latencies],
+        out["latency"] = {"n": latency_n, "p50_s": round(percentile(latencies, 50), 3),
+                          "p95_s": round(percentile(latencies, 95), 3), "all_s": [round(x, 3) for x in latencies],
                           "verdicts": verdicts(single_results), "overhead_ms": stage_overhead(single_results)}
         save()
         if batch_n:
@@ -205,8 +187,8 @@ def agreement(large: list[BenchProblem], stability: dict[str, Any], out_dir: Pat
     problems_file = out_dir / "dobench-problems-input.json"
     problems_file.write_text(json.dumps([{"name": p.name, "reference": p.reference, "candidate": p.candidate} for p in large]))
     result_file = out_dir / "dobench-problems.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "dobench_problems.py"), str(problems_file), str(result_file)],
-                   check=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "bench.dobench_problems", str(problems_file.resolve()), str(result_file.resolve())],
+                   cwd=ROOT, check=True, timeout=600)
     problems_file.unlink()
     dobench = json.loads(result_file.read_text())["rows"]
     rows = {}
@@ -261,19 +243,18 @@ def main() -> None:
     on_gpu = not card.startswith("cpu-")
     large = large_problems() if on_gpu else []
     report: dict[str, Any] = {
-        "card": card, "date": datetime.date.today().isoformat(), "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "card": card, "date": datetime.date.today().isoformat(), "host": describe_machine(),
         "isolation": os.environ.get("REFEREE_ISOLATION") or "auto",
         "method": "embedded HTTP API, warm pool, per-GPU timing lock, default evaluation options (small problems: 3 input "
                   "sets, 5 trials, rechecks, profile); every submission unique (nonce); latency after each problem's "
                   "first evaluation (cold_latency) filled its caches. Large problems: trials=1, "
                   "timing_sets=2 (one input set; 256 MB inputs do not fit in L2 anyway)",
     }
-    slug = card.lower().replace(" ", "-")
-    path = args.out / f"{slug}-{report['date']}{args.label}.json"
+    path = args.out / f"{slug(card)}-{report['date']}{args.label}.json"
 
     def save() -> None:
         summarize(report)
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_result(path, report)
 
     print("Referee with the warm pool and caches", flush=True)
     report["referee"] = run_mode(warm=True, workers=args.workers, latency_n=args.latency, batch_n=args.batch,

@@ -1,7 +1,7 @@
-"""Problems for the benchmarks: small ones (the four examples and ten elementwise ops) for latency
-and throughput, and the three large ones whose speedup must hold still (issue 6). Each comes with
-an honest Triton candidate. `nonce` adds a comment so the service does not answer a repeat from
-its result cache: every submission is evaluated."""
+"""Problems for the benchmarks: a tiny one (y = 2x) for the CPU runs, small ones (the four examples
+and ten elementwise ops) for latency and throughput, and the three large ones whose speedup must
+hold still (issue 6). Each comes with an honest Triton candidate. `nonce` adds a comment so the
+service does not answer a repeat from its result cache: every submission is evaluated."""
 
 from __future__ import annotations
 
@@ -91,6 +91,10 @@ _OPS = {
 
 def elementwise(name: str, n: int, block: int = 1024) -> BenchProblem:
     torch_expr, triton_expr = _OPS[name]
+    return _elementwise(name, torch_expr, triton_expr, n, block)
+
+
+def _elementwise(name: str, torch_expr: str, triton_expr: str, n: int, block: int) -> BenchProblem:
     reference = _ELEMENTWISE_REFERENCE.format(torch_expr=torch_expr, n=n)
     candidate = _ELEMENTWISE_CANDIDATE.format(name=name, triton_expr=triton_expr, block=block)
     return BenchProblem(f"{name}_{n}", textwrap.dedent(reference).lstrip(), textwrap.dedent(candidate).lstrip())
@@ -98,6 +102,17 @@ def elementwise(name: str, n: int, block: int = 1024) -> BenchProblem:
 
 def example(name: str) -> BenchProblem:
     return BenchProblem(name, (EXAMPLES / name / "reference.py").read_text(), (EXAMPLES / name / "candidate.py").read_text())
+
+
+def tiny() -> BenchProblem:
+    """y = 2x on 256 values in one block: the smallest problem the engine checks in full, for the CPU
+    runs (Triton's interpreter) that measure everything around the kernel."""
+    return _elementwise("double", "x * 2", "x * 2", 256, 256)
+
+
+def static_reject(tag: str) -> str:
+    """A distinct candidate the worker answers without running it (no @triton.jit kernel)."""
+    return f"# {tag}\nimport torch.nn as nn\n\n\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return x * 2\n"
 
 
 def small_problems() -> list[BenchProblem]:

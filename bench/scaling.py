@@ -24,9 +24,9 @@ each GPU's workers, and from their logs: every batch id dequeued and finished ex
 host's CPU use and, with nvidia-smi, each GPU's utilisation. The scaling ratio is the sustained
 rate of N GPUs over that of one (the whole-batch ratio is given too).
 
-    python3 bench/scaling.py --out DIR                       # every GPU; phases 1, 2, 4, all
-    python3 bench/scaling.py --out DIR --phases 1,2 --submissions 120 --concurrency 4
-    python3 bench/scaling.py --out DIR --gpus 2 --problems tiny --submissions 6   # CPU smoke run
+    python3 -m bench.scaling --out DIR                       # every GPU; phases 1, 2, 4, all
+    python3 -m bench.scaling --out DIR --phases 1,2 --submissions 120 --concurrency 4
+    python3 -m bench.scaling --out DIR --gpus 2 --problems tiny --submissions 6   # CPU smoke run
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -55,13 +54,10 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.performance import card_name  # noqa: E402
-from bench.problems import small_problems  # noqa: E402
-from bench.procstates import ProcessStates  # noqa: E402
-from bench.stack import RedisServer, ServiceStack, executions, free_port, percentile, spread, wait_for  # noqa: E402
+from bench.lib import ROOT, card_name, describe_machine, percentile, slug, spread, write_result
+from bench.problems import small_problems, tiny
+from bench.procstates import ProcessStates
+from service.stack import RedisServer, ServiceStack, executions, free_port, wait_for
 
 Body = dict[str, Any]
 
@@ -73,15 +69,15 @@ def problem_set(name: str) -> tuple[list[str], Callable[[int, str], Body]]:
     """The problems' names and a body maker (index, nonce) -> request, round-robin over them.
 
     `small`: the fourteen small problems of bench/performance.py with default options (GPU runs).
-    `tiny`: tests/tiny_problem.py's y = 2x with the fastest options, for CPU smoke runs."""
+    `tiny`: bench/problems.py's y = 2x with the fastest options, for CPU smoke runs."""
     if name == "small":
         problems = small_problems()
         return [p.name for p in problems], lambda i, nonce: problems[i % len(problems)].submission(nonce)
     if name == "tiny":
-        from tests.tiny_problem import CANDIDATE, REFERENCE
-
+        problem = tiny()
         fast = {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05}
-        return ["tiny_double"], lambda i, nonce: {"reference": REFERENCE, "candidate": f"{CANDIDATE}\n# bench submission {nonce}\n",
+        return ["tiny_double"], lambda i, nonce: {"reference": problem.reference,
+                                                  "candidate": f"{problem.candidate}\n# bench submission {nonce}\n",
                                                   "name": "tiny_double", **fast}
     raise ValueError(f"unknown problem set {name!r} (small or tiny)")
 
@@ -266,7 +262,7 @@ def redis_binary(given: str | None) -> str:
 
 
 class RedisStack:
-    """A redis-server, the API and one worker per GPU (bench.stack.ServiceStack), in `folder`."""
+    """A redis-server, the API and one worker per GPU (service.stack.ServiceStack), in `folder`."""
 
     def __init__(self, gpus: list[int], concurrency: int, folder: Path, binary: str, env: dict[str, str]) -> None:
         self.folder = folder
@@ -428,8 +424,8 @@ def run_scaling(options: Options, gpus: int, phases: list[int]) -> dict[str, Any
     names, _ = problem_set(options.problems)
     report: dict[str, Any] = {
         "card": card, "gpus": gpus, "date": datetime.date.today().isoformat(), "queue": options.queue,
-        "host": {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                 "python": platform.python_version(), "machine": platform.machine()},
+        "host": {**describe_machine(),
+                 "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
         "isolation": options.isolation or os.environ.get("REFEREE_ISOLATION") or "auto",
         "workers_per_gpu": options.concurrency, "problems": names, "submissions_per_phase": options.submissions,
         "method": ("each configuration a fresh stack (" + ("redis-server, one API, one `referee worker --gpu I --concurrency K` per GPU"
@@ -439,13 +435,12 @@ def run_scaling(options: Options, gpus: int, phases: list[int]) -> dict[str, Any
                    "POST ?wait=. Sustained rate: the middle 80% of completions; scaling: sustained rate over the 1-GPU one."),
         "phases": [],
     }
-    slug = card.lower().replace(" ", "-")
     suffix = ("" if options.queue == "redis" else f"-{options.queue}") + options.label
-    path = options.out / f"scaling-{slug}-x{max(phases)}-{report['date']}{suffix}.json"
+    path = options.out / f"scaling-{slug(card)}-x{max(phases)}-{report['date']}{suffix}.json"
     log_folder = options.out / "scaling-logs"
 
     def save() -> None:
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_result(path, report)
 
     for n in phases:
         report["phases"].append(run_phase(n, options, binary, log_folder))

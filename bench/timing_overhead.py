@@ -1,7 +1,7 @@
 """Where does Referee's candidate time differ from do_bench? Times one honest example kernel in
 one process with the harness's watchers added one at a time.
 
-    python3 bench/timing_overhead.py --out DIR      # on a GPU host
+    python3 -m bench.timing_overhead --out DIR      # on a GPU host
 """
 
 from __future__ import annotations
@@ -9,20 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import triton.testing
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "sandbox"))
-
-from harness.audit import AuditGuard  # noqa: E402
-from harness.dispatch import OpRecorder  # noqa: E402
-from harness.launches import LaunchRecorder  # noqa: E402
-from harness.runtime import load_module  # noqa: E402
-from harness.timing import CudaTimer  # noqa: E402
+from bench.lib import ROOT, write_result
+from sandbox.harness.audit import AuditGuard
+from sandbox.harness.dispatch import OpRecorder
+from sandbox.harness.launches import LaunchRecorder
+from sandbox.harness.runtime import load_module
+from sandbox.harness.timing import CudaTimer
 
 
 def main() -> None:
@@ -74,9 +71,7 @@ def main() -> None:
         rows["do_bench_all_watchers"] = triton.testing.do_bench(lambda: model(*input_sets[0]), return_mode="median")
     guard.active = False  # the guard refuses writes outside the "job" directory, this file included
     print(json.dumps(rows, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"timing-overhead-{args.problem}.json").write_text(
-        json.dumps({"card": torch.cuda.get_device_name(), **rows}, indent=1) + "\n")
+    write_result(args.out / f"timing-overhead-{args.problem}.json", {"card": torch.cuda.get_device_name(), **rows})
 
 
 if __name__ == "__main__":

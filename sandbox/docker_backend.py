@@ -47,7 +47,7 @@ def _client(timeout: float = 30.0) -> Any:
 
 def docker_unavailable(image: str | None = None) -> str | None:
     """Why the docker backend cannot run here (None when it can): SDK, daemon, image."""
-    image = image or os.environ.get("REFEREE_DOCKER_IMAGE") or DEFAULT_IMAGE
+    image = image or DEFAULT_IMAGE
     try:
         import docker  # noqa: F401
     except ImportError:
@@ -75,21 +75,22 @@ class _Lease:
 class DockerIsolation:
     """`python` and `harness_lib` name paths inside the image; None means the host's own paths
     (for images made from the host's runtime, as the tests do) and the host's harness package
-    bind-mounted read-only."""
+    bind-mounted read-only. A worker sets `image`, `python`, `harness_lib` and `state_dir` from its
+    settings (REFEREE_DOCKER_*, worker/settings.py)."""
 
     name: str = "docker"
     limits: Limits = field(default_factory=Limits)
-    image: str = field(default_factory=lambda: os.environ.get("REFEREE_DOCKER_IMAGE") or DEFAULT_IMAGE)
-    python: str | None = field(default_factory=lambda: os.environ.get("REFEREE_DOCKER_PYTHON") or None)
-    harness_lib: str | None = field(default_factory=lambda: os.environ.get("REFEREE_DOCKER_HARNESS_LIB") or None)
+    lockdown: str = "on"  # a Lockdown value (sandbox/isolation.py)
+    image: str = DEFAULT_IMAGE
+    python: str | None = None
+    harness_lib: str | None = None
     jobs_per_container: int = 50
     strict: bool = False
     slots: int = 8
     # nobody when the worker is root (it can hand the control directory over); else the worker's own
     # uid, which owns the control directory: either way never root inside the container.
     user: str = field(default_factory=lambda: f"{NOBODY}:{NOBODY}" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}")
-    state_dir: Path = field(default_factory=lambda: Path(os.environ.get("REFEREE_DOCKER_STATE_DIR")
-                                                             or Path(tempfile.gettempdir()) / "referee-docker"))
+    state_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "referee-docker")
     enforces_memory: bool = True  # the container's cgroup does; no watchdog needed
     _leases: dict[str, _Lease] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -18,6 +18,7 @@ ranges) or the container's cgroup.
 
 from __future__ import annotations
 
+import enum
 import functools
 import glob
 import json
@@ -36,7 +37,29 @@ SANDBOX_DIR = Path(__file__).resolve().parent
 HARNESS_DIR = SANDBOX_DIR / "harness"
 CONFINE_SCRIPT = SANDBOX_DIR / "confine.py"
 NOBODY = 65534
-BACKENDS = ("auto", "docker", "bwrap", "unshare", "process")
+
+
+class IsolationName(enum.StrEnum):
+    """The backends a worker or `referee check` may ask for; `auto` takes the strongest that works here."""
+
+    auto = "auto"
+    docker = "docker"
+    bwrap = "bwrap"
+    unshare = "unshare"
+    process = "process"
+
+
+class Lockdown(enum.StrEnum):
+    """Which layers harness processes put on themselves (harness/lockdown.py): `on` every layer the
+    kernel offers, `landlock` or `seccomp` only that one, `off` none (for diagnosis only)."""
+
+    on = "on"
+    landlock = "landlock"
+    seccomp = "seccomp"
+    off = "off"
+
+
+BACKENDS = tuple(name.value for name in IsolationName)
 # What the runtime needs of the host's system directories; everything else stays out of reach.
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _SYSTEM_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
@@ -61,6 +84,7 @@ class Limits:
 class Isolation(Protocol):
     name: str
     limits: Limits
+    lockdown: str  # a Lockdown value: what harness processes under this backend put on themselves
 
     def command(self, argv: list[str], workdir: Path, device: str) -> list[str]:
         """The command line that runs `argv` confined, with `workdir` as its only writable place."""
@@ -71,6 +95,7 @@ class Isolation(Protocol):
 class ProcessIsolation:
     name: str = "process"
     limits: Limits = field(default_factory=Limits)
+    lockdown: str = Lockdown.on
 
     def command(self, argv: list[str], workdir: Path, device: str) -> list[str]:
         return argv
@@ -170,6 +195,7 @@ class UnshareIsolation:
 
     name: str = "unshare"
     limits: Limits = field(default_factory=Limits)
+    lockdown: str = Lockdown.on
     executable: str = "unshare"
 
     def command(self, argv: list[str], workdir: Path, device: str) -> list[str]:
@@ -187,6 +213,7 @@ class BwrapIsolation:
 
     name: str = "bwrap"
     limits: Limits = field(default_factory=Limits)
+    lockdown: str = Lockdown.on
     executable: str = "bwrap"
 
     def command(self, argv: list[str], workdir: Path, device: str) -> list[str]:
@@ -297,18 +324,19 @@ def resident_bytes(pid: int) -> int:
         return 0
 
 
-LOCKDOWN_CHOICES = ("on", "landlock", "seccomp", "off")
+LOCKDOWN_CHOICES = tuple(choice.value for choice in Lockdown)
 
 
 def lockdown_choice(isolation: Isolation) -> str | None:
     """Which layers harness processes put on themselves (harness/lockdown.py), None for none: every
     layer the kernel offers (`on`) under every backend but `process` (the unconfined control).
-    REFEREE_LOCKDOWN=landlock|seccomp keeps one of them, =off none: for diagnosis on a host where
-    one breaks the runtime (an unknown value means `on`: a typo never weakens it)."""
-    choice = os.environ.get("REFEREE_LOCKDOWN", "on")
-    if isolation.name == "process" or choice == "off":
+    The backend's `lockdown` (the operator's REFEREE_LOCKDOWN, through the worker's settings)
+    `landlock`|`seccomp` keeps one of them, `off` none: for diagnosis on a host where one breaks the
+    runtime (an unknown value means `on`: a typo never weakens it)."""
+    choice = str(getattr(isolation, "lockdown", Lockdown.on))
+    if isolation.name == "process" or choice == Lockdown.off:
         return None
-    return choice if choice in LOCKDOWN_CHOICES else "on"
+    return choice if choice in LOCKDOWN_CHOICES else Lockdown.on.value
 
 
 def namespace_layers(isolation: Isolation) -> list[str]:

@@ -8,9 +8,11 @@ import functools
 import logging
 import shutil
 import subprocess
+from collections.abc import Mapping
+from typing import Any
 
 from .docker_backend import DockerIsolation, docker_unavailable
-from .isolation import BACKENDS, BwrapIsolation, Isolation, Limits, ProcessIsolation, UnshareIsolation, is_root
+from .isolation import BACKENDS, BwrapIsolation, Isolation, Limits, Lockdown, ProcessIsolation, UnshareIsolation, is_root
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +41,33 @@ def unshare_works() -> bool:
     return _probe(["unshare", *user, "--net", "--pid", "--mount", "--fork", "true"])
 
 
-def select_isolation(name: str = "auto", limits: Limits | None = None) -> Isolation:
-    """The backend called `name`; `auto` takes the strongest that works here. Raises ValueError for
-    an unknown name and RuntimeError for one that cannot run on this machine."""
+def select_isolation(name: str = "auto", limits: Limits | None = None, *, lockdown: str = Lockdown.on,
+                     docker: Mapping[str, Any] | None = None) -> Isolation:
+    """The backend called `name`; `auto` takes the strongest that works here. `lockdown` is what its
+    harness processes put on themselves; `docker` the DockerIsolation fields a worker sets (image,
+    python, harness_lib, state_dir). Raises ValueError for an unknown name and RuntimeError for one
+    that cannot run on this machine."""
     limits = limits or Limits()
+    docker = dict(docker or {})
     if name not in BACKENDS:
         raise ValueError(f"unknown isolation {name!r}; choose one of {', '.join(BACKENDS)}")
     if name in ("auto", "docker"):
-        reason = docker_unavailable()
+        reason = docker_unavailable(docker.get("image"))
         if reason is None:
-            return DockerIsolation(limits=limits)
+            return DockerIsolation(limits=limits, lockdown=lockdown, **docker)
         if name == "docker":
             raise RuntimeError(f"docker isolation is not available: {reason}")
     if name in ("auto", "bwrap"):
         if bwrap_works():
-            return BwrapIsolation(limits=limits)
+            return BwrapIsolation(limits=limits, lockdown=lockdown)
         if name == "bwrap":
             raise RuntimeError("bubblewrap is not installed or cannot create namespaces here")
     if name in ("auto", "unshare"):
         if unshare_works():
-            return UnshareIsolation(limits=limits)
+            return UnshareIsolation(limits=limits, lockdown=lockdown)
         if name == "unshare":
             raise RuntimeError("unshare cannot create namespaces here (user namespaces disabled?)")
     if name == "auto":
         log.warning("no isolation backend works on this machine (docker, bwrap, unshare): candidates run as plain "
                     "processes, which is for development only")
-    return ProcessIsolation(limits=limits)
-
-
-@functools.lru_cache(maxsize=8)
-def cached_isolation(name: str) -> Isolation:
-    """`select_isolation` once per process and name (probing starts processes)."""
-    return select_isolation(name)
+    return ProcessIsolation(limits=limits, lockdown=lockdown)

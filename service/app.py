@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.jobs import start_warm_pool, stop_warm_pool
+from worker import context
 
 from .evaluations import Evaluations
 from .integrations.openrlhf import KeyFromQuery
@@ -159,12 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = None
+        host = None
         if isinstance(queue, EmbeddedQueue):
-            if settings.warm_pool:
-                # Two harness processes per evaluation: keep enough forked ahead for every worker thread.
-                spares = max(settings.pool_spares, 2 * settings.embedded_workers)
-                pool = await asyncio.to_thread(start_warm_pool, None, spares)
+            # This process runs the jobs: set up their context (backend, warm pool, caches) from the
+            # settings, once. Two harness processes per evaluation: enough spares for every thread.
+            spares = max(settings.pool_spares, 2 * settings.embedded_workers)
+            host = await asyncio.to_thread(context.start, settings, data_in_files=False, pool_spares=spares)
             queue.start()
         sweeper = threading.Thread(target=_maintenance, args=(referee, settings.maintenance_interval_s, stop),
                                    name="referee-maintenance", daemon=True)
@@ -173,8 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop.set()
         sweeper.join(timeout=10)
         queue.close()
-        if pool is not None:
-            stop_warm_pool(pool)
+        if host is not None:
+            context.stop(host)
 
     app = FastAPI(title="Triton Referee", version=VERSION, lifespan=lifespan,
                   description="Verifies Triton kernels against PyTorch references: correctness, speed and anti-cheat, "

@@ -10,37 +10,44 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sandbox.isolation import BACKENDS, Isolation
+from sandbox.isolation import Isolation, IsolationName
 from sandbox.selection import select_isolation
+from worker import defaults
 from worker.evaluate import detect_device, evaluate
 from worker.models import (
     MAX_SOURCE_BYTES,
+    Device,
     EvalConfig,
     EvaluationResult,
+    Mode,
+    Precision,
     Problem,
     RewardConfig,
     RewardPreset,
     Submission,
     Verdict,
 )
+from worker.settings import JudgeSettings
 from worker.static_checks import ProblemSourceError
 
 if TYPE_CHECKING:
     from .client import RefereeClient
 
 EXIT_CORRECT, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+SettingsT = TypeVar("SettingsT")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Triton Referee: verify Triton kernels against PyTorch references.")
 # Width of output that is not a terminal (CI logs, files): rich's default of 80 cut the tables'
@@ -88,13 +95,30 @@ def read_source(path: Path, what: str) -> str:
         raise InputFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
-def choose_isolation(name: str) -> Isolation:
-    """The backend for --isolation, or exit 2 saying why it cannot run here."""
-    if name not in BACKENDS:
-        err.print(f"error: --isolation must be one of {', '.join(BACKENDS)}, not {name!r}")
-        raise typer.Exit(EXIT_USAGE)
+def _settings_or_usage_error(make: Callable[[], SettingsT], options: dict[str, str] | None = None) -> SettingsT:
+    """Settings from the environment (and the options), or exit 2 naming what is wrong: a bad
+    REFEREE_* value is a usage error, as a bad option is. `options` maps fields to their options."""
     try:
-        isolation = select_isolation(name)
+        return make()
+    except ValidationError as exc:
+        for problem in exc.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            option = (options or {}).get(field)
+            where = f"{option} or REFEREE_{field.upper()}" if option else f"REFEREE_{field.upper()}"
+            err.print(f"error: {where}: {problem['msg']}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def judge_settings() -> JudgeSettings:
+    """This command's settings (REFEREE_LOCKDOWN, REFEREE_HARNESS_PYTHON, ...; docs/settings.md), read
+    once, or exit 2 naming a bad value. --isolation is an option here, not REFEREE_ISOLATION."""
+    return _settings_or_usage_error(JudgeSettings)
+
+
+def choose_isolation(name: IsolationName, settings: JudgeSettings) -> Isolation:
+    """The backend for --isolation (typer has checked the name), or exit 2 saying why it cannot run here."""
+    try:
+        isolation = select_isolation(name, lockdown=settings.lockdown, docker=settings.docker_options())
     except RuntimeError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -104,17 +128,12 @@ def choose_isolation(name: str) -> Isolation:
     return isolation
 
 
-IsolationOption = Annotated[str, typer.Option(help="auto (docker, then bwrap, then unshare), docker, bwrap, unshare or process (development only)")]
-PrecisionOption = Annotated[str, typer.Option(help="fp32, fp16 or bf16: inputs and both models' parameters in this dtype (KernelBench's switch; "
-                                                   "fp16/bf16 default to atol = rtol = 1e-2)")]
+IsolationOption = Annotated[IsolationName, typer.Option(help="auto (docker, then bwrap, then unshare), docker, bwrap, unshare or "
+                                                               "process (development only)")]
+PrecisionOption = Annotated[Precision, typer.Option(help="inputs and both models' parameters in this dtype (KernelBench's switch; "
+                                                         "fp16/bf16 default to atol = rtol = 1e-2)")]
+DeviceOption = Annotated[Device, typer.Option(help="auto takes cuda when this machine has an NVIDIA GPU")]
 CompileBaselineOption = Annotated[bool, typer.Option("--compile-baseline", help="also time torch.compile(reference): speedup over it next to eager")]
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def require_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        err.print(f"error: --precision must be fp32, fp16 or bf16, not {precision!r}")
-        raise typer.Exit(EXIT_USAGE)
 
 
 def exit_code(result: EvaluationResult) -> int:
@@ -154,34 +173,23 @@ def check(
     json_output: Annotated[bool, typer.Option("--json", help="print exactly one JSON result document")] = False,
     trials: Annotated[int, typer.Option(min=1, max=100, help="correctness trials")] = 5,
     timeout: Annotated[float, typer.Option(min=1.0, help="wall-clock limit in seconds")] = 120.0,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option(help="fix the input salt (default: a fresh secret)")] = None,
-    reward: Annotated[str, typer.Option(help="reward preset: tritonrl, fast_p or drkernel")] = "tritonrl",
+    reward: Annotated[RewardPreset, typer.Option(help="reward preset")] = "tritonrl",
     atol: Annotated[float | None, typer.Option(help="absolute tolerance override")] = None,
     rtol: Annotated[float | None, typer.Option(help="relative tolerance override")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="text, json, or github (workflow annotations on the offending lines)")] = "text",
+    output_format: Annotated[Literal["text", "json", "github"],
+                             typer.Option("--format", help="github: workflow annotations on the offending lines")] = "text",
     junit: Annotated[Path | None, typer.Option(help="also write the result as JUnit XML to this file")] = None,
     precision: PrecisionOption = "fp32",
     compile_baseline: CompileBaselineOption = False,
-    isolation: IsolationOption = "auto",
-    mode: Annotated[str, typer.Option(help="strict (default: random parameters, extra input sets and value ranges) or "
-                                           "kernelbench (the published inputs only, comparable with published numbers)")] = "strict",
+    isolation: IsolationOption = IsolationName.auto,
+    mode: Annotated[Mode, typer.Option(help="strict (default: random parameters, extra input sets and value ranges) or "
+                                            "kernelbench (the published inputs only, comparable with published numbers)")] = "strict",
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
-    if mode not in ("strict", "kernelbench"):
-        err.print(f"error: --mode must be strict or kernelbench, not {mode!r}")
-        raise typer.Exit(EXIT_USAGE)
-    if output_format not in ("text", "json", "github"):
-        err.print(f"error: --format must be text, json or github, not {output_format!r}")
-        raise typer.Exit(EXIT_USAGE)
-    if device not in ("auto", "cuda", "cpu"):
-        err.print(f"error: --device must be auto, cuda or cpu, not {device!r}")
-        raise typer.Exit(EXIT_USAGE)
+    settings = judge_settings()
     require_device(device)
-    require_precision(precision)
-    if reward not in RewardPreset.__args__:  # type: ignore[attr-defined]
-        err.print(f"error: --reward must be one of {', '.join(RewardPreset.__args__)}, not {reward!r}")  # type: ignore[attr-defined]
-        raise typer.Exit(EXIT_USAGE)
     try:
         problem = Problem(source=read_source(reference, "reference"), name=reference.stem)
         candidate_source = read_source(candidate, "candidate")
@@ -192,11 +200,13 @@ def check(
     except ValueError as exc:  # pydantic validation, e.g. an empty reference
         err.print(f"error: {reference}: the reference is empty or invalid ({exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc})")
         raise typer.Exit(EXIT_USAGE) from None
-    config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,  # type: ignore[arg-type]
-                        precision=precision, compile_baseline=compile_baseline, reward=RewardConfig(preset=reward), mode=mode)  # type: ignore[arg-type]
-    backend = choose_isolation(isolation)
+    config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,
+                        precision=precision, compile_baseline=compile_baseline, reward=RewardConfig(preset=reward), mode=mode)
+    backend = choose_isolation(isolation, settings)
     try:
-        result = evaluate(problem, submission, config, isolation=backend)
+        result = evaluate(problem, submission, config, isolation=backend, python=settings.harness_python,
+                          audit_hook=settings.audit_hook,
+                        allow_native_code=settings.allow_native_code)
     except ProblemSourceError as exc:
         err.print(f"error: {reference}: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -235,11 +245,11 @@ def check_kernels(
     reference_name: Annotated[str, typer.Option(help="the reference's file name next to each candidate")] = "reference.py",
     trials: Annotated[int, typer.Option(min=1, max=100, help="correctness trials")] = 5,
     timeout: Annotated[float, typer.Option(min=1.0, help="wall-clock limit per candidate in seconds")] = 120.0,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
-    output_format: Annotated[str, typer.Option("--format", help="text or github (workflow annotations)")] = "text",
+    device: DeviceOption = "auto",
+    output_format: Annotated[Literal["text", "github"], typer.Option("--format", help="github: workflow annotations")] = "text",
     junit: Annotated[Path | None, typer.Option(help="write every result as one JUnit XML file")] = None,
     jobs: Annotated[int | None, typer.Option(min=1, help="candidates checked at once (default: one per two cores, at most 8)")] = None,
-    isolation: IsolationOption = "auto",
+    isolation: IsolationOption = IsolationName.auto,
 ) -> None:
     """Check several candidates, each against the reference next to it (the pre-commit hook and the
     GitHub Action use this). Files without a reference beside them, and references, are skipped.
@@ -250,12 +260,10 @@ def check_kernels(
 
     from .reports import Case, github_annotations, junit_xml
 
-    if output_format not in ("text", "github") or device not in ("auto", "cuda", "cpu"):
-        err.print("error: --format must be text or github and --device auto, cuda or cpu")
-        raise typer.Exit(EXIT_USAGE)
+    settings = judge_settings()
     require_device(device)
-    config = EvalConfig(trials=trials, timeout_s=timeout, device=device)  # type: ignore[arg-type]
-    backend = choose_isolation(isolation)
+    config = EvalConfig(trials=trials, timeout_s=timeout, device=device)
+    backend = choose_isolation(isolation, settings)
     # Read everything first: a bad file is a usage error before any evaluation starts.
     work: list[tuple[Path, str, Problem]] = []
     for candidate in candidates:
@@ -269,11 +277,14 @@ def check_kernels(
         except (InputFileError, ValueError) as exc:
             err.print(f"error: {candidate}: {exc}")
             raise typer.Exit(EXIT_USAGE) from None
-    timing_lock = TimingLock.for_gpu() if (device == "cuda" or (device == "auto" and detect_device() == "cuda")) else None
+    on_gpu = device == "cuda" or (device == "auto" and detect_device() == "cuda")
+    timing_lock = TimingLock.for_gpu(directory=settings.lock_dir, exclusive=settings.exclusive_timing) if on_gpu else None
 
     def run_one(entry: tuple[Path, str, Problem]) -> EvaluationResult:
         candidate, source, problem = entry
-        return evaluate(problem, Submission(source=source, name=candidate.stem), config, isolation=backend, timing_lock=timing_lock)
+        return evaluate(problem, Submission(source=source, name=candidate.stem), config, isolation=backend, timing_lock=timing_lock,
+                        python=settings.harness_python, audit_hook=settings.audit_hook,
+                        allow_native_code=settings.allow_native_code)
 
     cases: list[Case] = []
     console = make_console()
@@ -365,7 +376,7 @@ def _score_examples(client: RefereeClient, examples: Path, device: str, title: s
 @app.command()
 def demo(
     examples: Annotated[Path, typer.Argument(help="directory of example problems")] = Path("examples"),
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    device: DeviceOption = "auto",
     workers: Annotated[int, typer.Option(min=1, help="evaluations run at once")] = 2,
 ) -> None:
     """Start the embedded server, submit every example over HTTP, print the table, stop (exit 1 if a verdict is unexpected)."""
@@ -535,7 +546,7 @@ def batch(
                                                  "or a JSONL manifest")],
     server: Annotated[str, typer.Option(envvar="REFEREE_SERVER", help="base URL of a Referee server")] = "http://127.0.0.1:8000",
     api_key: Annotated[str | None, typer.Option(envvar="REFEREE_API_KEY", help="sent as X-API-Key")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    device: DeviceOption = "auto",
     candidates: Annotated[Path | None, typer.Option(help="directory of candidates: CDIR/PROBLEM.py, CDIR/PROBLEM/*.py, "
                                                          "or KernelBench's level_L_problem_N_sample_K_kernel.py")] = None,
     kernelbench_level: Annotated[Path | None, typer.Option(help="a KernelBench dataset folder (KernelBench/level1); SOURCE is then "
@@ -570,7 +581,6 @@ def batch(
     if not items:
         err.print(f"error: no candidates found under {source} (DIR/*/reference.py with DIR/*/candidate*.py; or give --candidates)")
         raise typer.Exit(EXIT_USAGE)
-    require_precision(precision)
     sent = [i for i, item in enumerate(items) if item.candidate is not None]
     shared: dict[str, Any] = {"device": device, **({"trials": trials} if trials else {}),
                               **({"precision": precision} if precision != "fp32" else {}),
@@ -693,8 +703,9 @@ def serve(
         overrides["redis_url"] = None
     elif redis_url:
         overrides["redis_url"] = redis_url
+    settings = _settings_or_usage_error(lambda: Settings(**overrides),
+                                        {"redis_url": "--redis-url", "host": "--host", "port": "--port", "embedded_workers": "--workers"})
     try:
-        settings = Settings(**overrides)
         settings.check()
     except ValueError as exc:
         err.print(f"error: {exc}")
@@ -707,28 +718,46 @@ def serve(
     run_server(settings, log_level=log_level, processes=processes)
 
 
+WORKER_OPTIONS = {"redis_url": "--redis-url", "gpu": "--gpu", "queue_name": "--queue", "worker_name": "--name", "burst": "--burst",
+                  "monitoring_interval_s": "--monitoring-interval", "heartbeat_grace_s": "--heartbeat-grace",
+                  "registry_maintenance_interval_s": "--maintenance-interval", "worker_ttl_s": "--worker-ttl",
+                  "worker_concurrency": "--concurrency", "warm_pool": "--warm-pool", "isolation": "--isolation"}
+
+
 @app.command()
 def worker(
-    redis_url: Annotated[str, typer.Option(envvar="REFEREE_REDIS_URL", help="Redis holding the queue")],
-    gpu: Annotated[int | None, typer.Option(help="pin this GPU (CUDA_VISIBLE_DEVICES) for every job")] = None,
-    queue: Annotated[str, typer.Option(envvar="REFEREE_QUEUE_NAME", help="queue name")] = "referee",
+    redis_url: Annotated[str | None, typer.Option(help="Redis holding the queue (or REFEREE_REDIS_URL)")] = None,
+    gpu: Annotated[int | None, typer.Option(min=0, help="pin this GPU (CUDA_VISIBLE_DEVICES) for every job")] = None,
+    queue: Annotated[str | None, typer.Option(help=f"queue name (default {defaults.QUEUE_NAME}, or REFEREE_QUEUE_NAME)")] = None,
     name: Annotated[str | None, typer.Option(help="worker name (default: host, GPU and pid)")] = None,
-    burst: Annotated[bool, typer.Option(help="exit when the queue is empty")] = False,
-    monitoring_interval: Annotated[int, typer.Option(min=1, help="seconds between job heartbeats")] = 10,
-    heartbeat_grace: Annotated[int, typer.Option(min=1, help="seconds a heartbeat may be late before the job counts as abandoned")] = 60,
-    maintenance_interval: Annotated[int, typer.Option(min=1, help="seconds between this worker's registry sweeps")] = 600,
-    worker_ttl: Annotated[int, typer.Option(min=5, help="seconds this worker stays registered without a heartbeat")] = 420,
-    concurrency: Annotated[int, typer.Option(min=1, help="RQ workers on this GPU, sharing its warm pool and timing lock")] = 1,
-    warm_pool: Annotated[bool, typer.Option(help="fork harness processes from a zygote with torch imported")] = True,
+    burst: Annotated[bool | None, typer.Option("--burst/--no-burst", help="exit when the queue is empty (default off)")] = None,
+    monitoring_interval: Annotated[int | None, typer.Option(min=1, help=f"seconds between job heartbeats (default {defaults.MONITORING_INTERVAL_S})")] = None,
+    heartbeat_grace: Annotated[int | None, typer.Option(min=1, help="seconds a heartbeat may be late before the job counts as "
+                                                                    f"abandoned (default {defaults.HEARTBEAT_GRACE_S})")] = None,
+    maintenance_interval: Annotated[int | None, typer.Option(min=1, help="seconds between this worker's registry sweeps "
+                                                                         f"(default {defaults.REGISTRY_MAINTENANCE_INTERVAL_S})")] = None,
+    worker_ttl: Annotated[int | None, typer.Option(min=5, help="seconds this worker stays registered without a heartbeat "
+                                                               f"(default {defaults.WORKER_TTL_S})")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="RQ workers on this GPU, sharing its warm pool and timing lock "
+                                                                f"(default {defaults.WORKER_CONCURRENCY})")] = None,
+    warm_pool: Annotated[bool | None, typer.Option("--warm-pool/--no-warm-pool",
+                                                   help="fork harness processes from a zygote with torch imported (default on)")] = None,
+    isolation: Annotated[IsolationName | None, typer.Option(help=f"confinement of harness processes (default {defaults.ISOLATION}, "
+                                                                 "or REFEREE_ISOLATION)")] = None,
 ) -> None:
-    """Run one RQ worker (one per GPU): takes evaluations from Redis and runs them."""
-    from worker.main import WorkerOptions, pin_gpu, run_worker
+    """Run one RQ worker (one per GPU): takes evaluations from Redis and runs them. Settings come from
+    REFEREE_* variables (docs/settings.md); these options override them."""
+    from worker.main import pin_gpu, run_worker
+    from worker.settings import WorkerSettings
 
     pin_gpu(gpu)  # first: nothing below may see another GPU
-    run_worker(WorkerOptions(redis_url=redis_url, gpu=gpu, queue=queue, name=name, burst=burst,
-                             monitoring_interval=monitoring_interval, heartbeat_grace=heartbeat_grace,
-                             maintenance_interval=maintenance_interval, worker_ttl=worker_ttl,
-                             concurrency=concurrency, warm_pool=warm_pool))
+    given = {"redis_url": redis_url, "gpu": gpu, "queue_name": queue, "worker_name": name, "burst": burst,
+             "monitoring_interval_s": monitoring_interval, "heartbeat_grace_s": heartbeat_grace,
+             "registry_maintenance_interval_s": maintenance_interval, "worker_ttl_s": worker_ttl,
+             "worker_concurrency": concurrency, "warm_pool": warm_pool, "isolation": isolation}
+    overrides = {key: value for key, value in given.items() if value is not None}
+    settings = _settings_or_usage_error(lambda: WorkerSettings(**overrides), WORKER_OPTIONS)
+    run_worker(settings)
 
 
 @app.command()

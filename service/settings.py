@@ -1,4 +1,8 @@
-"""Service settings, read from the environment (prefix REFEREE_) by pydantic-settings."""
+"""The API server's settings, read once from the environment (prefix REFEREE_) by pydantic-settings
+when the server starts (`referee serve`, or `create_app()` without settings), then passed down.
+
+`Settings` extends the judge's settings (worker/settings.py): in embedded mode this process also runs
+the evaluations. Defaults come from worker/defaults.py; docs/settings.md has the table."""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from worker.models import MAX_SOURCE_BYTES
+from worker import defaults
+from worker.settings import JudgeSettings
 
 
 def redact_url(url: str | None) -> str | None:
@@ -23,41 +28,34 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REFEREE_", extra="ignore")
-
+class Settings(JudgeSettings):
     redis_url: str | None = Field(default=None, description="Redis for the queue and results; unset means embedded mode")
-    queue_name: str = "referee"
-    host: str = "127.0.0.1"
-    port: int = 8000
+    queue_name: str = defaults.QUEUE_NAME
+    host: str = defaults.HOST
+    port: int = Field(default=defaults.PORT, ge=0, le=65535)
 
     # Auth: `auto` is on with Redis (a shared service) and off in embedded mode (one user, one machine).
-    auth: Literal["auto", "on", "off"] = "auto"
+    auth: Literal["auto", "on", "off"] = defaults.AUTH
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated in the environment")
 
     # Limits, each answered with a clear 413 or 429.
-    max_source_bytes: int = Field(default=MAX_SOURCE_BYTES, gt=0)
-    max_batch_items: int = Field(default=1000, gt=0)
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
-    max_queued_per_key: int = Field(default=2000, gt=0)
-    max_wait_s: float = Field(default=600.0, ge=0, description="cap on ?wait=")
+    max_source_bytes: int = Field(default=defaults.MAX_SOURCE_BYTES, gt=0)
+    max_batch_items: int = Field(default=defaults.MAX_BATCH_ITEMS, gt=0)
+    max_body_bytes: int = Field(default=defaults.MAX_BODY_BYTES, gt=0)
+    max_queued_per_key: int = Field(default=defaults.MAX_QUEUED_PER_KEY, gt=0)
+    max_wait_s: float = Field(default=defaults.MAX_WAIT_S, ge=0, description="cap on ?wait=")
 
     # Jobs: results live this long; a job that fails or whose worker dies is retried this many times.
-    result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
-    job_retries: int = Field(default=1, ge=0)
-    job_timeout_margin_s: float = Field(default=60.0, ge=0, description="added to the evaluation's own timeout")
-    maintenance_interval_s: float = Field(default=5.0, gt=0, description="abandoned-job sweep and result collection")
-    worker_stale_s: float = Field(default=480.0, gt=0, description="a worker silent this long does not count as live")
+    result_ttl_s: int = Field(default=defaults.RESULT_TTL_S, gt=0)
+    job_retries: int = Field(default=defaults.JOB_RETRIES, ge=0)
+    job_timeout_margin_s: float = Field(default=defaults.JOB_TIMEOUT_MARGIN_S, ge=0, description="added to the evaluation's own timeout")
+    maintenance_interval_s: float = Field(default=defaults.MAINTENANCE_INTERVAL_S, gt=0,
+                                          description="abandoned-job sweep and result collection")
+    worker_stale_s: float = Field(default=defaults.WORKER_STALE_S, gt=0, description="a worker silent this long does not count as live")
 
-    # How workers confine harness processes (read by worker/jobs.py from REFEREE_ISOLATION): `auto` takes
-    # docker when a daemon and the image answer, then bwrap, then unshare. Never set per request.
-    isolation: Literal["auto", "docker", "bwrap", "unshare", "process"] = "auto"
-
-    # Embedded mode: evaluations run in threads of the API process.
-    embedded_workers: int = Field(default=1, ge=1)
-    # A zygote with torch imported forks each harness process (off: a fresh process per evaluation).
-    warm_pool: bool = True
-    pool_spares: int = Field(default=2, ge=0, description="harness processes forked ahead of demand")
+    # Embedded mode: evaluations run in threads of the API process, with the judge's settings
+    # (isolation, warm pool, caches) this class inherits.
+    embedded_workers: int = Field(default=defaults.EMBEDDED_WORKERS, ge=1)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -204,6 +204,14 @@ def python_without_torch(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """redis-server, installed when missing (tests/machine.py)."""
+    from tests.machine import redis_server
+
+    return redis_server()
+
+
+@pytest.fixture(scope="session")
 def warm_pool() -> Any:
     """A real warm pool (zygote with torch and triton imported) for the tests that evaluate many
     candidates: the production path, and a fraction of the cost of fresh processes."""

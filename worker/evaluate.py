@@ -111,6 +111,8 @@ class _Run:
     steps: dict[str, float] = field(default_factory=dict)  # ms per "role.command"
     answers: dict[str, tuple[dict[str, Any], list[int]]] = field(default_factory=dict)  # deferred commands' replies
     started: float = 0.0
+    audit_hook: bool = True  # off only by the operator's test switch (evaluate's audit_hook)
+    allow_native_code: bool = False  # the operator's switch (evaluate's allow_native_code)
     trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
     output_nbytes: int = 0
     timing_sets: int = 1  # how many the reference made
@@ -262,12 +264,16 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
              job_id: str | None = None, python: str | None = None,
              reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None,
              pool: PoolClient | None = None, timing_lock: TimingLock | None = None,
-             reference_data: ReferenceDataCache | None = None) -> EvaluationResult:
+             reference_data: ReferenceDataCache | None = None, audit_hook: bool = True,
+             allow_native_code: bool = False) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
     With `reference_cache`, the reference's timing is reused for the same problem, plan and card.
     With `reference_data` too, its inputs and expected outputs are (see `reference_data.py`).
     With `pool`, both harness processes are forked by the warm pool's zygote (its isolation applies)
-    instead of started fresh. With `timing_lock`, the GPU is held only while timing."""
+    instead of started fresh. With `timing_lock`, the GPU is held only while timing. `audit_hook=False`
+    is the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK, from the worker's settings, never a
+    request): the candidate runs without the audit hook, as if it had beaten it. `allow_native_code=True`
+    is the operator's REFEREE_ALLOW_NATIVE_CODE: building and loading native code is not `native_code`."""
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
@@ -298,7 +304,8 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
             problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(), config),
         reference_cache=reference_cache, timing_lock=timing_lock, started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
-        kernel_functions=static_checks.jit_functions(ast.parse(submission.source)),
+        kernel_functions=static_checks.jit_functions(ast.parse(submission.source)), audit_hook=audit_hook,
+        allow_native_code=allow_native_code,
     )
     run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
@@ -379,8 +386,8 @@ def _check(run: _Run, reference: tuple[str, str], candidate: tuple[str, str], in
 
         setup, _ = run.ask(run.candidate, {"cmd": "setup", "path": candidate[0], "source": candidate[1], "device": run.device,
                                            "init_seed": init_seed, "init_inputs": reply["init_inputs"], "precision": config.precision,
-                                           "allowed_ops": run.allowed_ops, "allow_native_code": rules.native_code_allowed(),
-                                           "audit_hook": not rules.audit_hook_off(),
+                                           "allowed_ops": run.allowed_ops, "audit_hook": run.audit_hook,
+                                           "allow_native_code": run.allow_native_code,
                                            "randomize_parameters": bool(reply.get("randomize_parameters"))}, init_fds)
     finally:
         close_fds(init_fds)
@@ -495,8 +502,7 @@ def _watch_violations(reply: dict[str, Any], phase: str) -> list[Violation]:
         ("torch_fallback", reply.get("hidden_compute"), "hidden_ops"),  # ops the dispatch mode never saw: never proportionate
         ("tampering", reply.get("tampering", [])[:20], "changed"),
         *((rule, found[:20], "events") for rule, found in sorted(by_rule.items())),
-        # Native files in the job directory are what the operator's switch allows (the hook lets builds through too).
-        ("native_code", None if rules.native_code_allowed() else reply.get("native_files"), "files"),
+        ("native_code", reply.get("native_files"), "files"),  # none reported where the operator allows native code
         ("background_thread", reply.get("threads_left_running"), "threads_left_running"),
         ("side_stream", reply.get("side_stream_launches"), "launches"),
         ("device_to_host_transfer", (reply.get("device_to_host") or 0) + (reply.get("host_memory_launches") or 0), "copies"),

@@ -1,4 +1,5 @@
-"""`referee worker --redis-url URL [--gpu N]`: one RQ worker per GPU.
+"""`referee worker --redis-url URL [--gpu N]` (service/cli.py): one RQ worker per GPU, run from its
+settings (`WorkerSettings`, worker/settings.py: REFEREE_* variables, overridden by its options).
 
 The GPU is pinned (CUDA_VISIBLE_DEVICES) before anything else of the project is imported, so no
 later import can initialise CUDA on the wrong device; the harness processes inherit it. Each job
@@ -8,7 +9,6 @@ without its worker would go on unsupervised while RQ hands the job to another wo
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import itertools
 import os
@@ -16,31 +16,11 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
+from worker.settings import WorkerSettings
+
 PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class WorkerOptions:
-    redis_url: str
-    gpu: int | None = None
-    queue: str = "referee"
-    name: str | None = None
-    burst: bool = False
-    # RQ checks the horse and refreshes the job's heartbeat every `monitoring_interval` s; a job whose
-    # heartbeat is `heartbeat_grace` s overdue counts as abandoned (RQ's fixed grace is 60 s).
-    monitoring_interval: int = 10
-    heartbeat_grace: int = 60
-    maintenance_interval: int = 600
-    worker_ttl: int = 420
-    log_level: str = "INFO"
-    # RQ runs one job at a time per worker process: `concurrency` processes share this GPU, its
-    # warm pool and its timing lock, so one job's start-up, compile and checks overlap another's timing.
-    concurrency: int = 1
-    warm_pool: bool = True
-    pool_spares: int = 2
 
 
 def pin_gpu(gpu: int | None) -> None:
@@ -59,7 +39,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def make_worker(options: WorkerOptions, suffix: str = "") -> Any:
+def make_worker(settings: WorkerSettings, suffix: str = "") -> Any:
     import redis
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
@@ -67,7 +47,7 @@ def make_worker(options: WorkerOptions, suffix: str = "") -> Any:
     import worker.jobs  # noqa: F401  imported once here, so every forked horse starts with it loaded
 
     class RefereeWorker(Worker):
-        heartbeat_grace = options.heartbeat_grace
+        heartbeat_grace = settings.heartbeat_grace_s
         parent_pid = os.getpid()
 
         def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
@@ -78,18 +58,18 @@ def make_worker(options: WorkerOptions, suffix: str = "") -> Any:
             _die_with_parent(self.parent_pid)
             super().main_work_horse(job, queue)
 
-    connection = redis.Redis.from_url(options.redis_url)
-    label = f"gpu{options.gpu}" if options.gpu is not None else "gpu-any"
-    name = (options.name or f"referee-{socket.gethostname()}-{label}-{os.getpid()}") + suffix
+    connection = redis.Redis.from_url(settings.redis_url)
+    label = f"gpu{settings.gpu}" if settings.gpu is not None else "gpu-any"
+    name = (settings.worker_name or f"referee-{socket.gethostname()}-{label}-{os.getpid()}") + suffix
     return RefereeWorker(
-        [Queue(options.queue, connection=connection, serializer=JSONSerializer)],
+        [Queue(settings.queue_name, connection=connection, serializer=JSONSerializer)],
         connection=connection, name=name, serializer=JSONSerializer,
-        job_monitoring_interval=options.monitoring_interval, worker_ttl=options.worker_ttl,
-        maintenance_interval=options.maintenance_interval,
+        job_monitoring_interval=settings.monitoring_interval_s, worker_ttl=settings.worker_ttl_s,
+        maintenance_interval=settings.registry_maintenance_interval_s,
     )
 
 
-def _wait_for_redis(options: WorkerOptions) -> None:
+def _wait_for_redis(settings: WorkerSettings) -> None:
     """Block until Redis answers again (backing off to 5 s); SIGTERM/SIGINT end the process meanwhile."""
     import redis
 
@@ -97,7 +77,7 @@ def _wait_for_redis(options: WorkerOptions) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     delay = 0.5
     while True:
-        connection = redis.Redis.from_url(options.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
         try:
             if connection.ping():
                 return
@@ -109,34 +89,33 @@ def _wait_for_redis(options: WorkerOptions) -> None:
         delay = min(5.0, delay * 2)
 
 
-def run_worker(options: WorkerOptions) -> None:
+def run_worker(settings: WorkerSettings) -> None:
     """Run the RQ worker; when Redis goes away (a restart, a failover), wait for it and start a fresh one.
 
     RQ's worker survives Redis only while it waits for a job: a connection error anywhere else
     (a heartbeat, finishing a job, its teardown) ends `work()`, and every worker of the fleet would
     exit at once. Its abandoned job, if any, is retried by the API's sweep as for a dead worker."""
-    pin_gpu(options.gpu)
-    from worker.jobs import start_warm_pool, stop_warm_pool, use_reference_data_directory
+    pin_gpu(settings.gpu)
+    from worker import context
 
-    use_reference_data_directory()  # each job runs in a forked work horse: memory would not carry entries over
-
-    spares = max(options.pool_spares, 2 * options.concurrency)  # two harness processes per job
-    pool = start_warm_pool(spares=spares) if options.warm_pool else None
+    # Set up once, before RQ forks its work horses: each inherits it (settings, backend, warm pool,
+    # caches). Reference data as files: a horse's memory would not carry entries over.
+    host = context.start(settings, data_in_files=True, pool_spares=max(settings.pool_spares, 2 * settings.worker_concurrency))
     parent = os.getpid()
     siblings = []
-    for index in range(1, options.concurrency):
+    for index in range(1, settings.worker_concurrency):
         pid = os.fork()
         if pid == 0:  # a sibling RQ worker on the same GPU and pool; it dies with this process
             _die_with_parent(parent)
             code = 0
             try:
-                _work(options, f"-{index}")
+                _work(settings, f"-{index}", host.pool is not None)
             except BaseException:
                 code = 1
             os._exit(code)
         siblings.append(pid)
     try:
-        _work(options, "")
+        _work(settings, "", host.pool is not None)
     finally:
         for pid in siblings:
             try:
@@ -144,49 +123,31 @@ def run_worker(options: WorkerOptions) -> None:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-        if pool is not None:
-            stop_warm_pool(pool)
+        context.stop(host)
 
 
-def _work(options: WorkerOptions, suffix: str) -> None:
+def _work(settings: WorkerSettings, suffix: str, warm_pool: bool) -> None:
     """One RQ worker's life, restarted (under a fresh name) whenever Redis goes away and comes back."""
     import redis
     from rq.worker.base import StopRequested
 
     for generation in itertools.count():
         # A fresh name each time: the old registration may outlive the outage (RQ refuses a live name).
-        rq_worker = make_worker(options, suffix=suffix + (f"-r{generation}" if generation else ""))
+        rq_worker = make_worker(settings, suffix=suffix + (f"-r{generation}" if generation else ""))
         heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
-        print(f"referee worker {rq_worker.name} on queue {options.queue}: "
+        print(f"referee worker {rq_worker.name} on queue {settings.queue_name}: "
               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset: every GPU)')}"
-              f"; warm pool {'on' if os.environ.get('REFEREE_POOL_SOCKET') else 'off'}"
+              f"; warm pool {'on' if warm_pool else 'off'}"
               + (f"; warning: {', '.join(heavy)} imported in the worker" if heavy else ""), file=sys.stderr, flush=True)
         try:
-            rq_worker.work(burst=options.burst, logging_level=options.log_level, with_scheduler=False)
+            rq_worker.work(burst=settings.burst, logging_level=settings.log_level, with_scheduler=False)
         except StopRequested:
             return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             print(f"referee worker {rq_worker.name}: Redis went away ({type(exc).__name__}); waiting for it", file=sys.stderr, flush=True)
         else:
             # A stop asked for while idle ends work() without setting _stop_requested (RQ 3).
-            if options.burst or rq_worker._stop_requested or rq_worker._shutdown_requested_date is not None:
+            if settings.burst or rq_worker._stop_requested or rq_worker._shutdown_requested_date is not None:
                 return
             print(f"referee worker {rq_worker.name}: the RQ worker stopped on an error; waiting for Redis", file=sys.stderr, flush=True)
-        _wait_for_redis(options)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.main", description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", default=os.environ.get("REFEREE_REDIS_URL"), required="REFEREE_REDIS_URL" not in os.environ)
-    parser.add_argument("--gpu", type=int)
-    parser.add_argument("--queue", default="referee")
-    parser.add_argument("--burst", action="store_true")
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--no-warm-pool", dest="warm_pool", action="store_false")
-    args = parser.parse_args(argv)
-    run_worker(WorkerOptions(redis_url=args.redis_url, gpu=args.gpu, queue=args.queue, burst=args.burst,
-                             concurrency=args.concurrency, warm_pool=args.warm_pool))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        _wait_for_redis(settings)

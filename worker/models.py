@@ -55,6 +55,10 @@ class Submission(_Strict):
 
 
 RewardPreset = Literal["tritonrl", "fast_p", "drkernel"]
+# The choices an evaluation takes; `referee check` offers the same ones (typer checks them).
+Mode = Literal["strict", "kernelbench"]
+Device = Literal["auto", "cuda", "cpu"]
+Precision = Literal["fp32", "fp16", "bf16"]
 
 
 class RewardConfig(_Strict):
@@ -68,12 +72,12 @@ class RewardConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    mode: Literal["strict", "kernelbench"] = Field(
+    mode: Mode = Field(
         default="strict", description="strict: parameters drawn at random, extra input sets (sizes, value ranges); "
         "kernelbench: the published inputs and parameters only, for results comparable with published numbers")
     trials: int = Field(default=5, ge=1, le=100)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Device = "auto"
     seed: int | None = Field(default=None, description="fixes the input salt; default is a fresh secret per run")
     atol: float | None = Field(default=None, ge=0)
     rtol: float | None = Field(default=None, ge=0)
@@ -89,7 +93,7 @@ class EvalConfig(_Strict):
     min_triton_time_fraction: float = Field(
         default=0.5, ge=0.0, le=1.0, description="GPU: least share of kernel time in the submission's own kernels"
     )
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
+    precision: Precision = Field(
         default="fp32", description="KernelBench's precision switch: floating-point inputs and both models' parameters in this dtype "
         "(fp16/bf16 default to atol = rtol = 1e-2, as KernelBench)"
     )

@@ -4,7 +4,7 @@ its compiles but not for `import torch`.
 
 `WarmPool` owns the zygote (starts it through the isolation backend, restarts it when it dies);
 `PoolClient` is what an evaluation uses, from any thread or process that knows the socket path
-(RQ's work horses included). The listening socket is created here and handed to the zygote, so
+(RQ's work horses inherit the worker's context, worker/context.py, with the pool in it). The listening socket is created here and handed to the zygote, so
 its path never has to be visible inside the isolation.
 """
 
@@ -43,12 +43,6 @@ class PoolClient:
     isolation_name: str = "process"
     memory_bytes: int = 16 << 30  # resident memory each harness process may hold (the backend's limit)
     namespaces: tuple[str, ...] = ()  # the backend's layers, shared by the zygote and all its children
-
-    def environment(self) -> dict[str, str]:
-        """Variables that hand this pool to another process (RQ's work horses inherit them)."""
-        return {"REFEREE_POOL_SOCKET": self.socket_path, "REFEREE_POOL_SCRATCH": self.scratch,
-                "REFEREE_POOL_DEVICE": self.device, "REFEREE_POOL_ISOLATION": self.isolation_name,
-                "REFEREE_POOL_MEMORY_BYTES": str(self.memory_bytes), "REFEREE_POOL_NAMESPACES": ",".join(self.namespaces)}
 
     def request(self, message: dict[str, Any], fds: list[int] | None = None, timeout: float = 10.0) -> dict[str, Any]:
         try:
@@ -94,7 +88,7 @@ class WarmPool:
                  spares: int = 2, warm_target: str | None = None, root: Path | None = None) -> None:
         self.device = device
         self.isolation = isolation or ProcessIsolation()
-        self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or sys.executable
+        self.python = python or sys.executable
         self.spares = spares
         self.warm_target = detect_warm_target() if warm_target == "auto" and device == "cuda" else (
             None if warm_target == "auto" else warm_target)
@@ -201,14 +195,3 @@ def detect_warm_target() -> str | None:
         return f"cuda:{int(major) * 10 + int(minor)}:32"
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-
-
-def client_from_environment() -> PoolClient | None:
-    """The pool a worker process started for its jobs (RQ work horses inherit the variables)."""
-    path, scratch = os.environ.get("REFEREE_POOL_SOCKET"), os.environ.get("REFEREE_POOL_SCRATCH")
-    if not path or not scratch:
-        return None
-    return PoolClient(path, scratch, os.environ.get("REFEREE_POOL_DEVICE", "cpu"),
-                      os.environ.get("REFEREE_POOL_ISOLATION", "process"),
-                      int(os.environ.get("REFEREE_POOL_MEMORY_BYTES") or 16 << 30),
-                      tuple(filter(None, os.environ.get("REFEREE_POOL_NAMESPACES", "").split(","))))

@@ -135,7 +135,7 @@ class HarnessProcess:
         self.pool = pool
         self.isolation = isolation or ProcessIsolation()
         self.isolation_name = pool.isolation_name if pool is not None else self.isolation.name
-        self.python = python or os.environ.get("REFEREE_HARNESS_PYTHON") or sys.executable
+        self.python = python or sys.executable  # the worker passes its settings' harness_python
         self.limits = limits if limits is not None else dict(DEFAULT_LIMITS)
         if pool is not None and limits is None:
             self.limits["memory_bytes"] = pool.memory_bytes

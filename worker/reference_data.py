@@ -48,10 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MAX_ENTRY_BYTES = 256 << 20
+from worker import defaults
+
+DEFAULT_MAX_ENTRY_BYTES = defaults.REFERENCE_DATA_MAX_BYTES
 DEFAULT_MAX_TOTAL_BYTES = 2 << 30
-DEFAULT_MAX_USES = 200
-DEFAULT_TTL_S = 3600.0
+DEFAULT_MAX_USES = defaults.REFERENCE_DATA_MAX_USES
+DEFAULT_TTL_S = defaults.REFERENCE_DATA_TTL_S
 _HEADER_LENGTH = struct.Struct(">Q")
 
 

@@ -5,7 +5,6 @@ The ids are a public contract (docs/anticheat.md lists them); never rename one.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,18 +173,6 @@ RULES: dict[str, Rule] = {
         ),
     )
 }
-
-
-def native_code_allowed() -> bool:
-    """The operator's switch (the worker's environment, never a request): native code allowed."""
-    return os.environ.get("REFEREE_ALLOW_NATIVE_CODE", "") == "1"
-
-
-def audit_hook_off() -> bool:
-    """The operator's switch for testing the operating system's layer alone (REFEREE_UNSAFE_NO_AUDIT_HOOK=1
-    in the worker's environment, never a request): candidates run without the audit hook, as if they had
-    beaten it. Never for production."""
-    return os.environ.get("REFEREE_UNSAFE_NO_AUDIT_HOOK", "") == "1"
 
 
 def rule_of_event(event: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ processes' set-up hold nothing.
 
 File locks (flock), so they hold across the threads of an embedded server, the processes of several
 RQ workers sharing a GPU, and RQ's forked work horses alike; the kernel drops them when the holder
-dies. REFEREE_EXCLUSIVE_TIMING=off keeps only the timers apart (GPU steps hold nothing).
+dies. `exclusive=False` (REFEREE_EXCLUSIVE_TIMING=off, through the worker's settings) keeps only the
+timers apart (GPU steps hold nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from worker.defaults import LOCK_DIR
+
 
 class TimingLock:
     def __init__(self, path: Path | str, exclusive: bool = True) -> None:
@@ -32,12 +35,11 @@ class TimingLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def for_gpu(cls, gpu: str | int | None = None, directory: Path | None = None) -> TimingLock:
-        """The lock of one GPU of this host (by default the first visible one)."""
+    def for_gpu(cls, gpu: str | int | None = None, directory: Path | None = None, exclusive: bool = True) -> TimingLock:
+        """The lock of one GPU of this host (by default the first visible one), under `directory`
+        (the settings' lock_dir, REFEREE_LOCK_DIR)."""
         label = str(gpu if gpu is not None else (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
-        base = directory or Path(os.environ.get("REFEREE_LOCK_DIR") or "/tmp/referee-locks")
-        exclusive = os.environ.get("REFEREE_EXCLUSIVE_TIMING", "on").lower() not in ("off", "0", "false")
-        return cls(base / f"gpu-{label}.lock", exclusive)
+        return cls((directory or LOCK_DIR) / f"gpu-{label}.lock", exclusive)
 
     def _open(self, path: Path) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -59,6 +59,7 @@ class CandidateRole:
         self.audit: AuditGuard | None = None
         self.snapshot: IntegritySnapshot | None = None
         self.allowed_ops: frozenset[str] = frozenset()
+        self.allow_native = False
         self.compile_errors = _compile_error_types()
         # The helpers this role relies on, bound before the candidate is imported: the candidate runs
         # in this process and could rebind the module-level names (the snapshot reports it if so).
@@ -123,8 +124,10 @@ class CandidateRole:
         importlib.import_module("torch._dynamo")
         self.native_recorder = self._native_recorder()  # bound before the candidate is imported
         self.witness.profiling = self.native_recorder is None  # kineto and the recorder share CUPTI's callbacks
-        if header.get("audit_hook", True):  # off only by the operator's test switch (rules.audit_hook_off)
-            self.audit = AuditGuard(self.path, os.path.dirname(self.path), allow_native=bool(header.get("allow_native_code")))
+        # The operator's switch (REFEREE_ALLOW_NATIVE_CODE, from the worker's settings): builds, loads and ELF files allowed.
+        self.allow_native = bool(header.get("allow_native_code"))
+        if header.get("audit_hook", True):  # off only by the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK)
+            self.audit = AuditGuard(self.path, os.path.dirname(self.path), allow_native=self.allow_native)
             self.audit.install()
         self.snapshot = IntegritySnapshot()
         self._integrity_changes = self.snapshot.changes
@@ -166,7 +169,7 @@ class CandidateRole:
         if self.recorder is not None:
             host_memory, self.recorder.host_memory_launches = self.recorder.host_memory_launches, 0
         return {"tampering": changes, "audit_events": events, "host_memory_launches": host_memory,
-                "threads_left_running": self.witness.take_threads(), "native_files": self._native_files(os.path.dirname(self.path)),
+                "threads_left_running": self.witness.take_threads(), "native_files": [] if self.allow_native else self._native_files(os.path.dirname(self.path)),
                 "hidden_compute": self._take_hidden()}
 
     def _take_hidden(self) -> dict[str, int]:

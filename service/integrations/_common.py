@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.client import RefereeClient
 from service.completions import Candidate, find_candidate, no_code_result
@@ -71,9 +73,15 @@ def problem_spec(value: Any) -> dict[str, Any]:
     raise ValueError(f"cannot read a problem from {type(value).__name__} {str(value)[:80]!r}")
 
 
-def _env_options() -> dict[str, Any]:
-    raw = os.environ.get("REFEREE_OPTIONS", "").strip()
-    return json.loads(raw) if raw else {}
+class ScorerSettings(BaseSettings):
+    """The trainer side's settings, read from the environment when a scorer is made from it."""
+
+    model_config = SettingsConfigDict(env_prefix="REFEREE_", extra="ignore", env_ignore_empty=True)
+
+    url: str = Field(default=DEFAULT_URL, validation_alias=AliasChoices("REFEREE_URL", "REFEREE_SERVER"))
+    api_key: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="a JSON object: options of every request")
+    concurrency: int = Field(default=16, ge=1, description="evaluations in flight for a batch of completions")
 
 
 @dataclass
@@ -123,13 +131,9 @@ class RefereeScorer:
 
 
 def scorer_from_env(**overrides: Any) -> RefereeScorer:
-    """REFEREE_URL (or REFEREE_SERVER), REFEREE_API_KEY, REFEREE_OPTIONS (a JSON object), REFEREE_CONCURRENCY."""
-    values: dict[str, Any] = {
-        "url": os.environ.get("REFEREE_URL") or os.environ.get("REFEREE_SERVER") or DEFAULT_URL,
-        "api_key": os.environ.get("REFEREE_API_KEY") or None,
-        "options": _env_options(),
-        "concurrency": int(os.environ.get("REFEREE_CONCURRENCY", "16")),
-    }
+    """REFEREE_URL (or REFEREE_SERVER), REFEREE_API_KEY, REFEREE_OPTIONS (a JSON object), REFEREE_CONCURRENCY
+    (`ScorerSettings`); the overrides that are not None win."""
+    values: dict[str, Any] = ScorerSettings().model_dump()
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RefereeScorer(**values)
 

@@ -30,9 +30,9 @@ import httpx
 import pytest
 import yaml
 
-from bench.stack import free_port
+from service.stack import free_port
+from tests.machine import compose_command, ensure_docker
 from tests.machine_lock import machine_lock
-from tests.security.conftest import _docker_answers, _install_missing, _start_dockerd
 from tests.tiny_problem import CANDIDATE, REFERENCE
 
 from .base_image import build_base_image
@@ -42,14 +42,6 @@ TAG = "compose-test"
 PROJECT = "referee-compose-test"
 API_KEY = "compose-test-key"
 WORKER = "worker-gpu0"
-
-
-def _compose_command() -> list[str]:
-    """`docker compose` (v2 plugin) where it exists, else Debian's docker-compose."""
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    _install_missing(("docker-compose",), "docker-compose")
-    return ["docker-compose"]
 
 
 def _cpu_compose_file(folder: Path) -> Path:
@@ -126,11 +118,9 @@ def _wait(predicate, timeout: float, what: str, stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    _install_missing(("dockerd", "docker"), "docker.io")
-    compose = _compose_command()
+    ensure_docker()
+    compose = compose_command()
     with machine_lock("docker"):
-        if not _docker_answers():
-            _start_dockerd()
         base, info, base_seconds = build_base_image(sys.executable)
     with machine_lock("docker-tests"):  # one docker test at a time on this machine, as tests/security does
         build_seconds = {

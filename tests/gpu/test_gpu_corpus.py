@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_corpus import EXPLOITS, HONEST, PROBLEM, expected_rule
+from tests.worker.test_corpus import EXPLOITS, HONEST, PROBLEM, expected_rule
 from worker.evaluate import evaluate
 from worker.models import EvalConfig, Submission, Verdict
 from worker.pool import PoolClient, WarmPool

@@ -33,7 +33,7 @@ def test_the_compile_baseline_is_timed_next_to_eager() -> None:
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_low_precision_inputs_and_parameters_on_the_gpu(precision: str) -> None:
-    # relu's candidate writes an output of its input's dtype (parameters cast: tests/test_precision.py).
+    # relu's candidate writes an output of its input's dtype (parameters cast: tests/worker/test_precision.py).
     result = _check("relu", precision=precision)
     assert result.verdict == Verdict.correct, result.feedback
     assert (result.correctness.atol, result.correctness.rtol) == (1e-2, 1e-2)

@@ -19,6 +19,7 @@ import pytest
 
 from service.reports import BAR_COLOUR, Case, html_report, summarize
 from tests.integrations.integration_support import CANDIDATE, CHEAT, REFERENCE, WRONG, completion
+from tests.machine import chromium
 from worker.models import AntiCheat, EvaluationResult, Performance, Severity, StageTimings, Verdict, Violation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,18 +139,6 @@ def read_png(path: Path) -> tuple[int, int, list[bytes]]:
     return width, height, rows
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if completed.returncode != 0:
-            pytest.fail(f"chromium is missing and `{' '.join(command)}` failed:\n{completed.stderr[-2000:]}")
-    return shutil.which("chromium") or pytest.fail("chromium is still missing after apt-get install")
-
-
 def test_report_histogram_renders_in_headless_chromium(tmp_path: Path) -> None:
     cases = _gpu_corpus_results()
     summary = summarize([c.result for c in cases])
@@ -162,7 +151,7 @@ def test_report_histogram_renders_in_headless_chromium(tmp_path: Path) -> None:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         completed = subprocess.run(
-            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
              f"--screenshot={screenshot}", "--window-size=1200,900", report.as_uri()],
             capture_output=True, text=True, timeout=120)

@@ -8,30 +8,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from service.client import RefereeClient, RefereeUnavailable
 from service.integrations import RefereeInfrastructureError, openrlhf_reward, trl, verl
 from service.server import background_server
 from service.settings import Settings
+from service.stack import RedisServer, free_port
 from tests.integrations.conftest import CRASH, KEY
 from tests.integrations.integration_support import CANDIDATE, FAST, REFERENCE, WRONG, completion
-from tests.machine_lock import machine_lock
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.machine import running_redis
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +73,7 @@ def test_the_openrlhf_endpoint_takes_its_key_from_the_url_and_keeps_it_out_of_th
 def test_a_server_that_is_down_raises_after_the_retries(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("REFEREE_URL", f"http://127.0.0.1:{_free_port()}")  # nobody listens there
+    monkeypatch.setenv("REFEREE_URL", f"http://127.0.0.1:{free_port()}")  # nobody listens there
     with caplog.at_level(logging.WARNING, logger="referee.client"):
         with pytest.raises(RefereeUnavailable, match=r"ConnectError.*is the server running"):
             trl.make_reward_function()([completion(CANDIDATE)], reference=[REFERENCE])
@@ -92,52 +83,18 @@ def test_a_server_that_is_down_raises_after_the_retries(
         verl.compute_score_batch(["kb"], [completion(CANDIDATE)], [REFERENCE])
 
 
-def _redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with machine_lock("apt"):
-        for command in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
-        ):
-            subprocess.run(command, capture_output=True, timeout=600, check=True)
-    return shutil.which("redis-server") or pytest.fail("redis-server is missing after apt-get install")
-
-
 @pytest.fixture
-def redis_process(tmp_path: Any) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("redis-server did not answer")
-            time.sleep(0.1)
-    yield process, url
-    if process.poll() is None:
-        process.kill()
-    process.wait()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path / "redis") as server:
+        yield server
 
 
 def test_redis_down_is_a_503_the_client_retries_then_raises(
-    redis_process: tuple[subprocess.Popen[bytes], str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    process, url = redis_process
-    settings = Settings(redis_url=url, api_keys=[KEY], queue_name="loud-failures", maintenance_interval_s=60)
+    settings = Settings(redis_url=redis_server.url, api_keys=[KEY], queue_name="loud-failures", maintenance_interval_s=60)
     with background_server(settings) as server:
-        process.kill()
-        process.wait()
+        redis_server.kill()
         answer = httpx.post(
             f"{server}/v1/evaluations", headers={"X-API-Key": KEY}, json={"reference": REFERENCE, "candidate": CANDIDATE}
         )
@@ -185,5 +142,5 @@ def test_the_async_client_raises_for_a_wrong_key_and_a_dead_server(keyed_url: st
         asyncio.run(run(keyed_url, "wrong"))
     started = time.monotonic()
     with pytest.raises(RefereeUnavailable, match="ConnectError"):
-        asyncio.run(run(f"http://127.0.0.1:{_free_port()}", KEY))
+        asyncio.run(run(f"http://127.0.0.1:{free_port()}", KEY))
     assert time.monotonic() - started >= 0.05 * (1 + 2) / 2  # the retries were slept, concurrently per item

@@ -1,5 +1,5 @@
 """The RL trainers the adapter tests run against, installed into this interpreter when missing (as
-tests/service installs redis-server): TRL with its dependencies; verl and OpenRLHF with `--no-deps`
+tests/machine.py installs Debian packages): TRL with its dependencies; verl and OpenRLHF with `--no-deps`
 plus the few packages their reward code imports (their full dependency sets pull vllm, deepspeed
 and CUDA builds of torch). Versions are the ones the tests were written against."""
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import probes
+from sandbox.probes import run_probe, start_loopback_service
 from worker.evaluate import jobs_root
 
-from . import probes
 from .conftest import CONFINING, ROOT
-from .probes import run_probe, start_loopback_service
 
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "probe-aws-" + uuid.uuid4().hex, "REFEREE_API_KEYS": "probe-key-" + uuid.uuid4().hex}
 

@@ -10,6 +10,7 @@ after in the same pool, are `correct`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import threading
@@ -55,7 +56,7 @@ def _attack_beside_a_victim(
     monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)  # to learn the victim job's directory
     # The sealed audit hook now refuses the prelude's bypasses (tests/exploits covers them), so that it is
     # the kernel's layer alone that meets the attack, these jobs run as if the hook were beaten: without it.
-    monkeypatch.setenv("REFEREE_UNSAFE_NO_AUDIT_HOOK", "1")
+    where = {**where, "audit_hook": False}  # the operator's REFEREE_UNSAFE_NO_AUDIT_HOOK=1, as a worker passes it
     victim: dict[str, EvaluationResult] = {}
     thread = threading.Thread(
         target=lambda: victim.update(result=evaluate(Problem(source=REFERENCE), Submission(source=VICTIM), FAST, **where))
@@ -134,10 +135,10 @@ def test_attacker_past_its_guards_meets_the_kernel_in_docker(make_isolation, mon
 
 
 @pytest.mark.parametrize("choice", ["seccomp", "off"])
-def test_lockdown_can_be_narrowed_for_diagnosis_and_says_so(choice: str, make_isolation, monkeypatch: pytest.MonkeyPatch) -> None:
-    """REFEREE_LOCKDOWN=seccomp (or landlock, or off) keeps only that much; the result says what was on."""
-    monkeypatch.setenv("REFEREE_LOCKDOWN", choice)
-    with WarmPool("cpu", isolation=make_isolation("unshare"), spares=1) as pool:
+def test_lockdown_can_be_narrowed_for_diagnosis_and_says_so(choice: str, make_isolation) -> None:
+    """REFEREE_LOCKDOWN=seccomp (or landlock, or off; the worker's settings put it on the backend) keeps
+    only that much; the result says what was on."""
+    with WarmPool("cpu", isolation=dataclasses.replace(make_isolation("unshare"), lockdown=choice), spares=1) as pool:
         honest = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), FAST, pool=pool.client)
     assert honest.verdict == Verdict.correct, (honest.verdict, honest.error)
     kernel = [layer for layer in honest.environment.confinement if not layer.endswith(":pool")]

@@ -8,73 +8,23 @@ statically (milliseconds), which still travel the whole path (API, Redis, RQ, wo
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
-from service_support import ROOT, WorkerProcess, free_port, live_workers, redis_settings, wait_for_workers, wait_until
+from service_support import ROOT, WorkerProcess, live_workers, redis_settings, wait_for_workers, wait_until
 
 from service.server import background_server
-from tests.machine_lock import machine_lock
-
-
-def _redis_server_binary() -> str:
-    """redis-server, installed from Debian's packages when missing (the machines here run as root)."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with machine_lock("apt"):  # another pytest worker may be installing it (or something else) right now
-        found = shutil.which("redis-server")
-        if found:
-            return found
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]):
-            completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-            if completed.returncode != 0:
-                pytest.fail(f"redis-server is missing and `{' '.join(command)}` failed:\n{completed.stderr[-2000:]}")
-    return shutil.which("redis-server") or pytest.fail("redis-server is still missing after apt-get install")
-
-
-@pytest.fixture(scope="session")
-def redis_binary() -> str:
-    return _redis_server_binary()
+from tests.machine import running_redis
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server on a free loopback port, without persistence, for the session."""
-    binary = _redis_server_binary()
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(answers, 20, "redis-server to answer")
-        yield url
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """A private redis-server on a free loopback port, without persistence, for the module."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from typing import Any
 
 import redis
 
-from bench.stack import free_port  # noqa: F401  one helper for the tests and the benches
 from service.settings import Settings
+from service.stack import free_port  # noqa: F401  the same helper as the benches
 from tests.tiny_problem import CANDIDATE as TINY_CANDIDATE
 from tests.tiny_problem import REFERENCE as TINY_REFERENCE
 

@@ -3,7 +3,7 @@ harness, hangs in a kernel or floods its output (the worker goes on); Redis rest
 (AOF on); the API restarted mid-batch. The SIGKILLed worker is in test_redis_workers.py.
 
 Redis, the API (`referee serve`) and the workers (`referee worker`) are real processes here
-(bench/stack.py), so each can be killed and started again."""
+(service/stack.py), so each can be killed and started again."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import httpx
 import pytest
 from service_support import API_KEYS, TINY_CANDIDATE, TINY_REFERENCE, full, static_reject, wait_until
 
-from bench.stack import SHORT_HEARTBEATS, ApiServer, RedisServer, Worker, executions, live_workers
+from service.stack import SHORT_HEARTBEATS, ApiServer, RedisServer, Worker, executions, live_workers
 
 KEY = {"X-API-Key": API_KEYS[0]}
 

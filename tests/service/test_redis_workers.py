@@ -283,6 +283,8 @@ def test_an_idle_worker_stops_on_sigterm_with_its_warm_pool(start_worker: Callab
     worker = start_worker(f"sigterm-{uuid.uuid4().hex[:8]}")
     wait_until(lambda: any(b"harness.zygote" in _cmdline(pid) for pid in _descendants(worker.pid)), 60, "the worker's zygote")
     zygotes = [pid for pid in _descendants(worker.pid) if b"harness.zygote" in _cmdline(pid)]
+    # RQ registers the worker before it installs its signal handlers: a SIGTERM in between kills it outright.
+    wait_until(lambda: "Listening on" in worker.tail(), 30, "RQ's work loop")
     worker.process.send_signal(signal.SIGTERM)
     worker.process.wait(timeout=15)
     assert "warm shut down requested" in worker.tail()

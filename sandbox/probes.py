@@ -4,6 +4,9 @@ and its audit hook: what the operating-system layer alone still contains.
 Each probe is the source of a `python -I -c` program. It reads its parameters from REFEREE_PROBE
 (JSON) and prints one JSON object on stdout: for every attempt, either {"ok": ...} (it worked) or
 {"error": "ErrnoName"} (refused).
+
+They check a backend on a host: the security tests (tests/security) run them on every backend, and
+bench/gpu_isolation.py on a GPU host under `unshare`. Nothing in the service runs them.
 """
 
 from __future__ import annotations

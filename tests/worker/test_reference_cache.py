@@ -8,7 +8,7 @@ from worker.evaluate import evaluate
 from worker.models import EvalConfig, Problem, Submission, Verdict
 from worker.reference_cache import ReferenceCache
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _evaluate(problem: str, cache: ReferenceCache):

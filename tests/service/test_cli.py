@@ -152,14 +152,26 @@ def _assert_usage_error(result: tuple[int, str, str], *phrases: str) -> None:
         assert phrase in message, (phrase, stderr)
 
 
-def test_unknown_device(run_check, examples_dir):
-    result = run_check(examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py", "--device", "gpu")
-    _assert_usage_error(result, "--device", "'gpu'")
+@pytest.mark.parametrize(("option", "value", "choices"), [
+    ("--device", "gpu", ("'auto'", "'cuda'", "'cpu'")),
+    ("--reward", "best", ("'tritonrl'", "'fast_p'", "'drkernel'")),
+    ("--precision", "fp8", ("'fp32'", "'fp16'", "'bf16'")),
+    ("--mode", "lenient", ("'strict'", "'kernelbench'")),
+    ("--format", "xml", ("'text'", "'json'", "'github'")),
+    ("--isolation", "chroot", ("'auto'", "'docker'", "'bwrap'", "'unshare'", "'process'")),
+])
+def test_an_unknown_choice_is_a_usage_error_naming_the_choices(run_check, examples_dir, option, value, choices):
+    """typer checks each choice (an enum or a Literal), before anything runs."""
+    result = run_check(examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py", option, value)
+    _assert_usage_error(result, option, f"'{value}'", *choices)
 
 
-def test_unknown_reward(run_check, examples_dir):
-    result = run_check(examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py", "--reward", "best")
-    _assert_usage_error(result, "--reward", "'best'")
+def test_a_bad_setting_in_the_environment_is_a_usage_error(run_check, examples_dir):
+    """REFEREE_LOCKDOWN is the operator's: a value outside its choices stops the command (exit 2) rather
+    than running with something else."""
+    result = run_check(examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py",
+                       env={"REFEREE_LOCKDOWN": "partial"})
+    _assert_usage_error(result, "REFEREE_LOCKDOWN", "'on'", "'landlock'", "'seccomp'", "'off'")
 
 
 def test_bad_trials_value(run_check, examples_dir):

@@ -18,7 +18,7 @@ import pytest
 from sandbox.harness import native
 from worker import native_evidence as ne
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = ROOT / "tests" / "native" / "scenario.py"
 FAKE_SOURCE = ROOT / "tests" / "native" / "fake_cupti.c"
 BASE = 0x40000000  # the scenario's first marker label

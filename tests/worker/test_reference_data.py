@@ -2,7 +2,7 @@
 and expected outputs while the live model builds in the background for the fresh timing inputs and
 rechecks, with the same results as a miss; a candidate carrying outputs for leaked cached inputs
 fails the rechecks; entries rotate, expire and stay small; off means the old path.
-tests/test_corpus.py runs the exploit corpus on hits."""
+tests/worker/test_corpus.py runs the exploit corpus on hits."""
 
 from __future__ import annotations
 
@@ -166,8 +166,13 @@ def test_without_a_timing_cache_the_data_cache_stays_unused(honest_tiny_candidat
     ({"REFEREE_REFERENCE_CACHE": "off"}, False, False),
     ({"REFEREE_REFERENCE_DATA_CACHE": "off"}, True, False),
 ])
-def test_the_worker_switches(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], timing_on: bool, data_on: bool) -> None:
+def test_the_worker_switches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environment: dict[str, str], timing_on: bool,
+                             data_on: bool) -> None:
+    """The variables reach the job through the settings read at the worker's start and the context
+    made from them (worker/context.py): the same path as the warm pool's."""
     import worker.jobs as jobs
+    from worker import context
+    from worker.settings import JudgeSettings
 
     seen: dict[str, Any] = {}
 
@@ -176,26 +181,32 @@ def test_the_worker_switches(monkeypatch: pytest.MonkeyPatch, environment: dict[
         return EvaluationResult(id=kwargs["job_id"], verdict=Verdict.correct)
 
     monkeypatch.setattr(jobs, "evaluate", fake_evaluate)
-    monkeypatch.setattr(jobs, "worker_isolation", lambda: jobs.cached_isolation("process"))
     for name in ("REFEREE_REFERENCE_CACHE", "REFEREE_REFERENCE_DATA_CACHE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    jobs.run_evaluation({"id": "x", "problem": {"source": TINY_REFERENCE}, "submission": {"source": "x"},
-                         "config": {"device": "cpu"}})
-    assert (seen["reference_cache"] is jobs.REFERENCE_CACHE) is timing_on
-    assert (seen["reference_data"] is jobs.REFERENCE_DATA) is data_on
+    settings = JudgeSettings(isolation="process", warm_pool=False, reference_cache_dir=tmp_path / "reference")
+    host = context.start(settings, data_in_files=False)
+    try:
+        jobs.run_evaluation({"id": "x", "problem": {"source": TINY_REFERENCE}, "submission": {"source": "x"},
+                             "config": {"device": "cpu"}})
+    finally:
+        context.stop(host)
+    assert (seen["reference_cache"] is not None and seen["reference_cache"] is host.reference_cache) is timing_on
+    assert (seen["reference_data"] is not None and seen["reference_data"] is host.reference_data) is data_on
+    assert seen["isolation"] is host.isolation and seen["audit_hook"] is True
 
 
 def test_an_rq_worker_keeps_reference_data_in_a_private_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import worker.jobs as jobs
+    from worker import context
+    from worker.settings import JudgeSettings
 
-    monkeypatch.setattr(jobs, "REFERENCE_CACHE", ReferenceCache(tmp_path / "reference"))
-    monkeypatch.setattr(jobs, "REFERENCE_DATA", jobs.REFERENCE_DATA)  # restored afterwards
     monkeypatch.setenv("REFEREE_REFERENCE_DATA_MAX_USES", "7")
-    jobs.use_reference_data_directory()
-    assert jobs.REFERENCE_DATA.max_uses == 7
-    assert jobs.REFERENCE_DATA.store.directory == tmp_path / "reference" / "data"  # type: ignore[union-attr]
+    host = context.start(JudgeSettings(isolation="process", warm_pool=False, reference_cache_dir=tmp_path / "reference"),
+                         data_in_files=True)
+    context.stop(host)
+    assert host.reference_data is not None and host.reference_data.max_uses == 7
+    assert host.reference_data.store.directory == tmp_path / "reference" / "data"  # type: ignore[union-attr]
     assert stat.S_IMODE((tmp_path / "reference" / "data").stat().st_mode) == 0o700
 
 

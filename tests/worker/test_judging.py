@@ -19,7 +19,7 @@ from worker.evaluate import evaluate
 from worker.models import EvalConfig, EvaluationResult, Problem, RewardConfig, Submission, Verdict
 from worker.static_checks import ProblemSourceError
 
-HERE = Path(__file__).parent / "judging"
+HERE = Path(__file__).resolve().parents[1] / "judging"
 CANDIDATES = sorted(p for p in HERE.glob("*.py") if not p.stem.endswith("_problem"))
 
 

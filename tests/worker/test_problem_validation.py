@@ -11,7 +11,7 @@ from worker.models import EvalConfig, Problem, Submission, Verdict
 from worker.rules import RULES
 from worker.static_checks import ProblemSourceError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HONEST_FILL = '''
 import torch
 import torch.nn as nn

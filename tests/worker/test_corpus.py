@@ -3,7 +3,7 @@
 (cheats that simply fail: partial work, precision downgrades, forged verdicts). Every file in
 tests/honest/ must be accepted with no fatal violation. All run against tests/exploits/problem.py
 on the CPU with Triton's interpreter, in processes forked by the warm pool (the production path;
-tests/test_verdicts.py covers fresh processes); tests/gpu/ runs the GPU-only classes. Then every
+tests/worker/test_verdicts.py covers fresh processes); tests/gpu/ runs the GPU-only classes. Then every
 file again with the reference-data cache warm: judged from cached inputs and expected outputs, each
 must get the verdict and the rules it got from a live reference."""
 
@@ -20,10 +20,10 @@ from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Ver
 from worker.reference_cache import ReferenceCache
 from worker.reference_data import ReferenceDataCache
 
-HERE = Path(__file__).parent
-PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())
-EXPLOITS = sorted(p for p in (HERE / "exploits").glob("*.py") if p.name != "problem.py")
-HONEST = sorted((HERE / "honest").glob("*.py"))
+TESTS = Path(__file__).resolve().parents[1]  # the corpora are data folders of tests/
+PROBLEM = Problem(source=(TESTS / "exploits" / "problem.py").read_text())
+EXPLOITS = sorted(p for p in (TESTS / "exploits").glob("*.py") if p.name != "problem.py")
+HONEST = sorted((TESTS / "honest").glob("*.py"))
 
 
 def expected_rule(path: Path) -> str:

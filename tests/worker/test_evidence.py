@@ -26,9 +26,9 @@ from tests.conftest import TINY_REFERENCE
 from worker.evaluate import evaluate
 from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 
-HERE = Path(__file__).parent
-PROBLEM = Problem(source=(HERE / "exploits" / "problem.py").read_text())
-CASES = sorted((HERE / "evidence").glob("*.py"))
+TESTS = Path(__file__).resolve().parents[1]  # the corpora are data folders of tests/
+PROBLEM = Problem(source=(TESTS / "exploits" / "problem.py").read_text())
+CASES = sorted((TESTS / "evidence").glob("*.py"))
 _RESULTS: dict[Path, EvaluationResult] = {}
 
 
@@ -62,10 +62,10 @@ def test_forged_reply_headers_change_no_verdict_and_no_timing(warm_pool: Any) ->
     """The forger rewrote every reply its process sent: tiny per-call samples, statistics of 1 ns,
     no findings. The verdict comes from what the reference read, and the times from the engine's
     clock (on the CPU) and its own statistics."""
-    result = _evaluate(HERE / "evidence" / "forged_reply_headers.py", warm_pool)
+    result = _evaluate(TESTS / "evidence" / "forged_reply_headers.py", warm_pool)
     assert result.verdict == Verdict.cheating
     assert result.performance.timing_evidence == "judge_host_clock"
-    honest = _evaluate(HERE / "evidence" / "honest_call_clock.py", warm_pool)
+    honest = _evaluate(TESTS / "evidence" / "honest_call_clock.py", warm_pool)
     assert honest.performance.candidate_ms is not None and honest.performance.candidate_ms.median > 0.01
     assert honest.performance.speedup is None  # the interpreter: never a speed figure on the CPU
 
@@ -75,7 +75,7 @@ def test_the_reference_is_timed_while_the_candidate_is_stopped(warm_pool: Any) -
     runs whenever the candidate's process is idle, as when the reference is timed. Its process is
     stopped (SIGSTOP) before the reference is timed and before each timed round is checked: the
     kernel reported every member stopped."""
-    result = _evaluate(HERE / "evidence" / "busy_timer_signal.py", warm_pool)
+    result = _evaluate(TESTS / "evidence" / "busy_timer_signal.py", warm_pool)
     states = result.performance.candidate_state_while_reference_timed
     assert result.performance.reference_timed_alone is True
     assert states and set(states.values()) <= {"T", "t"}, states
@@ -93,7 +93,7 @@ def test_a_fresh_process_candidate_is_stopped_too(tiny_reference: str, honest_ti
 def test_a_candidate_maps_only_its_own_inputs(warm_pool: Any) -> None:
     """What the candidate process has mapped of shared memory, printed by it on every call: input
     buffers only (expected outputs are never in shared memory it is given)."""
-    result = _evaluate(HERE / "evidence" / "lists_shared_memory.py", warm_pool)
+    result = _evaluate(TESTS / "evidence" / "lists_shared_memory.py", warm_pool)
     assert result.verdict == Verdict.correct, result.feedback
     seen = [ast.literal_eval(line.removeprefix("SHARED ")) for line in result.output["stdout"].splitlines() if line.startswith("SHARED ")]
     assert seen and all(seen), result.output

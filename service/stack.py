@@ -1,7 +1,8 @@
-"""The whole service as separate processes, for the load and fault runs: a redis-server (optionally
-with AOF and a password), the API under uvicorn (`referee serve`) and `referee worker`s. Each can
-be killed and started again on the same port. Nothing is mocked; used by bench/ and tests/service.
-"""
+"""The whole service as separate processes on this host: a redis-server (optionally with AOF and a
+password), the API under uvicorn (`referee serve`) and `referee worker`s, each of which can be killed
+and started again on the same port; `ServiceStack` starts one worker per GPU. Nothing is mocked.
+The benchmarks (bench/) and the fault and load tests (tests/) run the service through it: it lives
+in the product so that neither imports the other."""
 
 from __future__ import annotations
 
@@ -286,15 +287,3 @@ def executions(logs: Iterable[str]) -> tuple[Counter[str], Counter[str]]:
         finished.update(_JOB_OK.findall(text))
     return dequeued, finished
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[rank]
-
-
-def spread(values: list[float], digits: int = 3) -> dict[str, float] | None:
-    """p50 and p95 of `values` (None when there are none)."""
-    return {"p50": round(percentile(values, 50), digits), "p95": round(percentile(values, 95), digits)} if values else None
