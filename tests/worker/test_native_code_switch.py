@@ -12,7 +12,7 @@ import pytest
 
 from worker.evaluate import evaluate
 from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.settings import WorkerSettings
+from worker.settings import JudgeSettings
 
 TESTS = Path(__file__).resolve().parents[1]  # the corpora are data folders of tests/
 PROBLEM = Problem(source=(TESTS / "exploits" / "problem.py").read_text())
@@ -34,8 +34,8 @@ def test_native_code_is_allowed_with_the_operator_switch() -> None:
     assert result.verdict == Verdict.correct, result.feedback
 
 
-def test_the_switch_is_read_from_the_workers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_switch_is_read_by_the_judges_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REFEREE_ALLOW_NATIVE_CODE", raising=False)
-    assert WorkerSettings().allow_native_code is False
+    assert JudgeSettings().allow_native_code is False
     monkeypatch.setenv("REFEREE_ALLOW_NATIVE_CODE", "1")
-    assert WorkerSettings().allow_native_code is True
+    assert JudgeSettings().allow_native_code is True
