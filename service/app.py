@@ -7,6 +7,7 @@ Run it with `referee serve` (embedded unless REFEREE_REDIS_URL or --redis-url is
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import threading
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker import context
 
 from .evaluations import Evaluations
+from .exceptions import RefereeError
 from .integrations.openrlhf import KeyFromQuery
 from .integrations.openrlhf import router as openrlhf_router
 from .metrics import Metrics
@@ -34,7 +36,7 @@ from .settings import Settings
 from .store import MemoryKV, RedisKV, Store
 
 log = logging.getLogger("referee")
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("triton-referee")  # pyproject.toml's, as installed
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -48,6 +50,14 @@ class AsciiJSONResponse(JSONResponse):
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    """Every refusal of the domain (`service/exceptions.py`), answered here and only here."""
+    assert isinstance(exc, RefereeError)
+    if exc.reason is not None:
+        request.app.state.metrics.rejected.labels(exc.reason).inc()
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers or None)
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -185,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(openrlhf_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RefereeError, _refused)
     app.add_exception_handler(redis.exceptions.RedisError, _store_unavailable)
     app.add_middleware(KeyFromQuery)  # OpenRLHF sends no headers: its URL may carry the key
 

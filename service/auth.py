@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from fastapi import HTTPException, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from .client import API_KEY_HEADER
+from .exceptions import Unauthorized
 
 ANONYMOUS = "anonymous"
 
@@ -27,6 +28,5 @@ def require_owner(request: Request, key: str | None = Security(api_key_header)) 
     # Compare against every key in constant time, so timing says nothing about which is close.
     if key and any([hmac.compare_digest(key.encode(), known.encode()) for known in settings.api_keys]):
         return owner_of(key)
-    request.app.state.metrics.rejected.labels("auth").inc()
-    raise HTTPException(401, f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header",
-                        headers={"WWW-Authenticate": API_KEY_HEADER})
+    raise Unauthorized(f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header", reason="auth",
+                       headers={"WWW-Authenticate": API_KEY_HEADER})

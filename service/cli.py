@@ -213,10 +213,6 @@ def check(
     except Exception as exc:  # a fault of Referee itself: exit 3, never the candidate's 1
         err.print(f"internal error: {type(exc).__name__}: {exc}")
         raise typer.Exit(EXIT_INFRA) from None
-    if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
-        from worker.feedback import write_feedback
-
-        result.feedback = write_feedback(result, source=candidate_source)  # quote the offending lines
     if junit is not None:
         from .reports import Case, junit_xml
 
@@ -255,7 +251,6 @@ def check_kernels(
     GitHub Action use this). Files without a reference beside them, and references, are skipped.
     Candidates run in parallel; on a GPU only one of them times at a time (the timing lock).
     Exit 0 only when every checked candidate is correct; 3 if Referee failed on one."""
-    from worker.feedback import write_feedback
     from worker.timing_lock import TimingLock
 
     from .reports import Case, github_annotations, junit_xml
@@ -298,8 +293,6 @@ def check_kernels(
                 for other in futures:
                     other.cancel()
                 raise typer.Exit(EXIT_USAGE) from None
-            if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
-                result.feedback = write_feedback(result, source=source)
             cases.append(Case(name=str(candidate), problem=candidate.parent.name, result=result, candidate_path=str(candidate), source=source))
             if output_format == "github":
                 for line in github_annotations(result, str(candidate), source):
@@ -564,7 +557,7 @@ def batch(
     speedup; verdicts; violations by rule)."""
     import httpx
 
-    from .client import ApiError, RefereeClient, missing_result
+    from .client import ApiError, RefereeClient, no_result_in_time
     from .completions import no_code_result
     from .reports import summarize
 
@@ -606,7 +599,7 @@ def batch(
     results: list[EvaluationResult] = [no_code_result() for _ in items]
     for position, index in enumerate(sent):
         view = found.get(position)
-        results[index] = EvaluationResult.model_validate(view) if view else missing_result(f"item-{index}", f"no result after {timeout:g} s")
+        results[index] = EvaluationResult.model_validate(view) if view else no_result_in_time(f"item-{index}", timeout)
     table = results_table(f"Triton Referee: {source}", ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"))
     surprises = 0
     for item, result in zip(items, results, strict=True):

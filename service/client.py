@@ -15,8 +15,8 @@ as a warning. What is left after the retries, and every other status >= 400, rai
 "rejected", and raises `RefereeUnavailable` for what no item can get past (auth, the server or its
 queue down): a trainer must never mistake a broken service for a reward.
 
-Imports only httpx, tenacity, pydantic and `worker.models`: a trainer installs it without the
-server stack (`pip install triton-referee`; the server is the `server` extra).
+Imports only httpx, tenacity, pydantic, `worker.models` and `worker.unjudged`: a trainer installs
+it without the server stack (`pip install triton-referee`; the server is the `server` extra).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from tenacity import (
 )
 
 from worker.models import EvaluationResult, Verdict
+from worker.unjudged import unjudged_result
 
 API_KEY_HEADER = "X-API-Key"  # service/auth.py reads the same header
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -119,9 +120,13 @@ def unavailable(exc: Exception, base_url: object) -> RefereeUnavailable:
 
 def refused_result(index: int, exc: ApiError) -> EvaluationResult:
     """An item the server refused: no reward for it, and why."""
-    result = missing_result(f"item-{index}", f"the server refused this item: HTTP {exc.status}: {exc.detail}")
-    result.error = {"kind": "rejected", "status": exc.status, "message": exc.detail}
-    return result
+    return unjudged_result(f"item-{index}", Verdict.infrastructure_error, exc.detail, kind="rejected", status=exc.status)
+
+
+def no_result_in_time(evaluation_id: str, timeout: float, status: object = None) -> EvaluationResult:
+    """What a caller gets when no result came back in time: infrastructure_error, reward 0."""
+    waiting = f" (status {status})" if status is not None else ""
+    return unjudged_result(evaluation_id, Verdict.infrastructure_error, f"no result after {timeout:g} s{waiting}")
 
 
 def request_body(reference: str | None = None, candidate: str = "", *, problem_id: str | None = None,
@@ -135,13 +140,6 @@ def request_body(reference: str | None = None, candidate: str = "", *, problem_i
     if name is not None:
         body["name"] = name
     return body
-
-
-def missing_result(evaluation_id: str, message: str) -> EvaluationResult:
-    """What a caller gets when no result came back in time: infrastructure_error, reward 0."""
-    return EvaluationResult(id=evaluation_id, status="failed", verdict=Verdict.infrastructure_error,
-                            error={"kind": "infrastructure_error", "message": message},
-                            feedback=f"Referee failed to evaluate this submission (not your fault): {message}")
 
 
 class RefereeClient:
@@ -230,7 +228,7 @@ class RefereeClient:
         """The result of an evaluation, waiting for it; `infrastructure_error` if none came in `timeout`."""
         view = self.result(evaluation_id, timeout=timeout)
         if "verdict" not in view:
-            return missing_result(evaluation_id, f"no result after {timeout:g} s (status {view.get('status')})")
+            return no_result_in_time(evaluation_id, timeout, view.get("status"))
         return EvaluationResult.model_validate(view)
 
     def evaluate(self, reference: str | None = None, candidate: str = "", *, problem_id: str | None = None,
@@ -326,7 +324,7 @@ class AsyncRefereeClient:
             if "verdict" in view:
                 return EvaluationResult.model_validate(view)
             if time.monotonic() >= deadline:
-                return missing_result(evaluation_id, f"no result after {timeout:g} s (status {view.get('status')})")
+                return no_result_in_time(evaluation_id, timeout, view.get("status"))
 
     async def evaluate(self, reference: str | None = None, candidate: str = "", *, problem_id: str | None = None,
                        timeout: float = 3600.0, idempotency_key: str | None = None, **options: Any) -> EvaluationResult:

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from worker.models import EvaluationResult, Verdict
+from worker.unjudged import unjudged_result
 
 THINK_TAGS = ("think", "thinking", "reasoning", "thought", "scratchpad")
 _TAGS = "|".join(THINK_TAGS)
@@ -161,6 +162,4 @@ def reference_in_prompt(prompt: str | None) -> str | None:
 
 def no_code_result(message: str = NO_CODE_MESSAGE) -> EvaluationResult:
     """The `invalid_submission` result for a completion without code (nothing is sent to a server)."""
-    return EvaluationResult(id=f"local-{uuid.uuid4().hex[:12]}", verdict=Verdict.invalid_submission,
-                            error={"kind": "invalid_submission", "message": message},
-                            feedback=f"Invalid submission: {message}")
+    return unjudged_result(f"local-{uuid.uuid4().hex[:12]}", Verdict.invalid_submission, message)

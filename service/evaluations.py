@@ -17,12 +17,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import HTTPException
-
 from worker.evaluate import plan_problem
-from worker.jobs import failure_document
+from worker.models import EvalConfig, EvaluationJob, Problem, Submission, Verdict
 from worker.static_checks import ProblemSourceError
+from worker.unjudged import unjudged_result
 
+from .exceptions import BadRequest, NotFound, QueueFull, TooLarge, Unavailable, Unprocessable
 from .metrics import Metrics
 from .queue import JobQueue, Outcome
 from .schemas import BatchRequest, EvaluationRequest, ProblemRequest
@@ -35,13 +35,17 @@ ENQUEUE_GRACE_S = 60.0
 
 @dataclass
 class Prepared:
-    """A validated request, ready to enqueue."""
+    """A validated request, ready to enqueue once it has an id (`job`)."""
 
     digest: str  # dedup key: problem, candidate and options (a seed of None is part of it, its random salt is not)
-    payload: dict[str, Any]
+    problem: Problem
+    submission: Submission
+    config: EvalConfig
     timeout_s: float
     name: str | None
-    reward_preset: str
+
+    def job(self, evaluation_id: str) -> EvaluationJob:
+        return EvaluationJob(id=evaluation_id, problem=self.problem, submission=self.submission, config=self.config)
 
 
 @dataclass
@@ -75,43 +79,36 @@ class Evaluations:
 
     # -- submission -----------------------------------------------------------------------------
 
-    def _reject(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
-        self.metrics.rejected.labels(reason).inc()
-        return HTTPException(status, detail, headers=headers)
-
     def _check_size(self, text: str, what: str) -> None:
         size = len(text.encode())
         if size > self.settings.max_source_bytes:
-            raise self._reject(413, "source_size", f"{what} is {size} bytes; the limit is {self.settings.max_source_bytes} bytes")
+            raise TooLarge(f"{what} is {size} bytes; the limit is {self.settings.max_source_bytes} bytes", reason="source_size")
 
     def _validate_problem(self, source: str, input_sets: list[dict[str, int]] | None, what: str) -> list[dict[str, int]]:
         """The engine's own static problem checks, so an unusable reference is a 422 now, not a result later."""
         try:
             return [dict(s) for s in _planned(source, _canonical(input_sets))]
         except ProblemSourceError as exc:
-            raise self._reject(422, "problem_source", f"{what}: {exc}") from exc
+            raise Unprocessable(f"{what}: {exc}", reason="problem_source") from exc
 
     def prepare(self, owner: str, request: EvaluationRequest, where: str = "") -> Prepared:
         self._check_size(request.candidate, f"{where}the candidate")
         if request.problem_id is not None:
             problem = self.store.problem(owner, request.problem_id)
             if problem is None:
-                raise self._reject(404, "unknown_problem", f"{where}problem {request.problem_id} is not registered (POST /v1/problems)")
+                raise NotFound(f"{where}problem {request.problem_id} is not registered (POST /v1/problems)", reason="unknown_problem")
             source, problem_name = problem["source"], problem["name"]
         else:
             assert request.reference is not None
             self._check_size(request.reference, f"{where}the reference")
             source, problem_name = request.reference, "problem"
         self._validate_problem(source, request.input_sets, f"{where}the reference is not a usable problem")
-        config = request.config().model_dump(mode="json")
-        digest = _sha256(_canonical({"problem": _sha256(source), "candidate": _sha256(request.candidate), "config": config}))
-        payload = {
-            "problem": {"source": source, "name": problem_name},
-            "submission": {"source": request.candidate, "name": request.name or "candidate"},
-            "config": config,
-        }
+        config = request.config()
+        digest = _sha256(_canonical({"problem": _sha256(source), "candidate": _sha256(request.candidate),
+                                     "config": config.model_dump(mode="json")}))
+        submission = Submission(source=request.candidate, name=request.name or "candidate")
         timeout = request.timeout_s + self.settings.job_timeout_margin_s
-        return Prepared(digest, payload, timeout, request.name, request.reward.preset)
+        return Prepared(digest, Problem(source=source, name=problem_name), submission, config, timeout, request.name)
 
     def admit(self, owner: str, items: list[Prepared]) -> list[Admitted]:
         """Dedup, apply the per-key queued limit (all or nothing), record and enqueue.
@@ -123,7 +120,7 @@ class Evaluations:
         for item in items:
             unique.setdefault(item.digest, item)
         records = [{"id": uuid.uuid4().hex, "owner": owner, "created_at": now, "name": item.name,
-                    "digest": digest, "reward_preset": item.reward_preset} for digest, item in unique.items()]
+                    "digest": digest, "reward_preset": item.config.reward.preset} for digest, item in unique.items()]
         previous = self.store.put_evaluations_and_claim(owner, records, list(unique))
         resolved: dict[str, tuple[str, bool]] = {}  # digest -> (id, deduplicated)
         fresh: list[tuple[str, Prepared]] = []
@@ -155,16 +152,15 @@ class Evaluations:
 
         if new_ids and not self.store.reserve(owner, new_ids, self.settings.max_queued_per_key):
             undo()
-            raise self._reject(429, "queued_per_key",
-                               f"this API key already has {len(self.store.active(owner))} evaluations queued or running; "
-                               f"the limit is {self.settings.max_queued_per_key} (this request adds {len(new_ids)}): "
-                               "wait for results, then submit again", headers={"Retry-After": "10"})
+            raise QueueFull(f"this API key already has {len(self.store.active(owner))} evaluations queued or running; "
+                            f"the limit is {self.settings.max_queued_per_key} (this request adds {len(new_ids)}): "
+                            "wait for results, then submit again", reason="queued_per_key", headers={"Retry-After": "10"})
         try:
-            self.queue.enqueue([(new_id, {**item.payload, "id": new_id}, item.timeout_s) for new_id, item in fresh])
+            self.queue.enqueue([(item.job(new_id), item.timeout_s) for new_id, item in fresh])
         except Exception as exc:
             self.store.release(owner, new_ids)
             undo()
-            raise self._reject(503, "queue_unavailable", f"the queue is unavailable: {type(exc).__name__}: {exc}") from exc
+            raise Unavailable(f"the queue is unavailable: {type(exc).__name__}: {exc}", reason="queue_unavailable") from exc
         self.metrics.submitted.labels("new").inc(len(new_ids))
         self.metrics.submitted.labels("deduplicated").inc(len(items) - len(new_ids))
         return admitted
@@ -181,12 +177,12 @@ class Evaluations:
         if key is None:
             return None
         if not 1 <= len(key) <= 255:
-            raise self._reject(400, "idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+            raise BadRequest("Idempotency-Key must be 1 to 255 characters", reason="idempotency_key")
         prior = self.store.idempotent(owner, kind, key)
         if prior is None:
             return None
         if prior["body"] != _sha256(body):
-            raise self._reject(422, "idempotency_key", "this Idempotency-Key was used with a different request body; use a new key")
+            raise Unprocessable("this Idempotency-Key was used with a different request body; use a new key", reason="idempotency_key")
         self.metrics.submitted.labels("idempotent_replay").inc()
         return prior["id"]
 
@@ -201,7 +197,7 @@ class Evaluations:
 
     def submit_batch(self, owner: str, request: BatchRequest) -> dict[str, Any]:
         if len(request.items) > self.settings.max_batch_items:
-            raise self._reject(413, "batch_size", f"the batch has {len(request.items)} items; the limit is {self.settings.max_batch_items}")
+            raise TooLarge(f"the batch has {len(request.items)} items; the limit is {self.settings.max_batch_items}", reason="batch_size")
         prepared = [self.prepare(owner, item, f"item {index}: ") for index, item in enumerate(request.items)]
         admitted = self.admit(owner, prepared)
         batch = {"id": uuid.uuid4().hex, "owner": owner, "name": request.name, "created_at": time.time(),
@@ -267,7 +263,8 @@ class Evaluations:
             why = outcome.error if outcome.state == "failed" else "the job was lost from the queue (expired or deleted)"
             if outcome.state == "finished":
                 why = "the worker returned no result document"
-            document = failure_document(evaluation_id, f"the evaluation could not be completed: {why}"[:4000], record.get("reward_preset", "tritonrl"))
+            document = unjudged_result(evaluation_id, Verdict.infrastructure_error, f"the evaluation could not be completed: {why}"[:4000],
+                                       reward_preset=record.get("reward_preset", "tritonrl")).model_dump(mode="json")
         document["id"] = evaluation_id
         if outcome.enqueued_at and outcome.started_at and isinstance(document.get("timings_ms"), dict):
             document["timings_ms"]["queued"] = max(0.0, (outcome.started_at - outcome.enqueued_at) * 1e3)
@@ -287,7 +284,8 @@ class Evaluations:
         records = [r for r in self.store.evaluations(wanted) if r is not None]
         views = self.collect(records)
         for lost in set(wanted) - set(views):  # the record expired with the result TTL
-            views[lost] = failure_document(lost, "the evaluation's record and result have expired (REFEREE_RESULT_TTL_S)")
+            views[lost] = unjudged_result(lost, Verdict.infrastructure_error,
+                                          "the evaluation's record and result have expired (REFEREE_RESULT_TTL_S)").model_dump(mode="json")
         items = []
         for index, evaluation_id in enumerate(ids):
             if only is not None and index not in only:

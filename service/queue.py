@@ -19,8 +19,10 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
+from tenacity import Retrying, stop_after_attempt
 
 from worker.jobs import run_evaluation
+from worker.models import EvaluationJob
 
 JOB_FUNCTION = "worker.jobs.run_evaluation"
 
@@ -60,15 +62,15 @@ class RQQueue:
         self.result_ttl = result_ttl
         self.worker_stale_s = worker_stale_s
 
-    def enqueue(self, jobs: list[tuple[str, dict[str, Any], float]]) -> None:
-        """Enqueue (id, payload, timeout seconds) triples in one round trip."""
+    def enqueue(self, jobs: list[tuple[EvaluationJob, float]]) -> None:
+        """Enqueue (job, timeout seconds) pairs in one round trip; RQ stores each job's JSON form."""
         self.queue.enqueue_many([
             Queue.prepare_data(
-                JOB_FUNCTION, args=(payload,), job_id=job_id, timeout=int(timeout) + 1,
+                JOB_FUNCTION, args=(job.model_dump(mode="json"),), job_id=job.id, timeout=int(timeout) + 1,
                 result_ttl=self.result_ttl, failure_ttl=self.result_ttl, ttl=self.result_ttl,
-                retry=Retry(max=self.retries) if self.retries else None, description=f"evaluation {job_id}",
+                retry=Retry(max=self.retries) if self.retries else None, description=f"evaluation {job.id}",
             )
-            for job_id, payload, timeout in jobs
+            for job, timeout in jobs
         ])
 
     def outcomes(self, ids: list[str]) -> dict[str, Outcome]:
@@ -148,32 +150,34 @@ class EmbeddedQueue:
             if not thread.is_alive() and thread.ident is None:
                 thread.start()
 
-    def enqueue(self, jobs: list[tuple[str, dict[str, Any], float]]) -> None:
+    def enqueue(self, jobs: list[tuple[EvaluationJob, float]]) -> None:
+        """Queue the jobs' JSON form, as RQ would: the job function validates what it is given."""
         now = time.time()
         with self._lock:
-            for job_id, _, _ in jobs:
-                self._outcomes[job_id] = Outcome("queued", enqueued_at=now)
-        for job_id, payload, _ in jobs:
-            self._jobs.put((job_id, payload))
+            for job, _ in jobs:
+                self._outcomes[job.id] = Outcome("queued", enqueued_at=now)
+        for job, _ in jobs:
+            self._jobs.put((job.id, job.model_dump(mode="json")))
 
     def _work(self) -> None:
         name = threading.current_thread().name
         while (item := self._jobs.get()) is not None:
-            job_id, payload = item
+            job_id, job = item
             with self._lock:
                 outcome = self._outcomes.get(job_id) or Outcome("queued", enqueued_at=time.time())
                 outcome.state, outcome.started_at = "started", time.time()
                 self._outcomes[job_id] = outcome
                 self._busy[name] = job_id
-            for attempt in range(self.retries + 1):
-                try:
-                    # The engine enforces the evaluation's own timeout; nothing here can hang forever.
-                    document = run_evaluation(payload)
-                    outcome = Outcome("finished", document=document, enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
-                    break
-                except Exception as exc:
-                    outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc} (attempt {attempt + 1})",
-                                      enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
+            # As RQ's Retry: `retries` more attempts, at once. The engine enforces the evaluation's own
+            # timeout, so no attempt can hang forever.
+            retrying = Retrying(stop=stop_after_attempt(self.retries + 1), reraise=True)
+            try:
+                document = retrying(run_evaluation, job)
+                outcome = Outcome("finished", document=document, enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
+            except Exception as exc:
+                attempts = retrying.statistics.get("attempt_number", 1)
+                outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc} (attempt {attempts})",
+                                  enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
             with self._lock:
                 self._outcomes[job_id] = outcome
                 self._busy.pop(name, None)

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +17,7 @@ from worker.models import EvaluationResult
 
 from .auth import require_owner
 from .evaluations import Evaluations
+from .exceptions import NotFound
 from .schemas import (
     Batch,
     BatchRequest,
@@ -108,7 +109,7 @@ async def create_evaluation(body: EvaluationRequest, request: Request, owner: Ow
         return _evaluation_response(queued, deduplicated=False)
     view = await _wait_for(referee, owner, evaluation_id, wait_s)
     if view is None:  # expired between submission and now
-        raise HTTPException(404, f"evaluation {evaluation_id} not found")
+        raise NotFound(f"evaluation {evaluation_id} not found")
     return _evaluation_response(view, deduplicated)
 
 
@@ -119,7 +120,7 @@ async def get_evaluation(evaluation_id: str, request: Request, owner: Owner,
                          wait: Annotated[float | None, Query(ge=0, description="block up to this many seconds for the result")] = None) -> JSONResponse:
     view = await _wait_for(_referee(request), owner, evaluation_id, _wait_limit(request, wait))
     if view is None:
-        raise HTTPException(404, f"evaluation {evaluation_id} not found")
+        raise NotFound(f"evaluation {evaluation_id} not found")
     return JSONResponse(view)
 
 
@@ -139,7 +140,7 @@ async def create_batch(body: BatchRequest, request: Request, owner: Owner, idemp
     batch_id = await run_in_threadpool(submit)
     view = await run_in_threadpool(referee.batch_view, owner, batch_id)
     if view is None:
-        raise HTTPException(404, f"batch {batch_id} not found")
+        raise NotFound(f"batch {batch_id} not found")
     return JSONResponse(view, status_code=202, headers={"Location": f"/v1/batches/{batch_id}"})
 
 
@@ -155,7 +156,7 @@ async def get_batch(batch_id: str, request: Request, owner: Owner,
     referee = _referee(request)
     view = await run_in_threadpool(referee.batch_view, owner, batch_id, results=format == "json" and results)
     if view is None:
-        raise HTTPException(404, f"batch {batch_id} not found")
+        raise NotFound(f"batch {batch_id} not found")
     if format == "json":
         return JSONResponse(view)
     return StreamingResponse(_ndjson(referee, owner, batch_id, view["total"], _wait_limit(request, wait)), media_type="application/x-ndjson")
@@ -194,7 +195,7 @@ async def create_problem(body: ProblemRequest, request: Request, owner: Owner) -
 async def get_problem(problem_id: str, request: Request, owner: Owner) -> JSONResponse:
     problem = await run_in_threadpool(_referee(request).store.problem, owner, problem_id)
     if problem is None:
-        raise HTTPException(404, f"problem {problem_id} not found")
+        raise NotFound(f"problem {problem_id} not found")
     return JSONResponse(problem)
 
 

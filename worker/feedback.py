@@ -1,8 +1,8 @@
 """Short text a model can act on in its next turn, written from the result document.
 
-`write_feedback(result)` is what the engine stores in `result.feedback`. Callers that still hold
-the candidate's source (the RL adapters, `referee check`) can pass it as `source=`: compile and
-runtime errors then quote the offending lines of the submission itself.
+`write_feedback(result, source)` is what the engine stores in `result.feedback`: with the source,
+compile and runtime errors quote the offending lines of the submission itself. Results nothing was
+judged for get theirs from it too (`worker/unjudged.py`). Callers never rewrite it.
 """
 
 from __future__ import annotations
@@ -124,6 +124,14 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
         return text.strip()
     if verdict == Verdict.timeout:
         return f"Timed out: {error.get('message', '')}. Check for endless loops or far too much work per call."
+    message = error.get("message", "")
     if verdict == Verdict.invalid_submission:
-        return f"Invalid submission: {error.get('message', '')}"
-    return f"Referee failed to evaluate this submission (not your fault): {error.get('message', '')}"
+        if error.get("kind") == "problem_error":  # the reference failed when it ran
+            return f"The reference problem could not be used, so the candidate was not judged: {message}"
+        return f"Invalid submission: {message}"
+    if error.get("kind") == "rejected":  # the HTTP client's: the server refused the request
+        return f"Referee failed to evaluate this submission (not your fault): the server refused this item: HTTP {error.get('status')}: {message}"
+    text = f"Referee failed to evaluate this submission (not your fault): {message}"
+    if result.status == "failed":  # the evaluation never finished (the queue or a worker failed), unlike the engine's own
+        text += " This says nothing about the candidate: submit it again."
+    return text

@@ -1,4 +1,5 @@
-"""Pydantic models: what goes into an evaluation and the result document that comes out."""
+"""Pydantic models: what goes into an evaluation (the job the service queues for a worker) and the
+result document that comes out."""
 
 from __future__ import annotations
 
@@ -110,6 +111,18 @@ class EvalConfig(_Strict):
         "may take, per epilogue op, before low_triton_time_fraction applies")
     reward: RewardConfig = RewardConfig()
     # No `isolation` here: the worker's setting decides, and a request must not be able to lower it.
+
+
+class EvaluationJob(_Strict):
+    """One evaluation as the service queues it and a worker's job function takes it (`worker/jobs.py`).
+
+    The queue carries its JSON form (`model_dump(mode="json")`); `run_evaluation` validates it back,
+    once, before anything runs."""
+
+    id: str = Field(min_length=1)
+    problem: Problem
+    submission: Submission
+    config: EvalConfig = EvalConfig()
 
 
 class Violation(_Strict):

@@ -1,4 +1,5 @@
-"""Starting a harness process and talking to it.
+"""Starting a harness process and exchanging frames with it (what the frames say, and what a reply
+means for the verdict, is worker/harness_client.py's).
 
 This is the isolation seam: `HarnessProcess` starts `python -m harness` as a plain child process
 in its own session (so its whole process group can be killed), with a clean environment, a
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.harness import freeze, lockdown
+from sandbox.harness.messages import Exit, request_wire
 from sandbox.harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair
 from sandbox.isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_choice, namespace_layers, start_watchdog
 from sandbox.launch import BOOTSTRAP, HARNESS_PARENT, child_environment
@@ -350,7 +352,7 @@ class HarnessProcess:
         else:
             if self.process.poll() is None:
                 try:
-                    self.request({"cmd": "exit"}, deadline=time.monotonic() + 2)
+                    self.request(request_wire(Exit()), deadline=time.monotonic() + 2)
                 except (HarnessDied, HarnessTimeout):
                     pass
             self.kill()  # also reaps anything the process left behind in its group

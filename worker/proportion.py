@@ -19,7 +19,7 @@ scalar reads to the host. This module decides:
 
 from __future__ import annotations
 
-from typing import Any
+from sandbox.harness.messages import Work
 
 from . import rules
 from .models import EvalConfig, Violation
@@ -126,18 +126,19 @@ def is_major(op: str) -> bool:
     return op in MAJOR_OPS or op.startswith(("conv", "cudnn_", "miopen_", "mkldnn_", "_scaled_dot_product"))
 
 
-def torch_share(work: dict[str, Any], ops: list[str]) -> tuple[float, int, int]:
+def torch_share(work: Work, ops: list[str]) -> tuple[float, int, int]:
     """(share, torch bytes, kernel bytes) for the given compute ops of one reply."""
-    torch_bytes = sum(int(work["torch_ops"].get(op, {}).get("bytes", 0)) for op in ops)
-    kernel_bytes = int(work.get("triton_bytes") or 0)
+    torch_bytes = sum(work.torch_ops[op].bytes for op in ops if op in work.torch_ops)
+    kernel_bytes = work.triton_bytes
     total = torch_bytes + kernel_bytes
     return (torch_bytes / total if total else 1.0), torch_bytes, kernel_bytes
 
 
-def judge(reply: dict[str, Any], phase: str, config: EvalConfig, device: str) -> tuple[list[Violation], list[Violation]]:
-    """(fatal violations, warnings) for one reply of the candidate process (a run or the timed loop)."""
-    compute_ops: dict[str, int] = reply.get("compute_ops") or {}
-    work: dict[str, Any] | None = reply.get("work")
+def judge(reported_ops: dict[str, int] | None, work: Work | None, phase: str, config: EvalConfig,
+          device: str) -> tuple[list[Violation], list[Violation]]:
+    """(fatal violations, warnings) for one reply of the candidate process (a run or the timed loop):
+    the compute ops it reports and its work figures (None from a process without the work meter)."""
+    compute_ops = reported_ops or {}
     fatal: list[Violation] = []
     warnings: list[Violation] = []
     if work is None:  # a process without the work meter: any compute op is a fallback
@@ -162,11 +163,11 @@ def judge(reply: dict[str, Any], phase: str, config: EvalConfig, device: str) ->
             fatal.append(rules.violation("torch_fallback", evidence))
         else:
             warnings.append(rules.violation("torch_epilogue", evidence))
-    scalar_reads = int(work.get("scalar_reads") or 0)
-    of_inputs = scalar_reads - int(work.get("scalar_reads_of_kernel_data") or 0)
+    scalar_reads = work.scalar_reads
+    of_inputs = scalar_reads - work.scalar_reads_of_kernel_data
     if device == "cuda" and of_inputs > 0:  # values of the inputs (or parameters) read on the host
         fatal.append(rules.violation("device_to_host_transfer", {"phase": phase, "scalar_reads_of_inputs": of_inputs}))
-    elif "stats" not in reply and scalar_reads > config.max_scalar_reads:  # per checked call (timing is many calls)
+    elif scalar_reads > config.max_scalar_reads:
         fatal.append(
             rules.violation(
                 "device_to_host_transfer",

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandbox.harness.messages import CachedTrial, Environment, ReferenceSetupReply, TrialInputsReply, decode
 from worker import defaults
 
 DEFAULT_MAX_ENTRY_BYTES = defaults.REFERENCE_DATA_MAX_BYTES
@@ -70,9 +71,13 @@ class ReferenceData:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
-    def start(cls, salt: int, setup: dict[str, Any], init_payload: bytes | bytearray) -> ReferenceData:
-        facts = {k: v for k, v in setup.items() if k not in ("environment", "cmd")}
+    def start(cls, salt: int, setup: ReferenceSetupReply, init_payload: bytes | bytearray) -> ReferenceData:
+        facts = {k: v for k, v in setup.to_wire().items() if k != "environment"}
         return cls(salt=salt, setup=facts, blobs={"init": bytes(init_payload)})
+
+    @property
+    def init_bytes(self) -> bytes:
+        return self.blobs["init"]
 
     @property
     def nbytes(self) -> int:
@@ -83,23 +88,28 @@ class ReferenceData:
         """Holds trials (the engine stores an entry only once its evaluation got past all of them)."""
         return bool(self.trials)
 
-    def add_trial(self, label: str, set_index: int, reply: dict[str, Any], inputs: bytes, expected: bytes) -> None:
+    def add_trial(self, label: str, set_index: int, reply: TrialInputsReply, inputs: bytes, expected: bytes) -> None:
         """Keep a trial the reference recorded (`record`: the descriptions of the inputs' and the
         expected outputs' bytes, which came as sealed memfds)."""
-        record = reply["record"]
-        self.trials[label] = {"set_index": set_index, "inputs": record["inputs"], "shapes": reply.get("shapes"),
-                              "expected": record["expected"]}
+        record = reply.record
+        if record is None:
+            raise ValueError(f"trial {label} was not recorded")
+        self.trials[label] = {"set_index": set_index, "inputs": record.inputs, "shapes": reply.shapes,
+                              "expected": record.expected}
         self.blobs[f"{label}.inputs"] = bytes(inputs)
         self.blobs[f"{label}.expected"] = bytes(expected)
 
-    def setup_reply(self, environment: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        return {**self.setup, "environment": environment}, self.blobs["init"]
+    def setup_reply(self, environment: Environment) -> ReferenceSetupReply:
+        """The reference's setup reply as recorded, with this evaluation's environment; decoded as
+        strictly as a live reply (raises MessageError for an entry this version cannot read)."""
+        facts = {k: v for k, v in self.setup.items() if k not in ("ok", "cmd", "environment")}  # "ok": older entries
+        return decode(ReferenceSetupReply, {**facts, "environment": environment.to_wire()})
 
-    def judge_request(self, label: str) -> tuple[dict[str, Any], bytes, bytes]:
+    def judge_request(self, label: str) -> tuple[CachedTrial, bytes, bytes]:
         """What a judge's `inputs` needs for a cached trial: the descriptions (`cached`), and the
         inputs' and the expected outputs' bytes (the engine hands them over as sealed memfds)."""
         trial = self.trials[label]
-        return ({"inputs": trial["inputs"], "expected": trial["expected"]},
+        return (CachedTrial(inputs=trial["inputs"], expected=trial["expected"]),
                 self.blobs[f"{label}.inputs"], self.blobs[f"{label}.expected"])
 
 

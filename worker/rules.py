@@ -157,6 +157,15 @@ RULES: dict[str, Rule] = {
             "the timing your process reported is inconsistent with the time the round took",
         ),
         Rule(
+            "protocol_violation", Severity.fatal,
+            "forged or malformed replies: the candidate's code writing frames on the harness's channel, or "
+            "rewriting what the harness reports, so that a reply breaks the protocol",
+            "every reply of the candidate process is decoded strictly against its declared type "
+            "(sandbox/harness/messages.py) before the judge reads it: a wrong type, a missing or extra key, a "
+            "count out of range or an oversized value ends the evaluation",
+            "your process sent the judge a reply that breaks the harness protocol; submissions must not touch the harness",
+        ),
+        Rule(
             "suspicious_source", Severity.warning,
             "obfuscation hints in the source: exec/eval/compile, getattr on torch with a computed name, "
             "__torch_function__/__torch_dispatch__, _make_subclass, gc/inspect/ctypes imports, try/except around a launch",

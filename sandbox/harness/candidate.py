@@ -5,6 +5,7 @@ handle), launch counts, and raw per-call timing samples (no statistics are compu
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from typing import Any
@@ -17,6 +18,27 @@ from .dispatch import OpRecorder, compute_ops
 from .hardening import randomize_parameters
 from .integrity import IntegritySnapshot
 from .launches import LaunchRecorder
+from .messages import (
+    CandidateSetup,
+    CandidateSetupReply,
+    CandidateTimingInputs,
+    Done,
+    ErrorDetail,
+    ErrorReply,
+    Launchers,
+    LaunchSummary,
+    MemoryBudget,
+    Prepare,
+    Profile,
+    ProfileReply,
+    Run,
+    RunReply,
+    Summary,
+    SummaryReply,
+    TimedRoundReply,
+    TimeRound,
+    Work,
+)
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, profile_kernels, round_on_host
 from .witness import OpWitness
@@ -43,8 +65,8 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
 class CandidateFailed(Exception):
     """Raised with a ready error reply when the candidate's own code fails."""
 
-    def __init__(self, reply: dict[str, Any]) -> None:
-        super().__init__(reply["error"]["message"])
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.error.message)
         self.reply = reply
 
 
@@ -88,27 +110,27 @@ class CandidateRole:
         if isinstance(exc, torch.cuda.OutOfMemoryError) and self.device.type == "cuda":
             # The budget on the device: what the GPU has (less what others hold), and what this process held.
             free, total = torch.cuda.mem_get_info(self.device)
-            reply["error"]["memory_budget"] = {"memory": "device", "budget_bytes": int(total), "free_bytes": int(free),
-                                               "used_bytes": int(torch.cuda.max_memory_reserved(self.device))}
-        reply.update(self.observations())  # a refused call that ended the run is still evidence
+            budget = MemoryBudget(memory="device", budget_bytes=int(total), free_bytes=int(free),
+                                  used_bytes=int(torch.cuda.max_memory_reserved(self.device)))
+            reply = dataclasses.replace(reply, error=dataclasses.replace(reply.error, memory_budget=budget))
+        reply = dataclasses.replace(reply, **self.observations())  # a refused call that ended the run is still evidence
         return CandidateFailed(reply)
 
-    def cmd_prepare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        reply = prepare_device(header["device"])
+    def cmd_prepare(self, request: Prepare, fds: list[int]) -> tuple[Done, list[int]]:
+        prepare_device(request.device)
         # What `setup` needs imported before its snapshot (see there), imported here instead, on every
         # device: the engine overlaps `prepare` with the reference's set-up, and torch._dynamo alone
         # takes seconds to import, which were on the critical path of every one-shot check.
         importlib.import_module("torch._dynamo")
-        return reply, b""
+        return Done(), []
 
-    def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        self.device = resolve_device(header["device"])
-        self.path = write_source(header)
+    def cmd_setup(self, request: CandidateSetup, fds: list[int]) -> tuple[CandidateSetupReply | ErrorReply, list[int]]:
+        self.device = resolve_device(request.device)
+        self.path = write_source(request.path, request.source)
         self.meter.device_type, self.meter.candidate_file = self.device.type, self.path
-        init_fds = header["fds"]
-        init_inputs = tensors.decode_fd(header["init_inputs"], init_fds[0], "cpu", limit=1 << 30) if init_fds else (
-            tensors.decode(header["init_inputs"], b"", "cpu"))
-        self.allowed_ops = frozenset(header.get("allowed_ops", ()))
+        init_inputs = tensors.decode_fd(request.init_inputs, fds[0], "cpu", limit=1 << 30) if fds else (
+            tensors.decode(request.init_inputs, b"", "cpu"))
+        self.allowed_ops = frozenset(request.allowed_ops)
         # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.
         self.recorder = LaunchRecorder(candidate_file=self.path, op_clock=self.ops.clock,
                                        on_gpu=self.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1")
@@ -125,8 +147,8 @@ class CandidateRole:
         self.native_recorder = self._native_recorder()  # bound before the candidate is imported
         self.witness.profiling = self.native_recorder is None  # kineto and the recorder share CUPTI's callbacks
         # The operator's switch (REFEREE_ALLOW_NATIVE_CODE, from the worker's settings): builds, loads and ELF files allowed.
-        self.allow_native = bool(header.get("allow_native_code"))
-        if header.get("audit_hook", True):  # off only by the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK)
+        self.allow_native = request.allow_native_code
+        if request.audit_hook:  # off only by the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK)
             self.audit = AuditGuard(self.path, os.path.dirname(self.path), allow_native=self.allow_native)
             self.audit.install()
         self.snapshot = IntegritySnapshot()
@@ -139,21 +161,21 @@ class CandidateRole:
             raise self._failure(exc) from None
         model_class = getattr(module, "ModelNew", None)
         if model_class is None:
-            return {"ok": False, "error": {"kind": "invalid_submission", "type": "MissingModelNew",
-                                           "message": "the candidate does not define ModelNew", "traceback": ""}}, b""
+            return ErrorReply(error=ErrorDetail(kind="invalid_submission", type="MissingModelNew",
+                                                message="the candidate does not define ModelNew", traceback="")), []
         try:
-            torch.manual_seed(int(header["init_seed"]))
+            torch.manual_seed(request.init_seed)
             with torch.device(self.device):
                 self.model = model_class(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
                 self.model = self.model.to(self.device)
-                if header.get("precision") in ("fp16", "bf16"):  # KernelBench casts the candidate's model too
-                    self.model = self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[header["precision"]])
+                if request.precision in ("fp16", "bf16"):  # KernelBench casts the candidate's model too
+                    self.model = self.model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[request.precision])
         except BaseException as exc:
             raise self._failure(exc) from None
-        if header.get("randomize_parameters"):  # the reference's model got the same draw (hardening.py)
-            self._randomize_parameters(self.model, int(header["init_seed"]))
-        return {"ok": True, "environment": environment(self.device), **self.observations()}, b""
+        if request.randomize_parameters:  # the reference's model got the same draw (hardening.py)
+            self._randomize_parameters(self.model, request.init_seed)
+        return CandidateSetupReply(environment=environment(self.device), **self.observations()), []
 
     def observations(self) -> dict[str, Any]:
         """What the watchers saw since the last reply: integrity changes and refused calls."""
@@ -213,14 +235,14 @@ class CandidateRole:
             self.trial_inputs.close()
             self.trial_inputs = None
 
-    def cmd_run(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_run(self, request: Run, fds: list[int]) -> tuple[RunReply, list[int]]:
         assert self.recorder is not None
         self._let_go()
         self.trial_inputs = tensors.Attached(self.device)
         try:  # the inputs the reference shared: mapped, never copied (writes reach the reference)
-            inputs = list(self.trial_inputs.attach(header["inputs"], header["fds"], writable=True))
+            inputs = list(self.trial_inputs.attach(request.inputs, fds, writable=True))
         except tensors.EncodeError as exc:
-            raise CandidateFailed({"ok": False, "error": {"kind": "infrastructure_error", "message": str(exc)}}) from None
+            raise CandidateFailed(ErrorReply(error=ErrorDetail(kind="infrastructure_error", message=str(exc)))) from None
         self.recorder.take()
         self.meter.start(inputs)
         outputs = self._forward(inputs)
@@ -230,41 +252,40 @@ class CandidateRole:
         derived = work.pop("derived")
         work["triton_bytes"] = self._launch_bytes(launches)
         written = set().union(*(launch.storages for launch in launches)) if launches else set()
-        reply: dict[str, Any] = {
-            "ok": True,
+        figures: dict[str, Any] = {
             "launches": sum(1 for launch in launches if launch.own),
             "foreign_launches": sorted({launch.kernel for launch in launches if not launch.own}),
             "aliases_input": self._aliased_inputs(outputs, inputs),
             "compute_ops": self._compute_ops(ops, self.allowed_ops),
             "device_to_host": device_to_host,
             "unwritten_outputs": self._unwritten_outputs(outputs, written, derived, work["scalar_reads_of_kernel_data"] > 0),
-            "work": work,
+            "work": Work(**work),
             "host_written_outputs": self.recorder.host_written(outputs, launches),
             "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
             **self.observations(),
         }
         try:
-            reply["outputs"], reply["fds"] = self._export(outputs, self.device)
+            description, outgoing = self._export(outputs, self.device)
+            reply = RunReply(**figures, outputs=description)
         except (self._encode_error, RuntimeError) as exc:
-            reply["output_problem"] = str(exc)[:500]
-            reply["outputs"] = None
+            reply, outgoing = RunReply(**figures, output_problem=str(exc)[:500]), []
         self.kept = outputs  # alive until the reference has read them
-        return reply, b""
+        return reply, outgoing
 
-    def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_timing_inputs(self, request: CandidateTimingInputs, fds: list[int]) -> tuple[Done, list[int]]:
         """Map the shared timing sets (the reference rewrites their contents before every round)."""
         self.timing_attached = tensors.Attached(self.device)
-        self.timing_sets = [list(self.timing_attached.attach(d, header["fds"], writable=True)) for d in header["inputs"]]
-        return {"ok": True}, b""
+        self.timing_sets = [list(self.timing_attached.attach(d, fds, writable=True)) for d in request.inputs]
+        return Done(), []
 
-    def cmd_time_round(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_time_round(self, request: TimeRound, fds: list[int]) -> tuple[TimedRoundReply, list[int]]:
         """One round of timed calls on the shared sets: the raw per-call samples (no statistics
         here), and every call's outputs, kept and exported so the reference can check any of them
         (which ones, the engine decides after this reply)."""
         assert self.recorder is not None
         self._let_go()
         self.recorder.take()
-        calls, start = int(header["calls"]), int(header.get("start", 0))
+        calls, start = request.calls, request.start
         self.meter.reset()
         # The op recorder stays on while timed (entered once, not per call): a candidate cannot tell
         # the timed calls from the checked ones by looking for it.
@@ -275,7 +296,7 @@ class CandidateRole:
                     if self.timer is None:
                         self.timer = CudaTimer(self.device)
                     timed = self.timer.round(lambda inputs: self.model(*inputs), self.timing_sets, calls, start,
-                                             header.get("slack_s"), self.native_recorder, int(header.get("first_label") or 0))
+                                             request.slack_s, self.native_recorder, request.first_label)
                 else:
                     timed = round_on_host(lambda inputs: self.model(*inputs), self.timing_sets, calls, start)
         except BaseException as exc:
@@ -287,25 +308,24 @@ class CandidateRole:
         work = self.meter.take()
         work.pop("derived")
         work["triton_bytes"] = self._launch_bytes(launches)
-        outputs, fds = [], []
+        outputs: list[Any] = []
+        outgoing: list[int] = []
         try:
             for value in timed.pop("outputs"):
                 description, sent = self._export(value, self.device)
-                outputs.append(self._renumber(description, len(fds)))
-                fds += sent
+                outputs.append(self._renumber(description, len(outgoing)))
+                outgoing += sent
         except (self._encode_error, RuntimeError) as exc:
-            for fd in fds:
+            for fd in outgoing:
                 os.close(fd)
-            return {"ok": True, "output_problem": str(exc)[:500], "samples": timed["samples"], "outputs": None,
-                    **self.observations()}, b""
+            return TimedRoundReply(output_problem=str(exc)[:500], samples=timed["samples"], **self.observations()), []
         self.kept = timed  # the outputs stay alive until the next command
-        return {"ok": True, **timed, "outputs": outputs, "fds": fds,
-                "launches": sum(1 for launch in launches if launch.own),
-                "compute_ops": self._compute_ops(ops, self.allowed_ops), "work": work,
-                "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
-                "device_to_host": device_to_host, **self.observations()}, b""
+        return TimedRoundReply(**timed, outputs=outputs, launches=sum(1 for launch in launches if launch.own),
+                               compute_ops=self._compute_ops(ops, self.allowed_ops), work=Work(**work),
+                               side_stream_launches=sum(1 for launch in launches if launch.side_stream),
+                               device_to_host=device_to_host, **self.observations()), outgoing
 
-    def cmd_profile(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_profile(self, request: Profile, fds: list[int]) -> tuple[ProfileReply, list[int]]:
         """GPU only: the share of kernel time spent in the submission's own Triton kernels."""
         assert self.recorder is not None
         self._let_go()
@@ -320,13 +340,13 @@ class CandidateRole:
         total = sum(kernel_times.values())
         own_time = sum(t for name, t in kernel_times.items() if any(name == k or name.startswith(k + "_") for k in own))
         top = sorted(kernel_times.items(), key=lambda item: -item[1])[:10]
-        return {"ok": True, "fraction": own_time / total if total else None, "kernels_us": dict(top),
-                **self.observations()}, b""
+        return ProfileReply(fraction=own_time / total if total else None, kernels_us=dict(top), **self.observations()), []
 
-    def cmd_summary(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_summary(self, request: Summary, fds: list[int]) -> tuple[SummaryReply, list[int]]:
         assert self.recorder is not None
         launchers = triton_cache.seeds.report() if triton_cache.seeds is not None else None
-        return {"ok": True, "summary": self.recorder.summary(), "launchers": launchers}, b""
+        return SummaryReply(summary=LaunchSummary(**self.recorder.summary()),
+                            launchers=Launchers(**launchers) if launchers is not None else None), []
 
 
 def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:

@@ -6,7 +6,7 @@ No tensor crosses a pipe: inputs are made here in shared memory (a memfd on the 
 of their own shared by CUDA IPC on the GPU), and the candidate's outputs are read where the
 candidate left them (see tensors.py, the data plane).
 
-As a judge (`setup` with `judge: true`, when the engine holds this problem's reference data in its
+As a judge (`judge` instead of `setup`, when the engine holds this problem's reference data in its
 cache) it loads no problem at all: it prepares its device, and `inputs` receives the cached inputs
 and expected outputs from the engine (sealed memfds), shares the inputs and compares as a reference does."""
 
@@ -17,6 +17,29 @@ from typing import Any
 import torch
 
 from . import compare, hardening, tensors
+from .messages import (
+    CallCheck,
+    CheckRound,
+    CheckRoundReply,
+    Compare,
+    CompareReply,
+    ComparisonReport,
+    Done,
+    JudgeSetup,
+    JudgeSetupReply,
+    ReferenceSetup,
+    ReferenceSetupReply,
+    Refresh,
+    TimeReference,
+    TimeReply,
+    TimingInputs,
+    TimingInputsReply,
+    TrialInputs,
+    TrialInputsReply,
+    TrialRecord,
+    TrialSizes,
+    decode,
+)
 from .runtime import environment, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, time_on_host
 
@@ -58,12 +81,15 @@ class ReferenceRole:
         self.exact: dict[str, Any] = {}  # per trial: the fp64 reference's outputs (or None)
         self.input_domain: Any = None  # the problem's INPUT_DOMAIN (clamps the value ranges)
 
-    def cmd_setup(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        self.device = resolve_device(header["device"])
-        if header.get("judge"):  # no module, no model: the engine supplies what a comparison needs
-            prepare_device(header["device"])
-            return {"ok": True, "environment": environment(self.device)}, b""
-        self.keep_file = write_source(header)
+    def cmd_judge(self, request: JudgeSetup, fds: list[int]) -> tuple[JudgeSetupReply, list[int]]:
+        """No module, no model: the engine supplies what a comparison needs (see the module's docstring)."""
+        self.device = resolve_device(request.device)
+        prepare_device(request.device)
+        return JudgeSetupReply(environment=environment(self.device)), []
+
+    def cmd_setup(self, request: ReferenceSetup, fds: list[int]) -> tuple[ReferenceSetupReply, list[int]]:
+        self.device = resolve_device(request.device)
+        self.keep_file = write_source(request.path, request.source)
         try:
             self.module = load_module(self.keep_file, "referee_problem")
         except Exception as exc:
@@ -71,16 +97,19 @@ class ReferenceRole:
         missing = [name for name in REQUIRED if not hasattr(self.module, name)]
         if missing:
             raise ProblemError(f"the reference module does not define {', '.join(missing)}")
-        self.input_sets = header.get("input_sets") or [{}]
-        self.dtype = PRECISIONS[header.get("precision") or "fp32"]
-        strict = header.get("mode", "strict") == "strict"
+        self.input_sets = request.input_sets or [{}]
+        self.dtype = PRECISIONS[request.precision]
+        strict = request.mode == "strict"
         randomize = strict and bool(getattr(self.module, "RANDOMIZE_PARAMETERS", True))
         self.input_domain = getattr(self.module, "INPUT_DOMAIN", None)
-        tolerance = (header.get("atol", getattr(self.module, "ATOL", None)), header.get("rtol", getattr(self.module, "RTOL", None)))
+        # The request's tolerance (when it sets one), else the problem's.
+        tolerance = (request.atol if request.atol is not None else getattr(self.module, "ATOL", None),
+                     request.rtol if request.rtol is not None else getattr(self.module, "RTOL", None))
         value_ranges: list[str] = []
+        seed = request.init_seed
         try:
             init_inputs = [_cast(x, self.dtype) for x in self.module.get_init_inputs()]
-            torch.manual_seed(int(header["init_seed"]))
+            torch.manual_seed(seed)
             with torch.device(self.device):
                 self.model = self.module.Model(*init_inputs)
             if isinstance(self.model, torch.nn.Module):
@@ -88,41 +117,39 @@ class ReferenceRole:
                 if self.dtype != torch.float32:
                     self.model = self.model.to(self.dtype)
             if randomize:  # the candidate's model gets the same draw (hardening.py)
-                hardening.randomize_parameters(self.model, int(header["init_seed"]))
+                hardening.randomize_parameters(self.model, seed)
             self.model64 = compare.exact_model(self.model)
-            if header.get("checked"):  # built again for a cached problem: its sets and warnings are known
+            if request.checked:  # built again for a cached problem: its sets and warnings are known
                 valid_sets, warnings = list(range(len(self.input_sets))), []
                 description, init_fd = None, None
                 # One forward and comparison now, in the background: the first use of their kernels
                 # (lazily loaded) would otherwise fall on the judged trials.
-                warm = self.forward(self.make_inputs(0, int(header["init_seed"])))
+                warm = self.forward(self.make_inputs(0, seed))
                 compare.compare_outputs(warm, warm, None, None)
             else:
-                valid_sets = self._valid_sets(int(header["init_seed"]))
+                valid_sets = self._valid_sets(seed)
                 if strict:
-                    value_ranges = self._valid_value_ranges(int(header["init_seed"]), *tolerance, header.get("value_ranges"))
-                warnings = self._check_not_degenerate(int(header["init_seed"]), value_ranges, *tolerance, refuse=strict)
+                    value_ranges = self._valid_value_ranges(seed, *tolerance, request.value_ranges)
+                warnings = self._check_not_degenerate(seed, value_ranges, *tolerance, refuse=strict)
                 description, init_fd = tensors.share_bytes(init_inputs)
         except ProblemError:
             raise
         except Exception as exc:
             raise ProblemError(f"the reference problem failed to run: {type(exc).__name__}: {exc}") from exc
-        reply = {
-            "ok": True,
-            "environment": environment(self.device),
-            "init_inputs": description,
-            "atol": getattr(self.module, "ATOL", None),
-            "rtol": getattr(self.module, "RTOL", None),
-            "allowed_ops": [str(op) for op in getattr(self.module, "ALLOWED_OPS", [])],
-            "warnings": warnings,
-            "valid_sets": valid_sets,
-            "fds": [init_fd] if init_fd is not None else [],
-            "randomize_parameters": randomize,
-            "value_ranges": value_ranges,
-            "mutates_inputs": sorted(self.last_mutated),  # from the last forward of the setup
-            "aliases_inputs": self.aliased_inputs,
-        }
-        return reply, b""
+        reply = ReferenceSetupReply(
+            environment=environment(self.device),
+            init_inputs=description,
+            atol=getattr(self.module, "ATOL", None),
+            rtol=getattr(self.module, "RTOL", None),
+            allowed_ops=[str(op) for op in getattr(self.module, "ALLOWED_OPS", [])],
+            warnings=warnings,
+            valid_sets=valid_sets,
+            randomize_parameters=randomize,
+            value_ranges=value_ranges,
+            mutates_inputs=sorted(self.last_mutated),  # from the last forward of the setup
+            aliases_inputs=self.aliased_inputs,
+        )
+        return reply, [init_fd] if init_fd is not None else []
 
     def make_inputs(self, set_index: int, seed: int, values: str | None = None) -> list[Any]:
         overrides = self.input_sets[set_index]
@@ -204,56 +231,54 @@ class ReferenceRole:
                 f"different inputs (largest difference {evidence['max_abs_difference']:.3g}), so it cannot tell a kernel "
                 "from a constant; change get_inputs (or set ALLOW_DEGENERATE = True to judge it anyway)")
 
-    def cmd_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_inputs(self, request: TrialInputs, fds: list[int]) -> tuple[TrialInputsReply, list[int]]:
         """A trial's inputs, made here (or, as a judge, from the engine's cached inputs and expected
         outputs: two sealed memfds) and shared with the candidate: a memfd on the CPU, an allocation
         of their own exported by CUDA IPC on the GPU. This process keeps the pristine inputs and the
         expected outputs in its private memory, which no shared buffer reaches. With
         `expected_budget` (bytes), the inputs and expected outputs also come back as sealed memfds
         for the engine's reference-data cache (`record`), or `record: null` when they exceed it."""
-        if "cached" in header:
-            fds, cached = header["fds"], header["cached"]
-            inputs = tensors.decode_fd(cached["inputs"], fds[0], self.device)
-            expected, exact = compare.unpack_expected(tensors.decode_fd(cached["expected"], fds[1], self.device))
+        trial, cached = request.trial, request.cached
+        if cached is not None:
+            inputs = tensors.decode_fd(cached.inputs, fds[0], self.device)
+            expected, exact = compare.unpack_expected(tensors.decode_fd(cached.expected, fds[1], self.device))
         else:
-            inputs = self.make_inputs(int(header["set_index"]), int(header["seed"]), header.get("values"))
+            inputs = self.make_inputs(request.set_index or 0, request.seed or 0, request.values)
             expected = self.forward(inputs)
-            self.mutated[header["trial"]] = self.last_mutated
+            self.mutated[trial] = self.last_mutated
             exact = compare.exact_outputs(self.model64, inputs, expected)
-        self.exact[header["trial"]] = exact
+        self.exact[trial] = exact
         shared = tensors.SharedValue(inputs, self.device)
-        self.trials[header["trial"]] = (inputs, shared, expected)
+        self.trials[trial] = (inputs, shared, expected)
         shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
-        reply: dict[str, Any] = {"ok": True, "inputs": shared.description, "shapes": shapes,
-                                 "nbytes": {"inputs": _nbytes(inputs), "expected": _nbytes(expected)}}
-        fds = shared.take_fds()
-        if header.get("expected_budget") is not None:
-            reply["record"] = None
-            if _nbytes(inputs) + _nbytes(expected) <= int(header["expected_budget"]):
-                try:
-                    inputs_desc, inputs_fd = tensors.share_bytes(inputs)
-                    expected_desc, expected_fd = tensors.share_bytes(compare.pack_expected(expected, exact))
-                    reply["record"] = {"inputs": inputs_desc, "expected": expected_desc, "fds": [len(fds), len(fds) + 1]}
-                    fds += [inputs_fd, expected_fd]
-                except tensors.EncodeError:
-                    pass
-        reply["fds"] = fds
-        return reply, b""
+        outgoing = shared.take_fds()
+        record = None
+        if request.expected_budget is not None and _nbytes(inputs) + _nbytes(expected) <= request.expected_budget:
+            try:
+                inputs_desc, inputs_fd = tensors.share_bytes(inputs)
+                expected_desc, expected_fd = tensors.share_bytes(compare.pack_expected(expected, exact))
+                record = TrialRecord(inputs=inputs_desc, expected=expected_desc, fds=[len(outgoing), len(outgoing) + 1])
+                outgoing += [inputs_fd, expected_fd]
+            except tensors.EncodeError:
+                pass
+        reply = TrialInputsReply(inputs=shared.description, shapes=shapes,
+                                 nbytes=TrialSizes(inputs=_nbytes(inputs), expected=_nbytes(expected)), record=record)
+        return reply, outgoing
 
-    def cmd_compare(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_compare(self, request: Compare, fds: list[int]) -> tuple[CompareReply, list[int]]:
         """Read the candidate's outputs where they are (its sealed memfd, or its GPU memory by IPC
         handle), compare them with the expected outputs, and the shared inputs with the pristine ones."""
-        inputs, shared, expected = self.trials.pop(header["trial"])
-        exact = self.exact.pop(header["trial"], None)
+        inputs, shared, expected = self.trials.pop(request.trial)
+        exact = self.exact.pop(request.trial, None)
         attached = tensors.Attached(self.device)
         try:
-            report = self._judge(expected, header.get("outputs"), header["fds"], attached, header.get("atol"), header.get("rtol"), exact)
-            report["inputs"] = compare.inputs_unchanged(inputs, shared.value, self.mutated.pop(header["trial"], None),
-                                                        header.get("atol"), header.get("rtol"))
+            report = self._judge(expected, request.outputs, fds, attached, request.atol, request.rtol, exact)
+            report["inputs"] = compare.inputs_unchanged(inputs, shared.value, self.mutated.pop(request.trial, None),
+                                                        request.atol, request.rtol)
         finally:
             attached.close()
             shared.release()
-        return {"ok": True, "report": report}, b""
+        return CompareReply(report=decode(ComparisonReport, report)), []
 
     def _judge(self, expected: Any, outputs: Any, fds: list[int], attached: tensors.Attached,
                atol: float | None, rtol: float | None, exact: Any = None) -> dict[str, Any]:
@@ -266,26 +291,27 @@ class ReferenceRole:
                     "reason": "the candidate process sent outputs that cannot be read"}
         return compare.compare_outputs(expected, actual, atol, rtol, exact)
 
-    def cmd_timing_inputs(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_timing_inputs(self, request: TimingInputs, fds: list[int]) -> tuple[TimingInputsReply, list[int]]:
         """The timed loop's input sets: one shared buffer per set, whose contents `refresh` rewrites
         before every round of the candidate's."""
         self._release_timing()
-        self.timing_shared = [tensors.SharedValue(self.make_inputs(0, int(seed)), self.device) for seed in header["seeds"]]
+        self.timing_shared = [tensors.SharedValue(self.make_inputs(0, seed), self.device) for seed in request.seeds]
         # The reference is timed on the shared buffers themselves (no second copy on the device):
         # the candidate's processes are stopped while it is.
         self.timing_inputs = [list(shared.value) for shared in self.timing_shared]
-        descriptions, fds = [], []
+        descriptions: list[Any] = []
+        outgoing: list[int] = []
         for shared in self.timing_shared:
-            descriptions.append(tensors.renumber(shared.description, len(fds)))
-            fds += shared.take_fds()
-        return {"ok": True, "inputs": descriptions, "fds": fds}, b""
+            descriptions.append(tensors.renumber(shared.description, len(outgoing)))
+            outgoing += shared.take_fds()
+        return TimingInputsReply(inputs=descriptions), outgoing
 
-    def cmd_refresh(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_refresh(self, request: Refresh, fds: list[int]) -> tuple[Done, list[int]]:
         """Fresh values (seeds the candidate never sees) in every shared timing set, and their
         expected outputs, before a timed round of the candidate."""
         self.round_pristine, self.round_expected, self.round_exact, self.round_mutated = [], [], [], []
-        for shared, seed in zip(self.timing_shared, header["seeds"], strict=True):
-            fresh = self.make_inputs(0, int(seed))
+        for shared, seed in zip(self.timing_shared, request.seeds, strict=True):
+            fresh = self.make_inputs(0, seed)
             shared.refresh(fresh)
             self.round_pristine.append(fresh)
             expected = self.forward(fresh)
@@ -296,32 +322,31 @@ class ReferenceRole:
             self.round_exact.append(compare.exact_outputs(self.model64, fresh, expected))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return {"ok": True}, b""
+        return Done(), []
 
-    def cmd_check_round(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_check_round(self, request: CheckRound, fds: list[int]) -> tuple[CheckRoundReply, list[int]]:
         """Compare the outputs of the timed calls the engine picked after the round (the candidate
         is stopped meanwhile), and the shared sets with what was written into them."""
         results = []
         attached = tensors.Attached(self.device)
         try:
-            for check in header["checks"]:
-                set_index = int(check["set"])
-                report = self._judge(self.round_expected[set_index], check.get("outputs"), header["fds"], attached,
-                                     header.get("atol"), header.get("rtol"), self.round_exact[set_index])
-                results.append({"call": check["call"], "set": set_index, "passed": bool(report.get("passed")),
-                                "reason": report.get("reason"), "undecodable": report.get("undecodable")})
+            for check in request.checks:
+                report = self._judge(self.round_expected[check.set], check.outputs, fds, attached,
+                                     request.atol, request.rtol, self.round_exact[check.set])
+                results.append(CallCheck(call=check.call, set=check.set, passed=bool(report.get("passed")),
+                                         reason=report.get("reason"), undecodable=report.get("undecodable")))
         finally:
             attached.close()
         changed = [k for k, (shared, fresh) in enumerate(zip(self.timing_shared, self.round_pristine, strict=True))
                    if not compare.inputs_unchanged(fresh, shared.value, self.round_mutated[k] if k < len(self.round_mutated) else None,
-                                                   header.get("atol"), header.get("rtol"))["unchanged"]]
-        return {"ok": True, "checks": results, "changed_sets": changed}, b""
+                                                   request.atol, request.rtol)["unchanged"]]
+        return CheckRoundReply(checks=results, changed_sets=changed), []
 
-    def cmd_time(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+    def cmd_time(self, request: TimeReference, fds: list[int]) -> tuple[TimeReply, list[int]]:
         """Time the reference on its private timing inputs; raw per-call samples go to the engine,
         which makes the statistics (the engine stops the candidate's processes meanwhile)."""
         model = self.model
-        if header.get("compiled"):  # the torch.compile baseline; compiled (and warmed) before the timer starts
+        if request.compiled:  # the torch.compile baseline; compiled (and warmed) before the timer starts
             if self.compiled is None:
                 self.compiled = torch.compile(self.model)
                 with torch.no_grad():
@@ -329,10 +354,11 @@ class ReferenceRole:
             model = self.compiled
         with torch.no_grad():  # entered once around the loop, as on the candidate's side
             if self.device.type == "cuda":
-                stats = CudaTimer(self.device).run(lambda inputs: model(*inputs), self.timing_inputs, **header.get("options", {}))
+                stats = CudaTimer(self.device).run(lambda inputs: model(*inputs), self.timing_inputs,
+                                                   max_seconds=request.options.max_seconds)
             else:
                 stats = time_on_host(lambda inputs: model(*inputs), self.timing_inputs)
-        return {"ok": True, "stats": stats}, b""
+        return TimeReply(stats=stats), []
 
     def _release_timing(self) -> None:
         for shared in getattr(self, "timing_shared", []):

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .messages import Environment, ErrorDetail, ErrorReply
+
 MAX_TRACEBACK_CHARS = 4000
 
 
@@ -23,7 +25,7 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_device(requested: str) -> dict[str, Any]:
+def prepare_device(requested: str) -> None:
     """Make the device ready before any submitted code is loaded: the CUDA context and Triton's
     driver (whose C utilities the warm pool seeded into this process's Triton cache)."""
     device = resolve_device(requested)
@@ -33,29 +35,26 @@ def prepare_device(requested: str) -> dict[str, Any]:
         import triton
 
         triton.runtime.driver.active.get_current_device()
-    return {"ok": True}
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device) -> Environment:
     import triton
 
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": sys.version.split()[0],
-        "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
-    }
+    return Environment(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=sys.version.split()[0],
+        interpreter=os.environ.get("TRITON_INTERPRET") == "1",
+    )
 
 
-def write_source(header: dict[str, Any]) -> str:
+def write_source(path: str, source: str) -> str:
     """Write the submitted source (sent with `setup`) to the path it names, in this process's own
     directory, before anything is imported; return the path."""
-    path = header["path"]
-    if "source" in header:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(header["source"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(source)
     return path
 
 
@@ -86,17 +85,10 @@ def trimmed_traceback(exc: BaseException, keep_file: str | None = None) -> str:
     return text
 
 
-def error_reply(kind: str, exc: BaseException, keep_file: str | None = None) -> dict[str, Any]:
+def error_reply(kind: str, exc: BaseException, keep_file: str | None = None) -> ErrorReply:
     message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return {
-        "ok": False,
-        "error": {
-            "kind": kind,
-            "type": type(exc).__name__,
-            "message": message[:MAX_TRACEBACK_CHARS],
-            "traceback": trimmed_traceback(exc, keep_file),
-        },
-    }
+    return ErrorReply(error=ErrorDetail(kind=kind, type=type(exc).__name__, message=message[:MAX_TRACEBACK_CHARS],
+                                        traceback=trimmed_traceback(exc, keep_file)))
 
 
 def host_clock_autotuning() -> None:

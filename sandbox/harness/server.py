@@ -1,7 +1,8 @@
 """The command loop of a harness process: read the key, take a role, answer the parent's commands.
 
 Entered from `python -m harness` (a fresh process) or from a child of the warm pool's zygote.
-Replies are {"ok": true, ...} or {"ok": false, "error": {"kind": ..., ...}}."""
+Requests and replies are the typed messages of messages.py; a reply frame is {"ok": true, "cmd": ...,
+fields} or {"ok": false, "cmd": ..., "error": {"kind": ..., ...}}."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from .messages import Message
 from .protocol import Channel, ChannelClosed, read_key
 
 
@@ -29,6 +31,7 @@ def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int, data_fd: int
 
         role = CandidateRole()
         known_failures = (CandidateFailed,)
+    from .messages import ErrorDetail, ErrorReply, Exit, MessageError, decode_request
     from .runtime import error_reply
 
     streams = (sys.stdout, sys.stderr)  # bound now: the candidate may replace sys.stdout
@@ -36,40 +39,47 @@ def serve(role_name: str, read_fd: int, write_fd: int, key_fd: int, data_fd: int
     handlers = {name.removeprefix("cmd_"): getattr(role, name) for name in dir(role) if name.startswith("cmd_")}
     while True:
         try:
-            header, payload = channel.recv()
+            header, _ = channel.recv()
         except ChannelClosed:
             return 0
         command = header.get("cmd")
-        if command == "exit":
+        received = channel.take_fds()  # shared memory sent with the command; the role maps what it needs
+        outgoing: list[int] = []
+        reply: Message
+        try:
+            request = decode_request(role_name, header)
+        except MessageError as exc:
+            request, reply = None, ErrorReply(error=ErrorDetail(kind="infrastructure_error", message=f"malformed request: {exc}"))
+        if isinstance(request, Exit):
+            close_all(received)
             channel.send({"ok": True})
             return 0
-        handler = handlers.get(str(command))
-        data: bytes = b""
-        received = channel.take_fds()  # shared memory sent with the command; the role maps what it needs
-        header["fds"] = received
-        if handler is None:
-            reply: dict[str, Any] = {"ok": False, "error": {"kind": "infrastructure_error", "message": f"unknown command {command!r}"}}
-        else:
+        if request is not None:
             try:
-                reply, data = handler(header, payload)
+                reply, outgoing = handlers[request.command](request, received)
             except known_failures as exc:
                 reply = getattr(exc, "reply", None) or error_reply("problem_error", exc, getattr(role, "keep_file", None))
             except Exception as exc:
                 reply = error_reply("infrastructure_error", exc)
-        reply["cmd"] = command
-        for fd in received:  # mappings outlive their descriptors
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        outgoing = reply.pop("fds", None) or []
+        close_all(received)  # mappings outlive their descriptors
         for stream in streams:  # what the candidate printed reaches the evidence even if it is killed later
             try:
                 stream.flush()
             except Exception:
                 pass
+        if isinstance(reply, ErrorReply):
+            close_all(outgoing)
+            outgoing = []
+        frame = {"ok": not isinstance(reply, ErrorReply), "cmd": command, **reply.to_wire()}
         try:
-            channel.send(reply, data, fds=outgoing)
+            channel.send(frame, fds=outgoing)
         finally:
-            for fd in outgoing:
-                os.close(fd)
+            close_all(outgoing)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -18,7 +18,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.client import RefereeClient
 from service.completions import Candidate, find_candidate, no_code_result
-from worker.feedback import write_feedback
 from worker.models import EvaluationResult, Verdict
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -113,8 +112,6 @@ class RefereeScorer:
                 for i, result in zip(pending, client.evaluate_many(bodies, concurrency=self.concurrency, timeout=self.timeout), strict=True):
                     candidate = candidates[i]
                     assert candidate is not None
-                    if result.verdict in (Verdict.compile_error, Verdict.runtime_error):
-                        result.feedback = write_feedback(result, source=candidate.source)  # quote the offending lines
                     scored[i] = Scored(result, (candidate.start, candidate.end))
         done = [s for s in scored if s is not None]
         for index, item in enumerate(done):

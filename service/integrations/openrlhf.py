@@ -24,7 +24,7 @@ import asyncio
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..auth import require_owner
 from ..client import API_KEY_HEADER
 from ..completions import NO_CODE_MESSAGE, extract_candidate, reference_in_prompt
+from ..exceptions import RefereeError, Unavailable, Unprocessable
 from ..routes import ERRORS, _wait_for
 from ..schemas import EvaluationRequest
 from ._common import problem_spec
@@ -98,7 +99,7 @@ async def openrlhf_reward(body: OpenRLHFRewardRequest, request: Request,
     n = len(body.query)
     for what, values in (("prompts", body.prompts), ("labels", body.labels)):
         if values is not None and len(values) != n:
-            raise HTTPException(422, f"{len(values)} {what} for {n} queries")
+            raise Unprocessable(f"{len(values)} {what} for {n} queries")
     referee = request.app.state.referee
     views: list[dict[str, Any] | None] = [None] * n
     ids: dict[int, str] = {}
@@ -113,19 +114,19 @@ async def openrlhf_reward(body: OpenRLHFRewardRequest, request: Request,
                 raise ValueError("no label and no `class Model` block in the prompt: pass --label_key with the reference")
             evaluation = EvaluationRequest.model_validate({**body.options, **problem_spec(label), "candidate": candidate})
         except ValueError as exc:  # pydantic's ValidationError is one
-            raise HTTPException(422, f"item {i}: {str(exc).splitlines()[0]}") from exc
+            raise Unprocessable(f"item {i}: {str(exc).splitlines()[0]}") from exc
         try:
             ids[i] = (await run_in_threadpool(referee.submit, owner, evaluation)).id
-        except HTTPException as exc:
-            raise HTTPException(exc.status_code, f"item {i}: {exc.detail}", headers=exc.headers) from exc
+        except RefereeError as exc:
+            raise exc.about(f"item {i}: ") from exc
     wait = request.app.state.settings.max_wait_s
     finished = await asyncio.gather(*(_wait_for(referee, owner, evaluation_id, wait) for evaluation_id in ids.values()))
     for i, view in zip(ids, finished, strict=True):
         if view is None or "verdict" not in view:
-            raise HTTPException(503, f"item {i}: no result within {wait:g} s; retry", headers={"Retry-After": "5"})
+            raise Unavailable(f"item {i}: no result within {wait:g} s; retry", headers={"Retry-After": "5"})
         if view["verdict"] == "infrastructure_error":
             message = (view.get("error") or {}).get("message", "")
-            raise HTTPException(503, f"item {i}: Referee failed to evaluate it: {message}; retry", headers={"Retry-After": "5"})
+            raise Unavailable(f"item {i}: Referee failed to evaluate it: {message}; retry", headers={"Retry-After": "5"})
         views[i] = view
     logs = [log_values(view) for view in views]
     return OpenRLHFRewardResponse(

@@ -34,7 +34,7 @@ def _forged_dumps(value, *args, **kwargs):
             value["samples"] = [1e-6 for _ in value["samples"]]  # 1 ns per call
         for key in ("tampering", "audit_events", "compute_ops", "device_to_host"):
             if key in value:
-                value[key] = []
+                value[key] = type(value[key])()  # no findings, in the type the judge decodes (else: protocol_violation)
         if "stats" in value:
             value["stats"] = {**value["stats"], "median": 1e-6}
     return _real_dumps(value, *args, **kwargs)

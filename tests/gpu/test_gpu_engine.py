@@ -57,3 +57,57 @@ def test_harness_processes_get_one_hardware_queue_fresh_and_pooled() -> None:
         assert result.verdict == Verdict.correct, result.feedback
         # /proc/self/environ is what the process was started with: for a spare, the zygote's environment
         assert "connections: 1 1" in result.output.get("stdout", ""), result.output
+
+
+STOPS_THE_RECORDER = '''
+import sys
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def affine_relu_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(out_ptr + offs, tl.maximum(tl.load(x_ptr + offs, mask=mask), 0.0) * 2 + 1, mask=mask)
+
+
+class ModelNew(nn.Module):
+    calls = 0
+
+    def forward(self, x):
+        ModelNew.calls += 1
+        if ModelNew.calls == STOP_AT:  # into the timed rounds: stop the native recorder, keep working
+            for name, module in list(sys.modules.items()):
+                recorder = getattr(module, "_active", None)
+                if name.endswith("native") and recorder is not None and hasattr(recorder, "stop"):
+                    recorder.stop()
+        out = torch.empty_like(x)
+        n = x.numel()
+        affine_relu_kernel[(triton.cdiv(n, 1024),)](x, out, n, BLOCK=1024)
+        return out
+'''
+
+
+@pytest.mark.parametrize("stop_at", [10**9, 150], ids=["honest", "stops-the-recorder"])
+def test_a_candidate_that_stops_the_native_recorder_gets_no_speed_credit(stop_at: int) -> None:
+    """Once the recorder has said hello, records that stop adding up leave only the candidate's own
+    CUDA events, which are a claim: the result is judged on correctness and the speed is not
+    credited (worker/timed_rounds.py). The honest neighbour (the same kernel, never stopping the
+    recorder) is timed from the native records."""
+    problem = Problem(source=(Path(__file__).resolve().parents[1] / "exploits" / "problem.py").read_text())
+    source = STOPS_THE_RECORDER.replace("STOP_AT", str(stop_at))
+    result = evaluate(problem, Submission(source=source), EvalConfig(device="cuda"))
+    perf = result.performance
+    if stop_at > 10**6:
+        assert result.verdict == Verdict.correct, result.feedback
+        assert perf.meaningful and perf.timing_evidence == "native_recorder", (perf.timing_evidence, perf.note)
+        return
+    # Caught in-process (defence in depth) or judged without speed: never a credited speedup.
+    assert result.verdict in (Verdict.correct, Verdict.cheating), result.feedback
+    if result.verdict == Verdict.correct:
+        assert not perf.meaningful and perf.speedup is None, (perf.timing_evidence, perf.note)
+        assert perf.note and "native records unusable" in perf.note
+        assert result.reward <= 1.0

@@ -1,5 +1,5 @@
 """A trainer installs the client and the adapters alone (issue 19, item 5): a fresh venv with only the
-base install (pydantic, httpx, tenacity from the package index) imports every adapter, and none of
+base install (pydantic, pydantic-settings, httpx, tenacity from the package index) imports every adapter, and none of
 them pulls in the server stack, which is indeed absent there."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ SERVER_STACK = [
     "rq",
     "redis",
     "prometheus_client",
-    "pydantic_settings",
     "typer",
     "rich",
     "yaml",

@@ -18,6 +18,7 @@ from service_support import FAST, ROOT, TINY_CANDIDATE, TINY_REFERENCE, free_por
 from service.app import create_app
 from service.evaluations import Prepared
 from service.settings import Settings
+from worker.models import EvalConfig, Problem, Submission
 
 # The reference module fails when it is imported, which only running it can show.
 FAILING_REFERENCE = TINY_REFERENCE + "\nraise RuntimeError('the data set is not there')\n"
@@ -72,8 +73,10 @@ def test_a_reference_that_fails_when_run_is_invalid_submission_with_a_problem_er
 
 def test_a_job_that_raises_ends_as_infrastructure_error(embedded: TestClient) -> None:
     referee = embedded.app.state.referee
-    broken = Prepared(digest=uuid.uuid4().hex, payload={"problem": {}, "submission": {}, "config": {}}, timeout_s=60, name=None,
-                      reward_preset="tritonrl")
+    # An empty reference, which the API refuses with a 422, built past validation: the worker's own
+    # validation of the job raises, as any fault in the job function would.
+    broken = Prepared(digest=uuid.uuid4().hex, problem=Problem.model_construct(source="", name="problem"),
+                      submission=Submission(source="x"), config=EvalConfig(), timeout_s=60, name=None)
     evaluation_id = referee.admit("anonymous", [broken])[0].id
     result = embedded.get(f"/v1/evaluations/{evaluation_id}", params={"wait": 30}).json()
     assert result["verdict"] == "infrastructure_error" and result["status"] == "failed", result

@@ -35,6 +35,7 @@ from service_support import (
 from service.app import create_app
 from service.evaluations import Prepared
 from service.server import background_server
+from worker.models import EvalConfig, Problem, RewardConfig, Submission
 
 ALICE, BOB, LIMITED = ({"X-API-Key": key} for key in API_KEYS)
 
@@ -211,8 +212,11 @@ def test_a_job_that_raises_is_retried_then_ends_as_infrastructure_error(redis_ur
     queue = f"raising-{uuid.uuid4().hex[:8]}"
     start_worker(queue, url=url)
     referee = create_app(redis_settings(url, queue, job_retries=1)).state.referee  # no lifespan: no background sweep
-    broken = Prepared(digest=uuid.uuid4().hex, payload={"problem": {}, "submission": {}, "config": {}},
-                      timeout_s=60, name="broken", reward_preset="fast_p")
+    # An empty reference, which the API refuses with a 422, built past validation: the worker's own
+    # validation of the job raises, as any fault in the job function would.
+    broken = Prepared(digest=uuid.uuid4().hex, problem=Problem.model_construct(source="", name="problem"),
+                      submission=Submission(source="x"), config=EvalConfig(reward=RewardConfig(preset="fast_p")),
+                      timeout_s=60, name="broken")
     evaluation_id = referee.admit("owner", [broken])[0].id
     connection = redis.Redis.from_url(url)
     job = wait_until(lambda: (j := Job.fetch(evaluation_id, connection=connection, serializer=JSONSerializer))

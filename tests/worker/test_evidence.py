@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from sandbox.harness import shm, tensors
+from sandbox.harness.messages import Compare, InputsCheck, ReferenceSetup, TrialInputs
 from sandbox.harness.reference import ReferenceRole
 from tests.conftest import TINY_REFERENCE
 from worker.evaluate import evaluate
@@ -126,14 +127,14 @@ def test_a_shared_input_reaches_no_expected_output_and_no_other_input_set(tmp_pa
     source = tmp_path / "problem.py"
     source.write_text(TINY_REFERENCE)
     role = ReferenceRole()
-    setup, _ = role.cmd_setup({"cmd": "setup", "path": str(source), "device": "cpu", "init_seed": 1,
-                               "input_sets": [{}], "fds": []}, bytearray())
-    for fd in setup["fds"]:
+    _, setup_fds = role.cmd_setup(ReferenceSetup(path=str(source), source=TINY_REFERENCE, device="cpu", init_seed=1,
+                                                 input_sets=[{}]), [])
+    for fd in setup_fds:
         os.close(fd)
-    replies = {label: role.cmd_inputs({"cmd": "inputs", "trial": label, "set_index": 0, "seed": seed, "fds": []}, bytearray())[0]
+    replies = {label: role.cmd_inputs(TrialInputs(trial=label, set_index=0, seed=seed), [])
                for label, seed in (("trial0", 11), ("trial1", 12))}
     secrets = {label: (role.trials[label][0][0], role.trials[label][2]) for label in replies}  # pristine input, expected
-    (fd,) = replies["trial0"]["fds"]
+    (fd,) = replies["trial0"][1]
     whole = os.pread(fd, shm.size(fd), 0)  # everything the descriptor reaches
     x0, expected0 = secrets["trial0"]
     x1, expected1 = secrets["trial1"]
@@ -143,14 +144,14 @@ def test_a_shared_input_reaches_no_expected_output_and_no_other_input_set(tmp_pa
         assert needle not in whole
     # The candidate's view: writes reach the reference's shared copy, never its pristine one.
     attached = tensors.Attached(torch.device("cpu"))
-    (x,) = attached.attach(replies["trial0"]["inputs"], [fd], writable=True)
+    (x,) = attached.attach(replies["trial0"][0].inputs, [fd], writable=True)
     assert torch.equal(x, x0)
     x.zero_()
-    report, _ = role.cmd_compare({"cmd": "compare", "trial": "trial0", "outputs": None, "fds": []}, bytearray())
-    assert report["report"]["inputs"] == {"unchanged": False, "changed_inputs": [0]}
+    compared, _ = role.cmd_compare(Compare(trial="trial0", outputs=None), [])
+    assert compared.report.inputs == InputsCheck(unchanged=False, changed_inputs=[0])
     assert not torch.equal(x0, torch.zeros_like(x0))
-    for reply in replies.values():
-        for descriptor in reply["fds"]:
+    for _, descriptors in replies.values():
+        for descriptor in descriptors:
             os.close(descriptor)
 
 
@@ -248,9 +249,9 @@ def test_a_large_problem_gets_fewer_trials_and_one_timing_set(monkeypatch: pytes
                                                                           honest_tiny_candidate: str) -> None:
     """The size threshold lowered to the tiny problem's (4 kB of input, 4 kB of output): by default
     3 trials instead of 5 (still every input set) and one timing set; what a request asks for is kept."""
-    import worker.evaluate as engine
+    import worker.evaluation_state as state
 
-    monkeypatch.setattr(engine, "LARGE_TRIAL_BYTES", 1000)
+    monkeypatch.setattr(state, "LARGE_TRIAL_BYTES", 1000)
     problem, candidate = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate)
     large = evaluate(problem, candidate, EvalConfig(device="cpu"))
     assert large.verdict == Verdict.correct, large.feedback

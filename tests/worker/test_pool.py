@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.harness import tensors
+from sandbox.harness.messages import CandidateSetup, request_wire
 from sandbox.harness.zygote import Zygote
 from sandbox.launch import child_environment
 from tests.tiny_problem import CANDIDATE, REFERENCE
@@ -64,14 +65,13 @@ def test_children_get_their_own_session_environment_and_directory(warm_pool) -> 
 def test_memory_limit_kills_a_pooled_child_and_says_so(warm_pool) -> None:
     workdir = Path(warm_pool.scratch) / "job-memory" / "candidate"
     workdir.mkdir(parents=True)
-    (workdir / "bomb.py").write_text(MEMORY_BOMB)
     process = HarnessProcess("candidate", workdir, "cpu", pool=warm_pool, limits={"core_bytes": 0, "memory_bytes": 1 << 30})
     process.start()
     try:
         description, payload = tensors.encode([])
         with pytest.raises(HarnessDied, match=r"killed for holding .* over its memory limit of 1024 MiB"):
-            process.request({"cmd": "setup", "path": str(workdir / "bomb.py"), "device": "cpu", "init_seed": 1,
-                             "init_inputs": description, "allowed_ops": []}, payload, deadline=time.monotonic() + 60)
+            setup = CandidateSetup(path=str(workdir / "bomb.py"), source=MEMORY_BOMB, device="cpu", init_seed=1, init_inputs=description)
+            process.request(request_wire(setup), payload, deadline=time.monotonic() + 60)
     finally:
         process.close()
     # The pool is unharmed: the next evaluation is fine.

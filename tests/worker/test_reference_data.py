@@ -17,6 +17,17 @@ import torch
 
 from sandbox.harness import tensors
 from sandbox.harness.compare import unpack_expected
+from sandbox.harness.messages import (
+    CachedTrial,
+    Compare,
+    Environment,
+    JudgeSetup,
+    ReferenceSetupReply,
+    TrialInputs,
+    TrialInputsReply,
+    TrialRecord,
+    TrialSizes,
+)
 from sandbox.harness.reference import ReferenceRole
 from tests.conftest import TINY_REFERENCE, tiny_candidate
 from worker.evaluate import evaluate
@@ -214,11 +225,13 @@ def test_an_rq_worker_keeps_reference_data_in_a_private_directory(monkeypatch: p
 
 
 def _entry(size: int = 100, salt: int = 1) -> ReferenceData:
-    entry = ReferenceData.start(salt, {"environment": {"device": "cpu"}, "init_inputs": {"t": "list", "items": []},
-                                       "valid_sets": [0]}, b"")
+    environment = Environment(device="cpu", torch="2", triton="3", python="3.12", interpreter=True)
+    entry = ReferenceData.start(salt, ReferenceSetupReply(environment=environment, init_inputs={"t": "list", "items": []},
+                                                          valid_sets=[0]), b"")
     for label in ("trial0", "trial1"):
-        entry.add_trial(label, 0, {"record": {"inputs": {"t": "tensor"}, "expected": {"t": "tensor"}}, "shapes": [[size]]},
-                        bytes(range(256)) * (size // 256) + bytes(size % 256), bytes(size))
+        recorded = TrialInputsReply(inputs={"t": "list", "items": []}, shapes=[[size]], nbytes=TrialSizes(inputs=size, expected=size),
+                                    record=TrialRecord(inputs={"t": "tensor"}, expected={"t": "tensor"}, fds=[0, 1]))
+        entry.add_trial(label, 0, recorded, bytes(range(256)) * (size // 256) + bytes(size % 256), bytes(size))
     return entry
 
 
@@ -278,25 +291,23 @@ def _judge_compare(outputs: Any, expected: torch.Tensor, pristine: list[Any], mu
     """A judge given a cached trial (inputs and expected outputs as sealed memfds, as the engine
     hands them over) compares outputs exported as the candidate's process exports them."""
     judge = ReferenceRole()
-    reply, _ = judge.cmd_setup({"cmd": "setup", "judge": True, "device": "cpu", "fds": []}, bytearray())
-    assert reply["environment"]["device"] == "cpu" and judge.model is None and judge.module is None
+    reply, _ = judge.cmd_judge(JudgeSetup(device="cpu"), [])
+    assert reply.environment.device == "cpu" and judge.model is None and judge.module is None
     pristine_desc, pristine_fd = tensors.share_bytes(pristine)
     expected_desc, expected_fd = tensors.share_bytes(expected)
-    shared, _ = judge.cmd_inputs({"cmd": "inputs", "trial": "trial0", "cached": {"inputs": pristine_desc, "expected": expected_desc},
-                                  "fds": [pristine_fd, expected_fd]}, bytearray())
+    shared, (shared_fd,) = judge.cmd_inputs(TrialInputs(trial="trial0", cached=CachedTrial(inputs=pristine_desc, expected=expected_desc)),
+                                            [pristine_fd, expected_fd])
     os.close(pristine_fd)
     os.close(expected_fd)
-    (shared_fd,) = shared["fds"]
     attached = tensors.Attached(torch.device("cpu"))
-    inputs = attached.attach(shared["inputs"], [shared_fd], writable=True)  # the candidate's view
+    inputs = attached.attach(shared.inputs, [shared_fd], writable=True)  # the candidate's view
     if mutate:
         inputs[0].zero_()
     description, fds = tensors.export_outputs(outputs, torch.device("cpu")) if isinstance(outputs, torch.Tensor) else (outputs, [])
-    reply, _ = judge.cmd_compare({"cmd": "compare", "trial": "trial0", "outputs": description, "atol": None, "rtol": None,
-                                  "fds": fds}, bytearray())
+    compared, _ = judge.cmd_compare(Compare(trial="trial0", outputs=description), fds)
     for fd in [shared_fd, *fds]:
         os.close(fd)
-    return reply["report"]
+    return compared.report.to_wire()
 
 
 def test_the_judge_compares_with_the_supplied_expected_outputs() -> None:
