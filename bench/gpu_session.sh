@@ -12,7 +12,8 @@
 # kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools; every evaluation ends by 560 s);
 # both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench);
 # confine (issue 18, ~2 min: CUDA, CUDA IPC and Triton's compilers under each
-# lockdown layer, then the locked-down warm pool under unshare against an attacker past its guards), corpus (issue 16: bench/corpus.py on CORPUS_MANIFEST).
+# lockdown layer, then the locked-down warm pool under unshare against an attacker past its guards), corpus (issue 16: bench/corpus.py on CORPUS_MANIFEST),
+# anticheat (issue 16: the anti-cheat corpus, CPU files plus tests/gpu/{exploits,honest}, ~3 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -75,6 +76,8 @@ for step in $steps; do
       # ~97 pairs at 4 at once); CORPUS_MANIFEST names the manifest (read by path, never copied), CORPUS_ARGS adds flags
       [ -n "${CORPUS_MANIFEST:-}" ] || { echo "corpus: set CORPUS_MANIFEST=/path/to/manifest.jsonl"; exit 1; }
       python3 -m bench.corpus --manifest "$CORPUS_MANIFEST" --device cuda --out "$OUT" ${CORPUS_ARGS:-} 2>&1 | tee "$OUT/corpus.log" || status=1 ;;
+    anticheat)  # the anti-cheat corpus only (CPU files plus tests/gpu/{exploits,honest}), ~3 min
+      REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_corpus.py --tb=short 2>&1 | tee "$OUT/gpu-anticheat.log" || status=1 ;;
     churn) python3 -m bench.context_churn --out "$OUT" ${CHURN_ARGS:-} 2>&1 | tee "$OUT/context-churn.log" || status=1 ;;
     cv_load) need_redis cv_load && python3 -m bench.cv_under_load --out "$OUT" --redis-server .redis/redis-server ${CV_LOAD_ARGS:---problems softmax_8192x4096,matmul_2048} 2>&1 | tee "$OUT/cv-under-load.log" || status=1 ;;
     cli_vs_kb) # ~4 min: 4 example pairs x 2 repeats x (referee check + KernelBench's evaluator, fresh processes)

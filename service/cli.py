@@ -205,7 +205,8 @@ def check(
     backend = choose_isolation(isolation, settings)
     try:
         result = evaluate(problem, submission, config, isolation=backend, python=settings.harness_python,
-                          audit_hook=settings.audit_hook)
+                          audit_hook=settings.audit_hook,
+                        allow_native_code=settings.allow_native_code)
     except ProblemSourceError as exc:
         err.print(f"error: {reference}: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -277,7 +278,8 @@ def check_kernels(
     def run_one(entry: tuple[Path, str, Problem]) -> EvaluationResult:
         candidate, source, problem = entry
         return evaluate(problem, Submission(source=source, name=candidate.stem), config, isolation=backend, timing_lock=timing_lock,
-                        python=settings.harness_python, audit_hook=settings.audit_hook)
+                        python=settings.harness_python, audit_hook=settings.audit_hook,
+                        allow_native_code=settings.allow_native_code)
 
     cases: list[Case] = []
     console = make_console()

@@ -18,6 +18,7 @@ from worker import models
 ISOLATION = "auto"  # docker when a daemon and the image answer, then bwrap, then unshare
 LOCKDOWN = "on"  # every layer the kernel offers (landlock and seccomp) under every backend but `process`
 UNSAFE_NO_AUDIT_HOOK = False  # the operator's test switch; never for production
+ALLOW_NATIVE_CODE = False  # candidates may build and load native code (the native_code rule off)
 HARNESS_PYTHON: str | None = None  # None: the interpreter running the worker
 DOCKER_IMAGE = DEFAULT_IMAGE  # defined beside the docker backend, which cannot import this module
 DOCKER_PYTHON: str | None = None  # None: the host's own interpreter path (images made from the host's runtime)

@@ -41,7 +41,7 @@ from sandbox.harness.messages import (
 from sandbox.isolation import Isolation
 
 from . import judging, rules, static_checks
-from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key, watch_violations
+from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key
 from .feedback import write_feedback
 from .harness_client import CandidateClient, Exchange, ReferenceClient, Stop, close_fds
 from .input_sets import plan_input_sets
@@ -66,6 +66,7 @@ from .reward import compute_reward
 from .static_checks import ProblemSourceError
 from .timed_rounds import measure, timing_seeds
 from .timing_lock import TimingLock
+from .watchers import watch_violations
 
 
 def detect_device() -> Literal["cuda", "cpu"]:
@@ -95,14 +96,16 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
              job_id: str | None = None, python: str | None = None,
              reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None,
              pool: PoolClient | None = None, timing_lock: TimingLock | None = None,
-             reference_data: ReferenceDataCache | None = None, audit_hook: bool = True) -> EvaluationResult:
+             reference_data: ReferenceDataCache | None = None, audit_hook: bool = True,
+             allow_native_code: bool = False) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
     With `reference_cache`, the reference's timing is reused for the same problem, plan and card.
     With `reference_data` too, its inputs and expected outputs are (see `reference_data.py`).
     With `pool`, both harness processes are forked by the warm pool's zygote (its isolation applies)
     instead of started fresh. With `timing_lock`, the GPU is held only while timing. `audit_hook=False`
     is the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK, from the worker's settings, never a
-    request): the candidate runs without the audit hook, as if it had beaten it."""
+    request): the candidate runs without the audit hook, as if it had beaten it. `allow_native_code=True`
+    is the operator's REFEREE_ALLOW_NATIVE_CODE: building and loading native code is not `native_code`."""
     config = config or EvalConfig()
     started = time.monotonic()
     result_id = job_id or uuid.uuid4().hex
@@ -135,6 +138,7 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         reference_cache=reference_cache, timing_lock=timing_lock, started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
         kernel_functions=static_checks.jit_functions(ast.parse(submission.source)), audit_hook=audit_hook,
+        allow_native_code=allow_native_code,
     )
     run.anti_cheat.warnings.extend(static_warnings)
     verdict, error = Verdict.correct, None
@@ -212,7 +216,7 @@ def _check(run: Evaluation, reference: tuple[str, str], candidate: tuple[str, st
         setup = run.candidate.setup(CandidateSetup(
             path=candidate[0], source=candidate[1], device=run.device, init_seed=init_seed, init_inputs=reply.init_inputs,
             precision=config.precision, allowed_ops=run.allowed_ops, audit_hook=run.audit_hook,
-            randomize_parameters=reply.randomize_parameters), init_fds)
+            allow_native_code=run.allow_native_code, randomize_parameters=reply.randomize_parameters), init_fds)
     finally:
         close_fds(init_fds)
     run.add_violations(watch_violations(setup, "import"))
@@ -385,6 +389,8 @@ def _trial(run: Evaluation, label: str, set_index: int, counted: bool = True, va
     # With an op allowlist, an output may legitimately come from an allowed torch op.
     if outcome.unwritten_outputs and not outcome.output_problem and not run.allowed_ops:
         violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome.unwritten_outputs}))
+    if outcome.host_written_outputs and not run.allowed_ops:  # changed from the host after its last launch
+        violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "written_from_host": outcome.host_written_outputs}))
     if outcome.foreign_launches and not run.config.allow_foreign_kernels:
         violations.append(rules.violation("foreign_kernel", {"trial": label, "kernels": outcome.foreign_launches}))
     if outcome.launches == 0:

@@ -1,5 +1,5 @@
 """What one evaluation has learned so far (`Evaluation`), and the findings the judge draws from the
-candidate's replies: what its watchers saw and torch's share of its work.
+candidate's replies: torch's share of its work (what its watchers saw: worker/watchers.py).
 
 Shared by worker/evaluate.py (set-up, trials, verdict) and worker/timed_rounds.py (timing)."""
 
@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.harness.messages import Observations, RunReply, TimedRoundReply
+from sandbox.harness.messages import RunReply, TimedRoundReply
 
-from . import proportion, rules
+from . import proportion
 from .harness_client import CandidateClient, Exchange, ReferenceClient
 from .models import AntiCheat, Correctness, Environment, EvalConfig, Performance, Violation
 from .reference_cache import ReferenceCache
@@ -58,6 +58,7 @@ class Evaluation:
     compiled: bool = False
     started: float = 0.0
     audit_hook: bool = True  # off only by the operator's test switch (evaluate's audit_hook)
+    allow_native_code: bool = False  # the operator's switch (evaluate's allow_native_code)
     trial_nbytes: int = 0  # inputs and expected outputs of one trial (known after the first)
     output_nbytes: int = 0
     timing_sets: int = 1  # how many the reference made
@@ -92,23 +93,6 @@ def timing_key(run: Evaluation, input_sets: list[dict[str, int]], environment: d
         environment,
         {"sets": run.config.timing_sets, "max_seconds": run.config.max_timing_seconds},
     )
-
-
-def watch_violations(reply: Observations, phase: str) -> list[Violation]:
-    """Violations from what the candidate process's watchers saw during one phase (and, in a reply
-    of calls, what its op and launch recorders counted)."""
-    thread_events = [e.to_wire() for e in reply.audit_events if e.event == "thread.start"]
-    other_events = [e.to_wire() for e in reply.audit_events if e.event != "thread.start"]
-    calls = reply if isinstance(reply, (RunReply, TimedRoundReply)) else None
-    checks = [
-        ("torch_fallback", calls.compute_ops if calls is not None and calls.work is None else None, "ops"),  # else: judge_work
-        ("tampering", reply.tampering[:20], "changed"),
-        ("forbidden_call", other_events[:20], "events"),
-        ("background_thread", thread_events[:20], "events"),
-        ("side_stream", calls.side_stream_launches if calls is not None else None, "launches"),
-        ("device_to_host_transfer", calls.device_to_host if calls is not None else None, "copies"),
-    ]
-    return [rules.violation(rule, {"phase": phase, key: value}) for rule, value, key in checks if value]
 
 
 def judge_work(run: Evaluation, reply: RunReply | TimedRoundReply, phase: str) -> list[Violation]:

@@ -62,6 +62,7 @@ from . import rules
 from .models import Verdict, Violation
 from .process import HarnessDied, HarnessProcess, HarnessTimeout
 from .static_checks import ProblemSourceError
+from .watchers import watch_violations
 
 R = TypeVar("R", bound=Message)
 
@@ -170,7 +171,7 @@ class HarnessClient:
             raise self._malformed(command, exc) from None
         if isinstance(reply, ErrorReply):
             close_fds(fds)
-            raise self._failed(reply)
+            raise self._failed(reply, command)
         return cast(R, reply), fds
 
     def _send(self, request: Message, fds: list[int] | None, step: str) -> Pending[Message]:
@@ -179,13 +180,18 @@ class HarnessClient:
         self._failing(lambda: self.process.post(request_wire(request), deadline=self.exchange.deadline, fds=fds))
         return Pending(request, reply_type, started, step)
 
-    def _failed(self, reply: ErrorReply) -> Exception:
+    def _failed(self, reply: ErrorReply, command: str) -> Exception:
         """The verdict of a command that failed in the process."""
         error = reply.error
         if self.trusted:
             if error.kind == "problem_error":
                 return ProblemSourceError(error.message or "the reference failed")
             return Stop(Verdict.infrastructure_error, error.to_wire())
+        # What the watchers saw before the failure: torch ops before a crash stay a crash (an error
+        # reply carries none), refused calls and tampering do not.
+        caught = watch_violations(reply, command)
+        if caught:  # a forbidden call that ended the run is cheating, not a crash
+            return Stop(Verdict.cheating, error.to_wire(), caught)
         return Stop(FAILURE_VERDICTS.get(error.kind, Verdict.infrastructure_error), error.to_wire())
 
     def _malformed(self, command: str, exc: MessageError) -> Stop:

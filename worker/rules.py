@@ -118,6 +118,23 @@ RULES: dict[str, Rule] = {
             "your code started a thread; forward must do its work synchronously",
         ),
         Rule(
+            "native_code", Severity.fatal,
+            "native code built or loaded on the candidate's behalf: torch.utils.cpp_extension / load_inline, ninja, "
+            "gcc, a shared library written into the job directory, ctypes or torch.ops.load_library of one",
+            "the audit hook refuses build tools (unless Triton's own launcher builder, by code identity, is running) "
+            "and loading libraries from outside the system's and the trusted packages' directories, whoever the "
+            "caller; the job directory is scanned for ELF files after every phase (operator switch: "
+            "REFEREE_ALLOW_NATIVE_CODE=1)",
+            "your code built or loaded native code; only Triton kernels are accepted (native extensions run outside "
+            "every check)",
+        ),
+        Rule(
+            "cuda_graph", Severity.fatal,
+            "CUDA graphs captured in __init__ (or anywhere) and replayed in forward: launches the hooks cannot attribute",
+            "the CUDA graph capture and replay methods are replaced before import; calling them is refused (GPU only)",
+            "your code captured or replayed a CUDA graph; launch your Triton kernels directly in forward",
+        ),
+        Rule(
             "low_triton_time_fraction", Severity.fatal,
             "partial fallback that dispatch tracing cannot see (other libraries' GPU kernels doing the work)",
             "torch's profiler measures GPU kernel time per kernel; the share in the submission's Triton kernels must "
@@ -165,6 +182,18 @@ RULES: dict[str, Rule] = {
         ),
     )
 }
+
+
+def rule_of_event(event: dict[str, Any]) -> str:
+    """The rule a refused call reported by the audit hook belongs to."""
+    name, reason = str(event.get("event", "")), str(event.get("reason", ""))
+    if name == "thread.start":
+        return "background_thread"
+    if name.startswith("cuda.graph"):
+        return "cuda_graph"
+    if reason.startswith(("building native code", "loading a native library")):
+        return "native_code"
+    return "forbidden_call"
 
 
 def violation(rule_id: str, evidence: dict[str, Any] | None = None, message: str | None = None) -> Violation:

@@ -43,6 +43,9 @@ class JudgeSettings(BaseSettings):
         default=defaults.UNSAFE_NO_AUDIT_HOOK,
         description="candidates run without the audit hook: testing the kernel's layer alone",
     )
+    allow_native_code: bool = Field(
+        default=defaults.ALLOW_NATIVE_CODE, description="candidates may build and load native code (native_code off)"
+    )
     harness_python: str | None = Field(default=defaults.HARNESS_PYTHON, description="interpreter for harness processes")
     docker_image: str = defaults.DOCKER_IMAGE
     docker_python: str | None = defaults.DOCKER_PYTHON

@@ -13,10 +13,11 @@ from sandbox.harness.messages import CheckRound, RoundCheck, TimeRound
 from sandbox.harness.stats import clean_samples, summarize, tight
 
 from . import native_evidence, proportion, rules
-from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key, watch_violations
+from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key
 from .harness_client import Stop, close_fds
 from .models import TimingStats, Verdict, Violation
 from .reference_cache import ReferenceCache
+from .watchers import watch_violations
 
 # Timed rounds: every call's outputs are kept until the round is checked, within this many bytes.
 KEEP_BYTES = {"cuda": 4 << 30, "cpu": 256 << 20}

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import tensors, triton_cache
-from .audit import AuditGuard
+from .audit import AuditGuard, native_files
 from .dispatch import OpRecorder, compute_ops
 from .hardening import randomize_parameters
 from .integrity import IntegritySnapshot
@@ -41,6 +41,7 @@ from .messages import (
 )
 from .runtime import environment, error_reply, host_clock_autotuning, load_module, prepare_device, resolve_device, write_source
 from .timing import CudaTimer, profile_kernels, round_on_host
+from .witness import OpWitness
 from .work import WorkMeter, launch_bytes, unwritten_outputs
 
 
@@ -76,9 +77,11 @@ class CandidateRole:
         self.path = ""
         self.recorder: LaunchRecorder | None = None
         self.ops = OpRecorder()
+        self.witness = OpWitness()  # a second op recorder the candidate cannot pop (witness.py)
         self.audit: AuditGuard | None = None
         self.snapshot: IntegritySnapshot | None = None
         self.allowed_ops: frozenset[str] = frozenset()
+        self.allow_native = False
         self.compile_errors = _compile_error_types()
         # The helpers this role relies on, bound before the candidate is imported: the candidate runs
         # in this process and could rebind the module-level names (the snapshot reports it if so).
@@ -98,6 +101,8 @@ class CandidateRole:
         self._randomize_parameters = randomize_parameters
         self.meter = WorkMeter(lambda: self.recorder.launches if self.recorder is not None else [])
         self.ops.meter = self.meter
+        self._hidden_compute = self.witness.take_hidden
+        self._native_files = native_files
 
     def _failure(self, exc: BaseException, default_kind: str = "runtime_error") -> CandidateFailed:
         kind = "compile_error" if isinstance(exc, self.compile_errors) else default_kind
@@ -108,15 +113,15 @@ class CandidateRole:
             budget = MemoryBudget(memory="device", budget_bytes=int(total), free_bytes=int(free),
                                   used_bytes=int(torch.cuda.max_memory_reserved(self.device)))
             reply = dataclasses.replace(reply, error=dataclasses.replace(reply.error, memory_budget=budget))
+        reply = dataclasses.replace(reply, **self.observations())  # a refused call that ended the run is still evidence
         return CandidateFailed(reply)
 
     def cmd_prepare(self, request: Prepare, fds: list[int]) -> tuple[Done, list[int]]:
         prepare_device(request.device)
-        if resolve_device(request.device).type == "cuda":
-            # What `setup` needs imported before its snapshot (see there), imported here instead: the
-            # engine overlaps `prepare` with the reference's set-up, and torch._dynamo alone takes
-            # seconds to import, which were on the critical path of every one-shot check.
-            importlib.import_module("torch._dynamo")
+        # What `setup` needs imported before its snapshot (see there), imported here instead, on every
+        # device: the engine overlaps `prepare` with the reference's set-up, and torch._dynamo alone
+        # takes seconds to import, which were on the critical path of every one-shot check.
+        importlib.import_module("torch._dynamo")
         return Done(), []
 
     def cmd_setup(self, request: CandidateSetup, fds: list[int]) -> tuple[CandidateSetupReply | ErrorReply, list[int]]:
@@ -127,19 +132,24 @@ class CandidateRole:
             tensors.decode(request.init_inputs, b"", "cpu"))
         self.allowed_ops = frozenset(request.allowed_ops)
         # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.
-        self.recorder = LaunchRecorder(candidate_file=self.path)
+        self.recorder = LaunchRecorder(candidate_file=self.path, op_clock=self.ops.clock,
+                                       on_gpu=self.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1")
         self.recorder.install()
         if os.environ.get("TRITON_INTERPRET") == "1":
             host_clock_autotuning()
-        with self.ops:  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
+        with self.witness, self.ops:  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
             torch.empty(0)
         self.ops.take()
+        self.witness.take()
         # torch._dynamo rewraps torch.manual_seed when imported; the profiler, @torch.compiler.disable and
         # torch.library.custom_op import it lazily: before the snapshot, on every device.
         importlib.import_module("torch._dynamo")
         self.native_recorder = self._native_recorder()  # bound before the candidate is imported
+        self.witness.profiling = self.native_recorder is None  # kineto and the recorder share CUPTI's callbacks
+        # The operator's switch (REFEREE_ALLOW_NATIVE_CODE, from the worker's settings): builds, loads and ELF files allowed.
+        self.allow_native = request.allow_native_code
         if request.audit_hook:  # off only by the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK)
-            self.audit = AuditGuard(self.path, os.path.dirname(self.path))
+            self.audit = AuditGuard(self.path, os.path.dirname(self.path), allow_native=self.allow_native)
             self.audit.install()
         self.snapshot = IntegritySnapshot()
         self._integrity_changes = self.snapshot.changes
@@ -148,9 +158,7 @@ class CandidateRole:
         try:
             module = load_module(self.path, "referee_candidate")
         except BaseException as exc:
-            failure = self._failure(exc)
-            failure.reply = dataclasses.replace(failure.reply, **self.observations())
-            raise failure from None
+            raise self._failure(exc) from None
         model_class = getattr(module, "ModelNew", None)
         if model_class is None:
             return ErrorReply(error=ErrorDetail(kind="invalid_submission", type="MissingModelNew",
@@ -173,9 +181,23 @@ class CandidateRole:
         """What the watchers saw since the last reply: integrity changes and refused calls."""
         events = []
         if self.audit is not None:
-            events, self.audit.events = self.audit.events, []
+            events = list(self.audit.events)
+            self.audit.events.clear()  # in place: the hook holds this very list
         changes = self._integrity_changes() if self.snapshot is not None else []
-        return {"tampering": changes, "audit_events": events}
+        _, witness_failure = self.witness.take()
+        if witness_failure:
+            changes.append(witness_failure)
+        host_memory = 0
+        if self.recorder is not None:
+            host_memory, self.recorder.host_memory_launches = self.recorder.host_memory_launches, 0
+        return {"tampering": changes, "audit_events": events, "host_memory_launches": host_memory,
+                "threads_left_running": self.witness.take_threads(), "native_files": [] if self.allow_native else self._native_files(os.path.dirname(self.path)),
+                "hidden_compute": self._take_hidden()}
+
+    def _take_hidden(self) -> dict[str, int]:
+        """Compute ops the op witness saw and the dispatch mode did not, since the last reply."""
+        seen, self.ops.taken = self.ops.taken + self.ops.ops, type(self.ops.taken)()
+        return self._hidden_compute(seen, self.allowed_ops)
 
     def _poison(self, inputs: list[Any]) -> None:
         """Fill memory the allocator will hand out next with NaN (0xFF bytes), so output elements a
@@ -188,7 +210,7 @@ class CandidateRole:
     def _forward(self, inputs: list[Any]) -> Any:
         self._poison(inputs)
         try:
-            with torch.no_grad(), self.ops:
+            with self.witness, torch.no_grad(), self.ops:
                 outputs = self.model(*inputs)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -238,6 +260,7 @@ class CandidateRole:
             "device_to_host": device_to_host,
             "unwritten_outputs": self._unwritten_outputs(outputs, written, derived, work["scalar_reads_of_kernel_data"] > 0),
             "work": Work(**work),
+            "host_written_outputs": self.recorder.host_written(outputs, launches),
             "side_stream_launches": sum(1 for launch in launches if launch.side_stream),
             **self.observations(),
         }
@@ -268,7 +291,7 @@ class CandidateRole:
         # the timed calls from the checked ones by looking for it.
         self.recorder.keep_storages = self.meter.tracking = False
         try:
-            with torch.no_grad(), self.ops:
+            with self.witness, torch.no_grad(), self.ops:
                 if self.device.type == "cuda":
                     if self.timer is None:
                         self.timer = CudaTimer(self.device)

@@ -32,9 +32,21 @@ BOOKKEEPING_OPS = frozenset({
 })
 
 
+# Ops that only make views or read: they cannot have written an output (`.numpy()` dispatches `detach`).
+VIEW_OPS = frozenset({
+    "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "alias", "detach", "t", "transpose", "permute",
+    "expand", "squeeze", "unsqueeze", "slice", "select", "narrow", "split", "split_with_sizes", "chunk", "unbind",
+    "flatten", "unflatten", "view_as", "movedim", "diagonal", "unfold", "_local_scalar_dense", "lift_fresh",
+})
+
+
 def op_name(func: Any) -> str:
+    """`relu` for aten ops; `namespace::name` for any other namespace (a custom op named `clone` is
+    not the bookkeeping op `clone`)."""
     packet = getattr(func, "overloadpacket", None)
-    return str(packet.__name__ if packet is not None else func).removeprefix("aten.")
+    name = str(packet.__name__ if packet is not None else func).removeprefix("aten.")
+    namespace = getattr(func, "namespace", "aten")
+    return name if namespace == "aten" else f"{namespace}::{name}"
 
 
 class OpRecorder(TorchDispatchMode):
@@ -51,6 +63,8 @@ class OpRecorder(TorchDispatchMode):
         self.ops: Counter[str] = Counter()
         self.device_to_host: int = 0
         self.meter: Any = None  # a work.WorkMeter, set by the candidate role
+        self.taken: Counter[str] = Counter()
+        self.sequence = 0  # ops that can write, dispatched so far, never reset (orders them against launches)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
@@ -60,6 +74,8 @@ class OpRecorder(TorchDispatchMode):
                 return body(*args, **kwargs)
         name = op_name(func)
         self.ops[name] += 1
+        if name not in VIEW_OPS:
+            self.sequence += 1
         # A scalar read (`.item()`) is not a data copy: the work meter counts it (worker/proportion.py judges).
         if name in ("_to_copy", "copy_", "_copy_from") and _moves_to_host(name, args, kwargs):
             self.device_to_host += 1
@@ -68,8 +84,12 @@ class OpRecorder(TorchDispatchMode):
             self.meter.record(name, name in BOOKKEEPING_OPS, args, kwargs, result)
         return result
 
+    def clock(self) -> int:
+        return self.sequence
+
     def take(self) -> tuple[Counter[str], int]:
         ops, transfers = self.ops, self.device_to_host
+        self.taken += ops  # what the op witness compares with (witness.py), until it takes it
         self.ops, self.device_to_host = Counter(), 0
         return ops, transfers
 
@@ -89,4 +109,7 @@ def _moves_to_host(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 
 def compute_ops(ops: Counter[str], allowed: frozenset[str] = frozenset()) -> dict[str, int]:
-    return {name: count for name, count in sorted(ops.items()) if name not in BOOKKEEPING_OPS and name not in allowed}
+    """Compute among the recorded ops. Ops of other namespaces (custom ops) are containers: the mode
+    cannot see into them; the op witness (witness.py) judges what their bodies run."""
+    return {name: count for name, count in sorted(ops.items())
+            if "::" not in name and name not in BOOKKEEPING_OPS and name not in allowed}

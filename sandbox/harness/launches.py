@@ -9,7 +9,10 @@ submitted file.
 
 from __future__ import annotations
 
+import ctypes
+import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +27,10 @@ class Launch:
     keep_alive: list[Any]  # the storages themselves: freed memory would be reused at the same address
     side_stream: bool = False  # launched on a CUDA stream other than the default one
     nbytes: int = 0  # bytes of its tensor arguments (the work it may touch; kept while timing too)
+    # Host (CPU) storages: a fingerprint of their bytes right after the launch, and the op recorder's
+    # count then (a change later with no op since was written from the host: numpy, a raw pointer).
+    fingerprints: dict[int, int] = field(default_factory=dict)
+    sequence: int = 0
 
 
 @dataclass
@@ -37,6 +44,9 @@ class LaunchRecorder:
     # allocator fetch fresh device memory on each call (host time, and noise, in the candidate's
     # timing only). Which storages a launch wrote is checked in the correctness runs.
     keep_storages: bool = True
+    op_clock: Callable[[], int] = lambda: 0  # the op recorder's count of dispatched ops
+    on_gpu: bool = False  # compiled launches on a GPU (not the interpreter)
+    host_memory_launches: int = 0  # GPU launches that took a tensor in host memory (pinned)
 
     def install(self) -> None:
         from triton.runtime.jit import JITFunction
@@ -74,9 +84,27 @@ class LaunchRecorder:
         tensors = {value.data_ptr(): value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor)}
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         side_stream = torch.cuda.is_initialized() and torch.cuda.current_stream() != torch.cuda.default_stream()
+        host = [value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor) and value.device.type == "cpu"]
+        if self.on_gpu and host:
+            self.host_memory_launches += 1  # the kernel reads or writes host memory: data left the device
+        fingerprints = {_extent(value): _fingerprint(value) for value in host} if self.keep_storages else {}
         self.launches.append(Launch(kernel=name, own=own, storages=storages, keep_alive=held, side_stream=side_stream,
-                                    nbytes=nbytes))
+                                    nbytes=nbytes, fingerprints=fingerprints, sequence=self.op_clock()))
         (self.totals if own else self.foreign)[name] += 1
+
+    def host_written(self, outputs: Any, launches: list[Launch]) -> list[int]:
+        """Indices of host outputs whose bytes changed after the last launch that took their storage,
+        with no torch op dispatched since: written from the host (numpy on `out.numpy()`, a pointer)."""
+        now = self.op_clock()
+        changed = []
+        for index, tensor in enumerate(outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or tensor.layout != torch.strided:
+                continue
+            extent = _extent(tensor)
+            last = next((launch for launch in reversed(launches) if extent in launch.fingerprints), None)
+            if last is not None and last.sequence == now and _fingerprint(tensor) != last.fingerprints[extent]:
+                changed.append(index)
+        return changed
 
     def take(self) -> list[Launch]:
         """Launches since the last call (one forward's worth)."""
@@ -89,3 +117,20 @@ class LaunchRecorder:
             "kernels": sorted(self.totals),
             "foreign_kernels": sorted(self.foreign),
         }
+
+
+def _extent(tensor: Any) -> tuple[int, int]:
+    """(address, bytes) a host tensor's elements span (not its whole storage: a mapped input's
+    storage can be far larger than the tensor)."""
+    if not tensor.numel():
+        return tensor.data_ptr(), 0
+    span = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True) if size)
+    return tensor.data_ptr(), span * tensor.element_size()
+
+
+def _fingerprint(tensor: Any) -> int:
+    """CRC of the bytes a host tensor spans, read in place (no torch op: the recorders must not see it)."""
+    address, nbytes = _extent(tensor)
+    if not nbytes or not address:
+        return 0
+    return zlib.crc32((ctypes.c_char * nbytes).from_address(address))

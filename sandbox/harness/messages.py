@@ -134,6 +134,10 @@ class Observations(Message):
 
     tampering: list[str] = field(default_factory=list)
     audit_events: list[AuditEvent] = field(default_factory=list)
+    host_memory_launches: Count = 0  # GPU launches that took a tensor in host memory (launches.py)
+    threads_left_running: Count = 0  # threads still running after a call returned (witness.py)
+    native_files: list[str] = field(default_factory=list)  # ELF files in the job directory (audit.native_files)
+    hidden_compute: dict[str, Count] = field(default_factory=dict)  # compute the op witness saw and the mode did not
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -433,6 +437,7 @@ class CandidateSetup(Message):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     allowed_ops: list[str] = field(default_factory=list)
     audit_hook: bool = True
+    allow_native_code: bool = False  # the operator's switch (REFEREE_ALLOW_NATIVE_CODE): native_code off
     randomize_parameters: bool = False
 
 
@@ -460,6 +465,7 @@ class RunReply(Observations):
     unwritten_outputs: list[Index]
     work: Work | None = None
     side_stream_launches: Count = 0
+    host_written_outputs: list[Index] = field(default_factory=list)  # changed from the host after their last launch
     outputs: Json = None  # a description of the outputs (None: they could not be exported)
     output_problem: str | None = None
 

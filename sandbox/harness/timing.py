@@ -199,7 +199,9 @@ def round_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Seq
 def profile_kernels(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], mode: Any, reps: int = 3) -> dict[str, float]:
     """GPU kernel time (microseconds) per kernel name over `reps` calls, from torch's profiler."""
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.no_grad(), mode:
+    from .witness import experimental_config  # the op witness's settings: the profiler looks the same in every phase
+
+    with profile(activities=[ProfilerActivity.CUDA], experimental_config=experimental_config()) as prof, torch.no_grad(), mode:
         for i in range(reps):
             call(input_sets[i % len(input_sets)])
         torch.cuda.synchronize()

@@ -39,11 +39,29 @@ def _expected(path: Path) -> str:
     return match.group(1)
 
 
+# Cases that reach frames through a traceback (`exc.__traceback__.tb_frame`, then `f_back`): the audit
+# hook refuses that in process (forbidden_call, docs/anticheat.md), so the judge-side evidence they
+# show is judged as the operator's REFEREE_UNSAFE_NO_AUDIT_HOOK switch runs them, without the hook.
+THROUGH_TRACEBACKS = {"honest_traceback", "replay_through_traceback"}
+
+
 def _evaluate(path: Path, pool: Any) -> EvaluationResult:
     if path not in _RESULTS:
         _RESULTS[path] = evaluate(PROBLEM, Submission(source=path.read_text()),
-                                  EvalConfig(device="cpu", trials=2, timeout_s=90), pool=pool)
+                                  EvalConfig(device="cpu", trials=2, timeout_s=90), pool=pool,
+                                  audit_hook=path.stem not in THROUGH_TRACEBACKS)
     return _RESULTS[path]
+
+
+@pytest.mark.parametrize("name", sorted(THROUGH_TRACEBACKS))
+def test_frames_reached_through_a_traceback_are_refused_in_process(name: str, warm_pool: Any) -> None:
+    """With the audit hook (production) reading `tb_frame` is refused: a candidate cannot tell what a
+    walk up from its own traceback is for, and it reaches the harness's frames; honest code formats
+    tracebacks with the traceback module (tests/honest/traceback_formatting.py, accepted)."""
+    result = evaluate(PROBLEM, Submission(source=(TESTS / "evidence" / f"{name}.py").read_text()),
+                      EvalConfig(device="cpu", trials=2, timeout_s=90), pool=warm_pool)
+    assert result.verdict == Verdict.cheating, result.feedback
+    assert "forbidden_call" in [v.rule for v in result.anti_cheat.violations]
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)

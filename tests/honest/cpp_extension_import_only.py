@@ -1,0 +1,28 @@
+# expect: correct — imports torch.utils.cpp_extension and reads its include paths (no build)
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def affine_relu_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, tl.maximum(x, 0.0) * 2 + 1, mask=mask)
+
+
+def launch(x, out):
+    n = x.numel()
+    affine_relu_kernel[(triton.cdiv(n, 1024),)](x, out, n, BLOCK=1024)
+    return out
+
+from torch.utils.cpp_extension import include_paths
+
+INCLUDES = include_paths()
+
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        return launch(x, torch.empty_like(x))
