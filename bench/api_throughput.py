@@ -28,8 +28,10 @@ REFERENCE = tiny().reference
 
 def request_bytes(port: int, path: str, body: dict[str, Any]) -> bytes:
     data = json.dumps(body).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"X-API-Key: {KEY}\r\nContent-Length: {len(data)}\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {KEY}\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -71,27 +73,50 @@ async def drive(port: int, requests: list[bytes], connections: int) -> tuple[flo
 
 def run(requests: int, connections: int, batch: int, workdir: Path, processes: int = 1) -> dict[str, Any]:
     redis_server = RedisServer(workdir / "redis").start()
-    api = ApiServer(redis_server.url, workdir / "api.log",
-                    env={"REFEREE_API_KEYS": KEY, "REFEREE_MAX_QUEUED_PER_KEY": "100000000", "REFEREE_QUEUE_NAME": "bench"}, processes=processes).start()
+    api = ApiServer(
+        redis_server.url,
+        workdir / "api.log",
+        env={"REFEREE_API_KEYS": KEY, "REFEREE_MAX_QUEUED_PER_KEY": "100000000", "REFEREE_QUEUE_NAME": "bench"},
+        processes=processes,
+    ).start()
     port = api.port
     tag = uuid.uuid4().hex
     try:
+
         def singles(n: int, label: str) -> list[bytes]:
-            return [request_bytes(port, "/v1/evaluations", {"reference": REFERENCE, "candidate": static_reject(f"{tag} {label} {i}")})
-                    for i in range(n)]
+            return [
+                request_bytes(port, "/v1/evaluations", {"reference": REFERENCE, "candidate": static_reject(f"{tag} {label} {i}")})
+                for i in range(n)
+            ]
 
         asyncio.run(drive(port, singles(300, "warm"), connections))  # warm the server (imports, pools)
         wall, latencies, statuses = asyncio.run(drive(port, singles(requests, "single"), connections))
-        single = {"requests": requests, "connections": connections, "wall_s": round(wall, 3), "statuses": statuses,
-                  "accepted_per_s": round(statuses.get(202, 0) / wall, 1),
-                  "latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 2), "p99": round(percentile(latencies, 99) * 1e3, 2)}}
-        batches = [request_bytes(port, "/v1/batches", {"items": [{"reference": REFERENCE, "candidate": static_reject(f"{tag} batch {b} {i}")}
-                                                                 for i in range(batch)]})
-                   for b in range(max(1, requests // batch))]
+        single = {
+            "requests": requests,
+            "connections": connections,
+            "wall_s": round(wall, 3),
+            "statuses": statuses,
+            "accepted_per_s": round(statuses.get(202, 0) / wall, 1),
+            "latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 2), "p99": round(percentile(latencies, 99) * 1e3, 2)},
+        }
+        batches = [
+            request_bytes(
+                port,
+                "/v1/batches",
+                {"items": [{"reference": REFERENCE, "candidate": static_reject(f"{tag} batch {b} {i}")} for i in range(batch)]},
+            )
+            for b in range(max(1, requests // batch))
+        ]
         wall, latencies, statuses = asyncio.run(drive(port, batches, min(connections, 4)))
-        batched = {"batches": len(batches), "items_per_batch": batch, "connections": min(connections, 4), "wall_s": round(wall, 3),
-                   "statuses": statuses, "accepted_per_s": round(statuses.get(202, 0) * batch / wall, 1),
-                   "latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 2), "p99": round(percentile(latencies, 99) * 1e3, 2)}}
+        batched = {
+            "batches": len(batches),
+            "items_per_batch": batch,
+            "connections": min(connections, 4),
+            "wall_s": round(wall, 3),
+            "statuses": statuses,
+            "accepted_per_s": round(statuses.get(202, 0) * batch / wall, 1),
+            "latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 2), "p99": round(percentile(latencies, 99) * 1e3, 2)},
+        }
     finally:
         api.stop()
         redis_server.kill()
@@ -108,8 +133,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="referee-bench-") as folder:
         figures = run(args.requests, args.connections, args.batch, Path(folder), args.processes)
-    report = {"benchmark": "api_throughput", "machine": describe_machine(), "api_processes": args.processes,
-              "date": time.strftime("%Y-%m-%d"), **figures}
+    report = {
+        "benchmark": "api_throughput",
+        "machine": describe_machine(),
+        "api_processes": args.processes,
+        "date": time.strftime("%Y-%m-%d"),
+        **figures,
+    }
     print(json.dumps(report, indent=1))
     if args.out:
         write_result(args.out, report)

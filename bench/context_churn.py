@@ -44,11 +44,14 @@ def make_context(mode: str) -> None:
         return
     cuda = ctypes.CDLL("libcuda.so.1")
     device, context, pointer = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
-    for name, call in (("cuInit", lambda: cuda.cuInit(0)), ("cuDeviceGet", lambda: cuda.cuDeviceGet(ctypes.byref(device), 0)),
-                       ("cuDevicePrimaryCtxRetain", lambda: cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device)),
-                       ("cuCtxSetCurrent", lambda: cuda.cuCtxSetCurrent(context)),
-                       ("cuMemAlloc", lambda: cuda.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(2 << 20))),
-                       ("cuCtxSynchronize", lambda: cuda.cuCtxSynchronize())):
+    for name, call in (
+        ("cuInit", lambda: cuda.cuInit(0)),
+        ("cuDeviceGet", lambda: cuda.cuDeviceGet(ctypes.byref(device), 0)),
+        ("cuDevicePrimaryCtxRetain", lambda: cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device)),
+        ("cuCtxSetCurrent", lambda: cuda.cuCtxSetCurrent(context)),
+        ("cuMemAlloc", lambda: cuda.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(2 << 20))),
+        ("cuCtxSynchronize", lambda: cuda.cuCtxSynchronize()),
+    ):
         if (code := call()) != 0:
             raise RuntimeError(f"{name} failed: CUresult {code}")
 
@@ -85,14 +88,21 @@ def drive(start_at: float, seconds: float, mode: str) -> None:
         if not created:
             print(json.dumps({"error": "child died before its context was ready"}), flush=True)
             continue
-        print(json.dumps({"create_s": float(created), "fork_to_ready_s": ready - forked, "teardown_s": gone - ready,
-                          "ended": gone}), flush=True)
+        print(
+            json.dumps(
+                {"create_s": float(created), "fork_to_ready_s": ready - forked, "teardown_s": gone - ready, "ended": gone}
+            ),
+            flush=True,
+        )
 
 
 def recorded_environment() -> dict[str, str]:
     """The CUDA settings that change how contexts are made (an MPS pipe directory only as "set")."""
-    return {k: ("set" if k.startswith("CUDA_MPS") else v) for k, v in os.environ.items()
-            if k.startswith(("CUDA_DEVICE_", "CUDA_MPS_PIPE", "CUDA_MODULE_")) or k == "CUDA_VERSION"}
+    return {
+        k: ("set" if k.startswith("CUDA_MPS") else v)
+        for k, v in os.environ.items()
+        if k.startswith(("CUDA_DEVICE_", "CUDA_MPS_PIPE", "CUDA_MODULE_")) or k == "CUDA_VERSION"
+    }
 
 
 def measure(parallel: int, gpus: list[int], seconds: float, mode: str) -> dict[str, Any]:
@@ -100,23 +110,35 @@ def measure(parallel: int, gpus: list[int], seconds: float, mode: str) -> dict[s
     drivers = []
     for index in range(parallel):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpus[index % len(gpus)])}
-        drivers.append(subprocess.Popen([sys.executable, "-m", "bench.context_churn", "--drive", str(start_at), str(seconds), mode],
-                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True))
+        drivers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.context_churn", "--drive", str(start_at), str(seconds), mode],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
     while time.monotonic() < start_at:
         time.sleep(0.05)
     with ProcessStates() as states:
         outputs = [driver.communicate(timeout=seconds + 120)[0] for driver in drivers]
     cycles = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
     done = [c for c in cycles if "create_s" in c and c["ended"] <= start_at + seconds + 1]
-    return {"parallel": parallel, "mode": mode, "environment": recorded_environment(),
-            "gpus": sorted(set(gpus[i % len(gpus)] for i in range(parallel))),
-            "seconds": seconds, "contexts": len(done),
-            "contexts_per_s": round(len(done) / seconds, 2),
-            "create_s": spread([c["create_s"] for c in done], 4),
-            "fork_to_ready_s": spread([c["fork_to_ready_s"] for c in done], 4),
-            "teardown_s": spread([c["teardown_s"] for c in done], 4),
-            "errors": sum(1 for c in cycles if "error" in c),
-            "processes": states.summary()}
+    return {
+        "parallel": parallel,
+        "mode": mode,
+        "environment": recorded_environment(),
+        "gpus": sorted(set(gpus[i % len(gpus)] for i in range(parallel))),
+        "seconds": seconds,
+        "contexts": len(done),
+        "contexts_per_s": round(len(done) / seconds, 2),
+        "create_s": spread([c["create_s"] for c in done], 4),
+        "fork_to_ready_s": spread([c["fork_to_ready_s"] for c in done], 4),
+        "teardown_s": spread([c["teardown_s"] for c in done], 4),
+        "errors": sum(1 for c in cycles if "error" in c),
+        "processes": states.summary(),
+    }
 
 
 def main() -> None:
@@ -136,9 +158,12 @@ def main() -> None:
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     gpus = [int(g) for g in args.gpus.split(",")]
     report: dict[str, Any] = {
-        "card": card, "gpus": gpus, "date": datetime.date.today().isoformat(),
+        "card": card,
+        "gpus": gpus,
+        "date": datetime.date.today().isoformat(),
         "host": {**describe_machine(), "torch": torch.__version__},
-        "method": __doc__.split("\n\n")[1].replace("\n", " "), "runs": [],
+        "method": __doc__.split("\n\n")[1].replace("\n", " "),
+        "runs": [],
     }
     path = args.out / f"context-churn-{slug(card)}{args.label}-{report['date']}.json"
     for parallel in (int(n) for n in args.parallel.split(",")):

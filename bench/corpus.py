@@ -38,7 +38,6 @@ ACCEPTED = "correct"
 REJECT_LABELS = ("partial_fallback", "hack")
 
 
-
 def load_manifest(path: Path) -> list[dict[str, Any]]:
     pairs = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -151,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="", help="only pairs whose candidate path contains this")
     parser.add_argument("--include-cuda-only", action="store_true", help="on the CPU, also run pairs tagged cuda_only_code")
     parser.add_argument("--kernelbench-mode", action="store_true", help="published inputs only (EvalConfig.mode)")
-    parser.add_argument("--value-ranges", default=None, help="strict mode: comma-separated value ranges, or 'none' (default: all)")
+    parser.add_argument(
+        "--value-ranges", default=None, help="strict mode: comma-separated value ranges, or 'none' (default: all)"
+    )
     args = parser.parse_args(argv)
 
     device = args.device or detect_device()

@@ -52,8 +52,10 @@ def probe_problems(smoke: bool, names: str) -> tuple[list[BenchProblem], dict[st
     """The large problems (by name, default all) and their options; in a smoke run the tiny problem."""
     if smoke:
         # two "problems", so the smoke run also stops the load and starts it again
-        return ([BenchProblem(f"tiny_double_{n}", tiny().reference, tiny().candidate) for n in (1, 2)],
-                {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05})
+        return (
+            [BenchProblem(f"tiny_double_{n}", tiny().reference, tiny().candidate) for n in (1, 2)],
+            {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05},
+        )
     problems = large_problems()
     if names:
         wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -62,7 +64,9 @@ def probe_problems(smoke: bool, names: str) -> tuple[list[BenchProblem], dict[st
             raise SystemExit(f"unknown problems {sorted(unknown)}; choose from {[p.name for p in problems]}")
         return [next(p for p in problems if p.name == name) for name in wanted], dict(STABILITY_OPTIONS)
     cheapest_first = ["matmul_2048", "softmax_8192x4096", "relu_64M"]  # ~4, ~12 and ~23 s an evaluation on an H100
-    return sorted(problems, key=lambda p: cheapest_first.index(p.name) if p.name in cheapest_first else -1), dict(STABILITY_OPTIONS)
+    return sorted(problems, key=lambda p: cheapest_first.index(p.name) if p.name in cheapest_first else -1), dict(
+        STABILITY_OPTIONS
+    )
 
 
 def evaluate_once(http: httpx.Client, problem: BenchProblem, options: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +97,25 @@ class Load:
         started = time.monotonic()
         self.stop_event = threading.Event()
         first, self.offset = self.offset, self.offset + 1_000_000  # fresh nonces each time
-        self.thread = threading.Thread(target=drive, daemon=True, kwargs={
-            "urls": [self.url], "make": lambda i: self.make(first + i), "in_flight": self.in_flight, "stop": self.stop_event,
-            "deadline_s": 3600, "records": self.records})
+        self.thread = threading.Thread(
+            target=drive,
+            daemon=True,
+            kwargs={
+                "urls": [self.url],
+                "make": lambda i: self.make(first + i),
+                "in_flight": self.in_flight,
+                "stop": self.stop_event,
+                "deadline_s": 3600,
+                "records": self.records,
+            },
+        )
         self.thread.start()
-        wait_for(lambda: sum(1 for r in list(self.records) if r.done > started and r.result.get("verdict")) >= warm, 300, f"{warm} load evaluations", interval=0.5)
+        wait_for(
+            lambda: sum(1 for r in list(self.records) if r.done > started and r.result.get("verdict")) >= warm,
+            300,
+            f"{warm} load evaluations",
+            interval=0.5,
+        )
         return time.monotonic() - started
 
     def stop(self) -> None:
@@ -127,9 +145,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="evaluations of each problem, idle and loaded")
     parser.add_argument("--problems", default="", help="comma-separated subset of the large problems (default: all three)")
     parser.add_argument("--concurrency", type=int, default=4, help="referee worker --concurrency, probe and load workers")
-    parser.add_argument("--in-flight", type=int, default=0, help="load submissions outstanding per loaded GPU (default: concurrency + 1)")
-    parser.add_argument("--load-warmup", type=int, default=-1, help="load evaluations completed, each time the load starts, "
-                                                                   "before the loaded runs (default: one per loaded worker slot)")
+    parser.add_argument(
+        "--in-flight", type=int, default=0, help="load submissions outstanding per loaded GPU (default: concurrency + 1)"
+    )
+    parser.add_argument(
+        "--load-warmup",
+        type=int,
+        default=-1,
+        help="load evaluations completed, each time the load starts, "
+        "before the loaded runs (default: one per loaded worker slot)",
+    )
     parser.add_argument("--redis-server", default=None, help="redis-server binary (default: .redis/redis-server, then PATH)")
     parser.add_argument("--isolation", default=None, help="REFEREE_ISOLATION for the workers (default: auto)")
     parser.add_argument("--smoke", action="store_true", help="the tiny problem on the CPU interpreter, to try the plumbing")
@@ -150,16 +175,27 @@ def main() -> None:
     load_warmup = args.load_warmup if args.load_warmup >= 0 else len(load_gpus) * args.concurrency
     card = card_name()
     report: dict[str, Any] = {
-        "card": card, "gpus": gpus, "date": datetime.date.today().isoformat(),
+        "card": card,
+        "gpus": gpus,
+        "date": datetime.date.today().isoformat(),
         "host": describe_machine(),
         "isolation": args.isolation or os.environ.get("REFEREE_ISOLATION") or "auto",
-        "method": ("the same honest kernel evaluated --runs times, one at a time, on GPU 0 (its own referee worker, "
-                   f"--concurrency {args.concurrency}) for each problem, with bench/performance.py's stability options; first with "
-                   "the other GPUs idle, then while each other GPU's worker runs a closed-loop throughput load of unique small "
-                   "submissions. The reference is timed in each problem's first idle run and cached after (as in production)."),
-        "probe_gpu": 0, "load_gpus": load_gpus, "runs_per_problem": args.runs, "options": options,
-        "load": {"problems": "tiny" if args.smoke else "small", "in_flight": in_flight, "workers_per_gpu": args.concurrency,
-                 "warmup_evaluations": load_warmup},
+        "method": (
+            "the same honest kernel evaluated --runs times, one at a time, on GPU 0 (its own referee worker, "
+            f"--concurrency {args.concurrency}) for each problem, with bench/performance.py's stability options; first with "
+            "the other GPUs idle, then while each other GPU's worker runs a closed-loop throughput load of unique small "
+            "submissions. The reference is timed in each problem's first idle run and cached after (as in production)."
+        ),
+        "probe_gpu": 0,
+        "load_gpus": load_gpus,
+        "runs_per_problem": args.runs,
+        "options": options,
+        "load": {
+            "problems": "tiny" if args.smoke else "small",
+            "in_flight": in_flight,
+            "workers_per_gpu": args.concurrency,
+            "warmup_evaluations": load_warmup,
+        },
         "order": [p.name for p in problems],
         "problems": {},
     }
@@ -177,7 +213,10 @@ def main() -> None:
         redis_server.start()
         base_url = redis_server.url.rsplit("/", 1)[0]
         for name, db, stack_gpus in (("probe", 0, [0]), ("load", 1, load_gpus)):
-            env = {"REFEREE_REFERENCE_CACHE_DIR": str(scratch / f"{name}-reference-cache"), "REFEREE_LOCK_DIR": str(scratch / "locks")}
+            env = {
+                "REFEREE_REFERENCE_CACHE_DIR": str(scratch / f"{name}-reference-cache"),
+                "REFEREE_LOCK_DIR": str(scratch / "locks"),
+            }
             if args.isolation:
                 env["REFEREE_ISOLATION"] = args.isolation
             stacks.append(ServiceStack(f"{base_url}/{db}", stack_gpus, args.concurrency, logs / name, env=env))
@@ -226,23 +265,40 @@ def main() -> None:
             loaded_until = time.monotonic()
             load.stop()
             finished = load.done_between(loaded_from, loaded_until)
-            during.update({"seconds": round(loaded_until - loaded_from, 2), "evaluations": len(finished),
-                           "evaluations_per_minute": round(len(finished) / max(loaded_until - loaded_from, 1e-9) * 60, 1),
-                           "verdicts": dict(Counter(r.verdict for r in finished))})
+            during.update(
+                {
+                    "seconds": round(loaded_until - loaded_from, 2),
+                    "evaluations": len(finished),
+                    "evaluations_per_minute": round(len(finished) / max(loaded_until - loaded_from, 1e-9) * 60, 1),
+                    "verdicts": dict(Counter(r.verdict for r in finished)),
+                }
+            )
             for key in ("mean_speedup", "mean_candidate_ms"):
                 if entry["idle"].get(key) and entry["loaded"].get(key):
-                    entry[f"{key.removeprefix('mean_')}_shift_percent"] = round((entry["loaded"][key] / entry["idle"][key] - 1) * 100, 3)
+                    entry[f"{key.removeprefix('mean_')}_shift_percent"] = round(
+                        (entry["loaded"][key] / entry["idle"][key] - 1) * 100, 3
+                    )
             for label in ("idle", "loaded"):
-                cvs = [e[label]["speedup_cv_percent"] for e in report["problems"].values()
-                       if e.get(label) and e[label]["speedup_cv_percent"] is not None]
+                cvs = [
+                    e[label]["speedup_cv_percent"]
+                    for e in report["problems"].values()
+                    if e.get(label) and e[label]["speedup_cv_percent"] is not None
+                ]
                 report.setdefault("max_speedup_cv_percent", {})[label] = max(cvs) if cvs else None
             report["load"]["total_evaluations"] = sum(1 for r in load.records if r.done)
             report["load"]["total_verdicts"] = dict(Counter(r.verdict for r in load.records if r.done))
             report["load"]["jobs_per_gpu"] = load_stack.job_counts()
             report["probe_jobs_per_gpu"] = probe_stack.job_counts()
             save()
-        print(json.dumps({name: {label: entry.get(label, {}).get("speedup_cv_percent") for label in ("idle", "loaded")}
-                          for name, entry in report["problems"].items()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    name: {label: entry.get(label, {}).get("speedup_cv_percent") for label in ("idle", "loaded")}
+                    for name, entry in report["problems"].items()
+                }
+            ),
+            flush=True,
+        )
         print(json.dumps({k: report.get(k) for k in ("max_speedup_cv_percent", "load", "probe_jobs_per_gpu")}), flush=True)
         print(f"wrote {path}", flush=True)
     finally:
@@ -252,8 +308,13 @@ def main() -> None:
             stack.stop()
         redis_server.kill(signal.SIGTERM)
         shutil.rmtree(scratch, ignore_errors=True)
-    verdicts = {r["verdict"] for e in report["problems"].values() for p in e.values() if isinstance(p, dict) and "runs" in p
-                for r in p["runs"]}
+    verdicts = {
+        r["verdict"]
+        for e in report["problems"].values()
+        for p in e.values()
+        if isinstance(p, dict) and "runs" in p
+        for r in p["runs"]
+    }
     if verdicts != {"correct"}:
         print(f"verdicts of the probe runs: {sorted(map(str, verdicts))}", file=sys.stderr)
         sys.exit(1)

@@ -23,8 +23,12 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as workdir:
         for problem_dir in sorted(p for p in (ROOT / "examples").iterdir() if (p / "candidate.py").is_file()):
-            rows[problem_dir.name] = measure(problem_dir.name, (problem_dir / "reference.py").read_text(),
-                                             (problem_dir / "candidate.py").read_text(), Path(workdir))
+            rows[problem_dir.name] = measure(
+                problem_dir.name,
+                (problem_dir / "reference.py").read_text(),
+                (problem_dir / "candidate.py").read_text(),
+                Path(workdir),
+            )
             print(problem_dir.name, rows[problem_dir.name], flush=True)
     write_result(args.out / "dobench-examples.json", {"card": torch.cuda.get_device_name(), "rows": rows})
 

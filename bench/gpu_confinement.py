@@ -145,7 +145,9 @@ def main() -> int:
         print(name, json.dumps(result), flush=True)
     path = write_result(Path(args.out) / f"gpu-confinement-{slug(torch.cuda.get_device_name())}-{report['date']}.json", report)
     both = report["variants"]["both"]
-    working = all("ok" in both.get(step, {}) for step in ("cuda_context", "cuda_ipc_open", "cuda_ipc_export", "triton_compile_run"))
+    working = all(
+        "ok" in both.get(step, {}) for step in ("cuda_context", "cuda_ipc_open", "cuda_ipc_export", "triton_compile_run")
+    )
     refused = "error" in both.get("socket", {})
     print(
         f"wrote {path}; under both layers CUDA, IPC and Triton {'work' if working else 'FAIL'}, "

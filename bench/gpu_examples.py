@@ -62,8 +62,11 @@ def main() -> int:
                     print(f"UNEXPECTED {problem_dir.name}/{candidate.name} on {device}: {result.feedback[:1500]}", flush=True)
                 rows.append(row)
                 speed = f"{perf.speedup:.3f}x" if perf.speedup is not None else "-"
-                print(f"{device:4} {problem_dir.name:12} {candidate.name:28} {result.verdict.value:14} "
-                      f"expected {row['expected']:14} {wall:6.2f}s speedup {speed}", flush=True)
+                print(
+                    f"{device:4} {problem_dir.name:12} {candidate.name:28} {result.verdict.value:14} "
+                    f"expected {row['expected']:14} {wall:6.2f}s speedup {speed}",
+                    flush=True,
+                )
     by_pair: dict[tuple[str, str], set[str]] = {}
     for row in rows:
         by_pair.setdefault((row["problem"], row["candidate"]), set()).add(row["verdict"])

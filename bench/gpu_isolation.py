@@ -53,14 +53,22 @@ def preflight() -> dict[str, Any]:
     from sandbox.selection import unshare_works
 
     if not unshare_works():
-        fail_fast("unshare cannot create the namespaces (user namespaces disabled?); try: unshare --net --pid --mount --fork true")
+        fail_fast(
+            "unshare cannot create the namespaces (user namespaces disabled?); try: unshare --net --pid --mount --fork true"
+        )
     # The harness runs with `python -I`, so PYTHONPATH does not reach it: torch must be installed.
     probe = subprocess.run([sys.executable, "-I", "-c", "import torch, triton"], capture_output=True, text=True)
     if probe.returncode != 0:
         fail_fast(f"{sys.executable} -I cannot import torch and triton: {probe.stderr[-500:]}")
-    return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "python": platform.python_version(), "kernel": platform.release(), "root": os.geteuid() == 0,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "root": os.geteuid() == 0,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def step(record: dict[str, Any], name: str, fn: Any) -> Any:
@@ -70,8 +78,12 @@ def step(record: dict[str, Any], name: str, fn: Any) -> Any:
         record[name] = {"ok": True, "value": value, "seconds": round(time.monotonic() - started, 3)}
         return value
     except Exception as exc:  # recorded, and the next step still runs
-        record[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:],
-                        "seconds": round(time.monotonic() - started, 3)}
+        record[name] = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-4000:],
+            "seconds": round(time.monotonic() - started, 3),
+        }
         return None
 
 
@@ -82,13 +94,24 @@ def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
 
     folder = ROOT / "examples" / example
     started = time.monotonic()
-    result = evaluate(Problem(source=(folder / "reference.py").read_text()), Submission(source=(folder / "candidate.py").read_text()),
-                      EvalConfig(device="cuda", trials=3, timeout_s=300), isolation=select_isolation(isolation_name))
-    return {"verdict": result.verdict.value, "isolation": result.environment.isolation, "device": result.environment.device,
-            "interpreter": result.environment.interpreter, "speedup": result.performance.speedup,
-            "candidate_ms": result.performance.candidate_ms.median if result.performance.candidate_ms else None,
-            "launches": result.anti_cheat.triton_launches, "error": result.error, "wall_s": round(time.monotonic() - started, 2),
-            "stderr_tail": (result.output or {}).get("stderr", "")[-1500:]}
+    result = evaluate(
+        Problem(source=(folder / "reference.py").read_text()),
+        Submission(source=(folder / "candidate.py").read_text()),
+        EvalConfig(device="cuda", trials=3, timeout_s=300),
+        isolation=select_isolation(isolation_name),
+    )
+    return {
+        "verdict": result.verdict.value,
+        "isolation": result.environment.isolation,
+        "device": result.environment.device,
+        "interpreter": result.environment.interpreter,
+        "speedup": result.performance.speedup,
+        "candidate_ms": result.performance.candidate_ms.median if result.performance.candidate_ms else None,
+        "launches": result.anti_cheat.triton_launches,
+        "error": result.error,
+        "wall_s": round(time.monotonic() - started, 2),
+        "stderr_tail": (result.output or {}).get("stderr", "")[-1500:],
+    }
 
 
 def run_probes(out: dict[str, Any]) -> None:
@@ -104,31 +127,46 @@ def run_probes(out: dict[str, Any]) -> None:
     sentinel = subprocess.Popen(["sleep", "300"], start_new_session=True)
     secrets = {"AWS_SECRET_ACCESS_KEY": "gpu-probe-" + uuid.uuid4().hex, "REFEREE_API_KEYS": "gpu-probe-" + uuid.uuid4().hex}
     os.environ.update(secrets)
-    config: dict[str, Any] = {"port": port, "outside": "1.1.1.1", "other_job_file": str(other / "expected.txt"),
-              "worker_file": str(ROOT / "service" / "settings.py"),
-              "outside_file": str(Path(tempfile.gettempdir()) / f"referee-escape-{uuid.uuid4().hex}"),
-              "repo_file": str(ROOT / f"escape-{uuid.uuid4().hex}.txt"),
-              "sentinel_pid": sentinel.pid, "worker_pid": os.getpid(), "secrets": secrets}
+    config: dict[str, Any] = {
+        "port": port,
+        "outside": "1.1.1.1",
+        "other_job_file": str(other / "expected.txt"),
+        "worker_file": str(ROOT / "service" / "settings.py"),
+        "outside_file": str(Path(tempfile.gettempdir()) / f"referee-escape-{uuid.uuid4().hex}"),
+        "repo_file": str(ROOT / f"escape-{uuid.uuid4().hex}.txt"),
+        "sentinel_pid": sentinel.pid,
+        "worker_pid": os.getpid(),
+        "secrets": secrets,
+    }
     try:
         for backend in ("unshare", "process"):
             isolation = select_isolation(backend)
             code, stdout, stderr = run_probe(isolation, ESCAPES, job, {**config, "spare_parent": backend == "process"})
             lines = stdout.strip().splitlines()
             attempts = json.loads(lines[0]) if lines else {}
-            leaked = [k for k, v in attempts.items() if "ok" in v and k not in ("write_workdir", "ctypes_self_mem", "write_outside_tmp")]
-            out[f"probes_{backend}"] = {"exit": code, "attempts": attempts, "kill_attempts": json.loads(lines[1]) if len(lines) > 1 else None,
-                                        "succeeded": leaked, "stderr_tail": stderr[-1500:],
-                                        "host_outside_file_written": Path(config["outside_file"]).exists(),
-                                        "host_repo_file_written": Path(config["repo_file"]).exists(),
-                                        "sentinel_alive": sentinel.poll() is None}
+            leaked = [
+                k for k, v in attempts.items() if "ok" in v and k not in ("write_workdir", "ctypes_self_mem", "write_outside_tmp")
+            ]
+            out[f"probes_{backend}"] = {
+                "exit": code,
+                "attempts": attempts,
+                "kill_attempts": json.loads(lines[1]) if len(lines) > 1 else None,
+                "succeeded": leaked,
+                "stderr_tail": stderr[-1500:],
+                "host_outside_file_written": Path(config["outside_file"]).exists(),
+                "host_repo_file_written": Path(config["repo_file"]).exists(),
+                "sentinel_alive": sentinel.poll() is None,
+            }
             for path in (config["outside_file"], config["repo_file"]):
                 Path(path).unlink(missing_ok=True)
             if backend == "process":
                 sentinel.kill()
                 sentinel.wait()
                 sentinel = subprocess.Popen(["sleep", "300"], start_new_session=True)
-        cuda_probe = ("import json, torch; x = torch.ones(4, device='cuda'); "
-                      "print(json.dumps({'cuda': torch.cuda.is_available(), 'sum': float(x.sum()), 'name': torch.cuda.get_device_name()}))")
+        cuda_probe = (
+            "import json, torch; x = torch.ones(4, device='cuda'); "
+            "print(json.dumps({'cuda': torch.cuda.is_available(), 'sum': float(x.sum()), 'name': torch.cuda.get_device_name()}))"
+        )
         code, stdout, stderr = run_probe(select_isolation("unshare"), cuda_probe, job, {}, timeout=300, device="cuda")
         out["cuda_inside_unshare"] = {"exit": code, "stdout": stdout[-500:], "stderr_tail": stderr[-1500:]}
     finally:
@@ -153,7 +191,11 @@ def expectations(record: dict[str, Any]) -> list[str]:
     confined = probes.get("probes_unshare", {})
     if confined.get("succeeded"):
         failed.append(f"unshare let through: {confined['succeeded']}")
-    if confined.get("host_outside_file_written") or confined.get("host_repo_file_written") or confined.get("sentinel_alive") is False:
+    if (
+        confined.get("host_outside_file_written")
+        or confined.get("host_repo_file_written")
+        or confined.get("sentinel_alive") is False
+    ):
         failed.append("unshare: a write reached the host or the sentinel died")
     if probes.get("cuda_inside_unshare", {}).get("exit") != 0:
         failed.append("CUDA did not work inside unshare")

@@ -44,13 +44,34 @@ def sandbox_start(isolation: Isolation) -> float:
     workdir.mkdir()
     pipes = [os.pipe() for _ in range(3)]
     fds = [pipes[0][0], pipes[1][1], pipes[2][0]]
-    argv = [sys.executable, "-I", "-S", "-c", "pass", str(HARNESS_PARENT), "--role", "candidate",
-            "--read-fd", str(fds[0]), "--write-fd", str(fds[1]), "--key-fd", str(fds[2])]
+    argv = [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        "pass",
+        str(HARNESS_PARENT),
+        "--role",
+        "candidate",
+        "--read-fd",
+        str(fds[0]),
+        "--write-fd",
+        str(fds[1]),
+        "--key-fd",
+        str(fds[2]),
+    ]
     started = time.perf_counter()
     try:
         command = isolation.command(argv, workdir, "cpu")
-        subprocess.run(command, cwd=workdir, env=child_environment(workdir, "candidate", "cpu"), pass_fds=fds,
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            command,
+            cwd=workdir,
+            env=child_environment(workdir, "candidate", "cpu"),
+            pass_fds=fds,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         return time.perf_counter() - started
     finally:
         release = getattr(isolation, "release", None)
@@ -78,8 +99,9 @@ def harness_start(isolation: Isolation) -> float:
 
 def evaluation(isolation: Isolation) -> float:
     started = time.perf_counter()
-    result = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), EvalConfig(device="cpu", trials=2),
-                      isolation=isolation)
+    result = evaluate(
+        Problem(source=REFERENCE), Submission(source=CANDIDATE), EvalConfig(device="cpu", trials=2), isolation=isolation
+    )
     elapsed = time.perf_counter() - started
     if result.verdict.value != "correct":
         raise RuntimeError(f"{isolation.name}: {result.verdict.value}: {result.error}")
@@ -109,8 +131,10 @@ def main() -> int:
         from sandbox.docker_backend import DockerIsolation
 
         state = Path(tempfile.mkdtemp(prefix="referee-bench-docker-"))
-        backends += [DockerIsolation(image=args.docker_image, state_dir=state / "pool"),
-                     DockerIsolation(image=args.docker_image, state_dir=state / "strict", strict=True)]
+        backends += [
+            DockerIsolation(image=args.docker_image, state_dir=state / "pool"),
+            DockerIsolation(image=args.docker_image, state_dir=state / "strict", strict=True),
+        ]
     else:
         notes.append("docker rows skipped: no --docker-image")
     for name in ("bwrap", "unshare", "process"):
@@ -133,7 +157,9 @@ def main() -> int:
     document = {
         "host": {"kind": host, **describe_machine(), "root": os.geteuid() == 0},
         "problem": "bench/problems.py's tiny (y = 2x, n=256), device cpu (Triton interpreter), trials 2",
-        "repeat": args.repeat, "rows": rows, "notes": notes,
+        "repeat": args.repeat,
+        "rows": rows,
+        "notes": notes,
     }
     path = write_result(args.out / f"isolation-cost-{host}-{datetime.date.today().isoformat()}.json", document)
     print(path)

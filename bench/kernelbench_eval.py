@@ -220,7 +220,6 @@ def last_json_line(text: str) -> dict[str, Any] | None:
     return None
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernelbench", required=True, help="a KernelBench checkout (with src/kernelbench/eval.py)")

@@ -43,8 +43,9 @@ def cpu_name() -> str:
 def card_name() -> str:
     """The first GPU's name as nvidia-smi gives it (without importing torch), else this CPU's (`cpu-...`)."""
     try:
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=30, check=True).stdout.splitlines()
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.splitlines()
         return names[0].strip() or cpu_name()
     except (OSError, subprocess.SubprocessError, IndexError):
         return cpu_name()
@@ -57,8 +58,14 @@ def is_cpu(card: str) -> bool:
 
 def describe_machine() -> dict[str, Any]:
     """What a result file says about where it was measured."""
-    return {"card": card_name(), "host": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
-            "kernel": platform.release(), "python": platform.python_version()}
+    return {
+        "card": card_name(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "arch": platform.machine(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def slug(text: str) -> str:

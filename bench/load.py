@@ -47,14 +47,19 @@ def items(submissions: int, real: int, tag: str) -> list[dict[str, Any]]:
     return bodies
 
 
-def run_load(workdir: Path, submissions: int, real: int, workers: int, concurrency: int = 16,
-             deadline_s: float = 1800) -> dict[str, Any]:
+def run_load(
+    workdir: Path, submissions: int, real: int, workers: int, concurrency: int = 16, deadline_s: float = 1800
+) -> dict[str, Any]:
     """Start Redis, the API and the workers; submit; wait for every result; return the figures."""
     key = "load-" + uuid.uuid4().hex
     queue = "load-" + uuid.uuid4().hex[:8]
     redis_server = RedisServer(workdir / "redis", aof=True).start()
-    env = {"REFEREE_API_KEYS": key, "REFEREE_QUEUE_NAME": queue, "REFEREE_MAX_QUEUED_PER_KEY": str(submissions + 10),
-           "REFEREE_MAINTENANCE_INTERVAL_S": "1"}
+    env = {
+        "REFEREE_API_KEYS": key,
+        "REFEREE_QUEUE_NAME": queue,
+        "REFEREE_MAX_QUEUED_PER_KEY": str(submissions + 10),
+        "REFEREE_MAINTENANCE_INTERVAL_S": "1",
+    }
     api = ApiServer(redis_server.url, workdir / "api.log", env=env).start()
     pool = [Worker(redis_server.url, queue, workdir / f"worker-{n}.log").start() for n in range(workers)]
     try:
@@ -63,8 +68,9 @@ def run_load(workdir: Path, submissions: int, real: int, workers: int, concurren
         bodies = items(submissions, real, uuid.uuid4().hex)
         latencies: list[float] = [0.0] * len(bodies)
         ids: list[str] = [""] * len(bodies)
-        http = httpx.Client(base_url=api.url, headers={"X-API-Key": key}, timeout=60,
-                            limits=httpx.Limits(max_connections=concurrency))
+        http = httpx.Client(
+            base_url=api.url, headers={"X-API-Key": key}, timeout=60, limits=httpx.Limits(max_connections=concurrency)
+        )
 
         def submit(index: int) -> None:
             started = time.perf_counter()
@@ -110,15 +116,30 @@ def run_load(workdir: Path, submissions: int, real: int, workers: int, concurren
         verdicts[result["verdict"]] = verdicts.get(result["verdict"], 0) + 1
     expected = {"correct": real, "invalid_submission": submissions - real} if real else {"invalid_submission": submissions}
     return {
-        "submissions": submissions, "real_evaluations": real, "static_rejections": submissions - real, "workers": workers,
-        "concurrency": concurrency, "accepted": len(ids), "results": len(results), "stored_results": stored,
-        "left_pending": pending, "verdicts": verdicts, "verdicts_as_expected": verdicts == expected,
-        "dequeued_once": sum(dequeued[i] == 1 for i in ids), "dequeued_more_than_once": sum(dequeued[i] > 1 for i in ids),
-        "never_dequeued": sum(dequeued[i] == 0 for i in ids), "finished_ok_once": sum(finished[i] == 1 for i in ids),
-        "workers_alive_at_end": sum(worker_alive), "worker_pids": pids,
-        "enqueue_latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 2), "p99": round(percentile(latencies, 99) * 1e3, 2),
-                               "max": round(max(latencies) * 1e3, 2)},
-        "submit_s": round(submit_s, 2), "all_results_s": round(drained_s, 2),
+        "submissions": submissions,
+        "real_evaluations": real,
+        "static_rejections": submissions - real,
+        "workers": workers,
+        "concurrency": concurrency,
+        "accepted": len(ids),
+        "results": len(results),
+        "stored_results": stored,
+        "left_pending": pending,
+        "verdicts": verdicts,
+        "verdicts_as_expected": verdicts == expected,
+        "dequeued_once": sum(dequeued[i] == 1 for i in ids),
+        "dequeued_more_than_once": sum(dequeued[i] > 1 for i in ids),
+        "never_dequeued": sum(dequeued[i] == 0 for i in ids),
+        "finished_ok_once": sum(finished[i] == 1 for i in ids),
+        "workers_alive_at_end": sum(worker_alive),
+        "worker_pids": pids,
+        "enqueue_latency_ms": {
+            "p50": round(percentile(latencies, 50) * 1e3, 2),
+            "p99": round(percentile(latencies, 99) * 1e3, 2),
+            "max": round(max(latencies) * 1e3, 2),
+        },
+        "submit_s": round(submit_s, 2),
+        "all_results_s": round(drained_s, 2),
     }
 
 

@@ -44,8 +44,11 @@ class Bench:
 
     def single(self, problem: BenchProblem, options: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
         started = time.monotonic()
-        response = self.client.post("/v1/evaluations", params={"wait": 600},
-                                    json={**problem.submission(uuid.uuid4().hex), **self.options, **(options or {})})
+        response = self.client.post(
+            "/v1/evaluations",
+            params={"wait": 600},
+            json={**problem.submission(uuid.uuid4().hex), **self.options, **(options or {})},
+        )
         response.raise_for_status()
         result = response.json()
         if "verdict" not in result:
@@ -107,13 +110,17 @@ STABILITY_OPTIONS: dict[str, Any] = {"trials": 1, "timing_sets": 2}
 def stability_run(seconds: float, result: dict[str, Any]) -> dict[str, Any]:
     """One stability evaluation's figures, from its result document."""
     perf = result.get("performance") or {}
-    return {"seconds": round(seconds, 2), "verdict": result.get("verdict"), "speedup": perf.get("speedup"),
-            "candidate_ms": (perf.get("candidate_ms") or {}).get("median"),
-            "candidate_n": (perf.get("candidate_ms") or {}).get("n"),
-            "reference_ms": (perf.get("reference_ms") or {}).get("median"),
-            "reference_cached": perf.get("reference_cached"),
-            "reference_outputs_cached": perf.get("reference_outputs_cached"),
-            "speedup_ci95": perf.get("speedup_ci95")}
+    return {
+        "seconds": round(seconds, 2),
+        "verdict": result.get("verdict"),
+        "speedup": perf.get("speedup"),
+        "candidate_ms": (perf.get("candidate_ms") or {}).get("median"),
+        "candidate_n": (perf.get("candidate_ms") or {}).get("n"),
+        "reference_ms": (perf.get("reference_ms") or {}).get("median"),
+        "reference_cached": perf.get("reference_cached"),
+        "reference_outputs_cached": perf.get("reference_outputs_cached"),
+        "speedup_ci95": perf.get("speedup_ci95"),
+    }
 
 
 def cv_percent(values: list[float]) -> float | None:
@@ -122,13 +129,26 @@ def cv_percent(values: list[float]) -> float | None:
 
 
 def stability_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"runs": runs,
-            "speedup_cv_percent": cv_percent([r["speedup"] for r in runs if r["speedup"]]),
-            "candidate_ms_cv_percent": cv_percent([r["candidate_ms"] for r in runs if r["candidate_ms"]])}
+    return {
+        "runs": runs,
+        "speedup_cv_percent": cv_percent([r["speedup"] for r in runs if r["speedup"]]),
+        "candidate_ms_cv_percent": cv_percent([r["candidate_ms"] for r in runs if r["candidate_ms"]]),
+    }
 
 
-def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stability_n: int, large: list[BenchProblem],
-             options: dict[str, Any], save: Any, into: dict[str, Any], key: str) -> dict[str, Any]:
+def run_mode(
+    *,
+    warm: bool,
+    workers: int,
+    latency_n: int,
+    batch_n: int,
+    stability_n: int,
+    large: list[BenchProblem],
+    options: dict[str, Any],
+    save: Any,
+    into: dict[str, Any],
+    key: str,
+) -> dict[str, Any]:
     """One configuration's phases; the partial results are saved after each phase."""
     os.environ["REFEREE_REFERENCE_CACHE"] = "on" if warm else "off"
     os.environ["REFEREE_REFERENCE_CACHE_DIR"] = tempfile.mkdtemp(prefix="referee-bench-cache-")
@@ -147,10 +167,13 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
             # RL groups then send many candidates for it. Both are reported: cold once per problem,
             # then the steady state, where every submission is still a new candidate (compile included).
             cold = [bench.single(problem) for problem in small[1:]]
-            out["cold_latency"] = {"n": len(cold), "p50_s": round(percentile([c[0] for c in cold], 50), 3),
-                                   "p95_s": round(percentile([c[0] for c in cold], 95), 3),
-                                   "verdicts": verdicts([c[1] for c in cold]),
-                                   "overhead_ms": stage_overhead([c[1] for c in cold])}
+            out["cold_latency"] = {
+                "n": len(cold),
+                "p50_s": round(percentile([c[0] for c in cold], 50), 3),
+                "p95_s": round(percentile([c[0] for c in cold], 95), 3),
+                "verdicts": verdicts([c[1] for c in cold]),
+                "overhead_ms": stage_overhead([c[1] for c in cold]),
+            }
             print(f"  cold (first of each problem): p50 {out['cold_latency']['p50_s']} s", flush=True)
         latencies, single_results = [], []
         for i in range(latency_n):
@@ -158,15 +181,25 @@ def run_mode(*, warm: bool, workers: int, latency_n: int, batch_n: int, stabilit
             latencies.append(seconds)
             single_results.append(result)
             print(f"  latency {small[i % len(small)].name}: {seconds:.2f} s {result['verdict']}", flush=True)
-        out["latency"] = {"n": latency_n, "p50_s": round(percentile(latencies, 50), 3),
-                          "p95_s": round(percentile(latencies, 95), 3), "all_s": [round(x, 3) for x in latencies],
-                          "verdicts": verdicts(single_results), "overhead_ms": stage_overhead(single_results)}
+        out["latency"] = {
+            "n": latency_n,
+            "p50_s": round(percentile(latencies, 50), 3),
+            "p95_s": round(percentile(latencies, 95), 3),
+            "all_s": [round(x, 3) for x in latencies],
+            "verdicts": verdicts(single_results),
+            "overhead_ms": stage_overhead(single_results),
+        }
         save()
         if batch_n:
             elapsed, batch_results = bench.batch(small, batch_n)
-            out["throughput"] = {"submissions": batch_n, "problems": min(batch_n, len(small)), "seconds": round(elapsed, 2),
-                                 "evaluations_per_minute": round(batch_n / elapsed * 60, 1), "verdicts": verdicts(batch_results),
-                                 "overhead_ms": stage_overhead(batch_results)}
+            out["throughput"] = {
+                "submissions": batch_n,
+                "problems": min(batch_n, len(small)),
+                "seconds": round(elapsed, 2),
+                "evaluations_per_minute": round(batch_n / elapsed * 60, 1),
+                "verdicts": verdicts(batch_results),
+                "overhead_ms": stage_overhead(batch_results),
+            }
             print(f"  throughput: {batch_n} in {elapsed:.1f} s", flush=True)
             save()
         if stability_n:
@@ -187,17 +220,27 @@ def agreement(large: list[BenchProblem], stability: dict[str, Any], out_dir: Pat
     problems_file = out_dir / "dobench-problems-input.json"
     problems_file.write_text(json.dumps([{"name": p.name, "reference": p.reference, "candidate": p.candidate} for p in large]))
     result_file = out_dir / "dobench-problems.json"
-    subprocess.run([sys.executable, "-m", "bench.dobench_problems", str(problems_file.resolve()), str(result_file.resolve())],
-                   cwd=ROOT, check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "bench.dobench_problems", str(problems_file.resolve()), str(result_file.resolve())],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+    )
     problems_file.unlink()
     dobench = json.loads(result_file.read_text())["rows"]
     rows = {}
     for name, measured in dobench.items():
         runs = stability.get(name, {}).get("runs", [])
-        referee = {key: statistics.median([r[key] for r in runs if r[key]]) for key in ("candidate_ms", "reference_ms")
-                   if any(r[key] for r in runs)}
-        rows[name] = {"do_bench_ms": measured, "referee_ms": referee,
-                      "difference_percent": {key: round((referee[key] / measured[key] - 1) * 100, 2) for key in referee}}
+        referee = {
+            key: statistics.median([r[key] for r in runs if r[key]])
+            for key in ("candidate_ms", "reference_ms")
+            if any(r[key] for r in runs)
+        }
+        rows[name] = {
+            "do_bench_ms": measured,
+            "referee_ms": referee,
+            "difference_percent": {key: round((referee[key] / measured[key] - 1) * 100, 2) for key in referee},
+        }
     return rows
 
 
@@ -221,7 +264,8 @@ def summarize(report: dict[str, Any]) -> None:
     if "throughput" in base and "throughput" in warm:
         report["baseline_evaluations_per_minute"] = base["throughput"]["evaluations_per_minute"]
         report.setdefault("ratio_to_baseline", {})["evaluations_per_minute"] = round(
-            warm["throughput"]["evaluations_per_minute"] / base["throughput"]["evaluations_per_minute"], 2)
+            warm["throughput"]["evaluations_per_minute"] / base["throughput"]["evaluations_per_minute"], 2
+        )
 
 
 def main() -> None:
@@ -243,12 +287,14 @@ def main() -> None:
     on_gpu = not card.startswith("cpu-")
     large = large_problems() if on_gpu else []
     report: dict[str, Any] = {
-        "card": card, "date": datetime.date.today().isoformat(), "host": describe_machine(),
+        "card": card,
+        "date": datetime.date.today().isoformat(),
+        "host": describe_machine(),
         "isolation": os.environ.get("REFEREE_ISOLATION") or "auto",
         "method": "embedded HTTP API, warm pool, per-GPU timing lock, default evaluation options (small problems: 3 input "
-                  "sets, 5 trials, rechecks, profile); every submission unique (nonce); latency after each problem's "
-                  "first evaluation (cold_latency) filled its caches. Large problems: trials=1, "
-                  "timing_sets=2 (one input set; 256 MB inputs do not fit in L2 anyway)",
+        "sets, 5 trials, rechecks, profile); every submission unique (nonce); latency after each problem's "
+        "first evaluation (cold_latency) filled its caches. Large problems: trials=1, "
+        "timing_sets=2 (one input set; 256 MB inputs do not fit in L2 anyway)",
     }
     path = args.out / f"{slug(card)}-{report['date']}{args.label}.json"
 
@@ -257,13 +303,33 @@ def main() -> None:
         write_result(path, report)
 
     print("Referee with the warm pool and caches", flush=True)
-    report["referee"] = run_mode(warm=True, workers=args.workers, latency_n=args.latency, batch_n=args.batch,
-                                 stability_n=args.stability, large=large, options={}, save=save, into=report, key="referee")
+    report["referee"] = run_mode(
+        warm=True,
+        workers=args.workers,
+        latency_n=args.latency,
+        batch_n=args.batch,
+        stability_n=args.stability,
+        large=large,
+        options={},
+        save=save,
+        into=report,
+        key="referee",
+    )
     save()
     if args.baseline_latency or args.baseline_batch:
         print("baseline: fresh processes, no reference cache", flush=True)
-        report["baseline"] = run_mode(warm=False, workers=args.workers, latency_n=args.baseline_latency, batch_n=args.baseline_batch,
-                                      stability_n=0, large=large, options={}, save=save, into=report, key="baseline")
+        report["baseline"] = run_mode(
+            warm=False,
+            workers=args.workers,
+            latency_n=args.baseline_latency,
+            batch_n=args.baseline_batch,
+            stability_n=0,
+            large=large,
+            options={},
+            save=save,
+            into=report,
+            key="baseline",
+        )
         save()
     if on_gpu and args.stability:
         report["agreement_with_do_bench"] = agreement(large, report["referee"]["stability"], args.out)

@@ -181,11 +181,16 @@ def large_problems() -> list[BenchProblem]:
     """The three problems of the speedup-stability target: 64M fp32 elementwise, an 8192x4096 fp32
     softmax and a 2048^3 fp32 matmul (one input set each, so every evaluation times the same shapes)."""
     relu = elementwise("relu", 64 << 20, block=4096)
-    relu = BenchProblem("relu_64M", relu.reference.replace("\ndef get_inputs", "\nINPUT_SETS = [{}]\n\n\ndef get_inputs"),
-                        relu.candidate)
-    softmax = BenchProblem("softmax_8192x4096", textwrap.dedent(_SOFTMAX_REFERENCE).lstrip(),
-                           (EXAMPLES / "softmax" / "candidate.py").read_text())
-    matmul_candidate = (EXAMPLES / "matmul" / "candidate.py").read_text().replace(
-        "BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32", "BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32")
+    relu = BenchProblem(
+        "relu_64M", relu.reference.replace("\ndef get_inputs", "\nINPUT_SETS = [{}]\n\n\ndef get_inputs"), relu.candidate
+    )
+    softmax = BenchProblem(
+        "softmax_8192x4096", textwrap.dedent(_SOFTMAX_REFERENCE).lstrip(), (EXAMPLES / "softmax" / "candidate.py").read_text()
+    )
+    matmul_candidate = (
+        (EXAMPLES / "matmul" / "candidate.py")
+        .read_text()
+        .replace("BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32", "BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32")
+    )
     matmul = BenchProblem("matmul_2048", textwrap.dedent(_MATMUL_REFERENCE).lstrip(), matmul_candidate)
     return [relu, softmax, matmul]

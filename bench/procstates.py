@@ -51,21 +51,25 @@ class ProcessStates:
                 end = stat.rfind(")")
                 if end < 0:
                     continue
-                state = stat[end + 2:end + 3]
+                state = stat[end + 2 : end + 3]
                 if state == "R":
                     running += 1
                 elif state == "D":
                     blocked += 1
                     self.wchan[_read(f"/proc/{entry.name}/wchan") or "?"] += 1
-                    self.blocked_names[stat[stat.find("(") + 1:end]] += 1
+                    self.blocked_names[stat[stat.find("(") + 1 : end]] += 1
             self.running.append(running)
             self.blocked.append(blocked)
 
     def summary(self) -> dict[str, Any]:
         if not self.running:
             return {"samples": 0}
-        return {"samples": len(self.running), "interval_s": self.interval_s,
-                "running_mean": round(statistics.mean(self.running), 2),
-                "blocked_mean": round(statistics.mean(self.blocked), 2), "blocked_max": max(self.blocked),
-                "blocked_wchan": dict(self.wchan.most_common(8)),
-                "blocked_commands": dict(self.blocked_names.most_common(8))}
+        return {
+            "samples": len(self.running),
+            "interval_s": self.interval_s,
+            "running_mean": round(statistics.mean(self.running), 2),
+            "blocked_mean": round(statistics.mean(self.blocked), 2),
+            "blocked_max": max(self.blocked),
+            "blocked_wchan": dict(self.wchan.most_common(8)),
+            "blocked_commands": dict(self.blocked_names.most_common(8)),
+        }

@@ -76,9 +76,12 @@ def problem_set(name: str) -> tuple[list[str], Callable[[int, str], Body]]:
     if name == "tiny":
         problem = tiny()
         fast = {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05}
-        return ["tiny_double"], lambda i, nonce: {"reference": problem.reference,
-                                                  "candidate": f"{problem.candidate}\n# bench submission {nonce}\n",
-                                                  "name": "tiny_double", **fast}
+        return ["tiny_double"], lambda i, nonce: {
+            "reference": problem.reference,
+            "candidate": f"{problem.candidate}\n# bench submission {nonce}\n",
+            "name": "tiny_double",
+            **fast,
+        }
     raise ValueError(f"unknown problem set {name!r} (small or tiny)")
 
 
@@ -97,8 +100,15 @@ class Record:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def drive(urls: list[str], make: Callable[[int], Body | None], in_flight: int, stop: threading.Event | None = None,
-          deadline_s: float = 900, wait_s: int = 600, records: list[Record] | None = None) -> list[Record]:
+def drive(
+    urls: list[str],
+    make: Callable[[int], Body | None],
+    in_flight: int,
+    stop: threading.Event | None = None,
+    deadline_s: float = 900,
+    wait_s: int = 600,
+    records: list[Record] | None = None,
+) -> list[Record]:
     """Keep `in_flight` submissions outstanding (a closed loop: each connection submits the next as soon
     as its previous one has its result) until `make` returns None or `stop` is set; connection j
     talks to urls[j % len(urls)]. A submission whose `?wait=` runs out is awaited with GET.
@@ -151,10 +161,14 @@ def rates(records: list[Record], started: float) -> dict[str, Any]:
     whole_s = done[-1] - started
     low, high = int(len(done) * 0.1), max(int(len(done) * 0.1), int(len(done) * 0.9) - 1)
     window_s = done[high] - done[low]
-    return {"seconds": round(whole_s, 2), "evaluations_per_minute": round(len(done) / whole_s * 60, 1),
-            "sustained_window": [low, high], "sustained_seconds": round(window_s, 2),
-            "sustained_evaluations_per_minute": round((high - low) / window_s * 60, 1) if window_s > 0 and high > low else None,
-            "completions_per_10s": [sum(1 for t in done if int((t - started) // 10) == b) for b in range(int(whole_s // 10) + 1)]}
+    return {
+        "seconds": round(whole_s, 2),
+        "evaluations_per_minute": round(len(done) / whole_s * 60, 1),
+        "sustained_window": [low, high],
+        "sustained_seconds": round(window_s, 2),
+        "sustained_evaluations_per_minute": round((high - low) / window_s * 60, 1) if window_s > 0 and high > low else None,
+        "completions_per_10s": [sum(1 for t in done if int((t - started) // 10) == b) for b in range(int(whole_s // 10) + 1)],
+    }
 
 
 def summarize(records: list[Record]) -> dict[str, Any]:
@@ -172,13 +186,18 @@ def summarize(records: list[Record]) -> dict[str, Any]:
             if ms is not None:
                 stages.setdefault(name, []).append(ms)
     errors = [r.error for r in records if r.error]
-    return {"results": sum(1 for r in records if r.result.get("verdict")),
-            "verdicts": dict(Counter(r.verdict or "none" for r in records)),
-            "latency_s": spread(latency), "engine_s": spread(engine), "queued_s": spread(queued), "timing_lock_wait_s": spread(lock),
-            "stage_ms_p50": {name: round(percentile(values, 50), 1) for name, values in sorted(stages.items())},
-            "isolation": dict(Counter((r.result.get("environment") or {}).get("isolation", "?") for r in records if r.result)),
-            "devices": dict(Counter((r.result.get("environment") or {}).get("device", "?") for r in records if r.result)),
-            **({"client_errors": errors[:5], "client_error_count": len(errors)} if errors else {})}
+    return {
+        "results": sum(1 for r in records if r.result.get("verdict")),
+        "verdicts": dict(Counter(r.verdict or "none" for r in records)),
+        "latency_s": spread(latency),
+        "engine_s": spread(engine),
+        "queued_s": spread(queued),
+        "timing_lock_wait_s": spread(lock),
+        "stage_ms_p50": {name: round(percentile(values, 50), 1) for name, values in sorted(stages.items())},
+        "isolation": dict(Counter((r.result.get("environment") or {}).get("isolation", "?") for r in records if r.result)),
+        "devices": dict(Counter((r.result.get("environment") or {}).get("device", "?") for r in records if r.result)),
+        **({"client_errors": errors[:5], "client_error_count": len(errors)} if errors else {}),
+    }
 
 
 # --- what the host does meanwhile ----------------------------------------------------------------
@@ -205,8 +224,12 @@ def host_use(into: dict[str, Any], interval_s: float = 2.0) -> Iterator[None]:
     def sample(smi: str) -> None:
         while not stop.wait(interval_s):
             try:
-                out = subprocess.run([smi, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=10).stdout
+                out = subprocess.run(
+                    [smi, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
             except (OSError, subprocess.SubprocessError):
                 return
             for line in out.splitlines():
@@ -257,8 +280,9 @@ def redis_binary(given: str | None) -> str:
                 raise SystemExit(f"{candidate} does not run here: {exc}") from None
             print(f"redis-server: {candidate}: {version.strip()}", flush=True)
             return candidate
-    raise SystemExit("no redis-server: pass --redis-server PATH, carry .redis/redis-server (bash bench/build_redis.sh) "
-                     "or put one on PATH")
+    raise SystemExit(
+        "no redis-server: pass --redis-server PATH, carry .redis/redis-server (bash bench/build_redis.sh) or put one on PATH"
+    )
 
 
 class RedisStack:
@@ -286,10 +310,12 @@ class RedisStack:
         wanted = set(ids)
         per_gpu = {str(gpu): sum(1 for i in executions([text])[0] if i in wanted) for gpu, text in logs.items()}
         dequeued, finished = executions(logs.values())
-        return {"dequeued_per_gpu": per_gpu,
-                "dequeued_exactly_once": sum(dequeued[i] == 1 for i in wanted),
-                "finished_ok_exactly_once": sum(finished[i] == 1 for i in wanted),
-                "dequeued_more_than_once": sum(dequeued[i] > 1 for i in wanted)}
+        return {
+            "dequeued_per_gpu": per_gpu,
+            "dequeued_exactly_once": sum(dequeued[i] == 1 for i in wanted),
+            "finished_ok_exactly_once": sum(finished[i] == 1 for i in wanted),
+            "dequeued_more_than_once": sum(dequeued[i] > 1 for i in wanted),
+        }
 
     def stop(self) -> None:
         if self.service is not None:
@@ -310,15 +336,38 @@ class EmbeddedStack:
         urls = []
         for gpu in self.gpus:
             port = free_port()
-            env = {**os.environ, **self.env, "CUDA_VISIBLE_DEVICES": str(gpu), "REFEREE_EMBEDDED_WORKERS": str(self.concurrency),
-                   "REFEREE_AUTH": "off"}
+            env = {
+                **os.environ,
+                **self.env,
+                "CUDA_VISIBLE_DEVICES": str(gpu),
+                "REFEREE_EMBEDDED_WORKERS": str(self.concurrency),
+                "REFEREE_AUTH": "off",
+            }
             log = self.folder / f"embedded-gpu{gpu}.log"
             with log.open("ab") as out:
-                self.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "service.cli", "serve", "--embedded", "--port", str(port), "--log-level", "warning"],
-                    env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True))
+                self.processes.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "service.cli",
+                            "serve",
+                            "--embedded",
+                            "--port",
+                            str(port),
+                            "--log-level",
+                            "warning",
+                        ],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        cwd=ROOT,
+                        start_new_session=True,
+                    )
+                )
             urls.append(f"http://127.0.0.1:{port}")
         for process, url, gpu in zip(self.processes, urls, self.gpus, strict=True):
+
             def ready(process: subprocess.Popen[bytes] = process, url: str = url, gpu: int = gpu) -> bool:
                 if process.poll() is not None:
                     raise RuntimeError(f"the embedded server for GPU {gpu} exited (see {self.folder})")
@@ -369,11 +418,20 @@ def run_phase(gpus: int, options: Options, binary: str | None, log_folder: Path)
     env = {"REFEREE_REFERENCE_CACHE_DIR": str(scratch / "reference-cache"), "REFEREE_LOCK_DIR": str(scratch / "locks")}
     if options.isolation:
         env["REFEREE_ISOLATION"] = options.isolation
-    phase: dict[str, Any] = {"gpus": gpus, "queue": options.queue, "workers_per_gpu": options.concurrency, "in_flight": in_flight,
-                             "warmup_submissions": warmup, "submissions": options.submissions}
+    phase: dict[str, Any] = {
+        "gpus": gpus,
+        "queue": options.queue,
+        "workers_per_gpu": options.concurrency,
+        "in_flight": in_flight,
+        "warmup_submissions": warmup,
+        "submissions": options.submissions,
+    }
     folder = log_folder / f"x{gpus}"
-    stack: RedisStack | EmbeddedStack = (RedisStack(list(range(gpus)), options.concurrency, folder, binary or "", env)
-                                         if options.queue == "redis" else EmbeddedStack(list(range(gpus)), options.concurrency, folder, env))
+    stack: RedisStack | EmbeddedStack = (
+        RedisStack(list(range(gpus)), options.concurrency, folder, binary or "", env)
+        if options.queue == "redis"
+        else EmbeddedStack(list(range(gpus)), options.concurrency, folder, env)
+    )
     tag = uuid.uuid4().hex[:12]
     try:
         started = time.monotonic()
@@ -381,15 +439,24 @@ def run_phase(gpus: int, options: Options, binary: str | None, log_folder: Path)
         phase["stack_start_s"] = round(time.monotonic() - started, 2)
         print(f"[x{gpus}] stack up in {phase['stack_start_s']} s; warming with {warmup} submissions", flush=True)
         started = time.monotonic()
-        warm = drive(urls, lambda i: body(i, f"warm-{tag}-{i}") if i < warmup else None, in_flight, deadline_s=options.phase_timeout_s)
+        warm = drive(
+            urls, lambda i: body(i, f"warm-{tag}-{i}") if i < warmup else None, in_flight, deadline_s=options.phase_timeout_s
+        )
         phase["warmup"] = {"seconds": round(time.monotonic() - started, 2), "verdicts": dict(Counter(r.verdict for r in warm))}
         before = stack.job_counts() if isinstance(stack, RedisStack) else {}
-        print(f"[x{gpus}] warm in {phase['warmup']['seconds']} s {phase['warmup']['verdicts']}; "
-              f"batch of {options.submissions}, {in_flight} in flight", flush=True)
+        print(
+            f"[x{gpus}] warm in {phase['warmup']['seconds']} s {phase['warmup']['verdicts']}; "
+            f"batch of {options.submissions}, {in_flight} in flight",
+            flush=True,
+        )
         started = time.monotonic()
         with host_use(phase):
-            records = drive(urls, lambda i: body(i, f"{tag}-{i}") if i < options.submissions else None, in_flight,
-                            deadline_s=options.phase_timeout_s)
+            records = drive(
+                urls,
+                lambda i: body(i, f"{tag}-{i}") if i < options.submissions else None,
+                in_flight,
+                deadline_s=options.phase_timeout_s,
+            )
         phase.update(rates(records, started))
         phase.update(summarize(records))
         phase["unfinished"] = options.submissions - phase["results"]
@@ -398,14 +465,20 @@ def run_phase(gpus: int, options: Options, binary: str | None, log_folder: Path)
         if isinstance(stack, RedisStack):
             time.sleep(1.0)  # RQ logs "Job OK" after the result is stored: let the logs catch up
             after = stack.job_counts()
-            phase["jobs_per_gpu"] = {gpu: {key: value - before.get(gpu, {}).get(key, 0) for key, value in counts.items() if key != "rq_workers"}
-                                     for gpu, counts in after.items()}
+            phase["jobs_per_gpu"] = {
+                gpu: {key: value - before.get(gpu, {}).get(key, 0) for key, value in counts.items() if key != "rq_workers"}
+                for gpu, counts in after.items()
+            }
             phase.update(stack.per_gpu_of(ids))
         else:
-            phase["jobs_per_gpu"] = {str(gpu): {"succeeded": sum(1 for r in records if r.server == gpu and r.result.get("verdict"))}
-                                     for gpu in range(gpus)}
-        print(f"[x{gpus}] {json.dumps({k: phase.get(k) for k in ('evaluations_per_minute', 'sustained_evaluations_per_minute', 'verdicts', 'jobs_per_gpu', 'latency_s', 'host_cpu_busy_percent', 'gpu_utilization_percent')})}",
-              flush=True)
+            phase["jobs_per_gpu"] = {
+                str(gpu): {"succeeded": sum(1 for r in records if r.server == gpu and r.result.get("verdict"))}
+                for gpu in range(gpus)
+            }
+        print(
+            f"[x{gpus}] {json.dumps({k: phase.get(k) for k in ('evaluations_per_minute', 'sustained_evaluations_per_minute', 'verdicts', 'jobs_per_gpu', 'latency_s', 'host_cpu_busy_percent', 'gpu_utilization_percent')})}",
+            flush=True,
+        )
     finally:
         stack.stop()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -423,16 +496,27 @@ def run_scaling(options: Options, gpus: int, phases: list[int]) -> dict[str, Any
     card = card_name()
     names, _ = problem_set(options.problems)
     report: dict[str, Any] = {
-        "card": card, "gpus": gpus, "date": datetime.date.today().isoformat(), "queue": options.queue,
-        "host": {**describe_machine(),
-                 "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+        "card": card,
+        "gpus": gpus,
+        "date": datetime.date.today().isoformat(),
+        "queue": options.queue,
+        "host": {**describe_machine(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
         "isolation": options.isolation or os.environ.get("REFEREE_ISOLATION") or "auto",
-        "workers_per_gpu": options.concurrency, "problems": names, "submissions_per_phase": options.submissions,
-        "method": ("each configuration a fresh stack (" + ("redis-server, one API, one `referee worker --gpu I --concurrency K` per GPU"
-                   if options.queue == "redis" else "one embedded server per GPU") + ") on GPUs 0..N-1 with its own reference cache; "
-                   "warmed first (every problem once, at least two per worker slot); then unique submissions (nonce) round-robin "
-                   "over the problems, default options, through a closed loop keeping N x in_flight outstanding, each one "
-                   "POST ?wait=. Sustained rate: the middle 80% of completions; scaling: sustained rate over the 1-GPU one."),
+        "workers_per_gpu": options.concurrency,
+        "problems": names,
+        "submissions_per_phase": options.submissions,
+        "method": (
+            "each configuration a fresh stack ("
+            + (
+                "redis-server, one API, one `referee worker --gpu I --concurrency K` per GPU"
+                if options.queue == "redis"
+                else "one embedded server per GPU"
+            )
+            + ") on GPUs 0..N-1 with its own reference cache; "
+            "warmed first (every problem once, at least two per worker slot); then unique submissions (nonce) round-robin "
+            "over the problems, default options, through a closed loop keeping N x in_flight outstanding, each one "
+            "POST ?wait=. Sustained rate: the middle 80% of completions; scaling: sustained rate over the 1-GPU one."
+        ),
         "phases": [],
     }
     suffix = ("" if options.queue == "redis" else f"-{options.queue}") + options.label
@@ -447,12 +531,19 @@ def run_scaling(options: Options, gpus: int, phases: list[int]) -> dict[str, Any
         base = report["phases"][0]
         if base["gpus"] == 1:
             report["evaluations_per_minute"] = {str(p["gpus"]): p["evaluations_per_minute"] for p in report["phases"]}
-            report["sustained_evaluations_per_minute"] = {str(p["gpus"]): p["sustained_evaluations_per_minute"] for p in report["phases"]}
-            report["scaling"] = {str(p["gpus"]): round(p["sustained_evaluations_per_minute"] / base["sustained_evaluations_per_minute"], 2)
-                                 for p in report["phases"][1:]
-                                 if p["sustained_evaluations_per_minute"] and base["sustained_evaluations_per_minute"]}
-            report["scaling_whole_batch"] = {str(p["gpus"]): round(p["evaluations_per_minute"] / base["evaluations_per_minute"], 2)
-                                             for p in report["phases"][1:] if base["evaluations_per_minute"]}
+            report["sustained_evaluations_per_minute"] = {
+                str(p["gpus"]): p["sustained_evaluations_per_minute"] for p in report["phases"]
+            }
+            report["scaling"] = {
+                str(p["gpus"]): round(p["sustained_evaluations_per_minute"] / base["sustained_evaluations_per_minute"], 2)
+                for p in report["phases"][1:]
+                if p["sustained_evaluations_per_minute"] and base["sustained_evaluations_per_minute"]
+            }
+            report["scaling_whole_batch"] = {
+                str(p["gpus"]): round(p["evaluations_per_minute"] / base["evaluations_per_minute"], 2)
+                for p in report["phases"][1:]
+                if base["evaluations_per_minute"]
+            }
         save()
     print(json.dumps({k: v for k, v in report.items() if k not in ("phases", "method")}), flush=True)
     print(f"wrote {path}", flush=True)
@@ -464,14 +555,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--queue", choices=("redis", "embedded"), default="redis")
-    parser.add_argument("--gpus", type=int, default=0, help="GPUs to use (default: every GPU nvidia-smi lists; "
-                                                            "on a host without one, N CPU-interpreter workers)")
-    parser.add_argument("--phases", default="", help="GPU counts to measure, e.g. 1,2 (default: 1, 2, 4 and --gpus, up to --gpus)")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        help="GPUs to use (default: every GPU nvidia-smi lists; on a host without one, N CPU-interpreter workers)",
+    )
+    parser.add_argument(
+        "--phases", default="", help="GPU counts to measure, e.g. 1,2 (default: 1, 2, 4 and --gpus, up to --gpus)"
+    )
     parser.add_argument("--submissions", type=int, default=120, help="measured submissions per phase")
-    parser.add_argument("--warmup", type=int, default=-1, help="warm-up submissions per phase (default: every problem once, "
-                                                              "at least two per worker slot)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=-1,
+        help="warm-up submissions per phase (default: every problem once, at least two per worker slot)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="evaluations at once per GPU (referee worker --concurrency)")
-    parser.add_argument("--in-flight", type=int, default=0, help="client submissions outstanding per GPU (default: concurrency + 1)")
+    parser.add_argument(
+        "--in-flight", type=int, default=0, help="client submissions outstanding per GPU (default: concurrency + 1)"
+    )
     parser.add_argument("--problems", choices=("small", "tiny"), default="small", help="tiny: a CPU smoke run")
     parser.add_argument("--redis-server", default=None, help="redis-server binary (default: .redis/redis-server, then PATH)")
     parser.add_argument("--isolation", default=None, help="REFEREE_ISOLATION for the workers (default: auto)")
@@ -488,9 +591,19 @@ def main() -> None:
     phases = sorted({int(x) for x in args.phases.split(",") if x.strip()}) if args.phases else default_phases(gpus)
     if not phases or phases[0] < 1 or phases[-1] > gpus:
         raise SystemExit(f"--phases must be GPU counts between 1 and {gpus}")
-    options = Options(out=args.out, queue=args.queue, problems=args.problems, submissions=args.submissions, warmup=args.warmup,
-                      concurrency=args.concurrency, in_flight=args.in_flight, redis_server=args.redis_server,
-                      isolation=args.isolation, phase_timeout_s=args.phase_timeout, label=args.label)
+    options = Options(
+        out=args.out,
+        queue=args.queue,
+        problems=args.problems,
+        submissions=args.submissions,
+        warmup=args.warmup,
+        concurrency=args.concurrency,
+        in_flight=args.in_flight,
+        redis_server=args.redis_server,
+        isolation=args.isolation,
+        phase_timeout_s=args.phase_timeout,
+        label=args.label,
+    )
     report = run_scaling(options, gpus, phases)
     failed = [p["gpus"] for p in report["phases"] if p["unfinished"] or set(p["verdicts"]) - {"correct"}]
     if failed:

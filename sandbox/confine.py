@@ -33,9 +33,14 @@ PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG = 38, 24, 1
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203}
 # statvfs flags that a bind remount must repeat: in a user namespace they are locked, and leaving
 # one out makes the remount fail with EPERM.
-_LOCKED_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
-                 (getattr(os, "ST_NOATIME", 1024), MS_NOATIME), (getattr(os, "ST_NODIRATIME", 2048), MS_NODIRATIME),
-                 (getattr(os, "ST_RELATIME", 4096), MS_RELATIME))
+_LOCKED_FLAGS = (
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (getattr(os, "ST_NOATIME", 1024), MS_NOATIME),
+    (getattr(os, "ST_NODIRATIME", 2048), MS_NODIRATIME),
+    (getattr(os, "ST_RELATIME", 4096), MS_RELATIME),
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -47,8 +52,12 @@ def _check(result: int, what: str) -> None:
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_libc.mount(source and source.encode(), target.encode(), fstype and fstype.encode(), ctypes.c_ulong(flags),
-                       data and data.encode()), f"mount {source} on {target}")
+    _check(
+        _libc.mount(
+            source and source.encode(), target.encode(), fstype and fstype.encode(), ctypes.c_ulong(flags), data and data.encode()
+        ),
+        f"mount {source} on {target}",
+    )
 
 
 def _remount_readonly(target: str) -> None:
@@ -130,8 +139,12 @@ def build_root(root: dict, uid: int, gid: int) -> None:
                 mount(f"{old}/dev/{node}", f"{new}/dev/{node}", None, MS_BIND)
             os.mkdir(new + "/dev/shm")
             mount("tmpfs", new + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size=64m,{owner}")
-            for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                               ("stderr", "/proc/self/fd/2")):
+            for name, link in (
+                ("fd", "/proc/self/fd"),
+                ("stdin", "/proc/self/fd/0"),
+                ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"),
+            ):
                 os.symlink(link, f"{new}/dev/{name}")
         elif kind == "proc":
             _makedirs(new + "/proc")
@@ -191,7 +204,7 @@ def run_as_init(argv: list[str], workdir: str | None) -> int:
 
 def main(args: list[str]) -> int:
     split = args.index("--")
-    spec, argv = json.loads(args[split - 1]), args[split + 1:]
+    spec, argv = json.loads(args[split - 1]), args[split + 1 :]
     uid, gid = spec.get("uid", os.getuid()), spec.get("gid", os.getgid())
     if os.getuid() != 0:
         uid, gid = os.getuid(), os.getgid()  # a user namespace mapped to the caller: nothing else exists

@@ -194,9 +194,14 @@ class DockerIsolation:
         client = _client()
         previous = record.read_text().strip() if record.exists() else ""
         container = _get(client, previous) if previous else None
-        healthy = (container is not None and container.status == "running" and not self.strict
-                   and not (control / "tainted").exists() and not (control / "retired").exists()
-                   and _launcher_idle(control / "launch.sock"))
+        healthy = (
+            container is not None
+            and container.status == "running"
+            and not self.strict
+            and not (control / "tainted").exists()
+            and not (control / "retired").exists()
+            and _launcher_idle(control / "launch.sock")
+        )
         if healthy:
             return previous, control
         if container is not None:
@@ -252,14 +257,18 @@ class DockerIsolation:
             pids_limit=limits.processes,
             mem_limit=limits.memory_bytes,
             memswap_limit=limits.memory_bytes,
-            ulimits=[Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds),
-                     Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes),
-                     Ulimit(name="core", soft=0, hard=0)],
+            ulimits=[
+                Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds),
+                Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes),
+                Ulimit(name="core", soft=0, hard=0),
+            ],
             environment={"REFEREE_CONTAINER_TMP": scratch, "HOME": scratch},
             volumes=volumes,
             working_dir="/tmp",
             labels={"referee.pool": self._pool},
-            device_requests=[DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])] if device == "cuda" and gpu is not None else [],
+            device_requests=[DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])]
+            if device == "cuda" and gpu is not None
+            else [],
         )
 
     def _remove(self, name: str) -> None:

@@ -70,7 +70,7 @@ def main(args: list[str]) -> int:
         reply += chunk
     if len(reply) < HEADER.size:
         return 125  # the launcher went away without an answer
-    message = json.loads(bytes(reply[HEADER.size:HEADER.size + HEADER.unpack(reply[:HEADER.size])[0]]))
+    message = json.loads(bytes(reply[HEADER.size : HEADER.size + HEADER.unpack(reply[: HEADER.size])[0]]))
     code = message.get("exit")
     if code is None:
         return 125

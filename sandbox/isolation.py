@@ -121,8 +121,10 @@ class ProcessIsolation:
 @functools.lru_cache(maxsize=8)
 def runtime_paths(python: str) -> tuple[str, ...]:
     """The directories `python` needs to run torch and triton: its prefixes and sys.path entries."""
-    probe = ("import json, os, sys; print(json.dumps([os.path.realpath(sys.executable), sys.prefix, sys.base_prefix, "
-             "sys.exec_prefix, sys.base_exec_prefix, *sys.path]))")
+    probe = (
+        "import json, os, sys; print(json.dumps([os.path.realpath(sys.executable), sys.prefix, sys.base_prefix, "
+        "sys.exec_prefix, sys.base_exec_prefix, *sys.path]))"
+    )
     out = subprocess.run([python, "-I", "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout
     paths: set[str] = set()
     for entry in json.loads(out):
@@ -219,8 +221,14 @@ class UnshareIsolation:
         namespaces = ["--net", "--pid", "--ipc", "--uts", "--mount", "--fork", "--kill-child=SIGKILL"]
         if not is_root():
             namespaces[:0] = ["--user", "--map-root-user"]
-        spec = {"root": {"steps": root_steps(argv[0], workdir, device, self.limits)}, "limits": self.limits.rlimits(),
-                "uid": NOBODY, "gid": NOBODY, "chdir": str(workdir), "parent_death": True}
+        spec = {
+            "root": {"steps": root_steps(argv[0], workdir, device, self.limits)},
+            "limits": self.limits.rlimits(),
+            "uid": NOBODY,
+            "gid": NOBODY,
+            "chdir": str(workdir),
+            "parent_death": True,
+        }
         return [self.executable, *namespaces, "--", *_confine_argv(argv[0], spec, argv)]
 
 
@@ -317,7 +325,7 @@ def process_tree(root: int) -> list[int]:
             continue
         pid = int(entry.name)
         alive = alive or pid == root
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(pid)
     if not alive:
         return []

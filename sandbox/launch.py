@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 HARNESS_PARENT = Path(__file__).resolve().parent  # the directory that holds the `harness` package
-BOOTSTRAP = "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('harness', run_name='__main__', alter_sys=True)"
+BOOTSTRAP = (
+    "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('harness', run_name='__main__', alter_sys=True)"
+)
 ZYGOTE_BOOTSTRAP = (
     "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "
     "runpy.run_module('harness.zygote', run_name='__main__', alter_sys=True)"

@@ -23,7 +23,7 @@ from typing import Any
 from sandbox.isolation import Isolation, start_watchdog
 from sandbox.launch import HARNESS_PARENT, child_environment
 
-ESCAPES = r'''
+ESCAPES = r"""
 import errno, json, os, signal, socket, sys
 cfg = json.loads(os.environ["REFEREE_PROBE"])
 out = {}
@@ -86,9 +86,9 @@ if not cfg.get("spare_parent"):  # under `process` the parent is the test itself
     attempt("kill_parent", lambda: os.kill(os.getppid(), signal.SIGKILL) or os.getppid())
     attempt("kill_parent_group", lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL))
     print(json.dumps(out), flush=True)
-'''
+"""
 
-FORK_BOMB = r'''
+FORK_BOMB = r"""
 import json, os, sys, time
 count = 0
 children = []
@@ -105,17 +105,17 @@ while count < 20000:
 else:
     print(json.dumps({"forked": count, "error": None}), flush=True)
 os._exit(0)
-'''
+"""
 
-MEMORY_BOMB = r'''
+MEMORY_BOMB = r"""
 import json, sys
 chunks = []
 for i in range(400):  # up to 25 GiB, 64 MiB at a time, every page touched
     chunks.append(bytearray(b"x" * (64 << 20)))
     print(json.dumps({"mib": (i + 1) * 64}), flush=True)
-'''
+"""
 
-DISK_FILL = r'''
+DISK_FILL = r"""
 import errno, json, os
 written = 0
 result = {}
@@ -139,9 +139,9 @@ except OSError as exc:
     result["many_error"] = errno.errorcode.get(exc.errno)
 result["many_mib"] = total
 print(json.dumps(result), flush=True)
-'''
+"""
 
-ENDLESS = r'''
+ENDLESS = r"""
 import os, sys, time
 # A grandchild in its own session, then a busy loop: the whole tree must go when killed.
 if os.fork() == 0:
@@ -153,23 +153,51 @@ if os.fork() == 0:
 print("looping", flush=True)
 while True:
     pass
-'''
+"""
 
 
-def run_probe(isolation: Isolation, source: str, workdir: Path, config: dict[str, Any] | None = None,
-              timeout: float = 60, kill_after: float | None = None, device: str = "cpu") -> tuple[int | None, str, str]:
+def run_probe(
+    isolation: Isolation,
+    source: str,
+    workdir: Path,
+    config: dict[str, Any] | None = None,
+    timeout: float = 60,
+    kill_after: float | None = None,
+    device: str = "cpu",
+) -> tuple[int | None, str, str]:
     """Run `source` confined the way HarnessProcess runs the harness (same argv shape, fds, clean
     environment, own session); return (exit code or None when killed by us, stdout, stderr)."""
     pipes = [os.pipe() for _ in range(3)]
     child_fds = [pipes[0][0], pipes[1][1], pipes[2][0]]
-    argv = [sys.executable, "-I", "-c", source, str(HARNESS_PARENT), "--role", "candidate",
-            "--read-fd", str(child_fds[0]), "--write-fd", str(child_fds[1]), "--key-fd", str(child_fds[2])]
+    argv = [
+        sys.executable,
+        "-I",
+        "-c",
+        source,
+        str(HARNESS_PARENT),
+        "--role",
+        "candidate",
+        "--read-fd",
+        str(child_fds[0]),
+        "--write-fd",
+        str(child_fds[1]),
+        "--key-fd",
+        str(child_fds[2]),
+    ]
     env = child_environment(workdir, "candidate", device)
     env["REFEREE_PROBE"] = json.dumps(config or {})
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     command = isolation.command(argv, workdir, device)
-    process = subprocess.Popen(command, cwd=workdir, env=env, pass_fds=child_fds, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        pass_fds=child_fds,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     for fd in child_fds:
         os.close(fd)
     watchdog = None

@@ -41,8 +41,9 @@ def unshare_works() -> bool:
     return _probe(["unshare", *user, "--net", "--pid", "--mount", "--fork", "true"])
 
 
-def select_isolation(name: str = "auto", limits: Limits | None = None, *, lockdown: str = Lockdown.on,
-                     docker: Mapping[str, Any] | None = None) -> Isolation:
+def select_isolation(
+    name: str = "auto", limits: Limits | None = None, *, lockdown: str = Lockdown.on, docker: Mapping[str, Any] | None = None
+) -> Isolation:
     """The backend called `name`; `auto` takes the strongest that works here. `lockdown` is what its
     harness processes put on themselves; `docker` the DockerIsolation fields a worker sets (image,
     python, harness_lib, state_dir). Raises ValueError for an unknown name and RuntimeError for one
@@ -68,6 +69,8 @@ def select_isolation(name: str = "auto", limits: Limits | None = None, *, lockdo
         if name == "unshare":
             raise RuntimeError("unshare cannot create namespaces here (user namespaces disabled?)")
     if name == "auto":
-        log.warning("no isolation backend works on this machine (docker, bwrap, unshare): candidates run as plain "
-                    "processes, which is for development only")
+        log.warning(
+            "no isolation backend works on this machine (docker, bwrap, unshare): candidates run as plain "
+            "processes, which is for development only"
+        )
     return ProcessIsolation(limits=limits, lockdown=lockdown)

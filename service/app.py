@@ -64,8 +64,11 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """Redis down or unreachable: a 503 the clients retry, with what broke, never a bare 500."""
     request.app.state.metrics.rejected.labels("store_unavailable").inc()
     log.warning("Redis unavailable for %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-    return AsciiJSONResponse({"detail": f"the store and queue (Redis) are unavailable: {type(exc).__name__}: {exc}"},
-                             status_code=503, headers={"Retry-After": "5"})
+    return AsciiJSONResponse(
+        {"detail": f"the store and queue (Redis) are unavailable: {type(exc).__name__}: {exc}"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 class _BodyTooLarge(Exception):
@@ -139,7 +142,8 @@ class Observe:
         finally:
             route = scope.get("route")
             self.metrics.http_seconds.labels(scope["method"], getattr(route, "path", "unmatched"), str(status)).observe(
-                time.perf_counter() - started)
+                time.perf_counter() - started
+            )
 
 
 def _build(settings: Settings) -> tuple[Store, JobQueue]:
@@ -147,8 +151,13 @@ def _build(settings: Settings) -> tuple[Store, JobQueue]:
         return Store(MemoryKV(), settings.result_ttl_s), EmbeddedQueue(settings.embedded_workers, retries=settings.job_retries)
     assert settings.redis_url is not None  # not embedded
     connection = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
-    queue = RQQueue(connection, settings.queue_name, retries=settings.job_retries, result_ttl=settings.result_ttl_s,
-                    worker_stale_s=settings.worker_stale_s)
+    queue = RQQueue(
+        connection,
+        settings.queue_name,
+        retries=settings.job_retries,
+        result_ttl=settings.result_ttl_s,
+        worker_stale_s=settings.worker_stale_s,
+    )
     return Store(RedisKV(connection), settings.result_ttl_s), queue
 
 
@@ -177,8 +186,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             spares = max(settings.pool_spares, 2 * settings.embedded_workers)
             host = await asyncio.to_thread(context.start, settings, data_in_files=False, pool_spares=spares)
             queue.start()
-        sweeper = threading.Thread(target=_maintenance, args=(referee, settings.maintenance_interval_s, stop),
-                                   name="referee-maintenance", daemon=True)
+        sweeper = threading.Thread(
+            target=_maintenance, args=(referee, settings.maintenance_interval_s, stop), name="referee-maintenance", daemon=True
+        )
         sweeper.start()
         yield
         stop.set()
@@ -187,9 +197,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if host is not None:
             context.stop(host)
 
-    app = FastAPI(title="Triton Referee", version=VERSION, lifespan=lifespan,
-                  description="Verifies Triton kernels against PyTorch references: correctness, speed and anti-cheat, "
-                              "as one reward JSON document per evaluation.")
+    app = FastAPI(
+        title="Triton Referee",
+        version=VERSION,
+        lifespan=lifespan,
+        description="Verifies Triton kernels against PyTorch references: correctness, speed and anti-cheat, "
+        "as one reward JSON document per evaluation.",
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.referee = referee

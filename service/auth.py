@@ -13,7 +13,9 @@ from .exceptions import Unauthorized
 
 ANONYMOUS = "anonymous"
 
-api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="required unless auth is off (embedded mode default)")
+api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, description="required unless auth is off (embedded mode default)"
+)
 
 
 def owner_of(key: str) -> str:
@@ -28,5 +30,8 @@ def require_owner(request: Request, key: str | None = Security(api_key_header)) 
     # Compare against every key in constant time, so timing says nothing about which is close.
     if key and any([hmac.compare_digest(key.encode(), known.encode()) for known in settings.api_keys]):
         return owner_of(key)
-    raise Unauthorized(f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header", reason="auth",
-                       headers={"WWW-Authenticate": API_KEY_HEADER})
+    raise Unauthorized(
+        f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header",
+        reason="auth",
+        headers={"WWW-Authenticate": API_KEY_HEADER},
+    )

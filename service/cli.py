@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 EXIT_CORRECT, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 SettingsT = TypeVar("SettingsT")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Triton Referee: verify Triton kernels against PyTorch references.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Triton Referee: verify Triton kernels against PyTorch references."
+)
 # Width of output that is not a terminal (CI logs, files): rich's default of 80 cut the tables'
 # candidate names to `candidat…`. COLUMNS, when set, still wins.
 LOG_WIDTH = 240
@@ -123,17 +125,27 @@ def choose_isolation(name: IsolationName, settings: JudgeSettings) -> Isolation:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     if isolation.name == "process":
-        err.print("warning: isolation 'process' confines nothing beyond a clean environment and the audit hook; "
-                  "it is for development only, never for untrusted candidates")
+        err.print(
+            "warning: isolation 'process' confines nothing beyond a clean environment and the audit hook; "
+            "it is for development only, never for untrusted candidates"
+        )
     return isolation
 
 
-IsolationOption = Annotated[IsolationName, typer.Option(help="auto (docker, then bwrap, then unshare), docker, bwrap, unshare or "
-                                                               "process (development only)")]
-PrecisionOption = Annotated[Precision, typer.Option(help="inputs and both models' parameters in this dtype (KernelBench's switch; "
-                                                         "fp16/bf16 default to atol = rtol = 1e-2)")]
+IsolationOption = Annotated[
+    IsolationName,
+    typer.Option(help="auto (docker, then bwrap, then unshare), docker, bwrap, unshare or process (development only)"),
+]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="inputs and both models' parameters in this dtype (KernelBench's switch; fp16/bf16 default to atol = rtol = 1e-2)"
+    ),
+]
 DeviceOption = Annotated[Device, typer.Option(help="auto takes cuda when this machine has an NVIDIA GPU")]
-CompileBaselineOption = Annotated[bool, typer.Option("--compile-baseline", help="also time torch.compile(reference): speedup over it next to eager")]
+CompileBaselineOption = Annotated[
+    bool, typer.Option("--compile-baseline", help="also time torch.compile(reference): speedup over it next to eager")
+]
 
 
 def exit_code(result: EvaluationResult) -> int:
@@ -144,26 +156,37 @@ def exit_code(result: EvaluationResult) -> int:
 
 def print_summary(console: Console, result: EvaluationResult) -> None:
     colour = {"correct": "green", "incorrect": "red", "cheating": "magenta"}.get(result.verdict.value, "yellow")
-    console.print(f"[bold {colour}]{result.verdict.value}[/]  reward {result.reward:g}  "
-                  f"({result.reward_preset}: correctness {result.rewards.correctness:g}, speedup {result.rewards.speedup:g})")
+    console.print(
+        f"[bold {colour}]{result.verdict.value}[/]  reward {result.reward:g}  "
+        f"({result.reward_preset}: correctness {result.rewards.correctness:g}, speedup {result.rewards.speedup:g})"
+    )
     c = result.correctness
-    console.print(f"correctness: {c.passed}/{c.trials} trials over {c.input_sets} input sets, "
-                  f"max abs error {c.max_abs_error if c.max_abs_error is not None else '-'}")
+    console.print(
+        f"correctness: {c.passed}/{c.trials} trials over {c.input_sets} input sets, "
+        f"max abs error {c.max_abs_error if c.max_abs_error is not None else '-'}"
+    )
     p = result.performance
     if p.meaningful and p.speedup is not None and p.candidate_ms and p.reference_ms:
-        console.print(f"performance: {p.candidate_ms.median:.4g} ms vs reference {p.reference_ms.median:.4g} ms "
-                      f"-> speedup {p.speedup:.3f}x (95% CI {p.speedup_ci95[0]:.3f}-{p.speedup_ci95[1]:.3f})" if p.speedup_ci95 else
-                      f"-> speedup {p.speedup:.3f}x")
+        console.print(
+            f"performance: {p.candidate_ms.median:.4g} ms vs reference {p.reference_ms.median:.4g} ms "
+            f"-> speedup {p.speedup:.3f}x (95% CI {p.speedup_ci95[0]:.3f}-{p.speedup_ci95[1]:.3f})"
+            if p.speedup_ci95
+            else f"-> speedup {p.speedup:.3f}x"
+        )
     else:
         console.print("performance: not measured (Triton interpreter on the CPU)" if not p.meaningful else "performance: -")
     if p.speedup_vs_compiled is not None and p.compiled_reference_ms:
-        console.print(f"torch.compile baseline: {p.compiled_reference_ms.median:.4g} ms -> speedup {p.speedup_vs_compiled:.3f}x over it")
+        console.print(
+            f"torch.compile baseline: {p.compiled_reference_ms.median:.4g} ms -> speedup {p.speedup_vs_compiled:.3f}x over it"
+        )
     for v in result.anti_cheat.violations + result.anti_cheat.warnings:
         console.print(f"[{'red' if v.severity.value == 'fatal' else 'yellow'}]{v.severity.value} {v.rule}[/]: {v.message}")
     console.print(f"feedback: {result.feedback}", markup=False, highlight=False)
     env = result.environment
-    console.print(f"[dim]{env.device} · torch {env.torch} · triton {env.triton} · isolation {env.isolation} · "
-                  f"{result.timings_ms.total / 1e3:.1f} s[/]")
+    console.print(
+        f"[dim]{env.device} · torch {env.torch} · triton {env.triton} · isolation {env.isolation} · "
+        f"{result.timings_ms.total / 1e3:.1f} s[/]"
+    )
 
 
 @app.command()
@@ -178,14 +201,20 @@ def check(
     reward: Annotated[RewardPreset, typer.Option(help="reward preset")] = "tritonrl",
     atol: Annotated[float | None, typer.Option(help="absolute tolerance override")] = None,
     rtol: Annotated[float | None, typer.Option(help="relative tolerance override")] = None,
-    output_format: Annotated[Literal["text", "json", "github"],
-                             typer.Option("--format", help="github: workflow annotations on the offending lines")] = "text",
+    output_format: Annotated[
+        Literal["text", "json", "github"], typer.Option("--format", help="github: workflow annotations on the offending lines")
+    ] = "text",
     junit: Annotated[Path | None, typer.Option(help="also write the result as JUnit XML to this file")] = None,
     precision: PrecisionOption = "fp32",
     compile_baseline: CompileBaselineOption = False,
     isolation: IsolationOption = IsolationName.auto,
-    mode: Annotated[Mode, typer.Option(help="strict (default: random parameters, extra input sets and value ranges) or "
-                                            "kernelbench (the published inputs only, comparable with published numbers)")] = "strict",
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            help="strict (default: random parameters, extra input sets and value ranges) or "
+            "kernelbench (the published inputs only, comparable with published numbers)"
+        ),
+    ] = "strict",
 ) -> None:
     """Check CANDIDATE against REFERENCE; exit 0 only when it is correct and cheat-free."""
     settings = judge_settings()
@@ -198,15 +227,33 @@ def check(
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     except ValueError as exc:  # pydantic validation, e.g. an empty reference
-        err.print(f"error: {reference}: the reference is empty or invalid ({exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc})")
+        err.print(
+            f"error: {reference}: the reference is empty or invalid ({exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc})"
+        )
         raise typer.Exit(EXIT_USAGE) from None
-    config = EvalConfig(trials=trials, timeout_s=timeout, device=device, seed=seed, atol=atol, rtol=rtol,
-                        precision=precision, compile_baseline=compile_baseline, reward=RewardConfig(preset=reward), mode=mode)
+    config = EvalConfig(
+        trials=trials,
+        timeout_s=timeout,
+        device=device,
+        seed=seed,
+        atol=atol,
+        rtol=rtol,
+        precision=precision,
+        compile_baseline=compile_baseline,
+        reward=RewardConfig(preset=reward),
+        mode=mode,
+    )
     backend = choose_isolation(isolation, settings)
     try:
-        result = evaluate(problem, submission, config, isolation=backend, python=settings.harness_python,
-                          audit_hook=settings.audit_hook,
-                        allow_native_code=settings.allow_native_code)
+        result = evaluate(
+            problem,
+            submission,
+            config,
+            isolation=backend,
+            python=settings.harness_python,
+            audit_hook=settings.audit_hook,
+            allow_native_code=settings.allow_native_code,
+        )
     except ProblemSourceError as exc:
         err.print(f"error: {reference}: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -217,7 +264,9 @@ def check(
         from .reports import Case, junit_xml
 
         problem_name = reference.parent.name if reference.stem == "reference" else reference.stem
-        junit.write_text(junit_xml([Case(name=str(candidate), problem=problem_name, result=result, candidate_path=str(candidate))]))
+        junit.write_text(
+            junit_xml([Case(name=str(candidate), problem=problem_name, result=result, candidate_path=str(candidate))])
+        )
     if json_output or output_format == "json":
         typer.echo(result.model_dump_json())
     elif output_format == "github":
@@ -237,14 +286,18 @@ def _default_jobs() -> int:
 
 @app.command("check-kernels")
 def check_kernels(
-    candidates: Annotated[list[Path], typer.Argument(help="candidate files; each is checked against REFERENCE_NAME in its directory")],
+    candidates: Annotated[
+        list[Path], typer.Argument(help="candidate files; each is checked against REFERENCE_NAME in its directory")
+    ],
     reference_name: Annotated[str, typer.Option(help="the reference's file name next to each candidate")] = "reference.py",
     trials: Annotated[int, typer.Option(min=1, max=100, help="correctness trials")] = 5,
     timeout: Annotated[float, typer.Option(min=1.0, help="wall-clock limit per candidate in seconds")] = 120.0,
     device: DeviceOption = "auto",
     output_format: Annotated[Literal["text", "github"], typer.Option("--format", help="github: workflow annotations")] = "text",
     junit: Annotated[Path | None, typer.Option(help="write every result as one JUnit XML file")] = None,
-    jobs: Annotated[int | None, typer.Option(min=1, help="candidates checked at once (default: one per two cores, at most 8)")] = None,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="candidates checked at once (default: one per two cores, at most 8)")
+    ] = None,
     isolation: IsolationOption = IsolationName.auto,
 ) -> None:
     """Check several candidates, each against the reference next to it (the pre-commit hook and the
@@ -277,9 +330,16 @@ def check_kernels(
 
     def run_one(entry: tuple[Path, str, Problem]) -> EvaluationResult:
         candidate, source, problem = entry
-        return evaluate(problem, Submission(source=source, name=candidate.stem), config, isolation=backend, timing_lock=timing_lock,
-                        python=settings.harness_python, audit_hook=settings.audit_hook,
-                        allow_native_code=settings.allow_native_code)
+        return evaluate(
+            problem,
+            Submission(source=source, name=candidate.stem),
+            config,
+            isolation=backend,
+            timing_lock=timing_lock,
+            python=settings.harness_python,
+            audit_hook=settings.audit_hook,
+            allow_native_code=settings.allow_native_code,
+        )
 
     cases: list[Case] = []
     console = make_console()
@@ -293,7 +353,15 @@ def check_kernels(
                 for other in futures:
                     other.cancel()
                 raise typer.Exit(EXIT_USAGE) from None
-            cases.append(Case(name=str(candidate), problem=candidate.parent.name, result=result, candidate_path=str(candidate), source=source))
+            cases.append(
+                Case(
+                    name=str(candidate),
+                    problem=candidate.parent.name,
+                    result=result,
+                    candidate_path=str(candidate),
+                    source=source,
+                )
+            )
             if output_format == "github":
                 for line in github_annotations(result, str(candidate), source):
                     typer.echo(line)
@@ -335,8 +403,15 @@ def _score_examples(client: RefereeClient, examples: Path, device: str, title: s
     if not pairs:
         err.print(f"error: no examples (DIR/*/reference.py) under {examples}")
         raise typer.Exit(EXIT_USAGE)
-    items = [{"reference": read_source(problem_dir / "reference.py", "reference"), "candidate": read_source(path, "candidate"),
-              "name": f"{problem_dir.name}/{path.stem}", "device": device} for problem_dir, path in pairs]
+    items = [
+        {
+            "reference": read_source(problem_dir / "reference.py", "reference"),
+            "candidate": read_source(path, "candidate"),
+            "name": f"{problem_dir.name}/{path.stem}",
+            "device": device,
+        }
+        for problem_dir, path in pairs
+    ]
     console = make_console()
     batch = client.create_batch(items, name=title)
     with Progress(console=console, transient=True) as progress:
@@ -360,8 +435,15 @@ def _score_examples(client: RefereeClient, examples: Path, device: str, title: s
         surprises += expected is not None and expected.value != verdict
         speedup = result["performance"].get("speedup")
         colour = "green" if expected is None or expected.value == verdict else "red"
-        table.add_row(problem_dir.name, label, f"[{colour}]{verdict}[/]", expected.value if expected else "-", f"{result['reward']:g}",
-                      f"{speedup:.2f}x" if speedup is not None else "n/a (cpu)", f"{result['timings_ms']['total'] / 1e3:.1f}")
+        table.add_row(
+            problem_dir.name,
+            label,
+            f"[{colour}]{verdict}[/]",
+            expected.value if expected else "-",
+            f"{result['reward']:g}",
+            f"{speedup:.2f}x" if speedup is not None else "n/a (cpu)",
+            f"{result['timings_ms']['total'] / 1e3:.1f}",
+        )
     console.print(table)
     return surprises
 
@@ -428,7 +510,9 @@ def _manifest_items(manifest: Path) -> list[BatchItem]:
                 candidate_path = str(manifest.parent / entry["candidate"])
                 candidate = read_source(Path(candidate_path), "candidate")
             name = entry.get("name") or (Path(candidate_path).stem if candidate_path else f"item{number}")
-            items.append(BatchItem(problem, name, reference, candidate, candidate_path, entry.get("expected"), entry.get("options", {})))
+            items.append(
+                BatchItem(problem, name, reference, candidate, candidate_path, entry.get("expected"), entry.get("options", {}))
+            )
         except (KeyError, ValueError, TypeError) as exc:
             raise InputFileError(f"{manifest}:{number}: {type(exc).__name__}: {exc}") from exc
     return items
@@ -463,14 +547,27 @@ def _directory_items(problems: Path, candidates: Path | None) -> list[BatchItem]
     or KernelBench's own CDIR/level_L_problem_N_sample_K_kernel.py for problem `N_Name.py` of level L
     (L from DIR's name, `level1`, or from the samples when they are all of one level)."""
     if not problems.is_dir():
-        raise InputFileError(f"problems folder {problems} does not exist" if not problems.exists() else f"{problems} is not a folder")
+        raise InputFileError(
+            f"problems folder {problems} does not exist" if not problems.exists() else f"{problems} is not a folder"
+        )
     if candidates is None:
-        return [BatchItem(problem_dir.name, path.stem, read_source(problem_dir / "reference.py", "reference"),
-                          read_source(path, "candidate"), str(path),
-                          EXPECTED_VERDICTS[path.stem].value if path.stem in EXPECTED_VERDICTS else None)
-                for problem_dir, path in _example_pairs(problems)]
+        return [
+            BatchItem(
+                problem_dir.name,
+                path.stem,
+                read_source(problem_dir / "reference.py", "reference"),
+                read_source(path, "candidate"),
+                str(path),
+                EXPECTED_VERDICTS[path.stem].value if path.stem in EXPECTED_VERDICTS else None,
+            )
+            for problem_dir, path in _example_pairs(problems)
+        ]
     if not candidates.is_dir():
-        raise InputFileError(f"candidates folder {candidates} does not exist" if not candidates.exists() else f"candidates {candidates} is not a folder")
+        raise InputFileError(
+            f"candidates folder {candidates} does not exist"
+            if not candidates.exists()
+            else f"candidates {candidates} is not a folder"
+        )
     references = sorted(problems.glob("*.py")) + sorted(problems.glob("*/reference.py"))
     if not references:
         raise InputFileError(f"no problems in {problems} (expected NAME.py or NAME/reference.py files)")
@@ -487,14 +584,26 @@ def _directory_items(problems: Path, candidates: Path | None) -> list[BatchItem]
         if not found and not kernelbench:
             continue
         source = read_source(reference, "reference")
-        items += [BatchItem(stem, path.stem if path.parent != candidates else path.name, source, read_source(path, "candidate"), str(path))
-                  for path in found]
-        items += [BatchItem(stem, f"sample_{sample}", source, read_source(path, "candidate"), str(path)) for sample, path in kernelbench or []]
+        items += [
+            BatchItem(
+                stem, path.stem if path.parent != candidates else path.name, source, read_source(path, "candidate"), str(path)
+            )
+            for path in found
+        ]
+        items += [
+            BatchItem(stem, f"sample_{sample}", source, read_source(path, "candidate"), str(path))
+            for sample, path in kernelbench or []
+        ]
     if not items:
-        kinds = "CDIR/NAME.py, CDIR/NAME/*.py" + (f" or level_{level}_problem_N_sample_K_kernel.py" if level is not None else
-                                                  " or level_L_problem_N_sample_K_kernel.py (level from a folder named levelL)")
-        raise InputFileError(f"candidates folder {candidates} has no candidate for any of the {len(references)} problems in {problems} "
-                             f"(expected {kinds})")
+        kinds = "CDIR/NAME.py, CDIR/NAME/*.py" + (
+            f" or level_{level}_problem_N_sample_K_kernel.py"
+            if level is not None
+            else " or level_L_problem_N_sample_K_kernel.py (level from a folder named levelL)"
+        )
+        raise InputFileError(
+            f"candidates folder {candidates} has no candidate for any of the {len(references)} problems in {problems} "
+            f"(expected {kinds})"
+        )
     return items
 
 
@@ -525,8 +634,18 @@ def _write_batch_outputs(out: Path, items: list[BatchItem], results: list[Evalua
     summary = summarize(results, [item.problem for item in items])
     with (out / "results.jsonl").open("w") as stream:
         for index, (item, result) in enumerate(zip(items, results, strict=True)):
-            stream.write(json.dumps({"index": index, "problem": item.problem, "name": item.name, "candidate_path": item.candidate_path,
-                                     "result": result.model_dump(mode="json")}) + "\n")
+            stream.write(
+                json.dumps(
+                    {
+                        "index": index,
+                        "problem": item.problem,
+                        "name": item.name,
+                        "candidate_path": item.candidate_path,
+                        "result": result.model_dump(mode="json"),
+                    }
+                )
+                + "\n"
+            )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     cases = [Case(item.name, item.problem, result, item.candidate_path) for item, result in zip(items, results, strict=True)]
     (out / "report.html").write_text(html_report(cases, summary, title))
@@ -535,16 +654,32 @@ def _write_batch_outputs(out: Path, items: list[BatchItem], results: list[Evalua
 
 @app.command()
 def batch(
-    source: Annotated[Path, typer.Argument(help="DIR/*/reference.py with DIR/*/candidate*.py, a problem directory with --candidates, "
-                                                 "or a JSONL manifest")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="DIR/*/reference.py with DIR/*/candidate*.py, a problem directory with --candidates, or a JSONL manifest"
+        ),
+    ],
     server: Annotated[str, typer.Option(envvar="REFEREE_SERVER", help="base URL of a Referee server")] = "http://127.0.0.1:8000",
     api_key: Annotated[str | None, typer.Option(envvar="REFEREE_API_KEY", help="sent as X-API-Key")] = None,
     device: DeviceOption = "auto",
-    candidates: Annotated[Path | None, typer.Option(help="directory of candidates: CDIR/PROBLEM.py, CDIR/PROBLEM/*.py, "
-                                                         "or KernelBench's level_L_problem_N_sample_K_kernel.py")] = None,
-    kernelbench_level: Annotated[Path | None, typer.Option(help="a KernelBench dataset folder (KernelBench/level1); SOURCE is then "
-                                                                "the run folder KernelBench wrote its samples to")] = None,
-    embedded: Annotated[bool, typer.Option("--embedded", help="start an embedded server for this batch instead of using --server")] = False,
+    candidates: Annotated[
+        Path | None,
+        typer.Option(
+            help="directory of candidates: CDIR/PROBLEM.py, CDIR/PROBLEM/*.py, "
+            "or KernelBench's level_L_problem_N_sample_K_kernel.py"
+        ),
+    ] = None,
+    kernelbench_level: Annotated[
+        Path | None,
+        typer.Option(
+            help="a KernelBench dataset folder (KernelBench/level1); SOURCE is then "
+            "the run folder KernelBench wrote its samples to"
+        ),
+    ] = None,
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="start an embedded server for this batch instead of using --server")
+    ] = False,
     workers: Annotated[int, typer.Option(min=1, help="with --embedded: evaluations run at once")] = 2,
     out: Annotated[Path | None, typer.Option(help="write results.jsonl, summary.json and report.html here")] = None,
     trials: Annotated[int | None, typer.Option(min=1, max=100, help="correctness trials per candidate")] = None,
@@ -572,14 +707,27 @@ def batch(
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     if not items:
-        err.print(f"error: no candidates found under {source} (DIR/*/reference.py with DIR/*/candidate*.py; or give --candidates)")
+        err.print(
+            f"error: no candidates found under {source} (DIR/*/reference.py with DIR/*/candidate*.py; or give --candidates)"
+        )
         raise typer.Exit(EXIT_USAGE)
     sent = [i for i, item in enumerate(items) if item.candidate is not None]
-    shared: dict[str, Any] = {"device": device, **({"trials": trials} if trials else {}),
-                              **({"precision": precision} if precision != "fp32" else {}),
-                              **({"compile_baseline": True} if compile_baseline else {})}
-    bodies = [{"reference": items[i].reference, "candidate": items[i].candidate, "name": f"{items[i].problem}/{items[i].name}",
-               **shared, **items[i].options} for i in sent]
+    shared: dict[str, Any] = {
+        "device": device,
+        **({"trials": trials} if trials else {}),
+        **({"precision": precision} if precision != "fp32" else {}),
+        **({"compile_baseline": True} if compile_baseline else {}),
+    }
+    bodies = [
+        {
+            "reference": items[i].reference,
+            "candidate": items[i].candidate,
+            "name": f"{items[i].problem}/{items[i].name}",
+            **shared,
+            **items[i].options,
+        }
+        for i in sent
+    ]
     console = make_console()
     found: dict[int, dict[str, Any]] = {}
     try:
@@ -590,7 +738,9 @@ def batch(
                     task = progress.add_task(f"checking {len(bodies)} candidates", total=len(bodies))
 
                     def advance(item: dict) -> None:
-                        progress.update(task, advance=1, description=f"{bodies[item['index']]['name']}: {item['result']['verdict']}")
+                        progress.update(
+                            task, advance=1, description=f"{bodies[item['index']]['name']}: {item['result']['verdict']}"
+                        )
 
                     found = client.follow(created["id"], len(bodies), advance, timeout=timeout)
     except (ApiError, httpx.HTTPError) as exc:
@@ -600,15 +750,24 @@ def batch(
     for position, index in enumerate(sent):
         view = found.get(position)
         results[index] = EvaluationResult.model_validate(view) if view else no_result_in_time(f"item-{index}", timeout)
-    table = results_table(f"Triton Referee: {source}", ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds"))
+    table = results_table(
+        f"Triton Referee: {source}", ("problem", "candidate", "verdict", "expected", "reward", "speedup", "seconds")
+    )
     surprises = 0
     for item, result in zip(items, results, strict=True):
         verdict = result.verdict.value
         surprises += item.expected is not None and item.expected != verdict
         colour = "green" if item.expected in (None, verdict) else "red"
         speedup = result.performance.speedup
-        table.add_row(item.problem, item.name, f"[{colour}]{verdict}[/]", item.expected or "-", f"{result.reward:g}",
-                      f"{speedup:.2f}x" if speedup is not None else "n/a (cpu)", f"{result.timings_ms.total / 1e3:.1f}")
+        table.add_row(
+            item.problem,
+            item.name,
+            f"[{colour}]{verdict}[/]",
+            item.expected or "-",
+            f"{result.reward:g}",
+            f"{speedup:.2f}x" if speedup is not None else "n/a (cpu)",
+            f"{result.timings_ms.total / 1e3:.1f}",
+        )
     console.print(table)
     problems = [item.problem for item in items]
     summary = _write_batch_outputs(out, items, results, f"Triton Referee: {source}") if out else summarize(results, problems)
@@ -619,8 +778,10 @@ def batch(
     per_problem = summary["per_problem"]
     pass_at = ", ".join(f"pass@{k}={v:.3f}" for k, v in per_problem["pass_at_k"].items())
     best = ", ".join(f"fast_{p}={'n/a' if v is None else f'{v:.3f}'}" for p, v in per_problem["fast_p"].items())
-    console.print(f"{per_problem['problems']} problems, {per_problem['samples_min']}-{per_problem['samples_max']} samples each: "
-                  f"{pass_at}; best sample per problem: {best}")
+    console.print(
+        f"{per_problem['problems']} problems, {per_problem['samples_min']}-{per_problem['samples_max']} samples each: "
+        f"{pass_at}; best sample per problem: {best}"
+    )
     if summary["violations_by_rule"]:
         console.print("violations: " + ", ".join(f"{k} {v}" for k, v in summary["violations_by_rule"].items()))
     if out:
@@ -647,8 +808,13 @@ def submit(
     from .client import ApiError, RefereeClient
 
     try:
-        body = {"reference": read_source(reference, "reference"), "candidate": read_source(candidate, "candidate"),
-                "trials": trials, "seed": seed, "name": candidate.stem}
+        body = {
+            "reference": read_source(reference, "reference"),
+            "candidate": read_source(candidate, "candidate"),
+            "trials": trials,
+            "seed": seed,
+            "name": candidate.stem,
+        }
     except InputFileError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -676,7 +842,9 @@ def submit(
 
 @app.command()
 def serve(
-    embedded: Annotated[bool, typer.Option("--embedded", help="in-process queue and worker, no Redis (the default without a Redis URL)")] = False,
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="in-process queue and worker, no Redis (the default without a Redis URL)")
+    ] = False,
     redis_url: Annotated[str | None, typer.Option(help="Redis for the queue and results (or REFEREE_REDIS_URL)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
@@ -691,30 +859,46 @@ def serve(
     if embedded and redis_url:
         err.print("error: --embedded and --redis-url exclude each other")
         raise typer.Exit(EXIT_USAGE)
-    overrides: dict = {key: value for key, value in {"host": host, "port": port, "embedded_workers": workers}.items() if value is not None}
+    overrides: dict = {
+        key: value for key, value in {"host": host, "port": port, "embedded_workers": workers}.items() if value is not None
+    }
     if embedded:
         overrides["redis_url"] = None
     elif redis_url:
         overrides["redis_url"] = redis_url
-    settings = _settings_or_usage_error(lambda: Settings(**overrides),
-                                        {"redis_url": "--redis-url", "host": "--host", "port": "--port", "embedded_workers": "--workers"})
+    settings = _settings_or_usage_error(
+        lambda: Settings(**overrides),
+        {"redis_url": "--redis-url", "host": "--host", "port": "--port", "embedded_workers": "--workers"},
+    )
     try:
         settings.check()
     except ValueError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    err.print(f"Referee API on http://{settings.host}:{settings.port} ({'embedded' if settings.embedded else redact_url(settings.redis_url)}; "
-              f"auth {'on' if settings.auth_enabled else 'off'})")
+    err.print(
+        f"Referee API on http://{settings.host}:{settings.port} ({'embedded' if settings.embedded else redact_url(settings.redis_url)}; "
+        f"auth {'on' if settings.auth_enabled else 'off'})"
+    )
     if processes > 1 and settings.embedded:
         err.print("error: --processes needs Redis (--redis-url): embedded mode keeps its queue in one process")
         raise typer.Exit(EXIT_USAGE)
     run_server(settings, log_level=log_level, processes=processes)
 
 
-WORKER_OPTIONS = {"redis_url": "--redis-url", "gpu": "--gpu", "queue_name": "--queue", "worker_name": "--name", "burst": "--burst",
-                  "monitoring_interval_s": "--monitoring-interval", "heartbeat_grace_s": "--heartbeat-grace",
-                  "registry_maintenance_interval_s": "--maintenance-interval", "worker_ttl_s": "--worker-ttl",
-                  "worker_concurrency": "--concurrency", "warm_pool": "--warm-pool", "isolation": "--isolation"}
+WORKER_OPTIONS = {
+    "redis_url": "--redis-url",
+    "gpu": "--gpu",
+    "queue_name": "--queue",
+    "worker_name": "--name",
+    "burst": "--burst",
+    "monitoring_interval_s": "--monitoring-interval",
+    "heartbeat_grace_s": "--heartbeat-grace",
+    "registry_maintenance_interval_s": "--maintenance-interval",
+    "worker_ttl_s": "--worker-ttl",
+    "worker_concurrency": "--concurrency",
+    "warm_pool": "--warm-pool",
+    "isolation": "--isolation",
+}
 
 
 @app.command()
@@ -724,19 +908,40 @@ def worker(
     queue: Annotated[str | None, typer.Option(help=f"queue name (default {defaults.QUEUE_NAME}, or REFEREE_QUEUE_NAME)")] = None,
     name: Annotated[str | None, typer.Option(help="worker name (default: host, GPU and pid)")] = None,
     burst: Annotated[bool | None, typer.Option("--burst/--no-burst", help="exit when the queue is empty (default off)")] = None,
-    monitoring_interval: Annotated[int | None, typer.Option(min=1, help=f"seconds between job heartbeats (default {defaults.MONITORING_INTERVAL_S})")] = None,
-    heartbeat_grace: Annotated[int | None, typer.Option(min=1, help="seconds a heartbeat may be late before the job counts as "
-                                                                    f"abandoned (default {defaults.HEARTBEAT_GRACE_S})")] = None,
-    maintenance_interval: Annotated[int | None, typer.Option(min=1, help="seconds between this worker's registry sweeps "
-                                                                         f"(default {defaults.REGISTRY_MAINTENANCE_INTERVAL_S})")] = None,
-    worker_ttl: Annotated[int | None, typer.Option(min=5, help="seconds this worker stays registered without a heartbeat "
-                                                               f"(default {defaults.WORKER_TTL_S})")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="RQ workers on this GPU, sharing its warm pool and timing lock "
-                                                                f"(default {defaults.WORKER_CONCURRENCY})")] = None,
-    warm_pool: Annotated[bool | None, typer.Option("--warm-pool/--no-warm-pool",
-                                                   help="fork harness processes from a zygote with torch imported (default on)")] = None,
-    isolation: Annotated[IsolationName | None, typer.Option(help=f"confinement of harness processes (default {defaults.ISOLATION}, "
-                                                                 "or REFEREE_ISOLATION)")] = None,
+    monitoring_interval: Annotated[
+        int | None, typer.Option(min=1, help=f"seconds between job heartbeats (default {defaults.MONITORING_INTERVAL_S})")
+    ] = None,
+    heartbeat_grace: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"seconds a heartbeat may be late before the job counts as abandoned (default {defaults.HEARTBEAT_GRACE_S})",
+        ),
+    ] = None,
+    maintenance_interval: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help=f"seconds between this worker's registry sweeps (default {defaults.REGISTRY_MAINTENANCE_INTERVAL_S})"
+        ),
+    ] = None,
+    worker_ttl: Annotated[
+        int | None,
+        typer.Option(min=5, help=f"seconds this worker stays registered without a heartbeat (default {defaults.WORKER_TTL_S})"),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help=f"RQ workers on this GPU, sharing its warm pool and timing lock (default {defaults.WORKER_CONCURRENCY})"
+        ),
+    ] = None,
+    warm_pool: Annotated[
+        bool | None,
+        typer.Option("--warm-pool/--no-warm-pool", help="fork harness processes from a zygote with torch imported (default on)"),
+    ] = None,
+    isolation: Annotated[
+        IsolationName | None,
+        typer.Option(help=f"confinement of harness processes (default {defaults.ISOLATION}, or REFEREE_ISOLATION)"),
+    ] = None,
 ) -> None:
     """Run one RQ worker (one per GPU): takes evaluations from Redis and runs them. Settings come from
     REFEREE_* variables (docs/settings.md); these options override them."""
@@ -744,10 +949,20 @@ def worker(
     from worker.settings import WorkerSettings
 
     pin_gpu(gpu)  # first: nothing below may see another GPU
-    given: dict[str, Any] = {"redis_url": redis_url, "gpu": gpu, "queue_name": queue, "worker_name": name, "burst": burst,
-             "monitoring_interval_s": monitoring_interval, "heartbeat_grace_s": heartbeat_grace,
-             "registry_maintenance_interval_s": maintenance_interval, "worker_ttl_s": worker_ttl,
-             "worker_concurrency": concurrency, "warm_pool": warm_pool, "isolation": isolation}
+    given: dict[str, Any] = {
+        "redis_url": redis_url,
+        "gpu": gpu,
+        "queue_name": queue,
+        "worker_name": name,
+        "burst": burst,
+        "monitoring_interval_s": monitoring_interval,
+        "heartbeat_grace_s": heartbeat_grace,
+        "registry_maintenance_interval_s": maintenance_interval,
+        "worker_ttl_s": worker_ttl,
+        "worker_concurrency": concurrency,
+        "warm_pool": warm_pool,
+        "isolation": isolation,
+    }
     overrides = {key: value for key, value in given.items() if value is not None}
     settings = _settings_or_usage_error(lambda: WorkerSettings(**overrides), WORKER_OPTIONS)
     run_worker(settings)

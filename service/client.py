@@ -103,8 +103,13 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 def _retry_policy(retries: int, backoff: float) -> dict[str, Any]:
-    return {"retry": retry_if_exception(_retryable), "stop": stop_after_attempt(retries + 1), "wait": _Wait(backoff),
-            "before_sleep": _log_retry, "reraise": True}
+    return {
+        "retry": retry_if_exception(_retryable),
+        "stop": stop_after_attempt(retries + 1),
+        "wait": _Wait(backoff),
+        "before_sleep": _log_retry,
+        "reraise": True,
+    }
 
 
 def unavailable(exc: Exception, base_url: object) -> RefereeUnavailable:
@@ -129,8 +134,9 @@ def no_result_in_time(evaluation_id: str, timeout: float, status: object = None)
     return unjudged_result(evaluation_id, Verdict.infrastructure_error, f"no result after {timeout:g} s{waiting}")
 
 
-def request_body(reference: str | None = None, candidate: str = "", *, problem_id: str | None = None,
-                 name: str | None = None, **options: Any) -> dict[str, Any]:
+def request_body(
+    reference: str | None = None, candidate: str = "", *, problem_id: str | None = None, name: str | None = None, **options: Any
+) -> dict[str, Any]:
     """The JSON body of POST /v1/evaluations (options are the engine's: trials, seed, reward, ...)."""
     body: dict[str, Any] = {"candidate": candidate, **{k: v for k, v in options.items() if v is not None}}
     if problem_id is not None:
@@ -143,8 +149,15 @@ def request_body(reference: str | None = None, candidate: str = "", *, problem_i
 
 
 class RefereeClient:
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 0.5, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self.retries, self.backoff = retries, backoff
@@ -188,7 +201,9 @@ class RefereeClient:
             if "verdict" in view or time.monotonic() >= deadline:
                 return view
 
-    def create_batch(self, items: list[dict[str, Any]], name: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+    def create_batch(
+        self, items: list[dict[str, Any]], name: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._request("POST", "/v1/batches", json={"items": items, "name": name}, headers=headers).json()
 
@@ -197,7 +212,9 @@ class RefereeClient:
 
     def stream(self, batch_id: str, wait: float = 0.0) -> Iterator[dict[str, Any]]:
         """The batch's items as NDJSON lines, each once; completed ones as they complete, for `wait` seconds."""
-        with self.http.stream("GET", f"/v1/batches/{batch_id}", params={"format": "ndjson", "wait": wait}, timeout=wait + 60) as response:
+        with self.http.stream(
+            "GET", f"/v1/batches/{batch_id}", params={"format": "ndjson", "wait": wait}, timeout=wait + 60
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 self._check(response)
@@ -205,7 +222,9 @@ class RefereeClient:
                 if line.strip():
                     yield json.loads(line)
 
-    def follow(self, batch_id: str, total: int, on_item: Callable[[dict[str, Any]], None], timeout: float = 3600.0) -> dict[int, dict[str, Any]]:
+    def follow(
+        self, batch_id: str, total: int, on_item: Callable[[dict[str, Any]], None], timeout: float = 3600.0
+    ) -> dict[int, dict[str, Any]]:
         """Every item's result, calling `on_item` as each completes (re-following while some are pending)."""
         done: dict[int, dict[str, Any]] = {}
         deadline = time.monotonic() + timeout
@@ -231,8 +250,16 @@ class RefereeClient:
             return no_result_in_time(evaluation_id, timeout, view.get("status"))
         return EvaluationResult.model_validate(view)
 
-    def evaluate(self, reference: str | None = None, candidate: str = "", *, problem_id: str | None = None,
-                 timeout: float = 3600.0, idempotency_key: str | None = None, **options: Any) -> EvaluationResult:
+    def evaluate(
+        self,
+        reference: str | None = None,
+        candidate: str = "",
+        *,
+        problem_id: str | None = None,
+        timeout: float = 3600.0,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> EvaluationResult:
         """Submit one evaluation and wait for its result document."""
         body = request_body(reference, candidate, problem_id=problem_id, **options)
         view = self.submit(body, wait=min(timeout, 60.0), idempotency_key=idempotency_key)
@@ -240,8 +267,13 @@ class RefereeClient:
             return EvaluationResult.model_validate(view)
         return self.wait(view["id"], timeout=timeout)
 
-    def evaluate_many(self, bodies: Sequence[dict[str, Any]], concurrency: int = 8, timeout: float = 3600.0,
-                      on_result: Callable[[int, EvaluationResult], None] | None = None) -> list[EvaluationResult]:
+    def evaluate_many(
+        self,
+        bodies: Sequence[dict[str, Any]],
+        concurrency: int = 8,
+        timeout: float = 3600.0,
+        on_result: Callable[[int, EvaluationResult], None] | None = None,
+    ) -> list[EvaluationResult]:
         """Evaluate many request bodies with at most `concurrency` in flight; results in input order.
 
         An item the server refuses (400/404/409/413/422) or that never finishes gets an
@@ -283,8 +315,15 @@ def _as_kwargs(body: dict[str, Any]) -> dict[str, Any]:
 class AsyncRefereeClient:
     """The asyncio twin of `RefereeClient` (for trainers with an event loop)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 0.5, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self.retries, self.backoff = retries, backoff
@@ -311,7 +350,9 @@ class AsyncRefereeClient:
     async def submit(self, body: dict[str, Any], wait: float = 0.0, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         params = {"wait": wait} if wait else {}
-        return (await self._request("POST", "/v1/evaluations", json=body, params=params, headers=headers, timeout=wait + 60)).json()
+        return (
+            await self._request("POST", "/v1/evaluations", json=body, params=params, headers=headers, timeout=wait + 60)
+        ).json()
 
     async def evaluation(self, evaluation_id: str, wait: float = 0.0) -> dict[str, Any]:
         params = {"wait": wait} if wait else {}
@@ -326,16 +367,25 @@ class AsyncRefereeClient:
             if time.monotonic() >= deadline:
                 return no_result_in_time(evaluation_id, timeout, view.get("status"))
 
-    async def evaluate(self, reference: str | None = None, candidate: str = "", *, problem_id: str | None = None,
-                       timeout: float = 3600.0, idempotency_key: str | None = None, **options: Any) -> EvaluationResult:
+    async def evaluate(
+        self,
+        reference: str | None = None,
+        candidate: str = "",
+        *,
+        problem_id: str | None = None,
+        timeout: float = 3600.0,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> EvaluationResult:
         body = request_body(reference, candidate, problem_id=problem_id, **options)
         view = await self.submit(body, wait=min(timeout, 60.0), idempotency_key=idempotency_key)
         if "verdict" in view:
             return EvaluationResult.model_validate(view)
         return await self.wait(view["id"], timeout=timeout)
 
-    async def evaluate_many(self, bodies: Sequence[dict[str, Any]], concurrency: int = 8,
-                            timeout: float = 3600.0) -> list[EvaluationResult]:
+    async def evaluate_many(
+        self, bodies: Sequence[dict[str, Any]], concurrency: int = 8, timeout: float = 3600.0
+    ) -> list[EvaluationResult]:
         """Like the sync one: at most `concurrency` in flight, results in input order, refused items as
         results, `RefereeUnavailable` when no item can get through."""
         gate = asyncio.Semaphore(max(1, concurrency))

@@ -31,14 +31,18 @@ _OPEN_THINK = re.compile(rf"<({_TAGS})\b[^>]*>.*\Z", re.S | re.I)
 _STRAY_CLOSE = re.compile(rf"\A.*</({_TAGS})\s*>", re.S | re.I)
 # An opening fence at the start of a line: ``` or ~~~ (3+), an optional info string, then the body
 # up to a closing fence of the same kind and at least the same length on its own line.
-_FENCE = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^[ \t]{0,3}(?P=fence)[`~]*[ \t]*$",
-                    re.S | re.M)
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^[ \t]{0,3}(?P=fence)[`~]*[ \t]*$",
+    re.S | re.M,
+)
 PYTHON_TAGS = {"", "python", "python3", "py", "triton", "pytorch", "torch", "cuda-python", "ipython"}
 _MODEL_NEW = re.compile(r"^\s*class\s+ModelNew\b", re.M)
 _TRITON_JIT = re.compile(r"@\s*triton\s*\.\s*(jit|autotune)\b")
 
-NO_CODE_MESSAGE = ("no Python code found in the completion: put the whole candidate (class ModelNew and its "
-                   "@triton.jit kernels) in one ```python fenced block")
+NO_CODE_MESSAGE = (
+    "no Python code found in the completion: put the whole candidate (class ModelNew and its "
+    "@triton.jit kernels) in one ```python fenced block"
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,8 @@ class _Cleaned:
         kept_origin: list[int] = []
         position = 0
         for match in pattern.finditer(self.text):
-            kept_text.append(self.text[position:match.start()])
-            kept_origin.extend(self.origin[position:match.start()])
+            kept_text.append(self.text[position : match.start()])
+            kept_origin.extend(self.origin[position : match.start()])
             position = match.end()
         kept_text.append(self.text[position:])
         kept_origin.extend(self.origin[position:])
@@ -112,7 +116,7 @@ def fenced_blocks(text: str) -> list[Block]:
         body = match.group("body")
         indent = match.group("indent")
         if indent:
-            body = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in body.split("\n"))
+            body = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in body.split("\n"))
         blocks.append(Block(language, body, match.start("body"), match.end("body")))
     return blocks
 

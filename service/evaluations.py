@@ -96,7 +96,9 @@ class Evaluations:
         if request.problem_id is not None:
             problem = self.store.problem(owner, request.problem_id)
             if problem is None:
-                raise NotFound(f"{where}problem {request.problem_id} is not registered (POST /v1/problems)", reason="unknown_problem")
+                raise NotFound(
+                    f"{where}problem {request.problem_id} is not registered (POST /v1/problems)", reason="unknown_problem"
+                )
             source, problem_name = problem["source"], problem["name"]
         else:
             assert request.reference is not None
@@ -104,8 +106,11 @@ class Evaluations:
             source, problem_name = request.reference, "problem"
         self._validate_problem(source, request.input_sets, f"{where}the reference is not a usable problem")
         config = request.config()
-        digest = _sha256(_canonical({"problem": _sha256(source), "candidate": _sha256(request.candidate),
-                                     "config": config.model_dump(mode="json")}))
+        digest = _sha256(
+            _canonical(
+                {"problem": _sha256(source), "candidate": _sha256(request.candidate), "config": config.model_dump(mode="json")}
+            )
+        )
         submission = Submission(source=request.candidate, name=request.name or "candidate")
         timeout = request.timeout_s + self.settings.job_timeout_margin_s
         return Prepared(digest, Problem(source=source, name=problem_name), submission, config, timeout, request.name)
@@ -119,8 +124,17 @@ class Evaluations:
         unique: dict[str, Prepared] = {}  # digest -> the first item with it in this request
         for item in items:
             unique.setdefault(item.digest, item)
-        records: list[dict[str, Any]] = [{"id": uuid.uuid4().hex, "owner": owner, "created_at": now, "name": item.name,
-                    "digest": digest, "reward_preset": item.config.reward.preset} for digest, item in unique.items()]
+        records: list[dict[str, Any]] = [
+            {
+                "id": uuid.uuid4().hex,
+                "owner": owner,
+                "created_at": now,
+                "name": item.name,
+                "digest": digest,
+                "reward_preset": item.config.reward.preset,
+            }
+            for digest, item in unique.items()
+        ]
         previous = self.store.put_evaluations_and_claim(owner, records, list(unique))
         resolved: dict[str, tuple[str, bool]] = {}  # digest -> (id, deduplicated)
         fresh: list[tuple[str, Prepared]] = []
@@ -152,9 +166,13 @@ class Evaluations:
 
         if new_ids and not self.store.reserve(owner, new_ids, self.settings.max_queued_per_key):
             undo()
-            raise QueueFull(f"this API key already has {len(self.store.active(owner))} evaluations queued or running; "
-                            f"the limit is {self.settings.max_queued_per_key} (this request adds {len(new_ids)}): "
-                            "wait for results, then submit again", reason="queued_per_key", headers={"Retry-After": "10"})
+            raise QueueFull(
+                f"this API key already has {len(self.store.active(owner))} evaluations queued or running; "
+                f"the limit is {self.settings.max_queued_per_key} (this request adds {len(new_ids)}): "
+                "wait for results, then submit again",
+                reason="queued_per_key",
+                headers={"Retry-After": "10"},
+            )
         try:
             self.queue.enqueue([(item.job(new_id), item.timeout_s) for new_id, item in fresh])
         except Exception as exc:
@@ -182,7 +200,9 @@ class Evaluations:
         if prior is None:
             return None
         if prior["body"] != _sha256(body):
-            raise Unprocessable("this Idempotency-Key was used with a different request body; use a new key", reason="idempotency_key")
+            raise Unprocessable(
+                "this Idempotency-Key was used with a different request body; use a new key", reason="idempotency_key"
+            )
         self.metrics.submitted.labels("idempotent_replay").inc()
         return prior["id"]
 
@@ -197,11 +217,19 @@ class Evaluations:
 
     def submit_batch(self, owner: str, request: BatchRequest) -> dict[str, Any]:
         if len(request.items) > self.settings.max_batch_items:
-            raise TooLarge(f"the batch has {len(request.items)} items; the limit is {self.settings.max_batch_items}", reason="batch_size")
+            raise TooLarge(
+                f"the batch has {len(request.items)} items; the limit is {self.settings.max_batch_items}", reason="batch_size"
+            )
         prepared = [self.prepare(owner, item, f"item {index}: ") for index, item in enumerate(request.items)]
         admitted = self.admit(owner, prepared)
-        batch = {"id": uuid.uuid4().hex, "owner": owner, "name": request.name, "created_at": time.time(),
-                 "items": [a.id for a in admitted], "deduplicated": [a.deduplicated for a in admitted]}
+        batch = {
+            "id": uuid.uuid4().hex,
+            "owner": owner,
+            "name": request.name,
+            "created_at": time.time(),
+            "items": [a.id for a in admitted],
+            "deduplicated": [a.deduplicated for a in admitted],
+        }
         self.store.put_batch(batch)
         return batch
 
@@ -214,7 +242,13 @@ class Evaluations:
         existing = self.store.problem(owner, problem_id)
         if existing is not None:
             return existing, False
-        problem = {"id": problem_id, "name": request.name, "input_sets": input_sets, "created_at": time.time(), "source": request.source}
+        problem = {
+            "id": problem_id,
+            "name": request.name,
+            "input_sets": input_sets,
+            "created_at": time.time(),
+            "source": request.source,
+        }
         self.store.put_problem(owner, problem)
         return problem, True
 
@@ -245,7 +279,12 @@ class Evaluations:
             if outcome.state == "missing" and time.time() - record["created_at"] < ENQUEUE_GRACE_S:
                 outcome = Outcome("queued")  # recorded a moment ago, being enqueued now
             if outcome.state in ("queued", "started"):
-                views[record["id"]] = {"id": record["id"], "status": outcome.state, "created_at": record["created_at"], "name": record.get("name")}
+                views[record["id"]] = {
+                    "id": record["id"],
+                    "status": outcome.state,
+                    "created_at": record["created_at"],
+                    "name": record.get("name"),
+                }
             else:
                 views[record["id"]] = self._finalize(record, outcome)
         return views
@@ -263,8 +302,12 @@ class Evaluations:
             why = outcome.error if outcome.state == "failed" else "the job was lost from the queue (expired or deleted)"
             if outcome.state == "finished":
                 why = "the worker returned no result document"
-            document = unjudged_result(evaluation_id, Verdict.infrastructure_error, f"the evaluation could not be completed: {why}"[:4000],
-                                       reward_preset=record.get("reward_preset", "tritonrl")).model_dump(mode="json")
+            document = unjudged_result(
+                evaluation_id,
+                Verdict.infrastructure_error,
+                f"the evaluation could not be completed: {why}"[:4000],
+                reward_preset=record.get("reward_preset", "tritonrl"),
+            ).model_dump(mode="json")
         document["id"] = evaluation_id
         if outcome.enqueued_at and outcome.started_at and isinstance(document.get("timings_ms"), dict):
             document["timings_ms"]["queued"] = max(0.0, (outcome.started_at - outcome.enqueued_at) * 1e3)
@@ -275,7 +318,9 @@ class Evaluations:
         self.queue.forget([evaluation_id])
         return document
 
-    def batch_view(self, owner: str, batch_id: str, *, results: bool = True, only: set[int] | None = None) -> dict[str, Any] | None:
+    def batch_view(
+        self, owner: str, batch_id: str, *, results: bool = True, only: set[int] | None = None
+    ) -> dict[str, Any] | None:
         batch = self.store.batch(batch_id)
         if batch is None or batch["owner"] != owner:
             return None
@@ -284,19 +329,30 @@ class Evaluations:
         records = [r for r in self.store.evaluations(wanted) if r is not None]
         views = self.collect(records)
         for lost in set(wanted) - set(views):  # the record expired with the result TTL
-            views[lost] = unjudged_result(lost, Verdict.infrastructure_error,
-                                          "the evaluation's record and result have expired (REFEREE_RESULT_TTL_S)").model_dump(mode="json")
+            views[lost] = unjudged_result(
+                lost, Verdict.infrastructure_error, "the evaluation's record and result have expired (REFEREE_RESULT_TTL_S)"
+            ).model_dump(mode="json")
         items = []
         for index, evaluation_id in enumerate(ids):
             if only is not None and index not in only:
                 continue
             view = views[evaluation_id]
             done = "verdict" in view
-            items.append({"index": index, "id": evaluation_id, "status": "completed" if done else view["status"],
-                          "deduplicated": batch["deduplicated"][index], "result": view if done else None})
+            items.append(
+                {
+                    "index": index,
+                    "id": evaluation_id,
+                    "status": "completed" if done else view["status"],
+                    "deduplicated": batch["deduplicated"][index],
+                    "result": view if done else None,
+                }
+            )
         completed = [item for item in items if item["status"] == "completed"]
         summary = {
-            "id": batch["id"], "name": batch.get("name"), "total": len(ids), "created_at": batch["created_at"],
+            "id": batch["id"],
+            "name": batch.get("name"),
+            "total": len(ids),
+            "created_at": batch["created_at"],
             "status": "completed" if len(completed) == len(items) and only is None else "running",
             "completed": len(completed),
             "verdicts": dict(Counter(item["result"]["verdict"] for item in completed)),
@@ -312,7 +368,7 @@ class Evaluations:
         self.queue.maintain(self.settings.maintenance_interval_s)
         pending = self.store.pending()
         for start in range(0, len(pending), 500):
-            chunk = pending[start:start + 500]
+            chunk = pending[start : start + 500]
             records = self.store.evaluations(chunk)
             gone = [i for i, r in zip(chunk, records, strict=True) if r is None]
             if gone:

@@ -16,9 +16,16 @@ class Metrics:
         self.submitted = Counter("referee_evaluations_submitted", "evaluations accepted, by how", ["how"], registry=r)
         self.rejected = Counter("referee_requests_rejected", "requests refused by a limit or auth", ["reason"], registry=r)
         self.verdicts = Counter("referee_verdicts", "final results by verdict", ["verdict"], registry=r)
-        self.stage_seconds = Histogram("referee_stage_seconds", "time per evaluation stage (queued, static, reference, candidate, total)",
-                                       ["stage"], buckets=STAGE_BUCKETS, registry=r)
-        self.http_seconds = Histogram("referee_http_request_seconds", "HTTP request latency", ["method", "route", "status"], registry=r)
+        self.stage_seconds = Histogram(
+            "referee_stage_seconds",
+            "time per evaluation stage (queued, static, reference, candidate, total)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "referee_http_request_seconds", "HTTP request latency", ["method", "route", "status"], registry=r
+        )
         self.queue_depth = Gauge("referee_queue_depth", "jobs waiting in the queue", registry=r)
         self.pending = Gauge("referee_evaluations_pending", "evaluations queued or running (not final)", registry=r)
         self.workers = Gauge("referee_workers", "live workers by state", ["state"], registry=r)

@@ -64,14 +64,22 @@ class RQQueue:
 
     def enqueue(self, jobs: list[tuple[EvaluationJob, float]]) -> None:
         """Enqueue (job, timeout seconds) pairs in one round trip; RQ stores each job's JSON form."""
-        self.queue.enqueue_many([
-            Queue.prepare_data(
-                JOB_FUNCTION, args=(job.model_dump(mode="json"),), job_id=job.id, timeout=int(timeout) + 1,
-                result_ttl=self.result_ttl, failure_ttl=self.result_ttl, ttl=self.result_ttl,
-                retry=Retry(max=self.retries) if self.retries else None, description=f"evaluation {job.id}",
-            )
-            for job, timeout in jobs
-        ])
+        self.queue.enqueue_many(
+            [
+                Queue.prepare_data(
+                    JOB_FUNCTION,
+                    args=(job.model_dump(mode="json"),),
+                    job_id=job.id,
+                    timeout=int(timeout) + 1,
+                    result_ttl=self.result_ttl,
+                    failure_ttl=self.result_ttl,
+                    ttl=self.result_ttl,
+                    retry=Retry(max=self.retries) if self.retries else None,
+                    description=f"evaluation {job.id}",
+                )
+                for job, timeout in jobs
+            ]
+        )
 
     def outcomes(self, ids: list[str]) -> dict[str, Outcome]:
         found: dict[str, Outcome] = {}
@@ -176,8 +184,12 @@ class EmbeddedQueue:
                 outcome = Outcome("finished", document=document, enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
             except Exception as exc:
                 attempts = retrying.statistics.get("attempt_number", 1)
-                outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc} (attempt {attempts})",
-                                  enqueued_at=outcome.enqueued_at, started_at=outcome.started_at)
+                outcome = Outcome(
+                    "failed",
+                    error=f"{type(exc).__name__}: {exc} (attempt {attempts})",
+                    enqueued_at=outcome.enqueued_at,
+                    started_at=outcome.started_at,
+                )
             with self._lock:
                 self._outcomes[job_id] = outcome
                 self._busy.pop(name, None)
@@ -202,7 +214,9 @@ class EmbeddedQueue:
         with self._lock:
             busy = dict(self._busy)
         now = time.time()
-        return [WorkerInfo(t.name, "busy" if t.name in busy else "idle", now, busy.get(t.name)) for t in self._threads if t.is_alive()]
+        return [
+            WorkerInfo(t.name, "busy" if t.name in busy else "idle", now, busy.get(t.name)) for t in self._threads if t.is_alive()
+        ]
 
     def ping(self) -> bool:
         return True

@@ -41,17 +41,30 @@ def junit_xml(cases: Sequence[Case], suite: str = "referee") -> str:
     failures = sum(c.result.verdict not in (Verdict.correct, Verdict.infrastructure_error) for c in cases)
     errors = sum(c.result.verdict == Verdict.infrastructure_error for c in cases)
     seconds = sum(c.result.timings_ms.total for c in cases) / 1e3
-    root = ET.Element("testsuites", name=suite, tests=str(len(cases)), failures=str(failures), errors=str(errors), time=f"{seconds:.3f}")
-    node = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)), failures=str(failures), errors=str(errors),
-                         skipped="0", time=f"{seconds:.3f}")
+    root = ET.Element(
+        "testsuites", name=suite, tests=str(len(cases)), failures=str(failures), errors=str(errors), time=f"{seconds:.3f}"
+    )
+    node = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time=f"{seconds:.3f}",
+    )
     for case in cases:
         r = case.result
         testcase = ET.SubElement(node, "testcase", classname=case.problem, name=case.name, time=f"{r.timings_ms.total / 1e3:.3f}")
         if case.candidate_path:
             testcase.set("file", case.candidate_path)
         properties = ET.SubElement(testcase, "properties")
-        for key, value in (("verdict", r.verdict.value), ("reward", f"{r.reward:g}"),
-                           ("speedup", "" if r.performance.speedup is None else f"{r.performance.speedup:.4g}")):
+        for key, value in (
+            ("verdict", r.verdict.value),
+            ("reward", f"{r.reward:g}"),
+            ("speedup", "" if r.performance.speedup is None else f"{r.performance.speedup:.4g}"),
+        ):
             ET.SubElement(properties, "property", name=key, value=value)
         if r.verdict != Verdict.correct:
             tag = "error" if r.verdict == Verdict.infrastructure_error else "failure"
@@ -111,17 +124,23 @@ def _forward_returns(source: str) -> list[int]:
 def github_annotations(result: EvaluationResult, path: str, source: str | None = None) -> list[str]:
     """`::error file=…,line=…,title=…::message` lines (workflow commands) for one result."""
     if result.verdict == Verdict.correct:
-        annotations = [f"::notice file={_escape_property(path)},title={_escape_property('referee: correct')}::"
-                       f"{_escape_data(result.feedback)}"]
-        return annotations + [f"::warning file={_escape_property(path)},title={_escape_property('referee: ' + w.rule)}::"
-                              f"{_escape_data(w.message)}" for w in result.anti_cheat.warnings]
+        annotations = [
+            f"::notice file={_escape_property(path)},title={_escape_property('referee: correct')}::"
+            f"{_escape_data(result.feedback)}"
+        ]
+        return annotations + [
+            f"::warning file={_escape_property(path)},title={_escape_property('referee: ' + w.rule)}::{_escape_data(w.message)}"
+            for w in result.anti_cheat.warnings
+        ]
     level = "error"
     rules = [v.rule for v in result.anti_cheat.violations]
     title = f"referee: {result.verdict.value}" + (f" ({', '.join(rules)})" if rules else "")
     lines = annotation_lines(result, source) or [1]
     out = []
     for line in lines[:10]:
-        out.append(f"::{level} file={_escape_property(path)},line={line},title={_escape_property(title)}::{_escape_data(result.feedback)}")
+        out.append(
+            f"::{level} file={_escape_property(path)},line={line},title={_escape_property(title)}::{_escape_data(result.feedback)}"
+        )
     return out
 
 
@@ -152,8 +171,10 @@ def _per_problem(results: Sequence[EvaluationResult], problems: Sequence[str]) -
     measured = any(r.verdict == Verdict.correct and r.performance.speedup for r in results)
     fast_p: dict[str, float | None] = {}
     for p in FAST_P_THRESHOLDS:
-        hits = sum(any(r.verdict == Verdict.correct and (p == 0.0 or (r.performance.speedup or 0.0) > p) for r in rs)
-                   for rs in grouped.values())
+        hits = sum(
+            any(r.verdict == Verdict.correct and (p == 0.0 or (r.performance.speedup or 0.0) > p) for r in rs)
+            for rs in grouped.values()
+        )
         fast_p[f"{p:g}"] = hits / len(grouped) if p == 0.0 or measured else None
     return {
         "problems": len(grouped),
@@ -216,31 +237,41 @@ def _bins(values: Sequence[float], count: int = 12) -> list[tuple[float, float, 
 def histogram_svg(speedups: Sequence[float], width: int = 720, height: int = 260) -> str:
     bins = _bins(speedups)
     if not bins:
-        return ('<svg xmlns="http://www.w3.org/2000/svg" width="720" height="60" role="img" aria-label="no speedups">'
-                '<text x="10" y="35" font-size="14" fill="#555">No speedups measured (CPU interpreter or no correct candidate).</text></svg>')
+        return (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="720" height="60" role="img" aria-label="no speedups">'
+            '<text x="10" y="35" font-size="14" fill="#555">No speedups measured (CPU interpreter or no correct candidate).</text></svg>'
+        )
     pad_l, pad_b, pad_t = 40, 40, 20
     plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
     top = max(c for _, _, c in bins)
     bar_w = plot_w / len(bins)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="speedup-histogram" width="{width}" height="{height}" role="img" '
-             f'aria-label="histogram of speedups">',
-             f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - 10}" y2="{pad_t + plot_h}" stroke="#333"/>',
-             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + plot_h}" stroke="#333"/>',
-             f'<text x="{pad_l - 6}" y="{pad_t + 4}" font-size="11" text-anchor="end">{top}</text>',
-             f'<text x="{pad_l - 6}" y="{pad_t + plot_h}" font-size="11" text-anchor="end">0</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="speedup-histogram" width="{width}" height="{height}" role="img" '
+        f'aria-label="histogram of speedups">',
+        f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - 10}" y2="{pad_t + plot_h}" stroke="#333"/>',
+        f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + plot_h}" stroke="#333"/>',
+        f'<text x="{pad_l - 6}" y="{pad_t + 4}" font-size="11" text-anchor="end">{top}</text>',
+        f'<text x="{pad_l - 6}" y="{pad_t + plot_h}" font-size="11" text-anchor="end">0</text>',
+    ]
     for i, (lo, hi, c) in enumerate(bins):
         x = pad_l + i * bar_w
         h = plot_h * c / top
-        parts.append(f'<rect class="bar" x="{x + 1:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
-                     f'fill="{BAR_COLOUR}"><title>{lo:.2f}x-{hi:.2f}x: {c}</title></rect>')
+        parts.append(
+            f'<rect class="bar" x="{x + 1:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
+            f'fill="{BAR_COLOUR}"><title>{lo:.2f}x-{hi:.2f}x: {c}</title></rect>'
+        )
         if i % 2 == 0:
             parts.append(f'<text x="{x:.1f}" y="{pad_t + plot_h + 16}" font-size="10">{lo:.2f}x</text>')
     if bins[0][0] < 1.0 < bins[-1][1]:
         lo0 = math.log2(bins[0][0])
         x1 = pad_l + plot_w * (0 - lo0) / (math.log2(bins[-1][1]) - lo0)
-        parts.append(f'<line x1="{x1:.1f}" y1="{pad_t}" x2="{x1:.1f}" y2="{pad_t + plot_h}" stroke="#c33" stroke-dasharray="4 3"/>')
+        parts.append(
+            f'<line x1="{x1:.1f}" y1="{pad_t}" x2="{x1:.1f}" y2="{pad_t + plot_h}" stroke="#c33" stroke-dasharray="4 3"/>'
+        )
         parts.append(f'<text x="{x1 + 4:.1f}" y="{pad_t + 10}" font-size="11" fill="#c33">1x</text>')
-    parts.append(f'<text x="{pad_l + plot_w / 2}" y="{height - 6}" font-size="12" text-anchor="middle">speedup over the reference (log scale)</text>')
+    parts.append(
+        f'<text x="{pad_l + plot_w / 2}" y="{height - 6}" font-size="12" text-anchor="middle">speedup over the reference (log scale)</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -254,32 +285,50 @@ td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left;verti
 def html_report(cases: Sequence[Case], summary: dict[str, Any], title: str = "Triton Referee batch report") -> str:
     """One self-contained HTML file: summary, speedup histogram (inline SVG), per-problem table."""
     e = html.escape
-    speedups = [c.result.performance.speedup for c in cases if c.result.verdict == Verdict.correct and c.result.performance.speedup]
+    speedups = [
+        c.result.performance.speedup for c in cases if c.result.verdict == Verdict.correct and c.result.performance.speedup
+    ]
     fast_p = " · ".join(f"fast_{p}: {'n/a' if v is None else f'{v:.3f}'}" for p, v in summary["fast_p"].items())
     geomean = summary["geomean_speedup"]
-    rows_summary = [("candidates", summary["total"]), ("fast_p", fast_p),
-                    ("geometric-mean speedup", "n/a" if geomean is None else f"{geomean:.3f}x ({summary['speedups_measured']} measured)"),
-                    ("verdicts", ", ".join(f"{k}: {v}" for k, v in summary["verdicts"].items() if v)),
-                    ("violations by rule", ", ".join(f"{k}: {v}" for k, v in summary["violations_by_rule"].items()) or "none"),
-                    ("mean reward", f"{summary['mean_reward']:.3f}")]
+    rows_summary = [
+        ("candidates", summary["total"]),
+        ("fast_p", fast_p),
+        ("geometric-mean speedup", "n/a" if geomean is None else f"{geomean:.3f}x ({summary['speedups_measured']} measured)"),
+        ("verdicts", ", ".join(f"{k}: {v}" for k, v in summary["verdicts"].items() if v)),
+        ("violations by rule", ", ".join(f"{k}: {v}" for k, v in summary["violations_by_rule"].items()) or "none"),
+        ("mean reward", f"{summary['mean_reward']:.3f}"),
+    ]
     per_problem = summary.get("per_problem")
     if per_problem and per_problem["problems"]:
-        rows_summary.insert(2, ("per problem", f"{per_problem['problems']} problems, {per_problem['samples_min']}-{per_problem['samples_max']} samples each; "
-                                + " · ".join(f"pass@{k}: {v:.3f}" for k, v in per_problem["pass_at_k"].items()) + "; best sample: "
-                                + " · ".join(f"fast_{p}: {'n/a' if v is None else f'{v:.3f}'}" for p, v in per_problem["fast_p"].items())))
-    table = ["<table id='results'><tr><th>problem</th><th>candidate</th><th>verdict</th><th>reward</th><th>speedup</th>"
-             "<th>trials</th><th>rules</th><th>seconds</th><th>feedback</th></tr>"]
+        rows_summary.insert(
+            2,
+            (
+                "per problem",
+                f"{per_problem['problems']} problems, {per_problem['samples_min']}-{per_problem['samples_max']} samples each; "
+                + " · ".join(f"pass@{k}: {v:.3f}" for k, v in per_problem["pass_at_k"].items())
+                + "; best sample: "
+                + " · ".join(f"fast_{p}: {'n/a' if v is None else f'{v:.3f}'}" for p, v in per_problem["fast_p"].items()),
+            ),
+        )
+    table = [
+        "<table id='results'><tr><th>problem</th><th>candidate</th><th>verdict</th><th>reward</th><th>speedup</th>"
+        "<th>trials</th><th>rules</th><th>seconds</th><th>feedback</th></tr>"
+    ]
     for c in cases:
         r = c.result
         css = "correct" if r.verdict == Verdict.correct else "cheating" if r.verdict == Verdict.cheating else "bad"
         speed = "n/a" if r.performance.speedup is None else f"{r.performance.speedup:.3f}x"
         rules = ", ".join(v.rule for v in r.anti_cheat.violations)
-        table.append(f"<tr><td>{e(c.problem)}</td><td>{e(c.name)}</td><td class='{css}'>{e(r.verdict.value)}</td><td>{r.reward:g}</td>"
-                     f"<td>{speed}</td><td>{r.correctness.passed}/{r.correctness.trials}</td><td>{e(rules)}</td>"
-                     f"<td>{r.timings_ms.total / 1e3:.1f}</td><td class='fb'>{e(r.feedback[:600])}</td></tr>")
+        table.append(
+            f"<tr><td>{e(c.problem)}</td><td>{e(c.name)}</td><td class='{css}'>{e(r.verdict.value)}</td><td>{r.reward:g}</td>"
+            f"<td>{speed}</td><td>{r.correctness.passed}/{r.correctness.trials}</td><td>{e(rules)}</td>"
+            f"<td>{r.timings_ms.total / 1e3:.1f}</td><td class='fb'>{e(r.feedback[:600])}</td></tr>"
+        )
     table.append("</table>")
     summary_rows = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in rows_summary)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{e(title)}</h1><table class='kv'>{summary_rows}</table><h2>Speedups</h2>{histogram_svg(speedups)}"
-            f"<h2>Per problem</h2>{''.join(table)}"
-            f"<script type='application/json' id='summary'>{e(json.dumps(summary))}</script></body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{e(title)}</h1><table class='kv'>{summary_rows}</table><h2>Speedups</h2>{histogram_svg(speedups)}"
+        f"<h2>Per problem</h2>{''.join(table)}"
+        f"<script type='application/json' id='summary'>{e(json.dumps(summary))}</script></body></html>\n"
+    )

@@ -37,7 +37,10 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", descripti
 POLL_S = 0.2
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "a body that is not JSON text in UTF-8, or (evaluations, batches) an Idempotency-Key that is not 1 to 255 characters"},
+    400: {
+        "model": ErrorBody,
+        "description": "a body that is not JSON text in UTF-8, or (evaluations, batches) an Idempotency-Key that is not 1 to 255 characters",
+    },
     401: {"model": ErrorBody, "description": "missing or unknown API key"},
     404: {"model": ErrorBody, "description": "no such resource for this API key"},
     413: {"model": ErrorBody, "description": "a source, the batch or the body is over its limit"},
@@ -84,10 +87,16 @@ EVALUATION_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/v1/evaluations", response_model=None, status_code=202, tags=["evaluations"],
-             responses={**EVALUATION_RESPONSES, **ERRORS})
-async def create_evaluation(body: EvaluationRequest, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None,
-                            wait: Annotated[float | None, Query(ge=0, description="block up to this many seconds for the result")] = None) -> JSONResponse:
+@router.post(
+    "/v1/evaluations", response_model=None, status_code=202, tags=["evaluations"], responses={**EVALUATION_RESPONSES, **ERRORS}
+)
+async def create_evaluation(
+    body: EvaluationRequest,
+    request: Request,
+    owner: Owner,
+    idempotency_key: IdempotencyKey = None,
+    wait: Annotated[float | None, Query(ge=0, description="block up to this many seconds for the result")] = None,
+) -> JSONResponse:
     """Queue one evaluation. Identical submissions (same problem, candidate and options) get the
     existing job; 200 with the result document once it is completed, else 202 with its status."""
     referee = _referee(request)
@@ -113,11 +122,21 @@ async def create_evaluation(body: EvaluationRequest, request: Request, owner: Ow
     return _evaluation_response(view, deduplicated)
 
 
-@router.get("/v1/evaluations/{evaluation_id}", response_model=None, tags=["evaluations"],
-            responses={200: {"model": EvaluationResult | EvaluationStatus, "description": "the result document, or the status while it runs"},
-                       **{k: ERRORS[k] for k in (401, 404)}})
-async def get_evaluation(evaluation_id: str, request: Request, owner: Owner,
-                         wait: Annotated[float | None, Query(ge=0, description="block up to this many seconds for the result")] = None) -> JSONResponse:
+@router.get(
+    "/v1/evaluations/{evaluation_id}",
+    response_model=None,
+    tags=["evaluations"],
+    responses={
+        200: {"model": EvaluationResult | EvaluationStatus, "description": "the result document, or the status while it runs"},
+        **{k: ERRORS[k] for k in (401, 404)},
+    },
+)
+async def get_evaluation(
+    evaluation_id: str,
+    request: Request,
+    owner: Owner,
+    wait: Annotated[float | None, Query(ge=0, description="block up to this many seconds for the result")] = None,
+) -> JSONResponse:
     view = await _wait_for(_referee(request), owner, evaluation_id, _wait_limit(request, wait))
     if view is None:
         raise NotFound(f"evaluation {evaluation_id} not found")
@@ -125,7 +144,9 @@ async def get_evaluation(evaluation_id: str, request: Request, owner: Owner,
 
 
 @router.post("/v1/batches", response_model=Batch, status_code=202, tags=["batches"], responses=ERRORS)
-async def create_batch(body: BatchRequest, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def create_batch(
+    body: BatchRequest, request: Request, owner: Owner, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
     """Queue many evaluations at once (all accepted, or none). Follow it with GET /v1/batches/{id}."""
     referee = _referee(request)
     canonical = body.model_dump_json()
@@ -144,22 +165,37 @@ async def create_batch(body: BatchRequest, request: Request, owner: Owner, idemp
     return JSONResponse(view, status_code=202, headers={"Location": f"/v1/batches/{batch_id}"})
 
 
-@router.get("/v1/batches/{batch_id}", response_model=Batch, tags=["batches"],
-            responses={200: {"content": {"application/x-ndjson": {}},
-                             "description": "JSON progress and results; with ?format=ndjson one line per item (index, id, status, result)"},
-                       **{k: ERRORS[k] for k in (401, 404)}})
-async def get_batch(batch_id: str, request: Request, owner: Owner,
-                    format: Annotated[Literal["json", "ndjson"], Query(description="ndjson streams one line per item")] = "json",
-                    results: Annotated[bool, Query(description="include the items and their results (json)")] = True,
-                    wait: Annotated[float | None, Query(ge=0, description="ndjson: follow the batch this many seconds, "
-                                                                          "sending each item as it completes")] = None) -> Response:
+@router.get(
+    "/v1/batches/{batch_id}",
+    response_model=Batch,
+    tags=["batches"],
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {}},
+            "description": "JSON progress and results; with ?format=ndjson one line per item (index, id, status, result)",
+        },
+        **{k: ERRORS[k] for k in (401, 404)},
+    },
+)
+async def get_batch(
+    batch_id: str,
+    request: Request,
+    owner: Owner,
+    format: Annotated[Literal["json", "ndjson"], Query(description="ndjson streams one line per item")] = "json",
+    results: Annotated[bool, Query(description="include the items and their results (json)")] = True,
+    wait: Annotated[
+        float | None, Query(ge=0, description="ndjson: follow the batch this many seconds, sending each item as it completes")
+    ] = None,
+) -> Response:
     referee = _referee(request)
     view = await run_in_threadpool(referee.batch_view, owner, batch_id, results=format == "json" and results)
     if view is None:
         raise NotFound(f"batch {batch_id} not found")
     if format == "json":
         return JSONResponse(view)
-    return StreamingResponse(_ndjson(referee, owner, batch_id, view["total"], _wait_limit(request, wait)), media_type="application/x-ndjson")
+    return StreamingResponse(
+        _ndjson(referee, owner, batch_id, view["total"], _wait_limit(request, wait)), media_type="application/x-ndjson"
+    )
 
 
 async def _ndjson(referee: Evaluations, owner: str, batch_id: str, total: int, wait: float) -> AsyncIterator[bytes]:
@@ -171,7 +207,7 @@ async def _ndjson(referee: Evaluations, owner: str, batch_id: str, total: int, w
         last_round = time.monotonic() >= deadline
         order = sorted(left)
         for start in range(0, len(order), chunk):
-            indexes = set(order[start:start + chunk])
+            indexes = set(order[start : start + chunk])
             view = await run_in_threadpool(referee.batch_view, owner, batch_id, only=indexes)
             if view is None:
                 return
@@ -183,8 +219,13 @@ async def _ndjson(referee: Evaluations, owner: str, batch_id: str, total: int, w
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-@router.post("/v1/problems", response_model=Problem, status_code=201, tags=["problems"],
-             responses={200: {"model": Problem, "description": "already registered"}, **{k: ERRORS[k] for k in (400, 401, 413, 422)}})
+@router.post(
+    "/v1/problems",
+    response_model=Problem,
+    status_code=201,
+    tags=["problems"],
+    responses={200: {"model": Problem, "description": "already registered"}, **{k: ERRORS[k] for k in (400, 401, 413, 422)}},
+)
 async def create_problem(body: ProblemRequest, request: Request, owner: Owner) -> JSONResponse:
     """Register a reference once (validated now); submit candidates against it with `problem_id`."""
     problem, created = await run_in_threadpool(_referee(request).register_problem, owner, body)
@@ -205,7 +246,9 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", response_model=Readiness, tags=["operations"], responses={503: {"model": Readiness, "description": "not ready"}})
+@router.get(
+    "/readyz", response_model=Readiness, tags=["operations"], responses={503: {"model": Readiness, "description": "not ready"}}
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the queue answers and at least one worker is live."""
     referee = _referee(request)
@@ -217,17 +260,29 @@ async def readyz(request: Request) -> JSONResponse:
             workers = referee.queue.workers()
             depth = referee.queue.depth()
         except Exception as exc:
-            return Readiness(ready=False, queue=kind, queue_reachable=False, reason=f"queue unreachable: {type(exc).__name__}: {exc}")
+            return Readiness(
+                ready=False, queue=kind, queue_reachable=False, reason=f"queue unreachable: {type(exc).__name__}: {exc}"
+            )
         states = [WorkerState(**vars(w)) for w in workers]
-        return Readiness(ready=bool(workers), queue=kind, queue_reachable=True, queue_depth=depth, workers=states,
-                         reason=None if workers else "no live worker")
+        return Readiness(
+            ready=bool(workers),
+            queue=kind,
+            queue_reachable=True,
+            queue_depth=depth,
+            workers=states,
+            reason=None if workers else "no live worker",
+        )
 
     readiness = await run_in_threadpool(probe)
     return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
 
 
-@router.get("/metrics", tags=["operations"], response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+)
 async def metrics(request: Request) -> Response:
     referee = _referee(request)
     m = request.app.state.metrics

@@ -16,7 +16,9 @@ def _utf8(value: str | None) -> str | None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"the text is not valid Unicode (a lone surrogate at index {exc.start}); send UTF-8 source") from None
+            raise ValueError(
+                f"the text is not valid Unicode (a lone surrogate at index {exc.start}); send UTF-8 source"
+            ) from None
     return value
 
 

@@ -19,8 +19,11 @@ from .settings import Settings
 def settings_environment(settings: Settings) -> dict[str, str]:
     """The variables from which `Settings()` reads these settings again (uvicorn's worker processes
     build their apps from the environment)."""
-    return {f"REFEREE_{name.upper()}": ",".join(value) if isinstance(value, list) else str(value)
-            for name, value in settings.model_dump().items() if value is not None}
+    return {
+        f"REFEREE_{name.upper()}": ",".join(value) if isinstance(value, list) else str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }
 
 
 def serve(settings: Settings, log_level: str = "info", processes: int = 1) -> None:
@@ -33,8 +36,9 @@ def serve(settings: Settings, log_level: str = "info", processes: int = 1) -> No
         raise ValueError("several API processes need Redis: in embedded mode each would have its own queue and results")
     # Each process builds its app from the environment, so hand it the settings there.
     os.environ.update(settings_environment(settings))
-    uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port, log_level=log_level,
-                workers=processes)
+    uvicorn.run(
+        "service.app:create_app", factory=True, host=settings.host, port=settings.port, log_level=log_level, workers=processes
+    )
 
 
 @contextmanager

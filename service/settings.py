@@ -48,10 +48,15 @@ class Settings(JudgeSettings):
     # Jobs: results live this long; a job that fails or whose worker dies is retried this many times.
     result_ttl_s: int = Field(default=defaults.RESULT_TTL_S, gt=0)
     job_retries: int = Field(default=defaults.JOB_RETRIES, ge=0)
-    job_timeout_margin_s: float = Field(default=defaults.JOB_TIMEOUT_MARGIN_S, ge=0, description="added to the evaluation's own timeout")
-    maintenance_interval_s: float = Field(default=defaults.MAINTENANCE_INTERVAL_S, gt=0,
-                                          description="abandoned-job sweep and result collection")
-    worker_stale_s: float = Field(default=defaults.WORKER_STALE_S, gt=0, description="a worker silent this long does not count as live")
+    job_timeout_margin_s: float = Field(
+        default=defaults.JOB_TIMEOUT_MARGIN_S, ge=0, description="added to the evaluation's own timeout"
+    )
+    maintenance_interval_s: float = Field(
+        default=defaults.MAINTENANCE_INTERVAL_S, gt=0, description="abandoned-job sweep and result collection"
+    )
+    worker_stale_s: float = Field(
+        default=defaults.WORKER_STALE_S, gt=0, description="a worker silent this long does not count as live"
+    )
 
     # Embedded mode: evaluations run in threads of the API process, with the judge's settings
     # (isolation, warm pool, caches) this class inherits.
@@ -75,5 +80,6 @@ class Settings(JudgeSettings):
     def check(self) -> None:
         """Refuse a configuration that would run an open shared service by accident."""
         if self.auth_enabled and not self.api_keys:
-            raise ValueError("auth is on (the default with Redis) but no API keys are set: "
-                             "set REFEREE_API_KEYS=key1,key2 or REFEREE_AUTH=off")
+            raise ValueError(
+                "auth is on (the default with Redis) but no API keys are set: set REFEREE_API_KEYS=key1,key2 or REFEREE_AUTH=off"
+            )

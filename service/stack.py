@@ -81,8 +81,20 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
-                   "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log")]
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            *persistence,
+            "--dir",
+            str(self.folder),
+            "--logfile",
+            str(self.folder / "redis.log"),
+        ]
         if self.password:
             command += ["--requirepass", self.password]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -126,10 +138,22 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         env = {**os.environ, **self.env, "REFEREE_REDIS_URL": self.redis_url}
-        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), "--log-level", "warning",
-                   "--processes", str(self.processes)]
+        command = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--processes",
+            str(self.processes),
+        ]
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
         def healthy() -> bool:
             if self.process is not None and self.process.poll() is not None:
@@ -164,13 +188,25 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        command = [sys.executable, "-m", "service.cli", "worker", "--redis-url", self.redis_url, "--queue", self.queue,
-                   "--concurrency", str(self.concurrency), *self.options]
+        command = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "worker",
+            "--redis-url",
+            self.redis_url,
+            "--queue",
+            self.queue,
+            "--concurrency",
+            str(self.concurrency),
+            *self.options,
+        ]
         if self.gpu is not None:
             command += ["--gpu", str(self.gpu)]
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env}, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -221,8 +257,15 @@ class ServiceStack:
         self.folder.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "REFEREE_QUEUE_NAME": self.queue, "REFEREE_AUTH": "off"}
         for gpu in self.gpus:
-            self.workers[gpu] = Worker(self.redis_url, self.queue, self.folder / f"worker-gpu{gpu}.log", gpu=gpu,
-                                       concurrency=self.concurrency, env=env, options=self.worker_options).start()
+            self.workers[gpu] = Worker(
+                self.redis_url,
+                self.queue,
+                self.folder / f"worker-gpu{gpu}.log",
+                gpu=gpu,
+                concurrency=self.concurrency,
+                env=env,
+                options=self.worker_options,
+            ).start()
         self.api = ApiServer(self.redis_url, self.folder / "api.log", env=env).start()
         expected = len(self.gpus) * self.concurrency
 
@@ -286,4 +329,3 @@ def executions(logs: Iterable[str]) -> tuple[Counter[str], Counter[str]]:
         dequeued.update(_DEQUEUED.findall(text))
         finished.update(_JOB_OK.findall(text))
     return dequeued, finished
-

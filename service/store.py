@@ -56,7 +56,7 @@ class RedisKV:
                 pipe.set(PREFIX + key, value, ex=ttl)
             for key, value in claims:
                 self._claim(keys=[PREFIX + key], args=[value, ttl], client=pipe)
-            replies = pipe.execute()[len(puts):]
+            replies = pipe.execute()[len(puts) :]
         return [v.decode() if isinstance(v, bytes) else v for v in replies]
 
     def delete(self, keys: list[str]) -> None:
@@ -65,8 +65,9 @@ class RedisKV:
 
     def delete_if(self, key: str, value: str) -> None:
         # Compare-and-delete in one step so a concurrent claim is never removed.
-        self.r.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-                    1, PREFIX + key, value)
+        self.r.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0", 1, PREFIX + key, value
+        )
 
     def set_add_count(self, key: str, members: Iterable[str], ttl: int, also: str | None = None) -> int:
         """Add members and return the set's size, atomically; with `also`, add them to that set too (same round trip)."""
@@ -216,8 +217,11 @@ class Store:
     def put_evaluations_and_claim(self, owner: str, records: list[dict[str, Any]], digests: list[str]) -> list[str | None]:
         """Write the records, then claim each one's dedup entry, in one round trip: the ids already
         holding the claims (None where this record's id won). Records go first, so a claimed id always has one."""
-        return self.kv.put_and_claim([(f"eval:{r['id']}", json.dumps(r)) for r in records],
-                                     [(f"dedup:{owner}:{d}", r["id"]) for r, d in zip(records, digests, strict=True)], self.ttl)
+        return self.kv.put_and_claim(
+            [(f"eval:{r['id']}", json.dumps(r)) for r in records],
+            [(f"dedup:{owner}:{d}", r["id"]) for r, d in zip(records, digests, strict=True)],
+            self.ttl,
+        )
 
     # dedup and idempotency
     def replace_dedup(self, owner: str, digest: str, evaluation_id: str) -> None:

@@ -122,12 +122,14 @@ def make_tiny_candidate() -> Callable[..., str]:
     return tiny_candidate
 
 
-def _run_check(reference: Path | str, candidate: Path | str, *extra_args: str,
-               env: dict[str, str] | None = None, timeout: float = 180) -> tuple[int, str, str]:
+def _run_check(
+    reference: Path | str, candidate: Path | str, *extra_args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> tuple[int, str, str]:
     """Run `referee check REFERENCE CANDIDATE --device cpu EXTRA...`; return (exit code, stdout, stderr)."""
     command = [sys.executable, "-m", "service.cli", "check", str(reference), str(candidate), "--device", "cpu", *extra_args]
-    completed = subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})},
-                               capture_output=True, text=True, timeout=timeout)
+    completed = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     return completed.returncode, completed.stdout, completed.stderr
 
 

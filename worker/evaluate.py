@@ -92,12 +92,21 @@ def plan_problem(source: str, input_sets: list[dict[str, int]] | None = None) ->
         raise ProblemSourceError(str(exc)) from exc
 
 
-def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None = None, *,
-             job_id: str | None = None, python: str | None = None,
-             reference_cache: ReferenceCache | None = None, isolation: Isolation | None = None,
-             pool: PoolClient | None = None, timing_lock: TimingLock | None = None,
-             reference_data: ReferenceDataCache | None = None, audit_hook: bool = True,
-             allow_native_code: bool = False) -> EvaluationResult:
+def evaluate(
+    problem: Problem,
+    submission: Submission,
+    config: EvalConfig | None = None,
+    *,
+    job_id: str | None = None,
+    python: str | None = None,
+    reference_cache: ReferenceCache | None = None,
+    isolation: Isolation | None = None,
+    pool: PoolClient | None = None,
+    timing_lock: TimingLock | None = None,
+    reference_data: ReferenceDataCache | None = None,
+    audit_hook: bool = True,
+    allow_native_code: bool = False,
+) -> EvaluationResult:
     """Run one evaluation. Raises ProblemSourceError for a reference that is not a usable problem.
     With `reference_cache`, the reference's timing is reused for the same problem, plan and card.
     With `reference_data` too, its inputs and expected outputs are (see `reference_data.py`).
@@ -114,8 +123,21 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     static_ms = (time.monotonic() - started) * 1e3
     if failure is not None:
         error: dict[str, Any] | None = {"kind": failure.verdict.value, "message": failure.message, "line": failure.line}
-        return _finish(result_id, config, failure.verdict, error, Correctness(), Performance(), AntiCheat(),
-                       Environment(), False, {}, StageTimings(static=static_ms), started, submission.source)
+        return _finish(
+            result_id,
+            config,
+            failure.verdict,
+            error,
+            Correctness(),
+            Performance(),
+            AntiCheat(),
+            Environment(),
+            False,
+            {},
+            StageTimings(static=static_ms),
+            started,
+            submission.source,
+        )
 
     hints = static_checks.suspicious_constructs(submission.source)
     static_warnings = [rules.violation("suspicious_source", {"constructs": hints})] if hints else []
@@ -128,16 +150,29 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
     candidate_path = workdir / "candidate" / "candidate.py"
     exchange = Exchange(deadline=started + config.timeout_s, timeout_s=config.timeout_s)
     run = Evaluation(
-        config=config, device=device, salt=salt, fresh_salt=salt, exchange=exchange,
+        config=config,
+        device=device,
+        salt=salt,
+        fresh_salt=salt,
+        exchange=exchange,
         reference=ReferenceClient(HarnessProcess("reference", workdir / "reference", device, python, isolation, pool), exchange),
-        candidate=CandidateClient(HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool,
-                                                 native_records=device == "cuda"), exchange),
+        candidate=CandidateClient(
+            HarnessProcess("candidate", workdir / "candidate", device, python, isolation, pool, native_records=device == "cuda"),
+            exchange,
+        ),
         # Another precision is another problem for the caches (inputs, expected outputs, timings).
         problem_sha256=judging.problem_key(
-            problem.sha256 if config.precision == "fp32" else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(), config),
-        reference_cache=reference_cache, timing_lock=timing_lock, started=started,
+            problem.sha256
+            if config.precision == "fp32"
+            else hashlib.sha256(f"{problem.sha256}:{config.precision}".encode()).hexdigest(),
+            config,
+        ),
+        reference_cache=reference_cache,
+        timing_lock=timing_lock,
+        started=started,
         reference_data=reference_data if reference_cache is not None else None,  # a hit needs the cached timing
-        kernel_functions=static_checks.jit_functions(ast.parse(submission.source)), audit_hook=audit_hook,
+        kernel_functions=static_checks.jit_functions(ast.parse(submission.source)),
+        audit_hook=audit_hook,
         allow_native_code=allow_native_code,
     )
     run.anti_cheat.warnings.extend(static_warnings)
@@ -149,8 +184,14 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         _check(run, (str(reference_path), problem.source), (str(candidate_path), submission.source), input_sets)
         if run.recording is not None and run.reference_data is not None and run.correctness.recheck_passed is not None:
             run.reference_data.put(run.data_key, run.recording)  # it got through every trial
-        verdict = Verdict.cheating if run.anti_cheat.violations else (
-            Verdict.correct if run.correctness.passed == run.correctness.trials and run.correctness.recheck_passed is not False else Verdict.incorrect
+        verdict = (
+            Verdict.cheating
+            if run.anti_cheat.violations
+            else (
+                Verdict.correct
+                if run.correctness.passed == run.correctness.trials and run.correctness.recheck_passed is not False
+                else Verdict.incorrect
+            )
         )
     except Stop as stop:
         run.add_violations(stop.violations)
@@ -179,8 +220,21 @@ def evaluate(problem: Problem, submission: Submission, config: EvalConfig | None
         reference=reference.busy_seconds * 1e3,
         candidate=candidate.busy_seconds * 1e3,
     )
-    return _finish(result_id, config, verdict, error, run.correctness, run.performance, run.anti_cheat,
-                   run.environment, run.compiled, output, timings, started, submission.source)
+    return _finish(
+        result_id,
+        config,
+        verdict,
+        error,
+        run.correctness,
+        run.performance,
+        run.anti_cheat,
+        run.environment,
+        run.compiled,
+        output,
+        timings,
+        started,
+        submission.source,
+    )
 
 
 # Large problems (evaluation_state.LARGE_TRIAL_BYTES): the deadline grows with a trial's bytes, and fewer trials are run by default.
@@ -213,10 +267,21 @@ def _check(run: Evaluation, reference: tuple[str, str], candidate: tuple[str, st
         run.correctness.input_set_overrides = input_sets
         run.correctness.value_ranges = list(reply.value_ranges)
 
-        setup = run.candidate.setup(CandidateSetup(
-            path=candidate[0], source=candidate[1], device=run.device, init_seed=init_seed, init_inputs=reply.init_inputs,
-            precision=config.precision, allowed_ops=run.allowed_ops, audit_hook=run.audit_hook,
-            allow_native_code=run.allow_native_code, randomize_parameters=reply.randomize_parameters), init_fds)
+        setup = run.candidate.setup(
+            CandidateSetup(
+                path=candidate[0],
+                source=candidate[1],
+                device=run.device,
+                init_seed=init_seed,
+                init_inputs=reply.init_inputs,
+                precision=config.precision,
+                allowed_ops=run.allowed_ops,
+                audit_hook=run.audit_hook,
+                allow_native_code=run.allow_native_code,
+                randomize_parameters=reply.randomize_parameters,
+            ),
+            init_fds,
+        )
     finally:
         close_fds(init_fds)
     run.add_violations(watch_violations(setup, "import"))
@@ -233,8 +298,9 @@ def _check(run: Evaluation, reference: tuple[str, str], candidate: tuple[str, st
     # Fresh values on every input set, after timing (the first has the timed loop's shapes): a
     # candidate replaying what it saw while timed, or carrying outputs for inputs it saw in an
     # earlier result (cached trial inputs repeat), fails here.
-    run.correctness.recheck_passed = all(_trial(run, "recheck" if k == 0 else f"recheck{k}", k, counted=False)
-                                         for k in range(len(input_sets)))
+    run.correctness.recheck_passed = all(
+        _trial(run, "recheck" if k == 0 else f"recheck{k}", k, counted=False) for k in range(len(input_sets))
+    )
     summary = run.candidate.summary()
     run.anti_cheat.triton_launches = summary.summary.triton_launches
     run.anti_cheat.kernels = summary.summary.kernels
@@ -268,7 +334,9 @@ def _scale_deadline(run: Evaluation, reply: TrialInputsReply) -> None:
     run.exchange.deadline = max(run.exchange.deadline, run.started + run.config.timeout_s + extra)
 
 
-def _setup_reference(run: Evaluation, reference: tuple[str, str], input_sets: list[dict[str, int]]) -> tuple[ReferenceSetupReply, list[int]]:
+def _setup_reference(
+    run: Evaluation, reference: tuple[str, str], input_sets: list[dict[str, int]]
+) -> tuple[ReferenceSetupReply, list[int]]:
     """The reference's setup reply and its init inputs' memfd: from the cache on a hit (the
     reference process judges the trials, and builds the live model in the background for the fresh
     timing inputs and rechecks), else from the problem's model (recorded for the cache when it is on)."""
@@ -279,14 +347,30 @@ def _setup_reference(run: Evaluation, reference: tuple[str, str], input_sets: li
             cached = run.cached.setup_reply(judged.environment)
             run.salt = run.cached.salt
             run.performance.reference_outputs_cached = True
-            run.reference.setup_in_background(ReferenceSetup(
-                path=reference[0], source=reference[1], device=run.device, precision=run.config.precision,
-                init_seed=derive_seed(run.salt, "init"), input_sets=_valid(input_sets, cached.valid_sets), checked=True))
+            run.reference.setup_in_background(
+                ReferenceSetup(
+                    path=reference[0],
+                    source=reference[1],
+                    device=run.device,
+                    precision=run.config.precision,
+                    init_seed=derive_seed(run.salt, "init"),
+                    input_sets=_valid(input_sets, cached.valid_sets),
+                    checked=True,
+                )
+            )
             run.reference.timing_inputs_in_background(timing_seeds(run))
             return cached, [shm.from_bytes(run.cached.init_bytes, "referee-init")]
-    reply, fds = run.reference.setup(ReferenceSetup(
-        path=reference[0], source=reference[1], device=run.device, precision=run.config.precision,
-        init_seed=derive_seed(run.salt, "init"), input_sets=input_sets, **judging.setup_options(run.config)))
+    reply, fds = run.reference.setup(
+        ReferenceSetup(
+            path=reference[0],
+            source=reference[1],
+            device=run.device,
+            precision=run.config.precision,
+            init_seed=derive_seed(run.salt, "init"),
+            input_sets=input_sets,
+            **judging.setup_options(run.config),
+        )
+    )
     if run.reference_data is not None and not reply.mutates_inputs:  # its inputs' after-state is not cached
         try:
             init_bytes = shm.read_all(fds[0], run.reference_data.max_entry_bytes) if fds else b""
@@ -296,13 +380,22 @@ def _setup_reference(run: Evaluation, reference: tuple[str, str], input_sets: li
     return reply, fds
 
 
-def _cached_reference_data(run: Evaluation, input_sets: list[dict[str, int]], reported: messages.Environment) -> ReferenceData | None:
+def _cached_reference_data(
+    run: Evaluation, input_sets: list[dict[str, int]], reported: messages.Environment
+) -> ReferenceData | None:
     """This problem's entry in the reference-data cache, if any; a hit also needs the reference's
     cached timing (kept in the run, as the judge cannot time anything)."""
     assert run.reference_data is not None and run.reference_cache is not None
     environment = _environment(run, reported).model_dump()
-    run.data_key = ReferenceDataCache.key(run.problem_sha256, input_sets, environment, trials=run.config.trials,
-                                          timing_sets=run.config.timing_sets, device=run.device, seed=run.config.seed)
+    run.data_key = ReferenceDataCache.key(
+        run.problem_sha256,
+        input_sets,
+        environment,
+        trials=run.config.trials,
+        timing_sets=run.config.timing_sets,
+        device=run.device,
+        seed=run.config.seed,
+    )
     entry = run.reference_data.take(run.data_key)
     if entry is None:
         return None
@@ -316,8 +409,11 @@ def _cached_reference_data(run: Evaluation, input_sets: list[dict[str, int]], re
 
 def _environment(run: Evaluation, reported: messages.Environment) -> Environment:
     facts = reported.to_wire()
-    return Environment(**{k: v for k, v in facts.items() if k in Environment.model_fields and k != "confinement"},
-                       isolation=run.reference.process.isolation_name, confinement=run.candidate.process.confinement)
+    return Environment(
+        **{k: v for k, v in facts.items() if k in Environment.model_fields and k != "confinement"},
+        isolation=run.reference.process.isolation_name,
+        confinement=run.candidate.process.confinement,
+    )
 
 
 def _record_comparison(run: Evaluation, report: ComparisonReport) -> None:
@@ -343,8 +439,9 @@ def _trial_inputs(run: Evaluation, label: str, set_index: int, values: str | Non
         finally:
             close_fds(supplied)
     recheck = label.startswith("recheck")
-    request = TrialInputs(trial=label, set_index=set_index, seed=derive_seed(run.fresh_salt if recheck else run.salt, label),
-                          values=values)
+    request = TrialInputs(
+        trial=label, set_index=set_index, seed=derive_seed(run.fresh_salt if recheck else run.salt, label), values=values
+    )
     recording, cache = run.recording, run.reference_data
     if recording is None or cache is None or recheck:
         return run.reference.inputs(request)
@@ -355,8 +452,13 @@ def _trial_inputs(run: Evaluation, label: str, set_index: int, values: str | Non
         return reply, fds
     first = record.fds[0] if record.fds else len(fds)
     try:
-        recording.add_trial(label, set_index, reply, shm.read_all(fds[first], cache.max_entry_bytes),
-                            shm.read_all(fds[first + 1], cache.max_entry_bytes))
+        recording.add_trial(
+            label,
+            set_index,
+            reply,
+            shm.read_all(fds[first], cache.max_entry_bytes),
+            shm.read_all(fds[first + 1], cache.max_entry_bytes),
+        )
     except (OSError, ValueError, IndexError):
         run.recording = None
     close_fds(fds[first:])
@@ -379,8 +481,9 @@ def _trial(run: Evaluation, label: str, set_index: int, counted: bool = True, va
         run.correctness.trials += 1
     try:
         with run.gpu_step():
-            compared = run.reference.compare(Compare(trial=label, outputs=outcome.outputs, atol=run.tolerance[0],
-                                                     rtol=run.tolerance[1]), output_fds)
+            compared = run.reference.compare(
+                Compare(trial=label, outputs=outcome.outputs, atol=run.tolerance[0], rtol=run.tolerance[1]), output_fds
+            )
     finally:
         close_fds(output_fds)
     report = compared.report
@@ -390,7 +493,9 @@ def _trial(run: Evaluation, label: str, set_index: int, counted: bool = True, va
     if outcome.unwritten_outputs and not outcome.output_problem and not run.allowed_ops:
         violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "outputs": outcome.unwritten_outputs}))
     if outcome.host_written_outputs and not run.allowed_ops:  # changed from the host after its last launch
-        violations.append(rules.violation("output_not_written_by_kernel", {"trial": label, "written_from_host": outcome.host_written_outputs}))
+        violations.append(
+            rules.violation("output_not_written_by_kernel", {"trial": label, "written_from_host": outcome.host_written_outputs})
+        )
     if outcome.foreign_launches and not run.config.allow_foreign_kernels:
         violations.append(rules.violation("foreign_kernel", {"trial": label, "kernels": outcome.foreign_launches}))
     if outcome.launches == 0:
@@ -410,20 +515,37 @@ def _trial(run: Evaluation, label: str, set_index: int, counted: bool = True, va
         run.correctness.passed += 1
     if not passed and run.correctness.first_failure is None:
         reason = violations[0].message if violations else report.reason
-        run.correctness.first_failure = {"trial": label, "input_set": set_index, "shapes": reply.shapes,
-                                         **{k: v for k, v in report.to_wire().items() if k not in ("outputs", "inputs")},
-                                         "reason": reason}
+        run.correctness.first_failure = {
+            "trial": label,
+            "input_set": set_index,
+            "shapes": reply.shapes,
+            **{k: v for k, v in report.to_wire().items() if k not in ("outputs", "inputs")},
+            "reason": reason,
+        }
         for output in report.outputs:
             if not output.passed:
-                run.correctness.first_failure.update({k: getattr(output, k) for k in ("worst_index", "worst_expected", "worst_actual", "failed_elements")})
+                run.correctness.first_failure.update(
+                    {k: getattr(output, k) for k in ("worst_index", "worst_expected", "worst_actual", "failed_elements")}
+                )
                 break
     return passed
 
 
-def _finish(result_id: str, config: EvalConfig, verdict: Verdict, error: dict[str, Any] | None,
-            correctness: Correctness, performance: Performance, anti_cheat: AntiCheat, environment: Environment,
-            compiled: bool, output: dict[str, str], timings: StageTimings, started: float,
-            source: str | None = None) -> EvaluationResult:
+def _finish(
+    result_id: str,
+    config: EvalConfig,
+    verdict: Verdict,
+    error: dict[str, Any] | None,
+    correctness: Correctness,
+    performance: Performance,
+    anti_cheat: AntiCheat,
+    environment: Environment,
+    compiled: bool,
+    output: dict[str, str],
+    timings: StageTimings,
+    started: float,
+    source: str | None = None,
+) -> EvaluationResult:
     if verdict == Verdict.compile_error:
         compiled = False
     elif verdict in (Verdict.correct, Verdict.incorrect, Verdict.cheating):

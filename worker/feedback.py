@@ -28,7 +28,9 @@ def offending_lines(result: EvaluationResult, source: str | None = None) -> list
         # An undefined name inside a @triton.jit kernel is reported at the launch; point at its uses.
         for name in _NAME.findall(str(error.get("message", ""))):
             pattern = re.compile(rf"\b{re.escape(name)}\b")
-            lines += [i for i, text in enumerate(source.splitlines(), 1) if pattern.search(text) and not text.lstrip().startswith("#")]
+            lines += [
+                i for i, text in enumerate(source.splitlines(), 1) if pattern.search(text) and not text.lstrip().startswith("#")
+            ]
     return list(dict.fromkeys(lines))
 
 
@@ -71,15 +73,19 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
         perf = result.performance
         # A speedup is only ever set with both timings (evaluate._time).
         if perf.meaningful and perf.speedup is not None and perf.candidate_ms is not None and perf.reference_ms is not None:
-            text = (f"Correct on {result.correctness.trials} trials over {result.correctness.input_sets} input sets. "
-                    f"Speedup {perf.speedup:.2f}x over the PyTorch reference "
-                    f"({perf.candidate_ms.median:.4g} ms vs {perf.reference_ms.median:.4g} ms).")
+            text = (
+                f"Correct on {result.correctness.trials} trials over {result.correctness.input_sets} input sets. "
+                f"Speedup {perf.speedup:.2f}x over the PyTorch reference "
+                f"({perf.candidate_ms.median:.4g} ms vs {perf.reference_ms.median:.4g} ms)."
+            )
             if perf.speedup < 1.0:
                 text += " It is slower than PyTorch: fuse work into fewer kernels, use larger blocks, or cut memory traffic."
             return text + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings)
-        return (f"Correct on {result.correctness.trials} trials over {result.correctness.input_sets} input sets. "
-                "Speed was not measured (no GPU: Triton interpreter on the CPU)."
-                + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings))
+        return (
+            f"Correct on {result.correctness.trials} trials over {result.correctness.input_sets} input sets. "
+            "Speed was not measured (no GPU: Triton interpreter on the CPU)."
+            + "".join(f" Warning {w.rule}: {w.message}." for w in result.anti_cheat.warnings)
+        )
     if verdict == Verdict.cheating:
         lines = [_rule_text(v) for v in result.anti_cheat.violations]
         return " ".join(lines) + " Do the computation inside your own @triton.jit kernels and return the tensors they write."
@@ -89,8 +95,10 @@ def write_feedback(result: EvaluationResult, source: str | None = None) -> str:
         where = f" (trial {failure.get('trial')}, input shapes {failure.get('shapes')})" if failure else ""
         text = f"Incorrect output{where}: {failure.get('reason', 'outputs differ from the reference')}."
         if failure.get("worst_index") is not None and isinstance(failure.get("worst_expected"), (int, float)):
-            text += (f" Largest error at index {failure['worst_index']} (among the failed elements): expected "
-                     f"{failure['worst_expected']:.6g}, got {failure['worst_actual']:.6g}.")
+            text += (
+                f" Largest error at index {failure['worst_index']} (among the failed elements): expected "
+                f"{failure['worst_expected']:.6g}, got {failure['worst_actual']:.6g}."
+            )
             others = [e["index"] for e in (failure.get("failed_elements") or [])[1:]]
             if others:
                 text += " Other failed elements: " + ", ".join(map(str, others)) + "."

@@ -30,12 +30,22 @@ def run_evaluation(job: EvaluationJob | dict[str, Any]) -> dict[str, Any]:
     host = context.current()  # set up once at the worker's start, from its settings (worker/context.py)
     device = detect_device() if config.device == "auto" else config.device
     try:
-        result = evaluate(job.problem, job.submission, config, job_id=job.id, python=host.settings.harness_python,
-                          reference_cache=host.reference_cache, isolation=host.isolation, pool=host.pool_for(device),
-                          timing_lock=host.timing_lock(), reference_data=host.reference_data,
-                          audit_hook=host.settings.audit_hook, allow_native_code=host.settings.allow_native_code)
+        result = evaluate(
+            job.problem,
+            job.submission,
+            config,
+            job_id=job.id,
+            python=host.settings.harness_python,
+            reference_cache=host.reference_cache,
+            isolation=host.isolation,
+            pool=host.pool_for(device),
+            timing_lock=host.timing_lock(),
+            reference_data=host.reference_data,
+            audit_hook=host.settings.audit_hook,
+            allow_native_code=host.settings.allow_native_code,
+        )
     except ProblemSourceError as exc:
-        result = unjudged_result(job.id, Verdict.invalid_submission, str(exc), kind="problem_error",
-                                 reward_preset=config.reward.preset)
+        result = unjudged_result(
+            job.id, Verdict.invalid_submission, str(exc), kind="problem_error", reward_preset=config.reward.preset
+        )
     return result.model_dump(mode="json")
-

@@ -63,8 +63,11 @@ def make_worker(settings: WorkerSettings, suffix: str = "") -> Any:
     name = (settings.worker_name or f"referee-{socket.gethostname()}-{label}-{os.getpid()}") + suffix
     return RefereeWorker(
         [Queue(settings.queue_name, connection=connection, serializer=JSONSerializer)],
-        connection=connection, name=name, serializer=JSONSerializer,
-        job_monitoring_interval=settings.monitoring_interval_s, worker_ttl=settings.worker_ttl_s,
+        connection=connection,
+        name=name,
+        serializer=JSONSerializer,
+        job_monitoring_interval=settings.monitoring_interval_s,
+        worker_ttl=settings.worker_ttl_s,
         maintenance_interval=settings.registry_maintenance_interval_s,
     )
 
@@ -135,19 +138,31 @@ def _work(settings: WorkerSettings, suffix: str, warm_pool: bool) -> None:
         # A fresh name each time: the old registration may outlive the outage (RQ refuses a live name).
         rq_worker = make_worker(settings, suffix=suffix + (f"-r{generation}" if generation else ""))
         heavy = sorted(m for m in ("torch", "triton") if m in sys.modules)
-        print(f"referee worker {rq_worker.name} on queue {settings.queue_name}: "
-              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset: every GPU)')}"
-              f"; warm pool {'on' if warm_pool else 'off'}"
-              + (f"; warning: {', '.join(heavy)} imported in the worker" if heavy else ""), file=sys.stderr, flush=True)
+        print(
+            f"referee worker {rq_worker.name} on queue {settings.queue_name}: "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset: every GPU)')}"
+            f"; warm pool {'on' if warm_pool else 'off'}"
+            + (f"; warning: {', '.join(heavy)} imported in the worker" if heavy else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             rq_worker.work(burst=settings.burst, logging_level=settings.log_level, with_scheduler=False)
         except StopRequested:
             return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            print(f"referee worker {rq_worker.name}: Redis went away ({type(exc).__name__}); waiting for it", file=sys.stderr, flush=True)
+            print(
+                f"referee worker {rq_worker.name}: Redis went away ({type(exc).__name__}); waiting for it",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             # A stop asked for while idle ends work() without setting _stop_requested (RQ 3).
             if settings.burst or rq_worker._stop_requested or rq_worker._shutdown_requested_date is not None:
                 return
-            print(f"referee worker {rq_worker.name}: the RQ worker stopped on an error; waiting for Redis", file=sys.stderr, flush=True)
+            print(
+                f"referee worker {rq_worker.name}: the RQ worker stopped on an error; waiting for Redis",
+                file=sys.stderr,
+                flush=True,
+            )
         _wait_for_redis(settings)

@@ -68,14 +68,20 @@ class RewardConfig(_Strict):
     speedup_cap: float = Field(default=3.0, gt=0.0, description="drkernel: speedups above this count as this")
     cheat_penalty: float = Field(default=-1.0, description="reward given when a fatal anti-cheat rule fires")
     torch_epilogue_penalty: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="share of a correct answer's reward taken away when a small "
-        "epilogue ran in torch (the torch_epilogue warning)")
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of a correct answer's reward taken away when a small "
+        "epilogue ran in torch (the torch_epilogue warning)",
+    )
 
 
 class EvalConfig(_Strict):
     mode: Mode = Field(
-        default="strict", description="strict: parameters drawn at random, extra input sets (sizes, value ranges); "
-        "kernelbench: the published inputs and parameters only, for results comparable with published numbers")
+        default="strict",
+        description="strict: parameters drawn at random, extra input sets (sizes, value ranges); "
+        "kernelbench: the published inputs and parameters only, for results comparable with published numbers",
+    )
     trials: int = Field(default=5, ge=1, le=100)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     device: Device = "auto"
@@ -90,25 +96,39 @@ class EvalConfig(_Strict):
     allowed_ops: list[str] = Field(
         default_factory=list, description="aten ops (e.g. 'sum') this problem lets the candidate run in torch"
     )
-    allow_foreign_kernels: bool = Field(default=False, description="accept launches of Triton kernels not defined in the submission")
+    allow_foreign_kernels: bool = Field(
+        default=False, description="accept launches of Triton kernels not defined in the submission"
+    )
     min_triton_time_fraction: float = Field(
         default=0.5, ge=0.0, le=1.0, description="GPU: least share of kernel time in the submission's own kernels"
     )
     precision: Precision = Field(
-        default="fp32", description="KernelBench's precision switch: floating-point inputs and both models' parameters in this dtype "
-        "(fp16/bf16 default to atol = rtol = 1e-2, as KernelBench)"
+        default="fp32",
+        description="KernelBench's precision switch: floating-point inputs and both models' parameters in this dtype "
+        "(fp16/bf16 default to atol = rtol = 1e-2, as KernelBench)",
     )
-    compile_baseline: bool = Field(default=False, description="also time torch.compile(reference) and report the speedup over it (GPU only)")
+    compile_baseline: bool = Field(
+        default=False, description="also time torch.compile(reference) and report the speedup over it (GPU only)"
+    )
     torch_epilogue_max_share: float = Field(
-        default=0.2, ge=0.0, le=1.0, description="largest share of the bytes touched that non-major torch compute ops "
-        "may have and count as an epilogue (torch_epilogue warning) instead of torch_fallback")
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="largest share of the bytes touched that non-major torch compute ops "
+        "may have and count as an epilogue (torch_epilogue warning) instead of torch_fallback",
+    )
     value_ranges: list[Literal["scaled", "shifted", "negative", "near_constant"]] | None = Field(
-        default=None, description="strict mode: the value ranges of the extra trials (default: every one the problem "
-        "allows and the reference stays finite and accurate in)")
+        default=None,
+        description="strict mode: the value ranges of the extra trials (default: every one the problem "
+        "allows and the reference stays finite and accurate in)",
+    )
     max_scalar_reads: int = Field(default=8, ge=0, description="scalar reads to the host (.item()) allowed per checked call")
     epilogue_gpu_us_per_op: float = Field(
-        default=10.0, ge=0.0, description="GPU: kernel time per call outside the submission's kernels an allowed epilogue "
-        "may take, per epilogue op, before low_triton_time_fraction applies")
+        default=10.0,
+        ge=0.0,
+        description="GPU: kernel time per call outside the submission's kernels an allowed epilogue "
+        "may take, per epilogue op, before low_triton_time_fraction applies",
+    )
     reward: RewardConfig = RewardConfig()
     # No `isolation` here: the worker's setting decides, and a request must not be able to lower it.
 
@@ -137,14 +157,21 @@ class Correctness(_Strict):
     passed: int = 0
     input_sets: int = 0
     input_set_overrides: list[dict[str, int]] = []
-    value_ranges: list[str] = Field(default=[], description="extra trials on the original set with inputs moved into "
-                                    "these value ranges (sandbox/harness/hardening.py; strict mode)")
+    value_ranges: list[str] = Field(
+        default=[],
+        description="extra trials on the original set with inputs moved into "
+        "these value ranges (sandbox/harness/hardening.py; strict mode)",
+    )
     max_abs_error: float | None = None
     max_rel_error: float | None = None
-    max_abs_error_vs_fp64: float | None = Field(default=None, description="the candidate's largest error against the "
-                                                 "reference run in float64 (where the problem runs in float64)")
-    reference_error_vs_fp64: float | None = Field(default=None, description="the fp32 reference's own largest error "
-                                                  "against its float64 run (the comparison allows a multiple of it)")
+    max_abs_error_vs_fp64: float | None = Field(
+        default=None,
+        description="the candidate's largest error against the reference run in float64 (where the problem runs in float64)",
+    )
+    reference_error_vs_fp64: float | None = Field(
+        default=None,
+        description="the fp32 reference's own largest error against its float64 run (the comparison allows a multiple of it)",
+    )
     atol: float | None = None
     rtol: float | None = None
     recheck_passed: bool | None = None
@@ -208,14 +235,23 @@ class Environment(_Strict):
     triton: str | None = None
     python: str | None = None
     isolation: str = "process"
-    confinement: list[str] = Field(default=[], description="kernel-enforced layers around the candidate's process: "
-                                   "e.g. landlock:7, seccomp, and the backend's namespaces (`:pool` when shared by "
-                                   "the warm pool's processes); see docs/threat-model.md")
+    confinement: list[str] = Field(
+        default=[],
+        description="kernel-enforced layers around the candidate's process: "
+        "e.g. landlock:7, seccomp, and the backend's namespaces (`:pool` when shared by "
+        "the warm pool's processes); see docs/threat-model.md",
+    )
     interpreter: bool | None = None
-    launchers_seeded: int = Field(default=0, description="Triton launchers (C modules per kernel argument-type pattern, "
-                                  "Triton 3.6) taken from the warm pool's verified builds instead of compiled")
-    launchers_built: list[list[str]] = Field(default=[], description="argument-type patterns the candidate's process "
-                                             "compiled a launcher for (the warm pool builds them for later evaluations)")
+    launchers_seeded: int = Field(
+        default=0,
+        description="Triton launchers (C modules per kernel argument-type pattern, "
+        "Triton 3.6) taken from the warm pool's verified builds instead of compiled",
+    )
+    launchers_built: list[list[str]] = Field(
+        default=[],
+        description="argument-type patterns the candidate's process "
+        "compiled a launcher for (the warm pool builds them for later evaluations)",
+    )
 
 
 class StageTimings(_Strict):

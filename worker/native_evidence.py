@@ -305,7 +305,8 @@ class Window:
     def busy_ns(self) -> int:
         """GPU time covered by at least one activity (the union of their intervals)."""
         intervals = sorted(
-            [(k.start_ns, k.end_ns) for k in self.kernels] + [(c.start_ns, c.end_ns) for c in self.copies]
+            [(k.start_ns, k.end_ns) for k in self.kernels]
+            + [(c.start_ns, c.end_ns) for c in self.copies]
             + [(m.start_ns, m.end_ns) for m in self.memsets]
         )
         busy, reach = 0, None

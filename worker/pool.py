@@ -84,14 +84,25 @@ class PoolClient:
 class WarmPool:
     """Starts and keeps one zygote for this worker (one device, one isolation backend)."""
 
-    def __init__(self, device: str, *, isolation: Isolation | None = None, python: str | None = None,
-                 spares: int = 2, warm_target: str | None = None, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        device: str,
+        *,
+        isolation: Isolation | None = None,
+        python: str | None = None,
+        spares: int = 2,
+        warm_target: str | None = None,
+        root: Path | None = None,
+    ) -> None:
         self.device = device
         self.isolation = isolation or ProcessIsolation()
         self.python = python or sys.executable
         self.spares = spares
-        self.warm_target = detect_warm_target() if warm_target == "auto" and device == "cuda" else (
-            None if warm_target == "auto" else warm_target)
+        self.warm_target = (
+            detect_warm_target()
+            if warm_target == "auto" and device == "cuda"
+            else (None if warm_target == "auto" else warm_target)
+        )
         self.root = Path(tempfile.mkdtemp(prefix="referee-pool-", dir=root))
         self.scratch = self.root / "jobs"  # bound into the isolation; the control socket is not
         self.scratch.mkdir(mode=0o700)
@@ -108,8 +119,14 @@ class WarmPool:
     @property
     def client(self) -> PoolClient:
         limits = getattr(self.isolation, "limits", None)
-        return PoolClient(self.socket_path, str(self.scratch), self.device, self.isolation.name,
-                          getattr(limits, "memory_bytes", 16 << 30), tuple(namespace_layers(self.isolation)))
+        return PoolClient(
+            self.socket_path,
+            str(self.scratch),
+            self.device,
+            self.isolation.name,
+            getattr(limits, "memory_bytes", 16 << 30),
+            tuple(namespace_layers(self.isolation)),
+        )
 
     def start(self, wait_s: float = 180.0) -> dict[str, Any]:
         """Start the zygote and wait until it answers; returns its ping (import and warm-up times)."""
@@ -121,9 +138,21 @@ class WarmPool:
             listener.listen(64)
             zygote_home = self.scratch / ".zygote"  # made by the zygote, inside its isolation
             lifeline_r, self._lifeline = os.pipe()
-            argv = [self.python, "-I", "-c", ZYGOTE_BOOTSTRAP, str(HARNESS_PARENT),
-                    "--listen-fd", str(listener.fileno()), "--lifeline-fd", str(lifeline_r), "--spares", str(self.spares),
-                    "--device", self.device]
+            argv = [
+                self.python,
+                "-I",
+                "-c",
+                ZYGOTE_BOOTSTRAP,
+                str(HARNESS_PARENT),
+                "--listen-fd",
+                str(listener.fileno()),
+                "--lifeline-fd",
+                str(lifeline_r),
+                "--spares",
+                str(self.spares),
+                "--device",
+                self.device,
+            ]
             if self.warm_target:
                 argv += ["--warm-target", self.warm_target]
             choice = lockdown_choice(self.isolation)
@@ -133,8 +162,12 @@ class WarmPool:
                 with open(self.log_path, "ab") as log:  # the zygote's own output; its children have their own pipes
                     self.process = subprocess.Popen(
                         self.isolation.command(argv, self.scratch, self.device),
-                        cwd=self.scratch, env=child_environment(zygote_home, "zygote", self.device),
-                        pass_fds=(listener.fileno(), lifeline_r), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                        cwd=self.scratch,
+                        env=child_environment(zygote_home, "zygote", self.device),
+                        pass_fds=(listener.fileno(), lifeline_r),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
                         start_new_session=True,
                     )
             finally:
@@ -189,8 +222,13 @@ class WarmPool:
 def detect_warm_target() -> str | None:
     """`cuda:<arch>:32` of the first visible GPU, asked of nvidia-smi (this process never touches CUDA)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout.split()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.split()
         major, minor = out[0].split(".")
         return f"cuda:{int(major) * 10 + int(minor)}:32"
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):

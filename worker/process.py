@@ -126,9 +126,17 @@ class _PooledChild:
 
 
 class HarnessProcess:
-    def __init__(self, role: str, workdir: Path, device: str, python: str | None = None,
-                 isolation: Isolation | None = None, pool: PoolClient | None = None,
-                 limits: dict[str, int] | None = None, native_records: bool = False) -> None:
+    def __init__(
+        self,
+        role: str,
+        workdir: Path,
+        device: str,
+        python: str | None = None,
+        isolation: Isolation | None = None,
+        pool: PoolClient | None = None,
+        limits: dict[str, int] | None = None,
+        native_records: bool = False,
+    ) -> None:
         self.role = role
         self.native_records = native_records  # run the native recorder; its records arrive in `records`
         self.records: RecordPipe | None = None
@@ -169,16 +177,27 @@ class HarnessProcess:
         evidence_fds = (self.records.child_fd(),) if self.records is not None else ()
         try:
             if self.pool is not None:
-                pid, self.confinement = self.pool.spawn(self.role, self.workdir, env, self.limits,
-                                                        [*child_fds, *evidence_fds])
+                pid, self.confinement = self.pool.spawn(self.role, self.workdir, env, self.limits, [*child_fds, *evidence_fds])
                 self.process = _PooledChild(self.pool, pid)
             else:
                 argv = [
-                    self.python, "-I", "-c", BOOTSTRAP, str(HARNESS_PARENT),
-                    "--role", self.role,
-                    "--read-fd", str(to_child_r), "--write-fd", str(to_parent_w), "--key-fd", str(key_r),
-                    "--data-fd", str(data_child),
-                    "--limits", json.dumps({k: v for k, v in self.limits.items() if k != "memory_bytes"}),
+                    self.python,
+                    "-I",
+                    "-c",
+                    BOOTSTRAP,
+                    str(HARNESS_PARENT),
+                    "--role",
+                    self.role,
+                    "--read-fd",
+                    str(to_child_r),
+                    "--write-fd",
+                    str(to_parent_w),
+                    "--key-fd",
+                    str(key_r),
+                    "--data-fd",
+                    str(data_child),
+                    "--limits",
+                    json.dumps({k: v for k, v in self.limits.items() if k != "memory_bytes"}),
                 ]
                 if evidence_fds:  # the recorder was built by this trusted process: the child only loads it
                     cache = recorder_cache()
@@ -189,12 +208,18 @@ class HarnessProcess:
                     support = lockdown.probe(choice)
                     argv += ["--lockdown", json.dumps({"landlock_abi": support.landlock_abi, "seccomp": support.seccomp})]
                     self.confinement = [*support.layers(), *self.confinement]
-                self.process = _FreshChild(subprocess.Popen(
-                    self.isolation.command(argv, self.workdir, self.device),
-                    cwd=self.workdir, env=env, pass_fds=(*child_fds[:3], data_child, *evidence_fds),
-                    stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                    start_new_session=True
-                ))
+                self.process = _FreshChild(
+                    subprocess.Popen(
+                        self.isolation.command(argv, self.workdir, self.device),
+                        cwd=self.workdir,
+                        env=env,
+                        pass_fds=(*child_fds[:3], data_child, *evidence_fds),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out_w,
+                        stderr=err_w,
+                        start_new_session=True,
+                    )
+                )
         except BaseException:
             for fd in parent_fds:
                 os.close(fd)
@@ -220,8 +245,10 @@ class HarnessProcess:
             os.set_blocking(fd, False)
         self.channel = Channel(to_parent_r, to_child_w, key, is_parent=True, data_fd=data_parent)
         self._fds = (to_child_w, to_parent_r)
-        self._readers = [_CappedReader(os.fdopen(out_r, "rb", buffering=0), OUTPUT_CAP_BYTES),
-                         _CappedReader(os.fdopen(err_r, "rb", buffering=0), OUTPUT_CAP_BYTES)]
+        self._readers = [
+            _CappedReader(os.fdopen(out_r, "rb", buffering=0), OUTPUT_CAP_BYTES),
+            _CappedReader(os.fdopen(err_r, "rb", buffering=0), OUTPUT_CAP_BYTES),
+        ]
         for reader in self._readers:
             reader.start()
         self.start_seconds = time.monotonic() - started
@@ -296,8 +323,9 @@ class HarnessProcess:
             raise HarnessTimeout(f"the {self.role} process did not answer {header.get('cmd')!r} in time") from exc
         except (ChannelClosed, ProtocolError) as exc:
             returncode = self._reap()
-            raise HarnessDied(f"the {self.role} process {self._describe_exit(returncode, exc)}", returncode,
-                              self._memory_kill()) from exc
+            raise HarnessDied(
+                f"the {self.role} process {self._describe_exit(returncode, exc)}", returncode, self._memory_kill()
+            ) from exc
 
     def _describe_exit(self, returncode: int | None, exc: Exception) -> str:
         killed = getattr(self.process, "memory_killed_bytes", None)

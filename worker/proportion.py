@@ -134,8 +134,9 @@ def torch_share(work: Work, ops: list[str]) -> tuple[float, int, int]:
     return (torch_bytes / total if total else 1.0), torch_bytes, kernel_bytes
 
 
-def judge(reported_ops: dict[str, int] | None, work: Work | None, phase: str, config: EvalConfig,
-          device: str) -> tuple[list[Violation], list[Violation]]:
+def judge(
+    reported_ops: dict[str, int] | None, work: Work | None, phase: str, config: EvalConfig, device: str
+) -> tuple[list[Violation], list[Violation]]:
     """(fatal violations, warnings) for one reply of the candidate process (a run or the timed loop):
     the compute ops it reports and its work figures (None from a process without the work meter)."""
     compute_ops = reported_ops or {}

@@ -28,8 +28,9 @@ class ReferenceCache:
 
     @staticmethod
     def key(problem_sha256: str, input_sets: list[dict[str, int]], environment: dict[str, Any], timing: dict[str, Any]) -> str:
-        material = json.dumps({"problem": problem_sha256, "input_sets": input_sets, "environment": environment,
-                               "timing": timing}, sort_keys=True)
+        material = json.dumps(
+            {"problem": problem_sha256, "input_sets": input_sets, "environment": environment, "timing": timing}, sort_keys=True
+        )
         return hashlib.sha256(material.encode()).hexdigest()
 
     def get(self, key: str) -> dict[str, Any] | None:

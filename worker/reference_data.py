@@ -94,8 +94,12 @@ class ReferenceData:
         record = reply.record
         if record is None:
             raise ValueError(f"trial {label} was not recorded")
-        self.trials[label] = {"set_index": set_index, "inputs": record.inputs, "shapes": reply.shapes,
-                              "expected": record.expected}
+        self.trials[label] = {
+            "set_index": set_index,
+            "inputs": record.inputs,
+            "shapes": reply.shapes,
+            "expected": record.expected,
+        }
         self.blobs[f"{label}.inputs"] = bytes(inputs)
         self.blobs[f"{label}.expected"] = bytes(expected)
 
@@ -109,27 +113,54 @@ class ReferenceData:
         """What a judge's `inputs` needs for a cached trial: the descriptions (`cached`), and the
         inputs' and the expected outputs' bytes (the engine hands them over as sealed memfds)."""
         trial = self.trials[label]
-        return (CachedTrial(inputs=trial["inputs"], expected=trial["expected"]),
-                self.blobs[f"{label}.inputs"], self.blobs[f"{label}.expected"])
+        return (
+            CachedTrial(inputs=trial["inputs"], expected=trial["expected"]),
+            self.blobs[f"{label}.inputs"],
+            self.blobs[f"{label}.expected"],
+        )
 
 
 class ReferenceDataCache:
-    def __init__(self, directory: Path | str | None = None, *, max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
-                 max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, max_uses: int = DEFAULT_MAX_USES,
-                 ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        directory: Path | str | None = None,
+        *,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+        max_uses: int = DEFAULT_MAX_USES,
+        ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
         self.max_entry_bytes = max_entry_bytes
         self.max_uses = max_uses
         self.ttl_s = ttl_s
         self.store: _MemoryStore | _DirectoryStore = (
-            _MemoryStore(max_total_bytes) if directory is None else _DirectoryStore(Path(directory), max_total_bytes))
+            _MemoryStore(max_total_bytes) if directory is None else _DirectoryStore(Path(directory), max_total_bytes)
+        )
 
     @staticmethod
-    def key(problem_sha256: str, input_plan: list[dict[str, int]], environment: dict[str, Any], *, trials: int,
-            timing_sets: int, device: str, seed: int | None) -> str:
+    def key(
+        problem_sha256: str,
+        input_plan: list[dict[str, int]],
+        environment: dict[str, Any],
+        *,
+        trials: int,
+        timing_sets: int,
+        device: str,
+        seed: int | None,
+    ) -> str:
         """`seed` is the request's fixed salt, if any (then the entry's salt is that seed)."""
-        material = json.dumps({"problem": problem_sha256, "input_plan": input_plan, "environment": environment,
-                               "trials": trials, "timing_sets": timing_sets, "device": device, "seed": seed},
-                              sort_keys=True)
+        material = json.dumps(
+            {
+                "problem": problem_sha256,
+                "input_plan": input_plan,
+                "environment": environment,
+                "trials": trials,
+                "timing_sets": timing_sets,
+                "device": device,
+                "seed": seed,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(material.encode()).hexdigest()
 
     def take(self, key: str) -> ReferenceData | None:
@@ -270,21 +301,35 @@ def _dump(entry: ReferenceData) -> list[bytes]:
     for name in names:
         layout[name] = [offset, len(entry.blobs[name])]
         offset += len(entry.blobs[name])
-    header = json.dumps({"id": entry.id, "salt": entry.salt, "created": entry.created, "setup": entry.setup,
-                         "trials": entry.trials, "blobs": layout}).encode()
+    header = json.dumps(
+        {
+            "id": entry.id,
+            "salt": entry.salt,
+            "created": entry.created,
+            "setup": entry.setup,
+            "trials": entry.trials,
+            "blobs": layout,
+        }
+    ).encode()
     return [_HEADER_LENGTH.pack(len(header)), header, *(entry.blobs[name] for name in names)]
 
 
 def _load(data: bytes) -> ReferenceData:
     (length,) = _HEADER_LENGTH.unpack_from(data)
-    header = json.loads(data[_HEADER_LENGTH.size:_HEADER_LENGTH.size + length])
+    header = json.loads(data[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length])
     base = _HEADER_LENGTH.size + length
     blobs = {}
     for name, (offset, size) in header["blobs"].items():
         if offset < 0 or size < 0 or base + offset + size > len(data):
             raise ValueError("entry blob out of range")
-        blobs[name] = data[base + offset:base + offset + size]
+        blobs[name] = data[base + offset : base + offset + size]
     if not re.fullmatch(r"[0-9a-f]{32}", str(header["id"])):
         raise ValueError("entry id malformed")
-    return ReferenceData(salt=int(header["salt"]), setup=header["setup"], blobs=blobs, trials=header["trials"],
-                         created=float(header["created"]), id=str(header["id"]))
+    return ReferenceData(
+        salt=int(header["salt"]),
+        setup=header["setup"],
+        blobs=blobs,
+        trials=header["trials"],
+        created=float(header["created"]),
+        id=str(header["id"]),
+    )

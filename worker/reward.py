@@ -16,8 +16,9 @@ from __future__ import annotations
 from .models import RewardConfig, Rewards, Verdict
 
 
-def compute_reward(verdict: Verdict, speedup: float | None, meaningful: bool, config: RewardConfig,
-                   penalty: float = 0.0) -> tuple[float, Rewards]:
+def compute_reward(
+    verdict: Verdict, speedup: float | None, meaningful: bool, config: RewardConfig, penalty: float = 0.0
+) -> tuple[float, Rewards]:
     """`penalty` (0..1): the share of a correct answer's reward taken away (a torch epilogue)."""
     reward, rewards = _reward(verdict, speedup, meaningful, config)
     if penalty and verdict == Verdict.correct and reward > 0:

@@ -52,8 +52,11 @@ def _parse(source: str, what: str) -> ast.Module | StaticFailure:
     huge = _huge_int(tree)
     if huge is not None:
         line, bits = huge
-        return StaticFailure(Verdict.compile_error, f"SyntaxError at line {line}: an integer literal over {MAX_INT_DIGITS} "
-                                                    f"digits ({bits} bits)", line)
+        return StaticFailure(
+            Verdict.compile_error,
+            f"SyntaxError at line {line}: an integer literal over {MAX_INT_DIGITS} digits ({bits} bits)",
+            line,
+        )
     return tree
 
 
@@ -136,8 +139,11 @@ def suspicious_constructs(source: str) -> list[dict[str, object]]:
         if isinstance(node, ast.Call):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
             # `module.eval()` or `re.compile(...)` is a method, not the builtin (unless reached through builtins).
-            if isinstance(node.func, ast.Attribute) and name in _BUILTIN_CALLS and not (
-                    isinstance(node.func.value, ast.Name) and node.func.value.id in ("builtins", "__builtins__")):
+            if (
+                isinstance(node.func, ast.Attribute)
+                and name in _BUILTIN_CALLS
+                and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ("builtins", "__builtins__"))
+            ):
                 name = None
             if name in _SUSPICIOUS_CALLS:
                 found.append({"line": line, "construct": f"call to {name}"})

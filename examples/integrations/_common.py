@@ -15,8 +15,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 RELU = ROOT / "examples" / "relu"
 REFERENCE = (RELU / "reference.py").read_text()
 CANDIDATE = (RELU / "candidate.py").read_text()
-COMPLETION = ("<think>ReLU is elementwise; one program per 1024 elements.</think>\n"
-              f"Here is my Triton implementation:\n\n```python\n{CANDIDATE}```\n\nIt masks the tail block.")
+COMPLETION = (
+    "<think>ReLU is elementwise; one program per 1024 elements.</think>\n"
+    f"Here is my Triton implementation:\n\n```python\n{CANDIDATE}```\n\nIt masks the tail block."
+)
 WRONG_COMPLETION = COMPLETION.replace("tl.where(x > 0, x, 0.0)", "tl.where(x > 0, x, 1.0)")
 # Quick settings for the CPU interpreter; drop them on a GPU server.
 os.environ.setdefault("REFEREE_OPTIONS", '{"trials": 2, "timing_sets": 1, "max_timing_seconds": 0.1}')

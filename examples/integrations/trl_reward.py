@@ -1,7 +1,7 @@
 """TRL's GRPO reward function on a group of completions (python examples/integrations/trl_reward.py).
 
-    reward = make_reward_function(url="http://referee:8000", reference_column="reference")
-    GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=dataset_with_a_reference_column)
+reward = make_reward_function(url="http://referee:8000", reference_column="reference")
+GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=dataset_with_a_reference_column)
 """
 
 from _common import COMPLETION, REFERENCE, WRONG_COMPLETION, referee_server

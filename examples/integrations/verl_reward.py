@@ -13,7 +13,10 @@ with referee_server() as url:
     print(f"Referee at {url}")
     scored = compute_score("kernelbench/relu", COMPLETION, REFERENCE)
     print(f"honest: score {scored['score']} ({scored['verdict']}) - {scored['feedback']}")
-    for name, item in zip(["honest", "wrong"], compute_score_batch(["kb", "kb"], [COMPLETION, WRONG_COMPLETION],
-                                                                   [REFERENCE, REFERENCE]), strict=True):
+    for name, item in zip(
+        ["honest", "wrong"],
+        compute_score_batch(["kb", "kb"], [COMPLETION, WRONG_COMPLETION], [REFERENCE, REFERENCE]),
+        strict=True,
+    ):
         print(f"batch {name}: score {item['score']} ({item['verdict']})")
     assert scored["score"] == 1.0

@@ -25,8 +25,12 @@ def main() -> int:
     parser.add_argument("--limits", type=json.loads, default={})
     parser.add_argument("--evidence-fd", type=int, default=None, help="the judge's pipe for the native recorder's records")
     parser.add_argument("--native-cache", default=None, help="where the engine built the recorder")
-    parser.add_argument("--lockdown", type=json.loads, default=None,
-                        help='{"landlock_abi": N, "seccomp": bool}: confine this process first (lockdown.py)')
+    parser.add_argument(
+        "--lockdown",
+        type=json.loads,
+        default=None,
+        help='{"landlock_abi": N, "seccomp": bool}: confine this process first (lockdown.py)',
+    )
     args = parser.parse_args()
     if args.lockdown is not None:  # before the key is read and any submitted code is loaded
         from . import lockdown

@@ -27,47 +27,75 @@ from typing import Any
 # Introspection events decided by the direct caller: stdlib helpers (namedtuple, typing, logging)
 # use them legitimately on the candidate's behalf. Functions that hand frames back to their caller
 # (`inspect`, `traceback.walk_*`, `logging.currentframe`) are looked through.
-DIRECT_CALLER_EVENTS = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._getframe", "sys._current_frames",
-                                  "marshal.loads", "compile"})
+DIRECT_CALLER_EVENTS = frozenset(
+    {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._getframe", "sys._current_frames", "marshal.loads", "compile"}
+)
 _LOOKED_THROUGH_FILES = (os.sep + "inspect.py",)
-_LOOKED_THROUGH_FUNCTIONS = frozenset({("traceback.py", "walk_tb"), ("traceback.py", "walk_stack"),
-                                       ("__init__.py", "<lambda>"), ("__init__.py", "currentframe")})
+_LOOKED_THROUGH_FUNCTIONS = frozenset(
+    {("traceback.py", "walk_tb"), ("traceback.py", "walk_stack"), ("__init__.py", "<lambda>"), ("__init__.py", "currentframe")}
+)
 
 # Attributes whose reading hands out a frame (the way to the harness's frames and their locals).
 FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"})
 
 # event -> why it is forbidden to the candidate (read-only: the hook keeps its own copy anyway)
-FORBIDDEN_EVENTS: types.MappingProxyType[str, str] = types.MappingProxyType({
-    "gc.get_objects": "introspection of the garbage collector (finding the harness's objects)",
-    "gc.get_referrers": "introspection of the garbage collector",
-    "gc.get_referents": "introspection of the garbage collector",
-    "sys._getframe": "frame walking",
-    "sys._current_frames": "frame walking",
-    "sys.setprofile": "installing a profiler hook",
-    "sys.settrace": "installing a trace hook",
-    "ctypes.dlopen": "loading native code with ctypes",
-    "ctypes.dlsym": "native symbol lookup with ctypes",
-    "ctypes.cdata": "raw memory access with ctypes",
-    "subprocess.Popen": "starting a process",
-    "os.system": "starting a process",
-    "os.exec": "replacing the process",
-    "os.posix_spawn": "starting a process",
-    "os.fork": "forking",
-    "os.forkpty": "forking",
-    "socket.connect": "network access",
-    "socket.bind": "network access",
-    "socket.getaddrinfo": "network access (DNS)",
-    "os.kill": "sending signals",
-    "os.killpg": "sending signals",
-    "signal.pthread_kill": "sending signals",
-    "sys.addaudithook": "installing another audit hook",
-    "marshal.loads": "loading code objects from bytes",
-})
+FORBIDDEN_EVENTS: types.MappingProxyType[str, str] = types.MappingProxyType(
+    {
+        "gc.get_objects": "introspection of the garbage collector (finding the harness's objects)",
+        "gc.get_referrers": "introspection of the garbage collector",
+        "gc.get_referents": "introspection of the garbage collector",
+        "sys._getframe": "frame walking",
+        "sys._current_frames": "frame walking",
+        "sys.setprofile": "installing a profiler hook",
+        "sys.settrace": "installing a trace hook",
+        "ctypes.dlopen": "loading native code with ctypes",
+        "ctypes.dlsym": "native symbol lookup with ctypes",
+        "ctypes.cdata": "raw memory access with ctypes",
+        "subprocess.Popen": "starting a process",
+        "os.system": "starting a process",
+        "os.exec": "replacing the process",
+        "os.posix_spawn": "starting a process",
+        "os.fork": "forking",
+        "os.forkpty": "forking",
+        "socket.connect": "network access",
+        "socket.bind": "network access",
+        "socket.getaddrinfo": "network access (DNS)",
+        "os.kill": "sending signals",
+        "os.killpg": "sending signals",
+        "signal.pthread_kill": "sending signals",
+        "sys.addaudithook": "installing another audit hook",
+        "marshal.loads": "loading code objects from bytes",
+    }
+)
 
 # Programs that build native code; started on the candidate's behalf only when the operator allows
 # native code, or by Triton building its own launcher (see `_native_build_reason`).
-BUILD_TOOLS = frozenset({"ninja", "make", "cmake", "gcc", "g++", "cc", "c++", "clang", "clang++", "ld", "ld.gold", "ld.lld",
-                         "nvcc", "as", "ccache", "icx", "icpx", "tcc", "zig", "rustc", "cargo", "go"})
+BUILD_TOOLS = frozenset(
+    {
+        "ninja",
+        "make",
+        "cmake",
+        "gcc",
+        "g++",
+        "cc",
+        "c++",
+        "clang",
+        "clang++",
+        "ld",
+        "ld.gold",
+        "ld.lld",
+        "nvcc",
+        "as",
+        "ccache",
+        "icx",
+        "icpx",
+        "tcc",
+        "zig",
+        "rustc",
+        "cargo",
+        "go",
+    }
+)
 # Where a shared library may be loaded from by ctypes without the operator's permission.
 SYSTEM_LIBRARY_DIRS = ("/usr/lib", "/lib", "/usr/lib64", "/lib64", "/usr/local/cuda", "/usr/local/lib", "/opt/")
 
@@ -78,8 +106,12 @@ PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.exec", "os.posix_spawn", "os
 # Events that create or move a path: refused outside the job directory like a write (a symlink planted
 # in a trusted package's tree would change where its files resolve).
 PATH_WRITE_EVENTS = frozenset({"os.symlink", "os.link", "os.rename", "os.mkdir", "os.truncate"})
-WATCHED_EVENTS = frozenset(FORBIDDEN_EVENTS) | PROCESS_EVENTS | PATH_WRITE_EVENTS | frozenset({
-    "open", "object.__getattr__", "object.__setattr__", "compile", "code.__new__", "exec", "function.__new__"})
+WATCHED_EVENTS = (
+    frozenset(FORBIDDEN_EVENTS)
+    | PROCESS_EVENTS
+    | PATH_WRITE_EVENTS
+    | frozenset({"open", "object.__getattr__", "object.__setattr__", "compile", "code.__new__", "exec", "function.__new__"})
+)
 WATCHED_READS = FRAME_ATTRIBUTES | {"__code__"}
 
 THREAD_STARTERS = ("start_new_thread", "_start_new_thread", "start_joinable_thread", "_start_joinable_thread")
@@ -119,8 +151,12 @@ class AuditGuard:
         import _thread
         import threading
 
-        targets = [(module, name, "thread.start") for module in (_thread, threading) for name in THREAD_STARTERS
-                   if getattr(module, name, None) is not None]
+        targets = [
+            (module, name, "thread.start")
+            for module in (_thread, threading)
+            for name in THREAD_STARTERS
+            if getattr(module, name, None) is not None
+        ]
         seal(targets + _profiler_switches() + _cuda_graph_methods())
 
 
@@ -142,7 +178,11 @@ def _launcher_builders() -> frozenset[types.CodeType]:
         if not (name.startswith("triton.backends.") and name.endswith(".driver")):
             continue
         for value in list(vars(module).values()):
-            if isinstance(value, type) and value.__module__ == name and ("Launcher" in value.__name__ or "Utils" in value.__name__):
+            if (
+                isinstance(value, type)
+                and value.__module__ == name
+                and ("Launcher" in value.__name__ or "Utils" in value.__name__)
+            ):
                 init = vars(value).get("__init__")
                 if isinstance(init, types.FunctionType):
                     codes.add(init.__code__)
@@ -161,8 +201,14 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
     build_tools = BUILD_TOOLS
     looked_through_files = _LOOKED_THROUGH_FILES
     looked_through_functions = _LOOKED_THROUGH_FUNCTIONS
-    realpath, normpath, isabs, basename, dirname, fsdecode = (os.path.realpath, os.path.normpath, os.path.isabs,
-                                                              os.path.basename, os.path.dirname, os.fsdecode)
+    realpath, normpath, isabs, basename, dirname, fsdecode = (
+        os.path.realpath,
+        os.path.normpath,
+        os.path.isabs,
+        os.path.basename,
+        os.path.dirname,
+        os.fsdecode,
+    )
     getframe = sys._getframe
     get_ident = _thread.get_ident
     candidate_file, job_dir, jobs_root = guard.candidate_file, guard.job_dir, guard.jobs_root
@@ -193,7 +239,7 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
     # The frames below the installer (the harness's command loop, its `python -c` entry): walks stop
     # there. Held (a set of the frames themselves: hashing a frame raises no event, `id` does).
     base: list[Any] = []
-    below = getframe(1)
+    below: types.FrameType | None = getframe(1)
     while below is not None:
         base.append(below)
         below = below.f_back
@@ -250,9 +296,13 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
         return None
 
     def direct_caller_untrusted(frame: Any) -> str | None:
-        while frame is not None and (frame.f_code.co_filename.endswith(looked_through_files) or (
+        while frame is not None and (
+            frame.f_code.co_filename.endswith(looked_through_files)
+            or (
                 (basename(frame.f_code.co_filename), frame.f_code.co_name) in looked_through_functions
-                and in_stdlib(frame.f_code.co_filename))):
+                and in_stdlib(frame.f_code.co_filename)
+            )
+        ):
             frame = frame.f_back
         if frame is not None and untrusted_file(frame.f_code.co_filename):
             return frame.f_code.co_filename
@@ -282,7 +332,11 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
         if allow_native or not isinstance(program, (str, bytes)):
             return None
         name = basename(fsdecode(program))
-        if name not in build_tools and not name.endswith(("-gcc", "-g++", "-cc", "-c++", "-ld")) and not name.startswith(("gcc-", "g++-", "clang-")):
+        if (
+            name not in build_tools
+            and not name.endswith(("-gcc", "-g++", "-cc", "-c++", "-ld"))
+            and not name.startswith(("gcc-", "g++-", "clang-"))
+        ):
             return None
         while frame is not None and frame not in base_frames:
             if frame.f_code in builders:
@@ -324,7 +378,9 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
         """A link, rename, directory or truncation outside the job directory (the entry itself, not
         what an existing link points to)."""
         targets = args[:2] if event == "os.rename" else args[1:2] if event in ("os.symlink", "os.link") else args[:1]
-        directory_fds = {"os.symlink": args[2:3], "os.link": args[2:4], "os.rename": args[2:4], "os.mkdir": args[2:3]}.get(event, ())
+        directory_fds = {"os.symlink": args[2:3], "os.link": args[2:4], "os.rename": args[2:4], "os.mkdir": args[2:3]}.get(
+            event, ()
+        )
         relative_to_fd = any(isinstance(fd, int) and fd != -1 for fd in directory_fds)  # -1: no dir_fd
         for target in targets:
             if not isinstance(target, (str, bytes)):
@@ -354,13 +410,19 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             if name in frame_attributes:
                 return "frame walking", direct_caller_untrusted(frame)
             target = args[0]
-            if isinstance(target, FunctionType) and (caller := untrusted_caller(frame)) is not None and trusted_name(target.__code__.co_filename):
+            if (
+                isinstance(target, FunctionType)
+                and (caller := untrusted_caller(frame)) is not None
+                and trusted_name(target.__code__.co_filename)
+            ):
                 return "reading the code of trusted functions", caller
             return None, None
         if event == "object.__setattr__":
             target = args[0] if args else None
-            if isinstance(target, FunctionType) and (trusted_name(target.__code__.co_filename) or (
-                    len(args) > 2 and isinstance(args[2], CodeType) and trusted_name(args[2].co_filename))):
+            if isinstance(target, FunctionType) and (
+                trusted_name(target.__code__.co_filename)
+                or (len(args) > 2 and isinstance(args[2], CodeType) and trusted_name(args[2].co_filename))
+            ):
                 return "rewriting trusted functions", untrusted_caller(frame)
             return None, None
         if event == "compile" or event == "code.__new__":
@@ -413,8 +475,13 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             if kind == "thread.start":
                 caller = untrusted_caller(frame.f_back, strict=True)  # past the stub
                 if caller is not None:
-                    events.append({"event": "thread.start", "reason": "starting a thread (work must not continue "
-                                   "after forward returns)", "detail": caller})
+                    events.append(
+                        {
+                            "event": "thread.start",
+                            "reason": "starting a thread (work must not continue after forward returns)",
+                            "detail": caller,
+                        }
+                    )
                     raise PermissionError("Referee sandbox: starting a thread is not allowed")
             elif kind.startswith("cuda.graph"):
                 refuse(kind, "CUDA graphs (launches inside a graph cannot be attributed)", untrusted_on_stack(frame) or "")
@@ -470,8 +537,11 @@ def _make_hook(guard: AuditGuard) -> tuple[Any, Any]:
             except TypeError:
                 continue
             # (`object.__hash__` is an object's identity, like id(), without an audit event per value)
-            found = [(k, kinds[key]) for (k, v), key in zip(namespace, map(identity, (v for _, v in namespace)), strict=True)
-                     if key in kinds and originals[kinds[key]] is v]
+            found = [
+                (k, kinds[key])
+                for (k, v), key in zip(namespace, map(identity, (v for _, v in namespace)), strict=True)
+                if key in kinds and originals[kinds[key]] is v
+            ]
             for other, kind in found:
                 setattr(module, other, _sealed_stub(kind, None))
 
@@ -483,17 +553,32 @@ def _profiler_switches() -> list[tuple[Any, str, str]]:
     import torch.autograd
 
     autograd_c = torch._C._autograd
-    return [(autograd_c, name, f"profiler.{name}") for name in (
-        "_enable_profiler", "_disable_profiler", "_enable_profiler_legacy", "_disable_profiler_legacy",
-        "_prepare_profiler", "_enable_record_function") if hasattr(autograd_c, name)]
+    return [
+        (autograd_c, name, f"profiler.{name}")
+        for name in (
+            "_enable_profiler",
+            "_disable_profiler",
+            "_enable_profiler_legacy",
+            "_disable_profiler_legacy",
+            "_prepare_profiler",
+            "_enable_record_function",
+        )
+        if hasattr(autograd_c, name)
+    ]
 
 
 def _cuda_graph_methods() -> list[tuple[Any, str, str]]:
     import torch
 
-    owners = [owner for owner in (getattr(torch._C, "_CUDAGraph", None), getattr(torch.cuda, "CUDAGraph", None)) if owner is not None]
-    return [(owner, name, f"cuda.graph.{owner.__name__}.{name}") for owner in owners
-            for name in ("capture_begin", "replay", "capture_end") if name in vars(owner)]
+    owners = [
+        owner for owner in (getattr(torch._C, "_CUDAGraph", None), getattr(torch.cuda, "CUDAGraph", None)) if owner is not None
+    ]
+    return [
+        (owner, name, f"cuda.graph.{owner.__name__}.{name}")
+        for owner in owners
+        for name in ("capture_begin", "replay", "capture_end")
+        if name in vars(owner)
+    ]
 
 
 def native_files(directory: str, limit: int = 2000) -> list[str]:

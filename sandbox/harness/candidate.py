@@ -110,8 +110,12 @@ class CandidateRole:
         if isinstance(exc, torch.cuda.OutOfMemoryError) and self.device.type == "cuda":
             # The budget on the device: what the GPU has (less what others hold), and what this process held.
             free, total = torch.cuda.mem_get_info(self.device)
-            budget = MemoryBudget(memory="device", budget_bytes=int(total), free_bytes=int(free),
-                                  used_bytes=int(torch.cuda.max_memory_reserved(self.device)))
+            budget = MemoryBudget(
+                memory="device",
+                budget_bytes=int(total),
+                free_bytes=int(free),
+                used_bytes=int(torch.cuda.max_memory_reserved(self.device)),
+            )
             reply = dataclasses.replace(reply, error=dataclasses.replace(reply.error, memory_budget=budget))
         reply = dataclasses.replace(reply, **self.observations())  # a refused call that ended the run is still evidence
         return CandidateFailed(reply)
@@ -128,16 +132,25 @@ class CandidateRole:
         self.device = resolve_device(request.device)
         self.path = write_source(request.path, request.source)
         self.meter.device_type, self.meter.candidate_file = self.device.type, self.path
-        init_inputs = tensors.decode_fd(request.init_inputs, fds[0], "cpu", limit=1 << 30) if fds else (
-            tensors.decode(request.init_inputs, b"", "cpu"))
+        init_inputs = (
+            tensors.decode_fd(request.init_inputs, fds[0], "cpu", limit=1 << 30)
+            if fds
+            else (tensors.decode(request.init_inputs, b"", "cpu"))
+        )
         self.allowed_ops = frozenset(request.allowed_ops)
         # Order matters: hooks first, then the snapshot (so it covers them), then the candidate.
-        self.recorder = LaunchRecorder(candidate_file=self.path, op_clock=self.ops.clock,
-                                       on_gpu=self.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1")
+        self.recorder = LaunchRecorder(
+            candidate_file=self.path,
+            op_clock=self.ops.clock,
+            on_gpu=self.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1",
+        )
         self.recorder.install()
         if os.environ.get("TRITON_INTERPRET") == "1":
             host_clock_autotuning()
-        with self.witness, self.ops:  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
+        with (
+            self.witness,
+            self.ops,
+        ):  # the first entry may import lazily (torch._dynamo rewraps torch functions): before the snapshot
             torch.empty(0)
         self.ops.take()
         self.witness.take()
@@ -161,8 +174,14 @@ class CandidateRole:
             raise self._failure(exc) from None
         model_class = getattr(module, "ModelNew", None)
         if model_class is None:
-            return ErrorReply(error=ErrorDetail(kind="invalid_submission", type="MissingModelNew",
-                                                message="the candidate does not define ModelNew", traceback="")), []
+            return ErrorReply(
+                error=ErrorDetail(
+                    kind="invalid_submission",
+                    type="MissingModelNew",
+                    message="the candidate does not define ModelNew",
+                    traceback="",
+                )
+            ), []
         try:
             torch.manual_seed(request.init_seed)
             with torch.device(self.device):
@@ -190,9 +209,14 @@ class CandidateRole:
         host_memory = 0
         if self.recorder is not None:
             host_memory, self.recorder.host_memory_launches = self.recorder.host_memory_launches, 0
-        return {"tampering": changes, "audit_events": events, "host_memory_launches": host_memory,
-                "threads_left_running": self.witness.take_threads(), "native_files": [] if self.allow_native else self._native_files(os.path.dirname(self.path)),
-                "hidden_compute": self._take_hidden()}
+        return {
+            "tampering": changes,
+            "audit_events": events,
+            "host_memory_launches": host_memory,
+            "threads_left_running": self.witness.take_threads(),
+            "native_files": [] if self.allow_native else self._native_files(os.path.dirname(self.path)),
+            "hidden_compute": self._take_hidden(),
+        }
 
     def _take_hidden(self) -> dict[str, int]:
         """Compute ops the op witness saw and the dispatch mode did not, since the last reply."""
@@ -295,8 +319,15 @@ class CandidateRole:
                 if self.device.type == "cuda":
                     if self.timer is None:
                         self.timer = CudaTimer(self.device)
-                    timed = self.timer.round(lambda inputs: self.model(*inputs), self.timing_sets, calls, start,
-                                             request.slack_s, self.native_recorder, request.first_label)
+                    timed = self.timer.round(
+                        lambda inputs: self.model(*inputs),
+                        self.timing_sets,
+                        calls,
+                        start,
+                        request.slack_s,
+                        self.native_recorder,
+                        request.first_label,
+                    )
                 else:
                     timed = round_on_host(lambda inputs: self.model(*inputs), self.timing_sets, calls, start)
         except BaseException as exc:
@@ -320,10 +351,16 @@ class CandidateRole:
                 os.close(fd)
             return TimedRoundReply(output_problem=str(exc)[:500], samples=timed["samples"], **self.observations()), []
         self.kept = timed  # the outputs stay alive until the next command
-        return TimedRoundReply(**timed, outputs=outputs, launches=sum(1 for launch in launches if launch.own),
-                               compute_ops=self._compute_ops(ops, self.allowed_ops), work=Work(**work),
-                               side_stream_launches=sum(1 for launch in launches if launch.side_stream),
-                               device_to_host=device_to_host, **self.observations()), outgoing
+        return TimedRoundReply(
+            **timed,
+            outputs=outputs,
+            launches=sum(1 for launch in launches if launch.own),
+            compute_ops=self._compute_ops(ops, self.allowed_ops),
+            work=Work(**work),
+            side_stream_launches=sum(1 for launch in launches if launch.side_stream),
+            device_to_host=device_to_host,
+            **self.observations(),
+        ), outgoing
 
     def cmd_profile(self, request: Profile, fds: list[int]) -> tuple[ProfileReply, list[int]]:
         """GPU only: the share of kernel time spent in the submission's own Triton kernels."""
@@ -345,8 +382,9 @@ class CandidateRole:
     def cmd_summary(self, request: Summary, fds: list[int]) -> tuple[SummaryReply, list[int]]:
         assert self.recorder is not None
         launchers = triton_cache.seeds.report() if triton_cache.seeds is not None else None
-        return SummaryReply(summary=LaunchSummary(**self.recorder.summary()),
-                            launchers=Launchers(**launchers) if launchers is not None else None), []
+        return SummaryReply(
+            summary=LaunchSummary(**self.recorder.summary()), launchers=Launchers(**launchers) if launchers is not None else None
+        ), []
 
 
 def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:
@@ -357,7 +395,7 @@ def _aliased_inputs(outputs: Any, inputs: list[Any]) -> list[int]:
         if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.untyped_storage().nbytes()
     }
     return [
-        index for index, x in enumerate(inputs)
+        index
+        for index, x in enumerate(inputs)
         if isinstance(x, torch.Tensor) and x.untyped_storage().nbytes() and x.untyped_storage().data_ptr() in output_storages
     ]
-

@@ -33,8 +33,9 @@ def tolerance_for(dtype: torch.dtype, atol: float | None, rtol: float | None) ->
     return (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
 
 
-def compare_tensor(expected: torch.Tensor, actual: Any, atol: float | None, rtol: float | None,
-                   exact: Any = None) -> dict[str, Any]:
+def compare_tensor(
+    expected: torch.Tensor, actual: Any, atol: float | None, rtol: float | None, exact: Any = None
+) -> dict[str, Any]:
     """Exact shape and dtype, no broadcasting, NaN/Inf positions must match, then allclose against
     the reference; an element outside that bound still passes when it is within the bound of the
     fp64 reference (`exact`, when the problem could run in fp64) plus an allowance of the fp32
@@ -58,9 +59,16 @@ def compare_tensor(expected: torch.Tensor, actual: Any, atol: float | None, rtol
     if not (expected.is_floating_point() or expected.is_complex()):
         mismatched = actual != expected
         count = int(mismatched.sum())
-        report.update(passed=count == 0, mismatched=count, max_abs_error=float((actual.long() - expected.long()).abs().max()) if count else 0.0, max_rel_error=None)
+        report.update(
+            passed=count == 0,
+            mismatched=count,
+            max_abs_error=float((actual.long() - expected.long()).abs().max()) if count else 0.0,
+            max_rel_error=None,
+        )
         if count:
-            report["reason"] = f"{count} of {expected.numel()} elements differ (exact match required for {dtype_name(expected.dtype)})"
+            report["reason"] = (
+                f"{count} of {expected.numel()} elements differ (exact match required for {dtype_name(expected.dtype)})"
+            )
             report["worst_index"] = _unravel(int(mismatched.reshape(-1).nonzero()[0]), expected.shape)
         return report
 
@@ -88,8 +96,11 @@ def compare_tensor(expected: torch.Tensor, actual: Any, atol: float | None, rtol
         mismatched = _against_exact(report, exp64, act64, exact, finite, mismatched, use_atol, use_rtol)
     count = int(mismatched.sum())
     # The worst element is the worst one that failed (the worst overall can be within its bound).
-    worst = int(torch.where(mismatched, abs_err, torch.full_like(abs_err, -1.0)).reshape(-1).argmax()) if count \
+    worst = (
+        int(torch.where(mismatched, abs_err, torch.full_like(abs_err, -1.0)).reshape(-1).argmax())
+        if count
         else int(abs_err.reshape(-1).argmax())
+    )
     report.update(
         passed=count == 0,
         mismatched=count,
@@ -115,8 +126,16 @@ REFERENCE_ERROR_FACTOR = 4.0
 MAX_REFERENCE_ERROR_IN_TOLERANCES = 10.0
 
 
-def _against_exact(report: dict[str, Any], exp64: torch.Tensor, act64: torch.Tensor, exact: Any, finite: torch.Tensor,
-                   mismatched: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
+def _against_exact(
+    report: dict[str, Any],
+    exp64: torch.Tensor,
+    act64: torch.Tensor,
+    exact: Any,
+    finite: torch.Tensor,
+    mismatched: torch.Tensor,
+    atol: float,
+    rtol: float,
+) -> torch.Tensor:
     """Elements outside the fp32 bound get a second chance against the fp64 reference, with an
     allowance of the fp32 reference's own error. Returns the elements that fail both."""
     if not isinstance(exact, torch.Tensor) or exact.shape != exp64.shape or exact.dtype != torch.float64:
@@ -138,14 +157,22 @@ def _against_exact(report: dict[str, Any], exp64: torch.Tensor, act64: torch.Ten
     return mismatched & ~within
 
 
-def _failed_elements(mismatched: torch.Tensor, exp64: torch.Tensor, act64: torch.Tensor, abs_err: torch.Tensor,
-                     shape: torch.Size, limit: int = 5) -> list[dict[str, Any]]:
+def _failed_elements(
+    mismatched: torch.Tensor, exp64: torch.Tensor, act64: torch.Tensor, abs_err: torch.Tensor, shape: torch.Size, limit: int = 5
+) -> list[dict[str, Any]]:
     """The worst failed elements (index, expected, actual, abs error), worst first."""
     flat = torch.where(mismatched, abs_err, torch.full_like(abs_err, -1.0)).reshape(-1)
     count = min(limit, int(mismatched.sum()))
     indices = torch.topk(flat, count).indices.tolist() if count else []
-    return [{"index": _unravel(i, shape), "expected": _scalar(exp64.reshape(-1)[i]), "actual": _scalar(act64.reshape(-1)[i]),
-             "abs_error": float(abs_err.reshape(-1)[i])} for i in indices]
+    return [
+        {
+            "index": _unravel(i, shape),
+            "expected": _scalar(exp64.reshape(-1)[i]),
+            "actual": _scalar(act64.reshape(-1)[i]),
+            "abs_error": float(abs_err.reshape(-1)[i]),
+        }
+        for i in indices
+    ]
 
 
 # Comparing widens to float64 with a few full-size temporaries (~10x the output's bytes): larger
@@ -153,21 +180,29 @@ def _failed_elements(mismatched: torch.Tensor, exp64: torch.Tensor, act64: torch
 CHUNK_ELEMENTS = 1 << 26
 
 
-def compare_large(expected: torch.Tensor, actual: Any, atol: float | None, rtol: float | None, exact: Any = None) -> dict[str, Any]:
+def compare_large(
+    expected: torch.Tensor, actual: Any, atol: float | None, rtol: float | None, exact: Any = None
+) -> dict[str, Any]:
     """`compare_tensor`, slice by slice for a large floating-point output (one report: maxima over
     the slices, failures counted over all of them, the first failing slice's elements named by
     their index in the whole tensor)."""
     numel = expected.numel()
-    if (numel <= CHUNK_ELEMENTS or not isinstance(actual, torch.Tensor) or tuple(actual.shape) != tuple(expected.shape)
-            or actual.dtype != expected.dtype or not expected.is_floating_point()):
+    if (
+        numel <= CHUNK_ELEMENTS
+        or not isinstance(actual, torch.Tensor)
+        or tuple(actual.shape) != tuple(expected.shape)
+        or actual.dtype != expected.dtype
+        or not expected.is_floating_point()
+    ):
         return compare_tensor(expected, actual, atol, rtol, exact)
     flat_expected, flat_actual = expected.reshape(-1), actual.to(expected.device).reshape(-1)
     flat_exact = exact.reshape(-1) if isinstance(exact, torch.Tensor) and exact.shape == expected.shape else None
     merged: dict[str, Any] = {"passed": True, "mismatched": 0, "max_abs_error": 0.0, "max_rel_error": 0.0}
     for start in range(0, numel, CHUNK_ELEMENTS):
         part = slice(start, start + CHUNK_ELEMENTS)
-        report = compare_tensor(flat_expected[part], flat_actual[part], atol, rtol,
-                                flat_exact[part] if flat_exact is not None else None)
+        report = compare_tensor(
+            flat_expected[part], flat_actual[part], atol, rtol, flat_exact[part] if flat_exact is not None else None
+        )
         for key in ("max_abs_error", "max_rel_error", "reference_max_abs_error", "candidate_max_abs_error_vs_fp64"):
             if report.get(key) is not None:
                 merged[key] = max(merged.get(key) or 0.0, report[key])
@@ -180,13 +215,17 @@ def compare_large(expected: torch.Tensor, actual: Any, atol: float | None, rtol:
                     merged[key] = report[key]
             if "worst_index" in report:
                 merged["worst_index"] = _unravel(start + report["worst_index"][0], expected.shape)
-            merged["failed_elements"] = [{**element, "index": _unravel(start + element["index"][0], expected.shape)}
-                                         for element in report.get("failed_elements", [])]
+            merged["failed_elements"] = [
+                {**element, "index": _unravel(start + element["index"][0], expected.shape)}
+                for element in report.get("failed_elements", [])
+            ]
             if "mismatched" not in report:  # a NaN/Inf or shape problem: nothing more to add up
                 return merged
     if not merged["passed"] and merged["mismatched"]:
-        merged["reason"] = (f"{merged['mismatched']} of {numel} elements ({100.0 * merged['mismatched'] / numel:.3g}%) outside "
-                            f"atol={merged.get('atol')}, rtol={merged.get('rtol')}")
+        merged["reason"] = (
+            f"{merged['mismatched']} of {numel} elements ({100.0 * merged['mismatched'] / numel:.3g}%) outside "
+            f"atol={merged.get('atol')}, rtol={merged.get('rtol')}"
+        )
     return merged
 
 
@@ -215,8 +254,13 @@ def compare_outputs(expected: Any, actual: Any, atol: float | None, rtol: float 
     return summary
 
 
-def inputs_unchanged(pristine: list[Any], returned: Any, mutated: dict[int, torch.Tensor] | None = None,
-                     atol: float | None = None, rtol: float | None = None) -> dict[str, Any]:
+def inputs_unchanged(
+    pristine: list[Any],
+    returned: Any,
+    mutated: dict[int, torch.Tensor] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> dict[str, Any]:
     """Inputs must come back bit-identical (compared as raw bytes, so NaN == NaN), except those the
     reference itself changes in place (`mutated`: index -> the reference's input after its call):
     those may come back unchanged or as the reference left them (compared like an output)."""
@@ -247,13 +291,20 @@ def run_reference(model: Any, inputs: list[Any]) -> tuple[Any, dict[int, torch.T
     with torch.no_grad():
         outputs = model(*copies)
     mutated = {
-        index: copy for index, (original, copy) in enumerate(zip(inputs, copies, strict=True))
+        index: copy
+        for index, (original, copy) in enumerate(zip(inputs, copies, strict=True))
         if isinstance(original, torch.Tensor) and not torch.equal(_bits(original), _bits(copy))
     }
-    storages = {t.untyped_storage().data_ptr() for t in flatten_outputs(outputs)
-                if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.untyped_storage().nbytes()}
-    aliased = [index for index, copy in enumerate(copies) if isinstance(copy, torch.Tensor) and copy.untyped_storage().nbytes()
-               and copy.untyped_storage().data_ptr() in storages]
+    storages = {
+        t.untyped_storage().data_ptr()
+        for t in flatten_outputs(outputs)
+        if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.untyped_storage().nbytes()
+    }
+    aliased = [
+        index
+        for index, copy in enumerate(copies)
+        if isinstance(copy, torch.Tensor) and copy.untyped_storage().nbytes() and copy.untyped_storage().data_ptr() in storages
+    ]
     return outputs, mutated, aliased
 
 

@@ -55,7 +55,13 @@ class _Interface:
     copying, and the tensor keeps this object (not the memory) alive."""
 
     def __init__(self, pointer: int, nbytes: int) -> None:
-        self.__cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (pointer, False), "strides": None, "version": 3}
+        self.__cuda_array_interface__ = {
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "data": (pointer, False),
+            "strides": None,
+            "version": 3,
+        }
 
 
 def _bytes_tensor(pointer: int, nbytes: int, device: torch.device) -> torch.Tensor:
@@ -125,7 +131,9 @@ class Opened:
         except ValueError as exc:
             raise IpcError("malformed IPC handle") from exc
         pointer = ctypes.c_uint64()
-        _check(_cuda().cuIpcOpenMemHandle_v2(ctypes.byref(pointer), raw, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "cuIpcOpenMemHandle")
+        _check(
+            _cuda().cuIpcOpenMemHandle_v2(ctypes.byref(pointer), raw, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "cuIpcOpenMemHandle"
+        )
         base, size = ctypes.c_uint64(), ctypes.c_size_t()
         _check(_cuda().cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), pointer.value), "cuMemGetAddressRange")
         data = _bytes_tensor(pointer.value, int(size.value), self.device)

@@ -17,27 +17,104 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # aten overload packets (names without the overload) that only allocate, view, copy or cast.
-BOOKKEEPING_OPS = frozenset({
-    # allocation and fills
-    "empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided",
-    "zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full", "full_like", "new_full",
-    "zero_", "fill_", "scalar_tensor", "lift_fresh", "lift_fresh_copy", "resize_", "set_", "arange",
-    # views and reshapes
-    "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "alias", "detach", "t", "transpose",
-    "permute", "expand", "squeeze", "unsqueeze", "slice", "select", "narrow", "split", "split_with_sizes",
-    "chunk", "unbind", "flatten", "unflatten", "view_as", "movedim", "diagonal", "unfold",
-    # copies and casts
-    "copy_", "clone", "_to_copy", "contiguous", "_copy_from", "_copy_from_and_resize",
-    "_local_scalar_dense",  # .item(): a copy to the host, counted below when the source is on a GPU
-})
+BOOKKEEPING_OPS = frozenset(
+    {
+        # allocation and fills
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "empty_permuted",
+        "new_empty",
+        "new_empty_strided",
+        "zeros",
+        "zeros_like",
+        "new_zeros",
+        "ones",
+        "ones_like",
+        "new_ones",
+        "full",
+        "full_like",
+        "new_full",
+        "zero_",
+        "fill_",
+        "scalar_tensor",
+        "lift_fresh",
+        "lift_fresh_copy",
+        "resize_",
+        "set_",
+        "arange",
+        # views and reshapes
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "_reshape_alias",
+        "as_strided",
+        "alias",
+        "detach",
+        "t",
+        "transpose",
+        "permute",
+        "expand",
+        "squeeze",
+        "unsqueeze",
+        "slice",
+        "select",
+        "narrow",
+        "split",
+        "split_with_sizes",
+        "chunk",
+        "unbind",
+        "flatten",
+        "unflatten",
+        "view_as",
+        "movedim",
+        "diagonal",
+        "unfold",
+        # copies and casts
+        "copy_",
+        "clone",
+        "_to_copy",
+        "contiguous",
+        "_copy_from",
+        "_copy_from_and_resize",
+        "_local_scalar_dense",  # .item(): a copy to the host, counted below when the source is on a GPU
+    }
+)
 
 
 # Ops that only make views or read: they cannot have written an output (`.numpy()` dispatches `detach`).
-VIEW_OPS = frozenset({
-    "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "alias", "detach", "t", "transpose", "permute",
-    "expand", "squeeze", "unsqueeze", "slice", "select", "narrow", "split", "split_with_sizes", "chunk", "unbind",
-    "flatten", "unflatten", "view_as", "movedim", "diagonal", "unfold", "_local_scalar_dense", "lift_fresh",
-})
+VIEW_OPS = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "_reshape_alias",
+        "as_strided",
+        "alias",
+        "detach",
+        "t",
+        "transpose",
+        "permute",
+        "expand",
+        "squeeze",
+        "unsqueeze",
+        "slice",
+        "select",
+        "narrow",
+        "split",
+        "split_with_sizes",
+        "chunk",
+        "unbind",
+        "flatten",
+        "unflatten",
+        "view_as",
+        "movedim",
+        "diagonal",
+        "unfold",
+        "_local_scalar_dense",
+        "lift_fresh",
+    }
+)
 
 
 def op_name(func: Any) -> str:
@@ -111,5 +188,8 @@ def _moves_to_host(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 def compute_ops(ops: Counter[str], allowed: frozenset[str] = frozenset()) -> dict[str, int]:
     """Compute among the recorded ops. Ops of other namespaces (custom ops) are containers: the mode
     cannot see into them; the op witness (witness.py) judges what their bodies run."""
-    return {name: count for name, count in sorted(ops.items())
-            if "::" not in name and name not in BOOKKEEPING_OPS and name not in allowed}
+    return {
+        name: count
+        for name, count in sorted(ops.items())
+        if "::" not in name and name not in BOOKKEEPING_OPS and name not in allowed
+    }

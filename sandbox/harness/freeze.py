@@ -20,7 +20,7 @@ def _stat(pid: int) -> tuple[str, int, int, int] | None:
             stat = handle.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
 
 

@@ -74,9 +74,22 @@ def _critical_objects() -> dict[str, Any]:
 
 
 def _is_code(value: Any) -> bool:
-    return isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType,
-                              types.WrapperDescriptorType, types.MethodWrapperType, types.ClassMethodDescriptorType,
-                              type, staticmethod, classmethod, property, types.GetSetDescriptorType))
+    return isinstance(
+        value,
+        (
+            types.FunctionType,
+            types.BuiltinFunctionType,
+            types.MethodDescriptorType,
+            types.WrapperDescriptorType,
+            types.MethodWrapperType,
+            types.ClassMethodDescriptorType,
+            type,
+            staticmethod,
+            classmethod,
+            property,
+            types.GetSetDescriptorType,
+        ),
+    )
 
 
 def _resolved(owner: Any) -> dict[str, Any]:
@@ -133,7 +146,8 @@ def _addresses(values: list[Any]) -> bytes | None:
         return None
     if not values:
         return b""
-    return ctypes.string_at(ctypes.c_void_p.from_address(id(values) + _ITEMS).value, len(values) * _POINTER)
+    items = ctypes.c_void_p.from_address(id(values) + _ITEMS).value
+    return ctypes.string_at(items, len(values) * _POINTER) if items is not None else None
 
 
 def _slices(values: list[Any]) -> Callable[[int], list[Any]]:
@@ -143,7 +157,7 @@ def _slices(values: list[Any]) -> Callable[[int], list[Any]]:
     def take(count: int) -> list[Any]:
         nonlocal start
         start += count
-        return values[start - count:start]
+        return values[start - count : start]
 
     return take
 
@@ -170,7 +184,7 @@ def _functions_of(value: Any) -> list[types.FunctionType]:
         value = value.__func__
     if isinstance(value, property):
         return [f for f in (value.fget, value.fset, value.fdel) if isinstance(f, types.FunctionType)]
-    found = []
+    found: list[types.FunctionType] = []
     while isinstance(value, types.FunctionType) and len(found) < 8:  # a wrapper and what it wraps
         found.append(value)
         value = getattr(value, "__wrapped__", None)
@@ -281,8 +295,11 @@ class IntegritySnapshot:
         for owner_name, owner in self._objects.items():
             harness_module = isinstance(owner, types.ModuleType) and owner_name.startswith(f"{__package__}")
             # Harness modules: every module-level name counts (swapping `tensors` for a fake is tampering).
-            kept = {attr: value for attr, value in _resolved(owner).items()
-                    if _is_code(value) or (harness_module and not attr.startswith("__"))}
+            kept = {
+                attr: value
+                for attr, value in _resolved(owner).items()
+                if _is_code(value) or (harness_module and not attr.startswith("__"))
+            }
             self._fixed[owner_name] = tuple(kept)
             fixed_values += kept.values()
         self._fixed_identities = _Identities(fixed_values)
@@ -314,14 +331,18 @@ class IntegritySnapshot:
             changed += self._binding_changes()
         referents = _referents(*self._functions)
         if not self._referents.same(referents):
-            rewritten = [f"{f.__module__}.{f.__qualname__}: code or defaults were rewritten"
-                         for f, recorded in zip(self._functions, self._code, strict=True)
-                         if not all(map(is_, (f.__code__, f.__defaults__, f.__kwdefaults__), recorded))]
+            rewritten = [
+                f"{f.__module__}.{f.__qualname__}: code or defaults were rewritten"
+                for f, recorded in zip(self._functions, self._code, strict=True)
+                if not all(map(is_, (f.__code__, f.__defaults__, f.__kwdefaults__), recorded))
+            ]
             if not rewritten:
                 self._referents = _Identities(referents)  # something else changed (a docstring, a new __dict__): look once
             changed += rewritten
         namespaces = list(map(vars, self._classes))
-        if list(map(len, namespaces)) != self._class_sizes or not self._class_identities.same(_flat(namespaces, self._class_names)):
+        if list(map(len, namespaces)) != self._class_sizes or not self._class_identities.same(
+            _flat(namespaces, self._class_names)
+        ):
             changed += self._class_changes(namespaces)
         return sorted(set(changed))
 
@@ -345,7 +366,7 @@ class IntegritySnapshot:
                 changed.append(f"{label}.{name} was " + ("added" if value is _ABSENT else "replaced"))
         return changed
 
-    def _class_changes(self, namespaces: list[Mapping[str, Any]]) -> list[str]:
+    def _class_changes(self, namespaces: Sequence[Mapping[str, Any]]) -> list[str]:
         changed, values = [], _slices(self._class_identities.values)
         for index, (klass, now, names) in enumerate(zip(self._classes, namespaces, self._class_names, strict=True)):
             label = f"{klass.__module__}.{klass.__qualname__}"

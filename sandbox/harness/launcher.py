@@ -89,7 +89,7 @@ def _is_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] != b"Z"
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
     except OSError:
         return False
 
@@ -130,8 +130,16 @@ def run_job(conn: socket.socket, request: dict, fds: list[int]) -> tuple[int | N
     argv = [arg.format(**{f"fd{i}": fd for i, fd in enumerate(child_fds)}) if "{fd" in arg else arg for arg in request["argv"]]
     env = {**request.get("env", {}), **{k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH")}}
     try:
-        child = subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=child_fds, stdin=subprocess.DEVNULL,
-                                 stdout=stdout, stderr=stderr, start_new_session=True)
+        child = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            pass_fds=child_fds,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
     except OSError as exc:
         os.write(stderr, f"launcher: cannot start {argv[0]}: {exc}\n".encode())
         return 127, "start failed"

@@ -29,7 +29,7 @@ class Launch:
     nbytes: int = 0  # bytes of its tensor arguments (the work it may touch; kept while timing too)
     # Host (CPU) storages: a fingerprint of their bytes right after the launch, and the op recorder's
     # count then (a change later with no op since was written from the host: numpy, a raw pointer).
-    fingerprints: dict[int, int] = field(default_factory=dict)
+    fingerprints: dict[tuple[int, int], int] = field(default_factory=dict)  # by extent (start, end)
     sequence: int = 0
 
 
@@ -78,18 +78,35 @@ class LaunchRecorder:
         code = getattr(python_fn, "__code__", None)
         name = getattr(python_fn, "__name__", type(jit_fn).__name__)
         own = code is not None and code.co_filename == self.candidate_file
-        held = [value.untyped_storage() for value in list(args) + list(kwargs.values())
-                if isinstance(value, torch.Tensor)] if self.keep_storages else []
+        held = (
+            [value.untyped_storage() for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor)]
+            if self.keep_storages
+            else []
+        )
         storages = {storage.data_ptr() for storage in held}
         tensors = {value.data_ptr(): value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor)}
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         side_stream = torch.cuda.is_initialized() and torch.cuda.current_stream() != torch.cuda.default_stream()
-        host = [value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor) and value.device.type == "cpu"]
+        host = [
+            value
+            for value in list(args) + list(kwargs.values())
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu"
+        ]
         if self.on_gpu and host:
             self.host_memory_launches += 1  # the kernel reads or writes host memory: data left the device
         fingerprints = {_extent(value): _fingerprint(value) for value in host} if self.keep_storages else {}
-        self.launches.append(Launch(kernel=name, own=own, storages=storages, keep_alive=held, side_stream=side_stream,
-                                    nbytes=nbytes, fingerprints=fingerprints, sequence=self.op_clock()))
+        self.launches.append(
+            Launch(
+                kernel=name,
+                own=own,
+                storages=storages,
+                keep_alive=held,
+                side_stream=side_stream,
+                nbytes=nbytes,
+                fingerprints=fingerprints,
+                sequence=self.op_clock(),
+            )
+        )
         (self.totals if own else self.foreign)[name] += 1
 
     def host_written(self, outputs: Any, launches: list[Launch]) -> list[int]:

@@ -329,8 +329,12 @@ def resolve(policy: Policy) -> dict[str, tuple[int, bool]]:
     """Real path -> (rights, is a directory) for every existing path of `policy` but its writable
     ones. The most generous right a path gets wins (landlock adds rights up a hierarchy anyway)."""
     wanted: dict[str, tuple[int, bool]] = {}
-    for paths, rights in ((policy.read, READ), (policy.execute, READ_EXECUTE), (policy.devices, DEVICE),
-                          (policy.shared_memory, SHARED_MEMORY)):
+    for paths, rights in (
+        (policy.read, READ),
+        (policy.execute, READ_EXECUTE),
+        (policy.devices, DEVICE),
+        (policy.shared_memory, SHARED_MEMORY),
+    ):
         for path in paths:
             if path and os.path.exists(path):
                 real = os.path.realpath(path)

@@ -93,8 +93,14 @@ class Channel:
         mac.update(payload)
         return mac.digest()
 
-    def send(self, header: dict[str, Any], payload: bytes | memoryview = b"", *, deadline: float | None = None,
-             fds: list[int] | tuple[int, ...] = ()) -> None:
+    def send(
+        self,
+        header: dict[str, Any],
+        payload: bytes | memoryview = b"",
+        *,
+        deadline: float | None = None,
+        fds: list[int] | tuple[int, ...] = (),
+    ) -> None:
         if fds:
             if self._data is None or len(fds) > MAX_FDS:
                 raise ProtocolError(f"cannot send {len(fds)} descriptors on this channel")

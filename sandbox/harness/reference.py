@@ -103,8 +103,10 @@ class ReferenceRole:
         randomize = strict and bool(getattr(self.module, "RANDOMIZE_PARAMETERS", True))
         self.input_domain = getattr(self.module, "INPUT_DOMAIN", None)
         # The request's tolerance (when it sets one), else the problem's.
-        tolerance = (request.atol if request.atol is not None else getattr(self.module, "ATOL", None),
-                     request.rtol if request.rtol is not None else getattr(self.module, "RTOL", None))
+        tolerance = (
+            request.atol if request.atol is not None else getattr(self.module, "ATOL", None),
+            request.rtol if request.rtol is not None else getattr(self.module, "RTOL", None),
+        )
         value_ranges: list[str] = []
         seed = request.init_seed
         try:
@@ -185,8 +187,9 @@ class ReferenceRole:
         self.input_sets = [self.input_sets[i] for i in valid]
         return valid
 
-    def _valid_value_ranges(self, seed: int, atol: float | None, rtol: float | None,
-                            requested: list[str] | None = None) -> list[str]:
+    def _valid_value_ranges(
+        self, seed: int, atol: float | None, rtol: float | None, requested: list[str] | None = None
+    ) -> list[str]:
         """The value ranges (hardening.VALUE_RANGES, or the problem's VALUE_RANGES) in which the
         reference stays finite and its fp32 result agrees with its fp64 one at the problem's tolerance
         (so the range can judge); on the original input set."""
@@ -205,15 +208,19 @@ class ReferenceRole:
             if not hardening.all_finite(outputs):
                 continue
             if exact is not None:
-                rounded = type(exact)(t.to(o.dtype) for t, o in zip(exact, outputs, strict=True)) \
-                    if isinstance(exact, (list, tuple)) else exact.to(outputs.dtype)
+                rounded = (
+                    type(exact)(t.to(o.dtype) for t, o in zip(exact, outputs, strict=True))
+                    if isinstance(exact, (list, tuple))
+                    else exact.to(outputs.dtype)
+                )
                 if not compare.compare_outputs(outputs, rounded, atol, rtol)["passed"]:
                     continue
             valid.append(name)
         return valid
 
-    def _check_not_degenerate(self, seed: int, value_ranges: list[str], atol: float | None, rtol: float | None,
-                              refuse: bool = True) -> list[dict[str, Any]]:
+    def _check_not_degenerate(
+        self, seed: int, value_ranges: list[str], atol: float | None, rtol: float | None, refuse: bool = True
+    ) -> list[dict[str, Any]]:
         """A problem whose output is the same, at its own tolerance, for three draws and every value
         range cannot tell a kernel from a constant: it is refused (ProblemError). In the
         KernelBench-compatible mode (`refuse` False) it is judged, with the degenerate_problem warning."""
@@ -223,13 +230,20 @@ class ReferenceRole:
         if evidence is None or getattr(self.module, "ALLOW_DEGENERATE", False):
             return []
         if not refuse:
-            return [{"rule": "degenerate_problem", "severity": "warning", "evidence": evidence,
-                     "message": "the reference output is the same for different inputs at the problem's tolerance; "
-                                "a candidate that ignores its inputs could pass"}]
+            return [
+                {
+                    "rule": "degenerate_problem",
+                    "severity": "warning",
+                    "evidence": evidence,
+                    "message": "the reference output is the same for different inputs at the problem's tolerance; "
+                    "a candidate that ignores its inputs could pass",
+                }
+            ]
         raise ProblemError(
-                f"degenerate problem: the reference output is the same at the problem's tolerance for {evidence['draws']} "
-                f"different inputs (largest difference {evidence['max_abs_difference']:.3g}), so it cannot tell a kernel "
-                "from a constant; change get_inputs (or set ALLOW_DEGENERATE = True to judge it anyway)")
+            f"degenerate problem: the reference output is the same at the problem's tolerance for {evidence['draws']} "
+            f"different inputs (largest difference {evidence['max_abs_difference']:.3g}), so it cannot tell a kernel "
+            "from a constant; change get_inputs (or set ALLOW_DEGENERATE = True to judge it anyway)"
+        )
 
     def cmd_inputs(self, request: TrialInputs, fds: list[int]) -> tuple[TrialInputsReply, list[int]]:
         """A trial's inputs, made here (or, as a judge, from the engine's cached inputs and expected
@@ -261,8 +275,12 @@ class ReferenceRole:
                 outgoing += [inputs_fd, expected_fd]
             except tensors.EncodeError:
                 pass
-        reply = TrialInputsReply(inputs=shared.description, shapes=shapes,
-                                 nbytes=TrialSizes(inputs=_nbytes(inputs), expected=_nbytes(expected)), record=record)
+        reply = TrialInputsReply(
+            inputs=shared.description,
+            shapes=shapes,
+            nbytes=TrialSizes(inputs=_nbytes(inputs), expected=_nbytes(expected)),
+            record=record,
+        )
         return reply, outgoing
 
     def cmd_compare(self, request: Compare, fds: list[int]) -> tuple[CompareReply, list[int]]:
@@ -273,22 +291,35 @@ class ReferenceRole:
         attached = tensors.Attached(self.device)
         try:
             report = self._judge(expected, request.outputs, fds, attached, request.atol, request.rtol, exact)
-            report["inputs"] = compare.inputs_unchanged(inputs, shared.value, self.mutated.pop(request.trial, None),
-                                                        request.atol, request.rtol)
+            report["inputs"] = compare.inputs_unchanged(
+                inputs, shared.value, self.mutated.pop(request.trial, None), request.atol, request.rtol
+            )
         finally:
             attached.close()
             shared.release()
         return CompareReply(report=decode(ComparisonReport, report)), []
 
-    def _judge(self, expected: Any, outputs: Any, fds: list[int], attached: tensors.Attached,
-               atol: float | None, rtol: float | None, exact: Any = None) -> dict[str, Any]:
+    def _judge(
+        self,
+        expected: Any,
+        outputs: Any,
+        fds: list[int],
+        attached: tensors.Attached,
+        atol: float | None,
+        rtol: float | None,
+        exact: Any = None,
+    ) -> dict[str, Any]:
         if outputs is None:  # the candidate's outputs could not be exported
             return {"passed": False, "reason": "outputs are not plain dense tensors", "outputs": []}
         try:
             actual = attached.attach(outputs, fds, sealed=True)
         except (tensors.EncodeError, OSError, ValueError) as exc:  # what the candidate sent is not its outputs
-            return {"passed": False, "undecodable": str(exc)[:500], "outputs": [],
-                    "reason": "the candidate process sent outputs that cannot be read"}
+            return {
+                "passed": False,
+                "undecodable": str(exc)[:500],
+                "outputs": [],
+                "reason": "the candidate process sent outputs that cannot be read",
+            }
         return compare.compare_outputs(expected, actual, atol, rtol, exact)
 
     def cmd_timing_inputs(self, request: TimingInputs, fds: list[int]) -> tuple[TimingInputsReply, list[int]]:
@@ -331,15 +362,33 @@ class ReferenceRole:
         attached = tensors.Attached(self.device)
         try:
             for check in request.checks:
-                report = self._judge(self.round_expected[check.set], check.outputs, fds, attached,
-                                     request.atol, request.rtol, self.round_exact[check.set])
-                results.append(CallCheck(call=check.call, set=check.set, passed=bool(report.get("passed")),
-                                         reason=report.get("reason"), undecodable=report.get("undecodable")))
+                report = self._judge(
+                    self.round_expected[check.set],
+                    check.outputs,
+                    fds,
+                    attached,
+                    request.atol,
+                    request.rtol,
+                    self.round_exact[check.set],
+                )
+                results.append(
+                    CallCheck(
+                        call=check.call,
+                        set=check.set,
+                        passed=bool(report.get("passed")),
+                        reason=report.get("reason"),
+                        undecodable=report.get("undecodable"),
+                    )
+                )
         finally:
             attached.close()
-        changed = [k for k, (shared, fresh) in enumerate(zip(self.timing_shared, self.round_pristine, strict=True))
-                   if not compare.inputs_unchanged(fresh, shared.value, self.round_mutated[k] if k < len(self.round_mutated) else None,
-                                                   request.atol, request.rtol)["unchanged"]]
+        changed = [
+            k
+            for k, (shared, fresh) in enumerate(zip(self.timing_shared, self.round_pristine, strict=True))
+            if not compare.inputs_unchanged(
+                fresh, shared.value, self.round_mutated[k] if k < len(self.round_mutated) else None, request.atol, request.rtol
+            )["unchanged"]
+        ]
         return CheckRoundReply(checks=results, changed_sets=changed), []
 
     def cmd_time(self, request: TimeReference, fds: list[int]) -> tuple[TimeReply, list[int]]:
@@ -354,8 +403,9 @@ class ReferenceRole:
             model = self.compiled
         with torch.no_grad():  # entered once around the loop, as on the candidate's side
             if self.device.type == "cuda":
-                stats = CudaTimer(self.device).run(lambda inputs: model(*inputs), self.timing_inputs,
-                                                   max_seconds=request.options.max_seconds)
+                stats = CudaTimer(self.device).run(
+                    lambda inputs: model(*inputs), self.timing_inputs, max_seconds=request.options.max_seconds
+                )
             else:
                 stats = time_on_host(lambda inputs: model(*inputs), self.timing_inputs)
         return TimeReply(stats=stats), []

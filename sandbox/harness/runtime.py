@@ -87,8 +87,11 @@ def trimmed_traceback(exc: BaseException, keep_file: str | None = None) -> str:
 
 def error_reply(kind: str, exc: BaseException, keep_file: str | None = None) -> ErrorReply:
     message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return ErrorReply(error=ErrorDetail(kind=kind, type=type(exc).__name__, message=message[:MAX_TRACEBACK_CHARS],
-                                        traceback=trimmed_traceback(exc, keep_file)))
+    return ErrorReply(
+        error=ErrorDetail(
+            kind=kind, type=type(exc).__name__, message=message[:MAX_TRACEBACK_CHARS], traceback=trimmed_traceback(exc, keep_file)
+        )
+    )
 
 
 def host_clock_autotuning() -> None:

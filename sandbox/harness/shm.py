@@ -67,7 +67,8 @@ def size(fd: int, *, sealed: bool = False) -> int:
         except OSError as exc:
             raise SharedMemoryError("the descriptor cannot be sealed (not a memfd)") from exc
         if seals & (fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) != (
-                fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW):
+            fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+        ):
             raise SharedMemoryError("the shared memory is not sealed against writes")
     if status.st_size > MAX_BYTES:
         raise SharedMemoryError("the shared memory is too large")

@@ -15,9 +15,18 @@ import torch
 _DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
     for dtype in (
-        torch.float64, torch.float32, torch.float16, torch.bfloat16,
-        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
-        torch.complex64, torch.complex128,
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
     )
 }
 
@@ -31,12 +40,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def is_plain_dense(value: Any) -> bool:
-    return (
-        type(value) is torch.Tensor
-        and value.layout == torch.strided
-        and not value.is_nested
-        and not value.is_meta
-    )
+    return type(value) is torch.Tensor and value.layout == torch.strided and not value.is_nested and not value.is_meta
 
 
 def encode(value: Any) -> tuple[Any, bytes]:
@@ -53,8 +57,13 @@ def encode(value: Any) -> tuple[Any, bytes]:
                 raise EncodeError(f"unsupported dtype {item.dtype}")
             flat = item.detach().contiguous().reshape(-1).cpu()
             raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-            desc = {"t": "tensor", "dtype": dtype_name(item.dtype), "shape": list(item.shape),
-                    "offset": offset, "nbytes": len(raw)}
+            desc = {
+                "t": "tensor",
+                "dtype": dtype_name(item.dtype),
+                "shape": list(item.shape),
+                "offset": offset,
+                "nbytes": len(raw),
+            }
             chunks.append(raw)
             offset += len(raw)
             return desc
@@ -192,8 +201,11 @@ class SharedValue:
             backing = torch.frombuffer(self._mapping, dtype=torch.uint8)
         self.views: list[torch.Tensor] = []
         for desc, tensor in zip(_tensor_descs(self.description), tensors, strict=True):
-            view = backing[desc["offset"]:desc["offset"] + desc["nbytes"]].view(tensor.dtype).view(tensor.shape) if desc["nbytes"] else (
-                torch.empty(tensor.shape, dtype=tensor.dtype, device=device))
+            view = (
+                backing[desc["offset"] : desc["offset"] + desc["nbytes"]].view(tensor.dtype).view(tensor.shape)
+                if desc["nbytes"]
+                else (torch.empty(tensor.shape, dtype=tensor.dtype, device=device))
+            )
             with torch.no_grad():  # an input made with requires_grad is shared as data
                 view.copy_(tensor)
             self.views.append(view)
@@ -324,7 +336,7 @@ def _view(desc: dict[str, Any], memory: torch.Tensor) -> torch.Tensor:
     numel = math.prod(shape)
     strides = desc.get("strides")
     if strides is None:
-        strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+        strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
     if not isinstance(strides, list) or len(strides) != len(shape) or not all(type(s) is int and s >= 0 for s in strides):
         raise EncodeError("tensor strides must be non-negative ints, one per dimension")
     if offset % size:
@@ -336,7 +348,7 @@ def _view(desc: dict[str, Any], memory: torch.Tensor) -> torch.Tensor:
         raise EncodeError("tensor bytes out of range of the memory it names")
     if "ipc" not in desc and desc.get("nbytes") != numel * size:
         raise EncodeError("tensor byte count does not match its shape")
-    return memory[offset:offset + span].view(dtype).as_strided(shape, strides)
+    return memory[offset : offset + span].view(dtype).as_strided(shape, strides)
 
 
 def export_outputs(value: Any, device: torch.device) -> tuple[Any, list[int]]:
@@ -357,8 +369,9 @@ def export_outputs(value: Any, device: torch.device) -> tuple[Any, list[int]]:
                 desc.update(ipc=None, strides=list(tensor.stride()))
                 continue
             handle, _, base_offset = export_handle(tensor)
-            desc.update(ipc=handle, offset=base_offset + tensor.storage_offset() * tensor.element_size(),
-                        strides=list(tensor.stride()))
+            desc.update(
+                ipc=handle, offset=base_offset + tensor.storage_offset() * tensor.element_size(), strides=list(tensor.stride())
+            )
         return description, []
     fd = shm.create(max(nbytes, 1), "referee-outputs")
     try:

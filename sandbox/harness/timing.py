@@ -111,8 +111,16 @@ class CudaTimer:
         stats["flush_ms"] = flush_seconds * 1e3
         return stats
 
-    def round(self, call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
-              start: int = 0, slack_s: float | None = None, recorder: Any = None, first_label: int = 0) -> dict[str, Any]:
+    def round(
+        self,
+        call: Callable[[Sequence[Any]], Any],
+        input_sets: Sequence[Sequence[Any]],
+        calls: int,
+        start: int = 0,
+        slack_s: float | None = None,
+        recorder: Any = None,
+        first_label: int = 0,
+    ) -> dict[str, Any]:
         """One round of the candidate's timed calls, as `run` times each call (flush, spin, events on
         the current stream), keeping every call's outputs. Returns the raw samples (ms), the
         outputs, and the host time of the round; the engine makes the statistics. With the native
@@ -142,8 +150,12 @@ class CudaTimer:
         host_ms = (_perf_counter() - host_start) * 1e3
         if recorder is not None:
             recorder.flush()
-        return {"samples": [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], "outputs": outputs,
-                "host_ms": host_ms, "method": "cuda_events+l2_flush"}
+        return {
+            "samples": [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)],
+            "outputs": outputs,
+            "host_ms": host_ms,
+            "method": "cuda_events+l2_flush",
+        }
 
     def _flush_seconds(self, reps: int = 3) -> float:
         """The shortest of a few flushes, measured with events (the spin before each call adds to it)."""
@@ -183,8 +195,9 @@ def keep_as_returned(value: Any) -> Any:
     return value.clone()
 
 
-def round_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int,
-                  start: int = 0) -> dict[str, Any]:
+def round_on_host(
+    call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], calls: int, start: int = 0
+) -> dict[str, Any]:
     """CPU / interpreter mode: one round of host-clock calls, every call's outputs kept."""
     samples: list[float] = []
     outputs: list[Any] = []
@@ -196,7 +209,9 @@ def round_on_host(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Seq
     return {"samples": samples, "outputs": outputs, "host_ms": sum(samples), "method": "host_clock"}
 
 
-def profile_kernels(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], mode: Any, reps: int = 3) -> dict[str, float]:
+def profile_kernels(
+    call: Callable[[Sequence[Any]], Any], input_sets: Sequence[Sequence[Any]], mode: Any, reps: int = 3
+) -> dict[str, float]:
     """GPU kernel time (microseconds) per kernel name over `reps` calls, from torch's profiler."""
     torch.cuda.synchronize()
     from .witness import experimental_config  # the op witness's settings: the profiler looks the same in every phase
@@ -208,5 +223,7 @@ def profile_kernels(call: Callable[[Sequence[Any]], Any], input_sets: Sequence[S
     times: dict[str, float] = {}
     for event in prof.events():
         if getattr(event, "device_type", None) == DeviceType.CUDA:
-            times[event.name] = times.get(event.name, 0.0) + float(getattr(event, "device_time", 0.0) or getattr(event, "cuda_time", 0.0))
+            times[event.name] = times.get(event.name, 0.0) + float(
+                getattr(event, "device_time", 0.0) or getattr(event, "cuda_time", 0.0)
+            )
     return times

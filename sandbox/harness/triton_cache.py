@@ -25,8 +25,9 @@ from typing import Any
 LAUNCHER = "__triton_launcher"
 MAX_PATTERN = 64  # arguments
 # The type names Triton's launcher generator accepts for a scalar, plus "*" for any pointer.
-TOKENS = frozenset({"*", "constexpr", "i1", "i8", "i16", "i32", "i64", "u1", "u8", "u16", "u32", "u64",
-                    "fp16", "bf16", "fp32", "f32", "fp64"})
+TOKENS = frozenset(
+    {"*", "constexpr", "i1", "i8", "i16", "i32", "i64", "u1", "u8", "u16", "u32", "u64", "fp16", "bf16", "fp32", "f32", "fp64"}
+)
 
 
 def digest(data: bytes) -> str:
@@ -93,8 +94,11 @@ def pattern_of(signature: dict[Any, Any], tensordesc_meta: Any) -> list[str] | N
 
 
 def valid_pattern(tokens: Any) -> bool:
-    return (isinstance(tokens, list) and len(tokens) <= MAX_PATTERN
-            and all(isinstance(token, str) and token in TOKENS for token in tokens))
+    return (
+        isinstance(tokens, list)
+        and len(tokens) <= MAX_PATTERN
+        and all(isinstance(token, str) and token in TOKENS for token in tokens)
+    )
 
 
 def launcher_entry(source: str) -> str:
@@ -116,8 +120,13 @@ def build_launcher(tokens: list[str], cache_dir: str) -> tuple[str, str] | None:
         return None
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     source = driver.make_launcher({}, {i: ("*fp32" if t == "*" else t) for i, t in enumerate(tokens)}, None)
-    driver.compile_module_from_src(src=source, name=LAUNCHER, library_dirs=driver.library_dirs(),
-                                   include_dirs=driver.include_dirs, libraries=driver.libraries)
+    driver.compile_module_from_src(
+        src=source,
+        name=LAUNCHER,
+        library_dirs=driver.library_dirs(),
+        include_dirs=driver.include_dirs,
+        libraries=driver.libraries,
+    )
     entry = launcher_entry(source)
     try:
         with open(os.path.join(cache_dir, entry), "rb") as handle:

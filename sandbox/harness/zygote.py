@@ -128,8 +128,9 @@ def _compile_for(target: str) -> None:
 
 
 class Zygote:
-    def __init__(self, listener: socket.socket, lifeline: int, spares: int, device: str = "cpu",
-                 support: lockdown.Support | None = None) -> None:
+    def __init__(
+        self, listener: socket.socket, lifeline: int, spares: int, device: str = "cpu", support: lockdown.Support | None = None
+    ) -> None:
         self.device = device
         self.support = support  # None: no lockdown (the `process` backend)
         self.jobs_dir = os.getcwd()  # the pool's jobs directory (where the worker's jobs are made)
@@ -219,8 +220,13 @@ class Zygote:
             cwd = os.path.abspath(str(request["cwd"]))
             if self.support is not None and not self.owns(cwd):
                 raise ValueError(f"a job's directory must be new and inside {self.jobs_dir}: {cwd}")
-            assignment = {"role": request["role"], "cwd": cwd, "env": request["env"], "limits": limits,
-                          "launchers": self.launchers}
+            assignment = {
+                "role": request["role"],
+                "cwd": cwd,
+                "env": request["env"],
+                "limits": limits,
+                "launchers": self.launchers,
+            }
             while True:
                 if self.broken:
                     raise RuntimeError(self.broken)
@@ -274,12 +280,21 @@ class Zygote:
         if op == "status":
             self.reap()
             pid = int(request["pid"])
-            return {"ok": True, "exit": self.exits.get(pid), "running": pid in self.children,
-                    "memory_killed_bytes": self.memory_kills.get(pid)}
+            return {
+                "ok": True,
+                "exit": self.exits.get(pid),
+                "running": pid in self.children,
+                "memory_killed_bytes": self.memory_kills.get(pid),
+            }
         if op == "ping":
-            return {"ok": not self.broken, "error": self.broken, "children": len(self.children), "spares": len(self.spares),
-                    "warm": {**self.facts, "launchers": len(self.launchers)},
-                    "confinement": self.support.layers() if self.support else []}
+            return {
+                "ok": not self.broken,
+                "error": self.broken,
+                "children": len(self.children),
+                "spares": len(self.spares),
+                "warm": {**self.facts, "launchers": len(self.launchers)},
+                "confinement": self.support.layers() if self.support else [],
+            }
         if op == "learn":
             for pattern in request.get("launchers") or []:
                 self.learn(pattern)
@@ -289,8 +304,13 @@ class Zygote:
     def learn(self, pattern: Any) -> None:
         """Build the launcher for an argument-type pattern a child reported, in a throwaway child
         (validated: a pattern is a short list of known type names; a few builds at a time)."""
-        if (not self.seed_dir or not triton_cache.valid_pattern(pattern) or tuple(pattern) in self.patterns
-                or len(self.patterns) >= MAX_LAUNCHERS or len(self.builders) >= 4):
+        if (
+            not self.seed_dir
+            or not triton_cache.valid_pattern(pattern)
+            or tuple(pattern) in self.patterns
+            or len(self.patterns) >= MAX_LAUNCHERS
+            or len(self.builders) >= 4
+        ):
             return
         self.patterns.add(tuple(pattern))
         read_end, write_end = os.pipe()
@@ -301,7 +321,11 @@ class Zygote:
                 built = triton_cache.build_launcher(pattern, self.seed_dir)
                 os.write(write_end, json.dumps(built).encode())
             except BaseException as exc:
-                print(f"zygote: building the launcher for {pattern} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                print(
+                    f"zygote: building the launcher for {pattern} failed: {type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -328,9 +352,12 @@ class Zygote:
     def owns(self, cwd: str) -> bool:
         """A job's directory: job-X/role right below the jobs directory, not there yet."""
         job = os.path.dirname(cwd)
-        return (os.path.realpath(os.path.dirname(job)) == os.path.realpath(self.jobs_dir)
-                and not os.path.basename(job).startswith(".") and not os.path.islink(job)
-                and not os.path.lexists(cwd))
+        return (
+            os.path.realpath(os.path.dirname(job)) == os.path.realpath(self.jobs_dir)
+            and not os.path.basename(job).startswith(".")
+            and not os.path.islink(job)
+            and not os.path.lexists(cwd)
+        )
 
     def spare_dir(self, pid: int) -> str:
         return self.spare_dirs[pid]
@@ -411,7 +438,7 @@ class Zygote:
                 try:
                     with open(f"/proc/{entry.name}/stat", "rb") as handle:
                         stat = handle.read()
-                    parents.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(entry.name))
+                    parents.setdefault(int(stat[stat.rindex(b")") + 2 :].split()[1]), []).append(int(entry.name))
                 except (OSError, ValueError):
                     continue
         for pid, limit in list(self.memory_limits.items()):
@@ -436,7 +463,9 @@ class Zygote:
         zygote's verified Triton builds to read, the runtime to read and Triton's compilers to run."""
         assert self.support is not None  # a spare has its own directory only under lockdown (fork_spare)
         try:
-            lockdown.apply(lockdown.Policy(read_write=[own], rules=self.lockdown_rules, unix_sockets=self.device == "cuda"), self.support)
+            lockdown.apply(
+                lockdown.Policy(read_write=[own], rules=self.lockdown_rules, unix_sockets=self.device == "cuda"), self.support
+            )
         except OSError as exc:
             print(f"zygote: a spare could not lock itself down: {exc}", file=sys.stderr, flush=True)
             os._exit(EXIT_LOCKDOWN_FAILED)
@@ -529,8 +558,12 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: spares create their CUDA context early")
     parser.add_argument("--spares", type=int, default=2)
     parser.add_argument("--warm-target", default=None, help="backend:arch:warp_size, e.g. cuda:90:32")
-    parser.add_argument("--lockdown", choices=("on", "landlock", "seccomp"), default=None,
-                        help="each child confines itself: every layer the kernel offers, or only landlock or seccomp")
+    parser.add_argument(
+        "--lockdown",
+        choices=("on", "landlock", "seccomp"),
+        default=None,
+        help="each child confines itself: every layer the kernel offers, or only landlock or seccomp",
+    )
     args = parser.parse_args()
     listener = socket.socket(fileno=args.listen_fd)
     for name in ("TMPDIR", "TRITON_CACHE_DIR"):  # under a namespace backend only the zygote can make them

@@ -43,6 +43,8 @@ class Scored:
 
     def reason(self) -> str:
         return str((self.result.error or {}).get("message") or self.result.feedback)
+
+
 _PROBLEM_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -110,7 +112,9 @@ class RefereeScorer:
         bodies = [{**self.options, **problem_spec(problems[i]), "candidate": found[i].source} for i in pending]
         if bodies:
             with RefereeClient(self.url, self.api_key, timeout=60.0) as client:
-                for i, result in zip(pending, client.evaluate_many(bodies, concurrency=self.concurrency, timeout=self.timeout), strict=True):
+                for i, result in zip(
+                    pending, client.evaluate_many(bodies, concurrency=self.concurrency, timeout=self.timeout), strict=True
+                ):
                     candidate = candidates[i]
                     assert candidate is not None
                     scored[i] = Scored(result, (candidate.start, candidate.end))

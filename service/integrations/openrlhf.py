@@ -77,7 +77,7 @@ class OpenRLHFRewardResponse(BaseModel):
 
 def response_of(query: str, prompt: str | None) -> str:
     if prompt and query.startswith(prompt):
-        return query[len(prompt):]
+        return query[len(prompt) :]
     return query
 
 
@@ -86,15 +86,29 @@ def log_values(view: dict[str, Any] | None) -> dict[str, float]:
     if view is None:
         return {**dict.fromkeys(LOG_KEYS, 0.0), "no_code": 1.0}
     rewards = view.get("rewards", {})
-    return {"correctness": float(rewards.get("correctness", 0.0)), "speedup": float(view.get("performance", {}).get("speedup") or 0.0),
-            "speedup_reward": float(rewards.get("speedup", 0.0)), "compiled": float(bool(view.get("compiled"))),
-            "correct": float(view["verdict"] == "correct"), "cheating": float(view["verdict"] == "cheating"), "no_code": 0.0}
+    return {
+        "correctness": float(rewards.get("correctness", 0.0)),
+        "speedup": float(view.get("performance", {}).get("speedup") or 0.0),
+        "speedup_reward": float(rewards.get("speedup", 0.0)),
+        "compiled": float(bool(view.get("compiled"))),
+        "correct": float(view["verdict"] == "correct"),
+        "cheating": float(view["verdict"] == "cheating"),
+        "no_code": 0.0,
+    }
 
 
-@router.post(PATH, response_model=OpenRLHFRewardResponse, tags=["integrations"],
-             responses={**{k: ERRORS[k] for k in (400, 401, 413, 503)}, 422: {"description": "malformed request or a label the server refuses"}})
-async def openrlhf_reward(body: OpenRLHFRewardRequest, request: Request,
-                          owner: Annotated[str, Depends(require_owner)]) -> OpenRLHFRewardResponse:
+@router.post(
+    PATH,
+    response_model=OpenRLHFRewardResponse,
+    tags=["integrations"],
+    responses={
+        **{k: ERRORS[k] for k in (400, 401, 413, 503)},
+        422: {"description": "malformed request or a label the server refuses"},
+    },
+)
+async def openrlhf_reward(
+    body: OpenRLHFRewardRequest, request: Request, owner: Annotated[str, Depends(require_owner)]
+) -> OpenRLHFRewardResponse:
     """Score a batch of OpenRLHF rollouts; answers when every item has its result."""
     n = len(body.query)
     for what, values in (("prompts", body.prompts), ("labels", body.labels)):
@@ -134,4 +148,5 @@ async def openrlhf_reward(body: OpenRLHFRewardRequest, request: Request,
         scores=[float(view is not None and view["verdict"] == "correct") for view in views],
         extra_logs={key: [values[key] for values in logs] for key in LOG_KEYS},
         verdicts=[view["verdict"] if view else "invalid_submission" for view in views],
-        feedback=[str(view.get("feedback", "")) if view else NO_CODE_MESSAGE for view in views])
+        feedback=[str(view.get("feedback", "")) if view else NO_CODE_MESSAGE for view in views],
+    )

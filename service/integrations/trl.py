@@ -41,9 +41,14 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def make_reward_function(url: str | None = None, api_key: str | None = None, options: dict[str, Any] | None = None,
-                         reference_column: str = "reference", concurrency: int | None = None,
-                         name: str = "referee_reward") -> Callable[..., list[float | None]]:
+def make_reward_function(
+    url: str | None = None,
+    api_key: str | None = None,
+    options: dict[str, Any] | None = None,
+    reference_column: str = "reference",
+    concurrency: int | None = None,
+    name: str = "referee_reward",
+) -> Callable[..., list[float | None]]:
     def reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
         if reference_column not in kwargs:
             raise KeyError(f"the data set has no {reference_column!r} column (columns: {sorted(kwargs)})")
@@ -61,13 +66,20 @@ def referee_reward(completions: list[Any], **kwargs: Any) -> list[float | None]:
     return make_reward_function()(completions, **kwargs)
 
 
-def token_level_rewards(completion_ids: Sequence[Sequence[int]], tokenizer: Any, problems: Sequence[Any],
-                        scorer: RefereeScorer | None = None, skip_special_tokens: bool = True) -> list[list[float] | None]:
+def token_level_rewards(
+    completion_ids: Sequence[Sequence[int]],
+    tokenizer: Any,
+    problems: Sequence[Any],
+    scorer: RefereeScorer | None = None,
+    skip_special_tokens: bool = True,
+) -> list[list[float] | None]:
     """Per completion, one reward per token of `completion_ids` (TRL passes them to reward functions):
     `rewards.correctness` on the tokens of the evaluated code block, `rewards.speedup` on the plan;
     `None` where Referee could not evaluate it. The completion is read from the ids
     (`tokenizer.decode`), so the character span and the tokens agree."""
     texts = [tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens) for ids in completion_ids]
     scored = (scorer or scorer_from_env()).scored(texts, list(problems))
-    return [None if s.failed else token_rewards_for_ids(tokenizer, ids, s.code_span, s.result, skip_special_tokens, text)
-            for s, ids, text in zip(scored, completion_ids, texts, strict=True)]
+    return [
+        None if s.failed else token_rewards_for_ids(tokenizer, ids, s.code_span, s.result, skip_special_tokens, text)
+        for s, ids, text in zip(scored, completion_ids, texts, strict=True)
+    ]

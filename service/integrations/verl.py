@@ -43,28 +43,37 @@ from service.integrations.tokens import token_rewards_for_ids
 
 def _scorer(extra_info: dict[str, Any] | None) -> Any:
     config = dict((extra_info or {}).get("referee") or {})
-    return scorer_from_env(url=config.get("url"), api_key=config.get("api_key"),
-                           **({"options": config["options"]} if "options" in config else {}))
+    return scorer_from_env(
+        url=config.get("url"), api_key=config.get("api_key"), **({"options": config["options"]} if "options" in config else {})
+    )
 
 
 def _checked(scored: list[Scored]) -> list[Scored]:
     failed = [(i, s) for i, s in enumerate(scored) if s.failed]
     if failed:
         index, first = failed[0]
-        raise RefereeInfrastructureError(f"Referee could not evaluate {len(failed)} of {len(scored)} completions (no reward "
-                                         f"for them; first: item {index}, {first.result.id}): {first.reason()}")
+        raise RefereeInfrastructureError(
+            f"Referee could not evaluate {len(failed)} of {len(scored)} completions (no reward "
+            f"for them; first: item {index}, {first.result.id}): {first.reason()}"
+        )
     return scored
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None = None,
-                  **_: Any) -> dict[str, Any]:
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None = None, **_: Any
+) -> dict[str, Any]:
     """One completion's reward and its components."""
     (scored,) = _checked(_scorer(extra_info).scored([solution_str], [ground_truth]))
     return components(scored.result, scored.code_span)
 
 
-def compute_score_batch(data_sources: list[str], solution_strs: list[str], ground_truths: list[Any],
-                        extra_infos: list[dict[str, Any] | None] | None = None, **_: Any) -> list[dict[str, Any]]:
+def compute_score_batch(
+    data_sources: list[str],
+    solution_strs: list[str],
+    ground_truths: list[Any],
+    extra_infos: list[dict[str, Any] | None] | None = None,
+    **_: Any,
+) -> list[dict[str, Any]]:
     """A batch at once (verl's BatchRewardManager); evaluations run concurrently on the server."""
     first = (extra_infos or [None])[0]
     return [components(s.result, s.code_span) for s in _checked(_scorer(first).scored(list(solution_strs), list(ground_truths)))]
@@ -73,9 +82,21 @@ def compute_score_batch(data_sources: list[str], solution_strs: list[str], groun
 class RefereeRewardManager:
     """verl's reward-manager interface, with TritonRL's token-level assignment (see the module docstring)."""
 
-    def __init__(self, tokenizer: Any, num_examine: int = 0, compute_score: Any = None, reward_fn_key: str = "data_source",
-                 token_level: bool = True, **_: Any) -> None:
-        self.tokenizer, self.num_examine, self.reward_fn_key, self.token_level = tokenizer, num_examine, reward_fn_key, token_level
+    def __init__(
+        self,
+        tokenizer: Any,
+        num_examine: int = 0,
+        compute_score: Any = None,
+        reward_fn_key: str = "data_source",
+        token_level: bool = True,
+        **_: Any,
+    ) -> None:
+        self.tokenizer, self.num_examine, self.reward_fn_key, self.token_level = (
+            tokenizer,
+            num_examine,
+            reward_fn_key,
+            token_level,
+        )
 
     def __call__(self, data: Any, return_dict: bool = False) -> Any:
         import torch  # verl's environment has it; the rest of this module does not need it
@@ -83,16 +104,21 @@ class RefereeRewardManager:
         if "rm_scores" in data.batch.keys():  # verl's convention: scores computed upstream win
             if return_dict:
                 keys = data.meta_info.get("reward_extra_keys", [])
-                return {"reward_tensor": data.batch["rm_scores"], "reward_extra_info": {k: data.non_tensor_batch[k] for k in keys}}
+                return {
+                    "reward_tensor": data.batch["rm_scores"],
+                    "reward_extra_info": {k: data.non_tensor_batch[k] for k in keys},
+                }
             return data.batch["rm_scores"]
         responses = data.batch["responses"]
         prompt_length = data.batch["prompts"].shape[-1]
         lengths = data.batch["attention_mask"][:, prompt_length:].sum(dim=-1).tolist()
-        ids = [responses[i, :int(n)].tolist() for i, n in enumerate(lengths)]
+        ids = [responses[i, : int(n)].tolist() for i, n in enumerate(lengths)]
         texts = [self.tokenizer.decode(seq, skip_special_tokens=True) for seq in ids]
         problems = [item["ground_truth"] for item in data.non_tensor_batch["reward_model"]]
         extra_infos = data.non_tensor_batch.get("extra_info")
-        scored = _checked(_scorer(extra_infos[0] if extra_infos is not None and len(extra_infos) else None).scored(texts, problems))
+        scored = _checked(
+            _scorer(extra_infos[0] if extra_infos is not None and len(extra_infos) else None).scored(texts, problems)
+        )
         reward_tensor = torch.zeros_like(responses, dtype=torch.float32)
         extra: dict[str, list[Any]] = defaultdict(list)
         for i, (item, seq, text) in enumerate(zip(scored, ids, texts, strict=True)):
@@ -102,7 +128,7 @@ class RefereeRewardManager:
                 continue
             if self.token_level:
                 rewards = token_rewards_for_ids(self.tokenizer, seq, item.code_span, item.result, text=text)
-                reward_tensor[i, :len(seq)] = torch.tensor(rewards, dtype=torch.float32)
+                reward_tensor[i, : len(seq)] = torch.tensor(rewards, dtype=torch.float32)
             else:
                 reward_tensor[i, len(seq) - 1] = float(item.result.reward)
             if i < self.num_examine:

@@ -18,8 +18,16 @@ SUBMISSIONS = 6
 
 
 def test_redis_scaling_run_spreads_over_two_workers_each_job_once(tmp_path: Path, redis_binary: str) -> None:
-    options = Options(out=tmp_path, queue="redis", problems="tiny", submissions=SUBMISSIONS, warmup=2, concurrency=1,
-                      redis_server=redis_binary, phase_timeout_s=120)
+    options = Options(
+        out=tmp_path,
+        queue="redis",
+        problems="tiny",
+        submissions=SUBMISSIONS,
+        warmup=2,
+        concurrency=1,
+        redis_server=redis_binary,
+        phase_timeout_s=120,
+    )
     report = run_scaling(options, gpus=2, phases=[2])
     assert json.loads(Path(report["path"]).read_text())["phases"] == report["phases"]
     [phase] = report["phases"]

@@ -32,11 +32,17 @@ def gpu_pool() -> Iterator[PoolClient]:
 
 def check(path: Path, pool: PoolClient):
     result = evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cuda", trials=2, timeout_s=120), pool=pool)
-    ROWS.append({
-        "file": str(path.relative_to(GPU.parent)), "expected": expected_rule(path), "verdict": result.verdict.value,
-        "rules": [v.rule for v in result.anti_cheat.violations], "triton_time_fraction": result.performance.triton_time_fraction,
-        "speedup": result.performance.speedup, "wall_ms": result.timings_ms.total,
-    })
+    ROWS.append(
+        {
+            "file": str(path.relative_to(GPU.parent)),
+            "expected": expected_rule(path),
+            "verdict": result.verdict.value,
+            "rules": [v.rule for v in result.anti_cheat.violations],
+            "triton_time_fraction": result.performance.triton_time_fraction,
+            "speedup": result.performance.speedup,
+            "wall_ms": result.timings_ms.total,
+        }
+    )
     return result
 
 

@@ -50,13 +50,20 @@ def test_a_shared_input_reaches_only_its_own_block() -> None:
     set_a, set_b = [torch.randn(4096, device=device)], [torch.randn(4096, device=device)]
     expected_a = torch.relu(set_a[0])  # private: the caching allocator's, never exported
     shared_a, shared_b = tensors.SharedValue(set_a, device), tensors.SharedValue(set_b, device)
-    child = subprocess.run([sys.executable, "-c", _OPENER], input=json.dumps({"description": shared_a.description}),
-                           capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.run(
+        [sys.executable, "-c", _OPENER],
+        input=json.dumps({"description": shared_a.description}),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert child.returncode == 0, child.stderr
     seen = json.loads(child.stdout.strip().splitlines()[-1])
     whole = bytes.fromhex(seen["whole"])
     assert seen["size"] == shared_a.block.nbytes  # the block of its own, nothing around it
-    assert whole[:4096 * 4] == set_a[0].cpu().numpy().tobytes() and set(whole[4096 * 4:]) <= {0}
+    assert whole[: 4096 * 4] == set_a[0].cpu().numpy().tobytes() and set(whole[4096 * 4 :]) <= {0}
     for other in (expected_a, set_b[0]):
         assert other.cpu().numpy().tobytes()[:64] not in whole
     assert torch.equal(shared_a.views[0], torch.full_like(set_a[0], 7.0))  # the candidate's write is seen
@@ -86,8 +93,14 @@ print(json.dumps({"pattern_seen": bool((data.view(torch.float32) == 1234.5).any(
 def test_a_kept_mapping_sees_nothing_the_reference_allocates_later() -> None:
     device = torch.device("cuda", 0)
     shared = tensors.SharedValue([torch.randn(1 << 20, device=device)], device)
-    child = subprocess.Popen([sys.executable, "-c", _KEEPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KEEPER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert child.stdin is not None and child.stdout is not None
     child.stdin.write(json.dumps({"description": shared.description}) + "\n")
     child.stdin.flush()
@@ -126,9 +139,11 @@ def test_their_honest_neighbours_are_correct_and_timed(name: str) -> None:
 
 
 def _relu_problem(rows: int, cols: int) -> str:
-    return (f"import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def forward(self, x):\n"
-            f"        return torch.relu(x)\n\n\ndef get_inputs():\n    return [torch.randn({rows}, {cols})]\n\n\n"
-            f"def get_init_inputs():\n    return []\n")
+    return (
+        f"import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def forward(self, x):\n"
+        f"        return torch.relu(x)\n\n\ndef get_inputs():\n    return [torch.randn({rows}, {cols})]\n\n\n"
+        f"def get_init_inputs():\n    return []\n"
+    )
 
 
 def _peak_rss_while(run) -> tuple[object, dict[str, int]]:
@@ -149,7 +164,9 @@ def _peak_rss_while(run) -> tuple[object, dict[str, int]]:
                 if b"--role" not in argv:
                     continue
                 role = argv[argv.index(b"--role") + 1].decode()
-                rss = sum(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(("RssAnon:", "RssShmem:")))
+                rss = sum(
+                    int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(("RssAnon:", "RssShmem:"))
+                )
                 peaks[role] = max(peaks.get(role, 0), rss)
             time.sleep(0.02)
 
@@ -169,8 +186,11 @@ def test_host_memory_does_not_grow_with_tensor_size() -> None:
     candidate = (EXAMPLES / "relu" / "candidate.py").read_text()
     peaks = {}
     for label, (rows, cols) in {"small": (64, 65536), "large": (16384, 65536)}.items():
-        result, peaks[label] = _peak_rss_while(lambda rows=rows, cols=cols: evaluate(
-            Problem(source=_relu_problem(rows, cols)), Submission(source=candidate), EvalConfig(device="cuda", input_sets=[])))
+        result, peaks[label] = _peak_rss_while(
+            lambda rows=rows, cols=cols: evaluate(
+                Problem(source=_relu_problem(rows, cols)), Submission(source=candidate), EvalConfig(device="cuda", input_sets=[])
+            )
+        )
         assert result.verdict == Verdict.correct, (label, result.feedback, result.error)
     print("peak resident bytes by role:", peaks)
     for role in ("reference", "candidate"):

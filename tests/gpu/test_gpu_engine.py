@@ -47,9 +47,11 @@ def test_harness_processes_get_one_hardware_queue_fresh_and_pooled() -> None:
     from worker.pool import WarmPool
 
     problem = Problem(source=(EXAMPLES / "relu" / "reference.py").read_text())
-    candidate = ("import os\nprint('connections:', os.environ.get('CUDA_DEVICE_MAX_CONNECTIONS'), "
-                 "open('/proc/self/environ', 'rb').read().count(b'CUDA_DEVICE_MAX_CONNECTIONS=1'))\n"
-                 + (EXAMPLES / "relu" / "candidate.py").read_text())
+    candidate = (
+        "import os\nprint('connections:', os.environ.get('CUDA_DEVICE_MAX_CONNECTIONS'), "
+        "open('/proc/self/environ', 'rb').read().count(b'CUDA_DEVICE_MAX_CONNECTIONS=1'))\n"
+        + (EXAMPLES / "relu" / "candidate.py").read_text()
+    )
     fresh = evaluate(problem, Submission(source=candidate), EvalConfig(device="cuda"))
     with WarmPool("cuda", spares=2) as pool:
         pooled = evaluate(problem, Submission(source=candidate), EvalConfig(device="cuda"), pool=pool.client)
@@ -59,7 +61,7 @@ def test_harness_processes_get_one_hardware_queue_fresh_and_pooled() -> None:
         assert "connections: 1 1" in result.output.get("stdout", ""), result.output
 
 
-STOPS_THE_RECORDER = '''
+STOPS_THE_RECORDER = """
 import sys
 import torch
 import torch.nn as nn
@@ -88,7 +90,7 @@ class ModelNew(nn.Module):
         n = x.numel()
         affine_relu_kernel[(triton.cdiv(n, 1024),)](x, out, n, BLOCK=1024)
         return out
-'''
+"""
 
 
 @pytest.mark.parametrize("stop_at", [10**9, 150], ids=["honest", "stops-the-recorder"])

@@ -18,8 +18,11 @@ pytestmark = pytest.mark.gpu
 
 # The relu candidate storing a terabyte past its output, unmasked: CUDA's illegal memory access,
 # which poisons the context for every later call in that process.
-ILLEGAL_ADDRESS = (EXAMPLES / "relu" / "candidate.py").read_text().replace(
-    "    tl.store(out_ptr + offs, y, mask=mask)", "    tl.store(out_ptr + offs + (1 << 40), y)")
+ILLEGAL_ADDRESS = (
+    (EXAMPLES / "relu" / "candidate.py")
+    .read_text()
+    .replace("    tl.store(out_ptr + offs, y, mask=mask)", "    tl.store(out_ptr + offs + (1 << 40), y)")
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,8 @@ def test_an_illegal_address_then_an_honest_job_on_the_same_gpu(pooled: bool, req
     assert poisoned.verdict == Verdict.runtime_error, (poisoned.verdict, poisoned.error, poisoned.feedback)
     message = f"{poisoned.error} {poisoned.output}".lower()
     assert "illegal" in message or "cuda" in message, poisoned.error
-    honest = evaluate(problem, Submission(source=(EXAMPLES / "relu" / "candidate.py").read_text()), EvalConfig(device="cuda"), pool=pool)
+    honest = evaluate(
+        problem, Submission(source=(EXAMPLES / "relu" / "candidate.py").read_text()), EvalConfig(device="cuda"), pool=pool
+    )
     assert honest.verdict == Verdict.correct, (honest.verdict, honest.error, honest.feedback)
     assert honest.performance.meaningful and honest.performance.speedup is not None

@@ -30,13 +30,20 @@ def test_client_evaluate_and_evaluate_many_return_typed_results(server_url: str)
         result = client.evaluate(REFERENCE, CANDIDATE, **FAST)
         assert isinstance(result, EvaluationResult)
         assert result.verdict == Verdict.correct and result.reward == 1.0, result.feedback
-        bodies = [{"reference": REFERENCE, "candidate": CANDIDATE, **FAST},  # identical: answered by dedup
-                  {"reference": REFERENCE, "candidate": WRONG, **FAST},
-                  {"reference": REFERENCE, "candidate": "import torch\n", **FAST},  # no ModelNew: static rejection
-                  {"reference": "not python (", "candidate": CANDIDATE}]  # the server refuses it: 422
+        bodies = [
+            {"reference": REFERENCE, "candidate": CANDIDATE, **FAST},  # identical: answered by dedup
+            {"reference": REFERENCE, "candidate": WRONG, **FAST},
+            {"reference": REFERENCE, "candidate": "import torch\n", **FAST},  # no ModelNew: static rejection
+            {"reference": "not python (", "candidate": CANDIDATE},
+        ]  # the server refuses it: 422
         seen: list[int] = []
         results = client.evaluate_many(bodies, concurrency=2, on_result=lambda i, r: seen.append(i))
-    assert [r.verdict for r in results] == [Verdict.correct, Verdict.incorrect, Verdict.invalid_submission, Verdict.infrastructure_error]
+    assert [r.verdict for r in results] == [
+        Verdict.correct,
+        Verdict.incorrect,
+        Verdict.invalid_submission,
+        Verdict.infrastructure_error,
+    ]
     assert sorted(seen) == [0, 1, 2, 3]
     assert results[0].id == result.id  # the duplicate got the same evaluation
     assert results[3].error["kind"] == "rejected" and results[3].error["status"] == 422  # refused: no reward, and why
@@ -50,8 +57,13 @@ def test_client_evaluate_and_evaluate_many_return_typed_results(server_url: str)
 def test_async_client_evaluates_many_with_bounded_concurrency(server_url: str) -> None:
     async def run() -> list[EvaluationResult]:
         async with AsyncRefereeClient(server_url) as client:
-            return await client.evaluate_many([{"reference": REFERENCE, "candidate": CANDIDATE, **FAST},
-                                               {"reference": REFERENCE, "candidate": "import torch\n", **FAST}], concurrency=1)
+            return await client.evaluate_many(
+                [
+                    {"reference": REFERENCE, "candidate": CANDIDATE, **FAST},
+                    {"reference": REFERENCE, "candidate": "import torch\n", **FAST},
+                ],
+                concurrency=1,
+            )
 
     results = asyncio.run(run())
     assert [r.verdict for r in results] == [Verdict.correct, Verdict.invalid_submission]
@@ -109,8 +121,11 @@ def test_trl_reward_function_scores_standard_and_conversational_completions() ->
 
 def test_openrlhf_endpoint_scores_queries_with_labels_or_the_prompt(server_url: str) -> None:
     prompt = f"Optimise this with Triton:\n\n```python\n{REFERENCE}```\n\nAnswer:"
-    body = {"query": [prompt + completion(CANDIDATE), prompt + "I give up.", prompt + completion(WRONG)],
-            "prompts": [prompt] * 3, "options": FAST}
+    body = {
+        "query": [prompt + completion(CANDIDATE), prompt + "I give up.", prompt + completion(WRONG)],
+        "prompts": [prompt] * 3,
+        "options": FAST,
+    }
     response = httpx.post(f"{server_url}/v1/openrlhf/reward", json=body, timeout=300)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -121,15 +136,31 @@ def test_openrlhf_endpoint_scores_queries_with_labels_or_the_prompt(server_url: 
     assert answer["extra_logs"]["correct"] == [1.0, 0.0, 0.0] and answer["extra_logs"]["no_code"] == [0.0, 1.0, 0.0]
     assert "Largest error at index" in answer["feedback"][2]
     # Labels name the problem; a label the server refuses fails the request with its reason (no made-up 0).
-    labelled = httpx.post(f"{server_url}/v1/openrlhf/reward", timeout=300, json={
-        "query": ["q" + completion(CANDIDATE), "q" + completion(CHEAT)], "prompts": ["q", "q"],
-        "labels": [REFERENCE, REFERENCE], "options": FAST}).json()
+    labelled = httpx.post(
+        f"{server_url}/v1/openrlhf/reward",
+        timeout=300,
+        json={
+            "query": ["q" + completion(CANDIDATE), "q" + completion(CHEAT)],
+            "prompts": ["q", "q"],
+            "labels": [REFERENCE, REFERENCE],
+            "options": FAST,
+        },
+    ).json()
     assert labelled["rewards"] == [1.0, -1.0] and labelled["scores"] == [1.0, 0.0]  # cheating: the penalty, score 0
     assert labelled["extra_logs"]["cheating"] == [0.0, 1.0]
-    refused = httpx.post(f"{server_url}/v1/openrlhf/reward", timeout=300, json={
-        "query": ["q" + completion(CANDIDATE), "q" + completion(CANDIDATE)], "prompts": ["q", "q"],
-        "labels": [REFERENCE, "x = 1"], "options": FAST})
-    assert refused.status_code == 422 and "item 1" in refused.json()["detail"] and "not a usable problem" in refused.json()["detail"]
+    refused = httpx.post(
+        f"{server_url}/v1/openrlhf/reward",
+        timeout=300,
+        json={
+            "query": ["q" + completion(CANDIDATE), "q" + completion(CANDIDATE)],
+            "prompts": ["q", "q"],
+            "labels": [REFERENCE, "x = 1"],
+            "options": FAST,
+        },
+    )
+    assert (
+        refused.status_code == 422 and "item 1" in refused.json()["detail"] and "not a usable problem" in refused.json()["detail"]
+    )
     mismatched = httpx.post(f"{server_url}/v1/openrlhf/reward", json={"query": ["a", "b"], "prompts": ["a"]})
     assert mismatched.status_code == 422
     assert openrlhf.response_of("PROMPTresponse", "PROMPT") == "response"
@@ -150,5 +181,7 @@ def test_client_waits_out_a_429_and_retries() -> None:
             started = time.monotonic()
             result = patient.evaluate(REFERENCE, "# other\nimport torch\n", **FAST)
             assert result.verdict == Verdict.invalid_submission
-            assert time.monotonic() - started >= 9.5  # the first job (seconds on the CPU) still ran: refused, slept Retry-After (10 s)
+            assert (
+                time.monotonic() - started >= 9.5
+            )  # the first job (seconds on the CPU) still ran: refused, slept Retry-After (10 s)
             assert patient.wait(first["id"]).verdict == Verdict.correct

@@ -32,19 +32,44 @@ def test_batch_manifest_writes_results_summary_and_report(server_url: str, tmp_p
     for name, source in (("honest", CANDIDATE), ("wrong", WRONG), ("cheat", CHEAT)):
         (tmp_path / "double" / f"{name}.py").write_text(source)
     options = {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05}
-    lines = [{"reference": "double/reference.py", "candidate": "double/honest.py", "expected": "correct", "options": options},
-             {"reference": "double/reference.py", "candidate": "double/wrong.py", "expected": "incorrect", "options": options},
-             {"reference": "double/reference.py", "candidate": "double/cheat.py", "expected": "cheating", "options": options},
-             {"reference_source": REFERENCE, "problem": "double", "name": "from-completion", "completion": completion(CANDIDATE),
-              "options": options},
-             {"reference_source": REFERENCE, "problem": "double", "name": "prose-only", "completion": "I cannot.",
-              "expected": "invalid_submission"}]
+    lines = [
+        {"reference": "double/reference.py", "candidate": "double/honest.py", "expected": "correct", "options": options},
+        {"reference": "double/reference.py", "candidate": "double/wrong.py", "expected": "incorrect", "options": options},
+        {"reference": "double/reference.py", "candidate": "double/cheat.py", "expected": "cheating", "options": options},
+        {
+            "reference_source": REFERENCE,
+            "problem": "double",
+            "name": "from-completion",
+            "completion": completion(CANDIDATE),
+            "options": options,
+        },
+        {
+            "reference_source": REFERENCE,
+            "problem": "double",
+            "name": "prose-only",
+            "completion": "I cannot.",
+            "expected": "invalid_submission",
+        },
+    ]
     manifest = tmp_path / "run.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "service.cli", "batch", str(manifest), "--server", server_url, "--device", "cpu", "--out", str(out)]
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "COLUMNS": "200"})
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "batch",
+        str(manifest),
+        "--server",
+        server_url,
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"}
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -65,8 +90,8 @@ def test_batch_manifest_writes_results_summary_and_report(server_url: str, tmp_p
     assert report.startswith("<!DOCTYPE html>")
     assert not any(ref in report for ref in ("src=", "href=", "url(", "@import")), "the report must load nothing from outside"
     assert "from-completion" in report and "No speedups measured" in report
-    table = report[report.index("<table id='results'>"):]
-    table = table[:table.index("</table>") + len("</table>")]
+    table = report[report.index("<table id='results'>") :]
+    table = table[: table.index("</table>") + len("</table>")]
     assert len(ET.fromstring(table).findall("tr")) == 6  # header + one row per item
 
     # An unexpected verdict makes the exit code 1.
@@ -78,8 +103,13 @@ def test_batch_manifest_writes_results_summary_and_report(server_url: str, tmp_p
 def test_batch_refuses_a_malformed_manifest(tmp_path: Path) -> None:
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text('{"reference": "missing.py", "candidate": "x.py"}\n')
-    completed = subprocess.run([sys.executable, "-m", "service.cli", "batch", str(manifest), "--server", "http://127.0.0.1:9"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+    completed = subprocess.run(
+        [sys.executable, "-m", "service.cli", "batch", str(manifest), "--server", "http://127.0.0.1:9"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert completed.returncode == 2 and "cannot read reference" in completed.stderr
 
 
@@ -90,10 +120,15 @@ def _gpu_corpus_results() -> list[Case]:
         correct = row["verdict"] == "correct"
         speedup = row["speedup"] if correct else None
         result = EvaluationResult(
-            id=row["file"], verdict=Verdict(row["verdict"]), correct=correct, compiled=True, reward=speedup or (0.0 if correct else -1.0),
+            id=row["file"],
+            verdict=Verdict(row["verdict"]),
+            correct=correct,
+            compiled=True,
+            reward=speedup or (0.0 if correct else -1.0),
             performance=Performance(speedup=speedup, meaningful=speedup is not None),
             anti_cheat=AntiCheat(violations=[Violation(rule=r, severity=Severity.fatal, message=r) for r in row["rules"]]),
-            timings_ms=StageTimings(total=row["wall_ms"]))
+            timings_ms=StageTimings(total=row["wall_ms"]),
+        )
         cases.append(Case(name=Path(row["file"]).stem, problem=str(Path(row["file"]).parent), result=result))
     return cases
 
@@ -105,8 +140,8 @@ def read_png(path: Path) -> tuple[int, int, list[bytes]]:
     position, chunks = 8, {}
     idat = b""
     while position < len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
-        body = data[position + 8:position + 8 + length]
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
         if kind == b"IDAT":
             idat += body
         else:
@@ -119,7 +154,7 @@ def read_png(path: Path) -> tuple[int, int, list[bytes]]:
     raw = zlib.decompress(idat)
     rows, previous = [], bytearray(stride)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for x in range(stride):
             left = line[x - channels] if x >= channels else 0
             up = previous[x]
@@ -151,17 +186,32 @@ def test_report_histogram_renders_in_headless_chromium(tmp_path: Path) -> None:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         completed = subprocess.run(
-            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-             f"--screenshot={screenshot}", "--window-size=1200,900", report.as_uri()],
-            capture_output=True, text=True, timeout=120)
+            [
+                chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--screenshot={screenshot}",
+                "--window-size=1200,900",
+                report.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     assert screenshot.is_file(), completed.stderr[-2000:]
     width, height, rows = read_png(screenshot)
     assert (width, height) == (1200, 900)
     bar = bytes.fromhex(BAR_COLOUR.lstrip("#"))
-    hits = [(y, x // 3) for y, row in enumerate(rows) for x in range(0, len(row), 3) if row[x:x + 3] == bar]
+    hits = [(y, x // 3) for y, row in enumerate(rows) for x in range(0, len(row), 3) if row[x : x + 3] == bar]
     assert len(hits) > 500, f"only {len(hits)} pixels of the bar colour {BAR_COLOUR}"
     columns = sorted({x for _, x in hits})
     gaps = sum(1 for a, b in itertools.pairwise(columns) if b - a > 1)

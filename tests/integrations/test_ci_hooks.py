@@ -31,10 +31,33 @@ def _kernels(tmp_path: Path) -> Path:
 def test_check_kernels_checks_each_candidate_against_its_reference(tmp_path: Path) -> None:
     kernels = _kernels(tmp_path)
     junit = tmp_path / "junit.xml"
-    files = [kernels / "double" / "candidate.py", kernels / "double_wrong" / "candidate.py", kernels / "orphan" / "candidate.py",
-             kernels / "double" / "reference.py"]
-    completed = subprocess.run([sys.executable, "-m", "service.cli", "check-kernels", *map(str, files), "--trials", "1", "--device", "cpu",
-                                "--format", "github", "--junit", str(junit)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    files = [
+        kernels / "double" / "candidate.py",
+        kernels / "double_wrong" / "candidate.py",
+        kernels / "orphan" / "candidate.py",
+        kernels / "double" / "reference.py",
+    ]
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "check-kernels",
+            *map(str, files),
+            "--trials",
+            "1",
+            "--device",
+            "cpu",
+            "--format",
+            "github",
+            "--junit",
+            str(junit),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 1, completed.stdout + completed.stderr
     assert f"skipped {files[2]}: no reference.py beside it" in completed.stderr.replace("\n", "")
     assert "checked 2 candidate(s): 1 correct" in completed.stderr
@@ -47,14 +70,30 @@ def test_check_kernels_checks_each_candidate_against_its_reference(tmp_path: Pat
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+        },
+    ).stdout.strip()
 
 
 def _run_step(step: dict, repo: Path, env: dict[str, str], output: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-e", "-c", step["run"]], cwd=repo, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env, "GITHUB_OUTPUT": str(output)})
+    return subprocess.run(
+        ["bash", "-e", "-c", step["run"]],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env, "GITHUB_OUTPUT": str(output)},
+    )
 
 
 def test_action_finds_changed_kernels_with_references(tmp_path: Path) -> None:

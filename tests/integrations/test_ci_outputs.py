@@ -13,15 +13,28 @@ from tests.integrations.integration_support import CANDIDATE, CHEAT, COMPILE_ERR
 from worker.models import EvaluationResult, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
-ANNOTATION = re.compile(r"^::(error|warning|notice) file=(?P<file>[^,:]+)(,line=(?P<line>\d+))?(,title=(?P<title>[^:]*))?::(?P<message>.*)$")
+ANNOTATION = re.compile(
+    r"^::(error|warning|notice) file=(?P<file>[^,:]+)(,line=(?P<line>\d+))?(,title=(?P<title>[^:]*))?::(?P<message>.*)$"
+)
 
 
 def _check(tmp_path: Path, candidate: str, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     (tmp_path / "reference.py").write_text(REFERENCE)
     path = tmp_path / "candidate.py"
     path.write_text(candidate)
-    command = [sys.executable, "-m", "service.cli", "check", str(tmp_path / "reference.py"), str(path), "--device", "cpu",
-               "--trials", "1", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "check",
+        str(tmp_path / "reference.py"),
+        str(path),
+        "--device",
+        "cpu",
+        "--trials",
+        "1",
+        *args,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240), path
 
 
@@ -80,9 +93,11 @@ def test_a_fired_rule_is_annotated_on_the_line_that_does_the_work(tmp_path: Path
 
 
 def test_junit_for_several_cases_and_escaping() -> None:
-    results = [EvaluationResult(id="a", verdict=Verdict.correct, feedback="ok"),
-               EvaluationResult(id="b", verdict=Verdict.infrastructure_error, feedback="broke <&> \"here\""),
-               EvaluationResult(id="c", verdict=Verdict.timeout, feedback="slow")]
+    results = [
+        EvaluationResult(id="a", verdict=Verdict.correct, feedback="ok"),
+        EvaluationResult(id="b", verdict=Verdict.infrastructure_error, feedback='broke <&> "here"'),
+        EvaluationResult(id="c", verdict=Verdict.timeout, feedback="slow"),
+    ]
     xml = junit_xml([Case(name=f"k{i}", problem="p", result=r) for i, r in enumerate(results)])
     suite = ET.fromstring(xml.encode()).find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")

@@ -16,10 +16,10 @@ LANG = st.sampled_from(["python", "py", "Python", "python3", "triton", ""])
 THINK = st.sampled_from(["think", "thinking", "reasoning", "THINK"])
 SOURCES = st.sampled_from([CANDIDATE, WRONG, CHEAT])
 DECOYS = [
-    "```python\nout = model(x)\n```",                       # a usage example after the answer
-    "```\npip install triton\n```",                          # a shell line without a tag
+    "```python\nout = model(x)\n```",  # a usage example after the answer
+    "```\npip install triton\n```",  # a shell line without a tag
     "```bash\npython run.py\n```",
-    "```python\nclass ModelNew:  # idea\n    pass\n```",      # a sketch defining ModelNew without a kernel
+    "```python\nclass ModelNew:  # idea\n    pass\n```",  # a sketch defining ModelNew without a kernel
     "~~~text\nspeedup: 1.4x\n~~~",
 ]
 DECOY_BLOCKS = st.sampled_from(DECOYS)
@@ -67,7 +67,9 @@ def test_choice_rules() -> None:
     assert extract_candidate(f"still thinking```python\n{WRONG}```</think>\n```python\n{CANDIDATE}```") == CANDIDATE
     assert strip_thinking("a<reasoning x='1'>b</reasoning>c") == "ac"
     # Indented fences (in a list item) are dedented.
-    indented = "1. the code:\n   ```python\n" + "".join(f"   {line}\n" if line else "\n" for line in CANDIDATE.splitlines()) + "   ```\n"
+    indented = (
+        "1. the code:\n   ```python\n" + "".join(f"   {line}\n" if line else "\n" for line in CANDIDATE.splitlines()) + "   ```\n"
+    )
     assert extract_candidate(indented) == CANDIDATE
 
 

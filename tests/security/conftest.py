@@ -56,7 +56,9 @@ def bwrap_installed() -> None:
 
 
 @pytest.fixture(scope="session")
-def make_isolation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Isolation]]:
+def make_isolation(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Isolation]]:
     """make_isolation(name, **limits): a backend with these limits; docker pools are removed at the end."""
     pools: list[Any] = []
 
@@ -66,8 +68,9 @@ def make_isolation(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
             from sandbox.docker_backend import DockerIsolation
 
             image = request.getfixturevalue("docker_image")
-            isolation = DockerIsolation(limits=chosen, image=image, strict=name == "docker-strict",
-                                        state_dir=tmp_path_factory.mktemp("docker-state"))
+            isolation = DockerIsolation(
+                limits=chosen, image=image, strict=name == "docker-strict", state_dir=tmp_path_factory.mktemp("docker-state")
+            )
             pools.append(isolation)
             return isolation
         if name == "bwrap":

@@ -36,12 +36,15 @@ def escape_targets(loopback_service: int, job_dir: Path) -> dict:
     (other / "reference" / "expected.txt").write_text("other job's expected output")
     sentinel = subprocess.Popen(["sleep", "120"], start_new_session=True)
     config = {
-        "port": loopback_service, "outside": "1.1.1.1",
+        "port": loopback_service,
+        "outside": "1.1.1.1",
         "other_job_file": str(other / "reference" / "expected.txt"),
         "worker_file": str(ROOT / "service" / "settings.py"),
         "outside_file": str(Path(tempfile.gettempdir()) / f"referee-escape-{uuid.uuid4().hex}"),
         "repo_file": str(ROOT / f"escape-{uuid.uuid4().hex}.txt"),
-        "sentinel_pid": sentinel.pid, "worker_pid": os.getpid(), "secrets": SECRETS,
+        "sentinel_pid": sentinel.pid,
+        "worker_pid": os.getpid(),
+        "secrets": SECRETS,
     }
     saved = {k: os.environ.get(k) for k in SECRETS}
     os.environ.update(SECRETS)  # the worker has secrets in its environment; the child must not
@@ -62,8 +65,19 @@ def escape_targets(loopback_service: int, job_dir: Path) -> dict:
     shutil.rmtree(other, ignore_errors=True)
 
 
-ALWAYS_REFUSED = ("tcp_loopback_service", "tcp_outside", "dns", "read_shadow", "read_other_job", "read_worker_file",
-                  "write_repo", "write_etc", "kill_host_process", "worker_mem", "worker_environ")
+ALWAYS_REFUSED = (
+    "tcp_loopback_service",
+    "tcp_outside",
+    "dns",
+    "read_shadow",
+    "read_other_job",
+    "read_worker_file",
+    "write_repo",
+    "write_etc",
+    "kill_host_process",
+    "worker_mem",
+    "worker_environ",
+)
 
 
 @pytest.mark.parametrize("backend", [*CONFINING, "process"])
@@ -160,14 +174,14 @@ def test_wall_clock_kill_takes_the_whole_tree(backend: str, make_isolation, job_
     assert not _wait_gone(marker), "a process of the sandbox outlived the kill of its group"
 
 
-
-
 def test_docker_launcher_survives_a_replaced_control_socket(make_isolation, job_dir: Path) -> None:
     """The control directory is writable from inside the container: a job that swaps the launcher's
     socket for its own file taints the container, and the next job gets a new one."""
     isolation = make_isolation("docker")
-    hijack = ("import os, socket\nos.unlink('/control/launch.sock')\ns = socket.socket(socket.AF_UNIX)\n"
-              "s.bind('/control/launch.sock')\nprint('replaced', flush=True)\n")
+    hijack = (
+        "import os, socket\nos.unlink('/control/launch.sock')\ns = socket.socket(socket.AF_UNIX)\n"
+        "s.bind('/control/launch.sock')\nprint('replaced', flush=True)\n"
+    )
     code, stdout, stderr = run_probe(isolation, hijack, job_dir)
     assert "replaced" in stdout, stderr[-2000:]
     code, stdout, stderr = run_probe(isolation, "print('next job')", job_dir)

@@ -13,11 +13,21 @@ from ..tiny_problem import CANDIDATE, REFERENCE
 def test_the_candidates_container_is_paused_while_the_reference_is_timed(make_isolation) -> None:
     isolation = make_isolation("docker")
     cache = ReferenceCache()
-    result = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), EvalConfig(device="cpu", trials=1),
-                      isolation=isolation, reference_cache=cache)
+    result = evaluate(
+        Problem(source=REFERENCE),
+        Submission(source=CANDIDATE),
+        EvalConfig(device="cpu", trials=1),
+        isolation=isolation,
+        reference_cache=cache,
+    )
     assert result.verdict == Verdict.correct, (result.error, result.feedback)
     states = result.performance.candidate_state_while_reference_timed
     assert result.performance.reference_timed_alone is True and list(states.values()) == ["paused"], states
-    again = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), EvalConfig(device="cpu", trials=1),
-                     isolation=isolation, reference_cache=cache)
+    again = evaluate(
+        Problem(source=REFERENCE),
+        Submission(source=CANDIDATE),
+        EvalConfig(device="cpu", trials=1),
+        isolation=isolation,
+        reference_cache=cache,
+    )
     assert again.verdict == Verdict.correct and again.performance.reference_cached is True  # it was cached

@@ -54,8 +54,12 @@ CASES = {
 
 
 def _evaluate(source: str, isolation, reference: str = REFERENCE, timeout: float = 60):
-    return evaluate(Problem(source=reference), Submission(source=source),
-                    EvalConfig(device="cpu", trials=2, timeout_s=timeout), isolation=isolation)
+    return evaluate(
+        Problem(source=reference),
+        Submission(source=source),
+        EvalConfig(device="cpu", trials=2, timeout_s=timeout),
+        isolation=isolation,
+    )
 
 
 def _refused_events(result) -> list[str]:

@@ -20,7 +20,9 @@ from .test_hostile_candidates import MEMORY_BOMB
 
 FAST = EvalConfig(device="cpu", trials=1, timeout_s=60)
 HOST_FILE = Path(__file__).resolve()  # a file of the repository, which is not bound into the sandbox
-SPY = CANDIDATE.replace("class ModelNew", f"""import os
+SPY = CANDIDATE.replace(
+    "class ModelNew",
+    f"""import os
 import numpy as np
 
 try:
@@ -35,7 +37,8 @@ print("JOB", os.path.dirname(os.getcwd()), flush=True)
 print("EARLIER", os.path.exists(EARLIER_JOB), flush=True)  # stat is not refused, listing is
 
 
-class ModelNew""")
+class ModelNew""",
+)
 
 
 @pytest.fixture(scope="module", params=["bwrap", "unshare"])
@@ -45,15 +48,17 @@ def namespace_pool(request: pytest.FixtureRequest, make_isolation) -> Iterator[P
 
 
 def test_pooled_jobs_cannot_reach_host_files_and_leave_nothing_behind(namespace_pool: PoolClient) -> None:
-    first = evaluate(Problem(source=REFERENCE), Submission(source=SPY.replace("EARLIER_JOB", "'/nonexistent'")), FAST,
-                     pool=namespace_pool)
+    first = evaluate(
+        Problem(source=REFERENCE), Submission(source=SPY.replace("EARLIER_JOB", "'/nonexistent'")), FAST, pool=namespace_pool
+    )
     assert first.verdict == Verdict.correct, first.feedback
     assert first.environment.isolation == namespace_pool.isolation_name
     assert "HOST FileNotFoundError" in first.output["stdout"]
     assert "JOBS PermissionError" in first.output["stdout"]
     first_job = first.output["stdout"].split("JOB ", 1)[1].split()[0]
-    second = evaluate(Problem(source=REFERENCE), Submission(source=SPY.replace("EARLIER_JOB", repr(first_job))), FAST,
-                      pool=namespace_pool)
+    second = evaluate(
+        Problem(source=REFERENCE), Submission(source=SPY.replace("EARLIER_JOB", repr(first_job))), FAST, pool=namespace_pool
+    )
     assert second.verdict == Verdict.correct, second.feedback
     assert "EARLIER False" in second.output["stdout"], second.output  # the first job's directory is gone
     assert first.timings_ms.start < 1000

@@ -33,8 +33,9 @@ def test_paths_under_a_bound_directory_are_not_bound_again(cuda_home_symlink: st
 
 
 def test_unshare_starts_with_cuda_home_a_symlink_under_usr(cuda_home_symlink: str) -> None:
-    result = evaluate(Problem(source=REFERENCE), Submission(source=CANDIDATE), EvalConfig(device="cpu", trials=1),
-                      isolation=UnshareIsolation())
+    result = evaluate(
+        Problem(source=REFERENCE), Submission(source=CANDIDATE), EvalConfig(device="cpu", trials=1), isolation=UnshareIsolation()
+    )
     assert result.verdict == Verdict.correct, result.error
 
 

@@ -38,16 +38,33 @@ def start_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     def start(queue: str, url: str | None = None, wait: bool = True) -> WorkerProcess:
         url = url or redis_url
         log = logs / f"{queue}-{len(started)}.log"
-        command = [sys.executable, "-m", "service.cli", "worker", "--redis-url", url, "--queue", queue,
-                   "--monitoring-interval", "1", "--heartbeat-grace", "3", "--maintenance-interval", "30", "--worker-ttl", "20"]
+        command = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "worker",
+            "--redis-url",
+            url,
+            "--queue",
+            queue,
+            "--monitoring-interval",
+            "1",
+            "--heartbeat-grace",
+            "3",
+            "--maintenance-interval",
+            "30",
+            "--worker-ttl",
+            "20",
+        ]
         before = set(live_workers(url, queue))
         with log.open("wb") as out:
             process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         worker = WorkerProcess(process, log)
         started.append(worker)
         if wait:
-            wait_until(lambda: len(set(live_workers(url, queue)) - before) >= 1 or process.poll() is not None, 60,
-                       f"a worker on {queue}")
+            wait_until(
+                lambda: len(set(live_workers(url, queue)) - before) >= 1 or process.poll() is not None, 60, f"a worker on {queue}"
+            )
             assert process.poll() is None, f"the worker exited:\n{worker.tail()}"
         return worker
 

@@ -86,8 +86,11 @@ def live_workers(url: str, queue: str) -> list[str]:
 
 def wait_for_workers(url: str, queue: str, workers: list[WorkerProcess], timeout: float = 60) -> None:
     """Until `workers` (started on a queue of their own) are all registered; fails if one exits."""
-    wait_until(lambda: len(live_workers(url, queue)) >= len(workers) or any(w.process.poll() is not None for w in workers),
-               timeout, f"{len(workers)} workers on {queue}")
+    wait_until(
+        lambda: len(live_workers(url, queue)) >= len(workers) or any(w.process.poll() is not None for w in workers),
+        timeout,
+        f"{len(workers)} workers on {queue}",
+    )
     for worker in workers:
         assert worker.process.poll() is None, f"a worker exited:\n{worker.tail()}"
 
@@ -96,8 +99,14 @@ API_KEYS = ["key-alice", "key-bob", "key-limits"]
 
 
 def redis_settings(redis_url: str, queue: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"redis_url": redis_url, "queue_name": queue, "api_keys": API_KEYS, "maintenance_interval_s": 0.5,
-                              "result_ttl_s": 3600, "worker_stale_s": 30}
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "queue_name": queue,
+        "api_keys": API_KEYS,
+        "maintenance_interval_s": 0.5,
+        "result_ttl_s": 3600,
+        "worker_stale_s": 30,
+    }
     return Settings(**{**values, **overrides})
 
 

@@ -27,8 +27,17 @@ def test_openapi_yaml_is_what_the_app_serves(api: TestClient) -> None:
     served = api.get("/openapi.json").json()
     assert yaml.safe_load(committed) == served, "openapi.yaml is stale: run `referee openapi > openapi.yaml`"
     assert committed == to_yaml(served), "openapi.yaml is not as `referee openapi` writes it: regenerate it"
-    assert {"/v1/evaluations", "/v1/evaluations/{evaluation_id}", "/v1/batches", "/v1/batches/{batch_id}", "/v1/problems",
-            "/v1/problems/{problem_id}", "/healthz", "/readyz", "/metrics"} <= set(served["paths"])
+    assert {
+        "/v1/evaluations",
+        "/v1/evaluations/{evaluation_id}",
+        "/v1/batches",
+        "/v1/batches/{batch_id}",
+        "/v1/problems",
+        "/v1/problems/{problem_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(served["paths"])
 
 
 def test_the_api_process_never_imports_torch() -> None:
@@ -63,14 +72,17 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert not Settings(auth="off").auth_enabled
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({"reference": TINY_REFERENCE, "problem_id": "x", "candidate": "c"}, "exactly one of `reference`"),
-    ({"candidate": "c"}, "exactly one of `reference`"),
-    ({"reference": TINY_REFERENCE}, "candidate"),
-    ({"reference": TINY_REFERENCE, "candidate": "c", "trials": 0}, "trials"),
-    ({"reference": TINY_REFERENCE, "candidate": "c", "no_such_option": 1}, "no_such_option"),
-    ({"reference": TINY_REFERENCE, "candidate": "c", "reward": {"preset": "bogus"}}, "preset"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"reference": TINY_REFERENCE, "problem_id": "x", "candidate": "c"}, "exactly one of `reference`"),
+        ({"candidate": "c"}, "exactly one of `reference`"),
+        ({"reference": TINY_REFERENCE}, "candidate"),
+        ({"reference": TINY_REFERENCE, "candidate": "c", "trials": 0}, "trials"),
+        ({"reference": TINY_REFERENCE, "candidate": "c", "no_such_option": 1}, "no_such_option"),
+        ({"reference": TINY_REFERENCE, "candidate": "c", "reward": {"preset": "bogus"}}, "preset"),
+    ],
+)
 def test_malformed_requests_are_422_and_queue_nothing(api: TestClient, body: dict, fragment: str) -> None:
     response = api.post("/v1/evaluations", json=body)
     assert response.status_code == 422 and fragment in json.dumps(response.json())

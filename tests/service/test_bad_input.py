@@ -24,16 +24,19 @@ def _post(api: TestClient, path: str, body: str) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/evaluations", {"reference": TINY_REFERENCE, "candidate": "x = '\ud800'"}),
-    ("/v1/evaluations", {"reference": TINY_REFERENCE + "#\udfff", "candidate": static_reject("s")}),
-    ("/v1/evaluations", {"problem_id": "\ud83d", "candidate": static_reject("s")}),
-    ("/v1/evaluations", {"reference": TINY_REFERENCE, "candidate": static_reject("s"), "name": "\udc80"}),
-    ("/v1/evaluations", {"reference": TINY_REFERENCE, "candidate": static_reject("s"), "\ud800": 1}),  # echoed unknown key
-    ("/v1/batches", {"items": [{"reference": TINY_REFERENCE, "candidate": "\ud800"}]}),
-    ("/v1/batches", {"items": [{"reference": TINY_REFERENCE, "candidate": static_reject("s")}], "name": "\ud800"}),
-    ("/v1/problems", {"source": TINY_REFERENCE + "\ud800"}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/evaluations", {"reference": TINY_REFERENCE, "candidate": "x = '\ud800'"}),
+        ("/v1/evaluations", {"reference": TINY_REFERENCE + "#\udfff", "candidate": static_reject("s")}),
+        ("/v1/evaluations", {"problem_id": "\ud83d", "candidate": static_reject("s")}),
+        ("/v1/evaluations", {"reference": TINY_REFERENCE, "candidate": static_reject("s"), "name": "\udc80"}),
+        ("/v1/evaluations", {"reference": TINY_REFERENCE, "candidate": static_reject("s"), "\ud800": 1}),  # echoed unknown key
+        ("/v1/batches", {"items": [{"reference": TINY_REFERENCE, "candidate": "\ud800"}]}),
+        ("/v1/batches", {"items": [{"reference": TINY_REFERENCE, "candidate": static_reject("s")}], "name": "\ud800"}),
+        ("/v1/problems", {"source": TINY_REFERENCE + "\ud800"}),
+    ],
+)
 def test_lone_surrogates_are_a_422_not_a_500(api: TestClient, path: str, body: dict) -> None:
     status, answer = _post(api, path, json.dumps(body))
     assert status == 422, answer
@@ -41,7 +44,11 @@ def test_lone_surrogates_are_a_422_not_a_500(api: TestClient, path: str, body: d
 
 
 def test_a_body_that_is_not_utf8_is_a_4xx(api: TestClient) -> None:
-    response = api.post("/v1/evaluations", content=b'{"reference": "\xff\xfe", "candidate": "\xc3("}', headers={"content-type": "application/json"})
+    response = api.post(
+        "/v1/evaluations",
+        content=b'{"reference": "\xff\xfe", "candidate": "\xc3("}',
+        headers={"content-type": "application/json"},
+    )
     assert 400 <= response.status_code < 500 and response.json()["detail"]
 
 

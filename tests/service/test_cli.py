@@ -19,7 +19,9 @@ def _document(stdout: str, stderr: str) -> dict:
     try:
         document = json.loads(stdout)
     except json.JSONDecodeError as exc:
-        raise AssertionError(f"stdout is not one JSON document ({exc}); stdout={stdout[:2000]!r} stderr={stderr[-3000:]!r}") from None
+        raise AssertionError(
+            f"stdout is not one JSON document ({exc}); stdout={stdout[:2000]!r} stderr={stderr[-3000:]!r}"
+        ) from None
     assert isinstance(document, dict)
     return document
 
@@ -74,12 +76,18 @@ def test_seed_fixes_the_inputs(softmax_wrong_seeded, examples_dir, evaluate_sour
     assert first["correctness"]["max_abs_error"] == second["correctness"]["max_abs_error"]
     assert first["correctness"]["first_failure"]["worst_index"] == second["correctness"]["first_failure"]["worst_index"]
     # The same seed in-process gives the same inputs too; the CLI passes --seed through unchanged.
-    in_process = evaluate_source((examples_dir / "softmax" / "reference.py").read_text(),
-                                 (examples_dir / "softmax" / "candidate_wrong.py").read_text(), seed=11)
+    in_process = evaluate_source(
+        (examples_dir / "softmax" / "reference.py").read_text(),
+        (examples_dir / "softmax" / "candidate_wrong.py").read_text(),
+        seed=11,
+    )
     assert in_process.correctness.max_abs_error == first["correctness"]["max_abs_error"]
     # ... and a different seed gives different inputs.
-    other = evaluate_source((examples_dir / "softmax" / "reference.py").read_text(),
-                            (examples_dir / "softmax" / "candidate_wrong.py").read_text(), seed=12)
+    other = evaluate_source(
+        (examples_dir / "softmax" / "reference.py").read_text(),
+        (examples_dir / "softmax" / "candidate_wrong.py").read_text(),
+        seed=12,
+    )
     assert other.correctness.max_abs_error != first["correctness"]["max_abs_error"]
 
 
@@ -152,14 +160,17 @@ def _assert_usage_error(result: tuple[int, str, str], *phrases: str) -> None:
         assert phrase in message, (phrase, stderr)
 
 
-@pytest.mark.parametrize(("option", "value", "choices"), [
-    ("--device", "gpu", ("'auto'", "'cuda'", "'cpu'")),
-    ("--reward", "best", ("'tritonrl'", "'fast_p'", "'drkernel'")),
-    ("--precision", "fp8", ("'fp32'", "'fp16'", "'bf16'")),
-    ("--mode", "lenient", ("'strict'", "'kernelbench'")),
-    ("--format", "xml", ("'text'", "'json'", "'github'")),
-    ("--isolation", "chroot", ("'auto'", "'docker'", "'bwrap'", "'unshare'", "'process'")),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "choices"),
+    [
+        ("--device", "gpu", ("'auto'", "'cuda'", "'cpu'")),
+        ("--reward", "best", ("'tritonrl'", "'fast_p'", "'drkernel'")),
+        ("--precision", "fp8", ("'fp32'", "'fp16'", "'bf16'")),
+        ("--mode", "lenient", ("'strict'", "'kernelbench'")),
+        ("--format", "xml", ("'text'", "'json'", "'github'")),
+        ("--isolation", "chroot", ("'auto'", "'docker'", "'bwrap'", "'unshare'", "'process'")),
+    ],
+)
 def test_an_unknown_choice_is_a_usage_error_naming_the_choices(run_check, examples_dir, option, value, choices):
     """typer checks each choice (an enum or a Literal), before anything runs."""
     result = run_check(examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py", option, value)
@@ -169,14 +180,16 @@ def test_an_unknown_choice_is_a_usage_error_naming_the_choices(run_check, exampl
 def test_a_bad_setting_in_the_environment_is_a_usage_error(run_check, examples_dir):
     """REFEREE_LOCKDOWN is the operator's: a value outside its choices stops the command (exit 2) rather
     than running with something else."""
-    result = run_check(examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py",
-                       env={"REFEREE_LOCKDOWN": "partial"})
+    result = run_check(
+        examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py", env={"REFEREE_LOCKDOWN": "partial"}
+    )
     _assert_usage_error(result, "REFEREE_LOCKDOWN", "'on'", "'landlock'", "'seccomp'", "'off'")
 
 
 def test_bad_trials_value(run_check, examples_dir):
-    code, stdout, stderr = run_check(examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py",
-                                     "--trials", "0")
+    code, stdout, stderr = run_check(
+        examples_dir / "relu" / "reference.py", examples_dir / "relu" / "candidate.py", "--trials", "0"
+    )
     assert code == 2 and stdout == ""
     assert "trials" in stderr
 
@@ -197,8 +210,9 @@ def test_empty_reference(run_check, write_pair, honest_tiny_candidate):
 @pytest.mark.parametrize("side", ["reference", "candidate"])
 def test_binary_garbage(side, run_check, write_pair, tiny_reference, honest_tiny_candidate):
     garbage = b"\xff\xfe\x00\x80binary\xc3\x28" + os.urandom(64)
-    reference, candidate = write_pair(garbage if side == "reference" else tiny_reference,
-                                      garbage if side == "candidate" else honest_tiny_candidate)
+    reference, candidate = write_pair(
+        garbage if side == "reference" else tiny_reference, garbage if side == "candidate" else honest_tiny_candidate
+    )
     _assert_usage_error(run_check(reference, candidate), "not UTF-8", side)
 
 
@@ -206,8 +220,10 @@ def test_binary_garbage(side, run_check, write_pair, tiny_reference, honest_tiny
 def test_file_over_the_size_limit(side, run_check, write_pair, tiny_reference, honest_tiny_candidate):
     huge = "# padding\n" * (MAX_SOURCE_BYTES // 10 + 1)
     assert len(huge.encode()) > MAX_SOURCE_BYTES
-    reference, candidate = write_pair(huge + tiny_reference if side == "reference" else tiny_reference,
-                                      huge + honest_tiny_candidate if side == "candidate" else honest_tiny_candidate)
+    reference, candidate = write_pair(
+        huge + tiny_reference if side == "reference" else tiny_reference,
+        huge + honest_tiny_candidate if side == "candidate" else honest_tiny_candidate,
+    )
     _assert_usage_error(run_check(reference, candidate), "limit", str(MAX_SOURCE_BYTES))
 
 
@@ -222,7 +238,9 @@ def test_reference_with_a_syntax_error(run_check, write_pair, tiny_reference, ho
     _assert_usage_error(run_check(reference, candidate, "--json"), "not valid Python")
 
 
-@pytest.mark.parametrize("declaration", ['INPUT_SETS = [{"n": "large"}]', "INPUT_SETS = [{[1]: 7}]"], ids=["wrong-type", "unhashable"])
+@pytest.mark.parametrize(
+    "declaration", ['INPUT_SETS = [{"n": "large"}]', "INPUT_SETS = [{[1]: 7}]"], ids=["wrong-type", "unhashable"]
+)
 def test_reference_with_malformed_input_sets(declaration, run_check, write_pair, tiny_reference, honest_tiny_candidate):
     reference, candidate = write_pair(tiny_reference + "\n" + declaration + "\n", honest_tiny_candidate)
     _assert_usage_error(run_check(reference, candidate), "INPUT_SETS")

@@ -22,10 +22,14 @@ from service.stack import SHORT_HEARTBEATS, ApiServer, RedisServer, Worker, exec
 KEY = {"X-API-Key": API_KEYS[0]}
 
 # Kills its own harness process with a real segmentation fault (no audit event guards faulthandler).
-CRASHING = TINY_CANDIDATE.replace("        x = x.contiguous()\n", "        import faulthandler\n        faulthandler._sigsegv()\n")
+CRASHING = TINY_CANDIDATE.replace(
+    "        x = x.contiguous()\n", "        import faulthandler\n        faulthandler._sigsegv()\n"
+)
 # An endless loop inside the kernel: the interpreter runs it as Python and never returns.
-HANGING = TINY_CANDIDATE.replace("    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n",
-                                 "    i = 0\n    while i >= 0:\n        i += 1\n    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n")
+HANGING = TINY_CANDIDATE.replace(
+    "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n",
+    "    i = 0\n    while i >= 0:\n        i += 1\n    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n",
+)
 # 100 MB on stdout at import, then an honest kernel.
 FLOODING = "import sys\nsys.stdout.write('x' * (100 * 1024 * 1024))\nsys.stdout.flush()\n" + TINY_CANDIDATE
 
@@ -40,7 +44,6 @@ def _batch_done(http: httpx.Client, batch_id: str) -> dict[str, Any] | None:
     except httpx.HTTPError:
         return None  # the API or Redis is being restarted
     return view.json() if view.status_code == 200 and view.json()["status"] == "completed" else None
-
 
 
 def _worker_options(maintenance_interval_s: int) -> tuple[str, ...]:
@@ -65,8 +68,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_binary: str) -> Iterat
     folder = tmp_path_factory.mktemp("faults")
     queue = f"faults-{uuid.uuid4().hex[:8]}"
     redis_server = RedisServer(folder / "redis", binary=redis_binary, aof=True).start()
-    env = {"REFEREE_API_KEYS": ",".join(API_KEYS), "REFEREE_QUEUE_NAME": queue, "REFEREE_MAINTENANCE_INTERVAL_S": "0.5",
-           "REFEREE_WORKER_STALE_S": "30"}
+    env = {
+        "REFEREE_API_KEYS": ",".join(API_KEYS),
+        "REFEREE_QUEUE_NAME": queue,
+        "REFEREE_MAINTENANCE_INTERVAL_S": "0.5",
+        "REFEREE_WORKER_STALE_S": "30",
+    }
     pool = [Worker(redis_server.url, queue, folder / f"worker-{n}.log", options=_worker_options(5)).start() for n in range(2)]
     try:
         api = ApiServer(redis_server.url, folder / "api.log", env=env).start()  # while the workers start
@@ -87,8 +94,12 @@ def test_crash_hang_and_flood_end_in_verdicts_and_the_workers_go_on(stack: Stack
     # The hang's limit: pooled harness processes are ready in well under a second, so the kernel
     # loops for most of it; the worker must end it at the limit and go on.
     hang_limit_s = 10
-    items = [full(CRASHING + f"# {tag}\n"), full(HANGING + f"# {tag}\n", timeout_s=hang_limit_s), full(FLOODING + f"# {tag}\n"),
-             full(TINY_CANDIDATE + f"# {tag}\n")]
+    items = [
+        full(CRASHING + f"# {tag}\n"),
+        full(HANGING + f"# {tag}\n", timeout_s=hang_limit_s),
+        full(FLOODING + f"# {tag}\n"),
+        full(TINY_CANDIDATE + f"# {tag}\n"),
+    ]
     with httpx.Client(base_url=api.url, headers=KEY, timeout=60) as http:
         batch = http.post("/v1/batches", json={"items": items}).json()
         done = wait_until(lambda: _batch_done(http, batch["id"]), 150, "the batch", interval=0.5)
@@ -117,8 +128,11 @@ def test_redis_restarted_mid_batch_loses_nothing(stack: Stack) -> None:
     with httpx.Client(base_url=api.url, headers=KEY, timeout=30) as http:
         batch = http.post("/v1/batches", json={"items": items}).json()
         single = http.post("/v1/evaluations", json=_static(f"{tag} single")).json()["id"]
-        wait_until(lambda: http.get(f"/v1/batches/{batch['id']}", params={"results": False}).json()["completed"] >= 3, 60,
-                   "a few results")
+        wait_until(
+            lambda: http.get(f"/v1/batches/{batch['id']}", params={"results": False}).json()["completed"] >= 3,
+            60,
+            "a few results",
+        )
         redis_server.restart(down_s=1.0, sig=signal.SIGKILL)  # a crash: only the AOF survives
         done = wait_until(lambda: _batch_done(http, batch["id"]), 120, "the batch after the restart", interval=0.5)
         assert http.get(f"/v1/evaluations/{single}", params={"wait": 30}).json()["verdict"] == "invalid_submission"

@@ -65,7 +65,10 @@ def test_submit_and_get_the_result(api_url: str) -> None:
         result = result_of(http, body["id"])
         assert result["verdict"] == "correct", result
         assert result["id"] == body["id"] and result["status"] == "completed" and result["correct"] is True
-        assert result["correctness"]["passed"] == result["correctness"]["trials"] >= 1 and result["environment"]["interpreter"] is True
+        assert (
+            result["correctness"]["passed"] == result["correctness"]["trials"] >= 1
+            and result["environment"]["interpreter"] is True
+        )
         assert result["timings_ms"]["queued"] >= 0 and result["timings_ms"]["total"] > 0
         assert http.get(f"/v1/evaluations/{body['id']}").json() == result  # the same stored document
         metrics = http.get("/metrics").text
@@ -77,7 +80,9 @@ def test_submit_and_get_the_result(api_url: str) -> None:
 
 def test_wait_returns_the_result_document(api_url: str) -> None:
     with client(api_url, ALICE) as http:
-        response = http.post("/v1/evaluations", params={"wait": 120}, json={"reference": TINY_REFERENCE, "candidate": "def broken(:\n"})
+        response = http.post(
+            "/v1/evaluations", params={"wait": 120}, json={"reference": TINY_REFERENCE, "candidate": "def broken(:\n"}
+        )
         assert response.status_code == 200, response.text
         assert response.json()["verdict"] == "compile_error"
 
@@ -168,11 +173,19 @@ def test_keys_see_only_their_own_jobs(api_url: str) -> None:
 
 def test_limits_answer_413_and_429_with_clear_messages(redis_url: str) -> None:
     # A queue with no worker, so accepted jobs stay queued and count against the key.
-    settings = redis_settings(redis_url, f"no-workers-{uuid.uuid4().hex[:8]}", max_batch_items=3, max_queued_per_key=2,
-                              max_body_bytes=300_000, max_source_bytes=100_000)
+    settings = redis_settings(
+        redis_url,
+        f"no-workers-{uuid.uuid4().hex[:8]}",
+        max_batch_items=3,
+        max_queued_per_key=2,
+        max_body_bytes=300_000,
+        max_source_bytes=100_000,
+    )
     with background_server(settings) as url, client(url, LIMITED) as http:
         too_big = http.post("/v1/evaluations", json={"reference": TINY_REFERENCE, "candidate": "#" * 100_001})
-        assert too_big.status_code == 413 and too_big.json()["detail"] == "the candidate is 100001 bytes; the limit is 100000 bytes"
+        assert (
+            too_big.status_code == 413 and too_big.json()["detail"] == "the candidate is 100001 bytes; the limit is 100000 bytes"
+        )
         body_too_big = http.post("/v1/evaluations", json={"reference": TINY_REFERENCE, "candidate": "#" * 400_000})
         assert body_too_big.status_code == 413 and "the limit is 300000 bytes" in body_too_big.json()["detail"]
         big_batch = http.post("/v1/batches", json={"items": [static_item(str(i)) for i in range(4)]})
@@ -206,7 +219,9 @@ def test_an_idempotency_key_returns_the_same_job(api_url: str) -> None:
         assert http.post("/v1/batches", json=batch, headers=batch_key).json()["id"] == created
 
 
-def test_a_job_that_raises_is_retried_then_ends_as_infrastructure_error(redis_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
+def test_a_job_that_raises_is_retried_then_ends_as_infrastructure_error(
+    redis_url: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
     # Its own database, so no other API process's sweep collects the job before we look at RQ.
     url = redis_url.rsplit("/", 1)[0] + "/1"
     queue = f"raising-{uuid.uuid4().hex[:8]}"
@@ -214,13 +229,24 @@ def test_a_job_that_raises_is_retried_then_ends_as_infrastructure_error(redis_ur
     referee = create_app(redis_settings(url, queue, job_retries=1)).state.referee  # no lifespan: no background sweep
     # An empty reference, which the API refuses with a 422, built past validation: the worker's own
     # validation of the job raises, as any fault in the job function would.
-    broken = Prepared(digest=uuid.uuid4().hex, problem=Problem.model_construct(source="", name="problem"),
-                      submission=Submission(source="x"), config=EvalConfig(reward=RewardConfig(preset="fast_p")),
-                      timeout_s=60, name="broken")
+    broken = Prepared(
+        digest=uuid.uuid4().hex,
+        problem=Problem.model_construct(source="", name="problem"),
+        submission=Submission(source="x"),
+        config=EvalConfig(reward=RewardConfig(preset="fast_p")),
+        timeout_s=60,
+        name="broken",
+    )
     evaluation_id = referee.admit("owner", [broken])[0].id
     connection = redis.Redis.from_url(url)
-    job = wait_until(lambda: (j := Job.fetch(evaluation_id, connection=connection, serializer=JSONSerializer))
-                     .get_status() == JobStatus.FAILED and j, 60, "the job to fail")
+    job = wait_until(
+        lambda: (
+            (j := Job.fetch(evaluation_id, connection=connection, serializer=JSONSerializer)).get_status() == JobStatus.FAILED
+            and j
+        ),
+        60,
+        "the job to fail",
+    )
     assert job.retries_left == 0  # it ran twice: once, then its one retry
     result = referee.view("owner", evaluation_id)
     assert result["verdict"] == "infrastructure_error" and result["status"] == "failed" and result["reward_preset"] == "fast_p"
@@ -241,29 +267,39 @@ def _kill_mid_job(http: httpx.Client, worker: WorkerProcess, candidate_tag: str)
     return evaluation_id, [http.get(f"/v1/evaluations/{evaluation_id}").json()["status"]]
 
 
-def test_a_worker_killed_mid_job_has_the_job_retried_and_completed(redis_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
+def test_a_worker_killed_mid_job_has_the_job_retried_and_completed(
+    redis_url: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
     queue = f"kill-retry-{uuid.uuid4().hex[:8]}"
     worker = start_worker(queue)
     with background_server(redis_settings(redis_url, queue, job_retries=1)) as url, client(url, ALICE) as http:
         evaluation_id, seen = _kill_mid_job(http, worker, uuid.uuid4().hex)
         # The sweep sees the heartbeat stop (grace 3 s) and puts the job back in the queue.
         started = time.monotonic()
-        wait_until(lambda: seen.append(http.get(f"/v1/evaluations/{evaluation_id}").json()["status"]) or seen[-1] == "queued",
-                   30, "the abandoned job to be queued again")
+        wait_until(
+            lambda: seen.append(http.get(f"/v1/evaluations/{evaluation_id}").json()["status"]) or seen[-1] == "queued",
+            30,
+            "the abandoned job to be queued again",
+        )
         assert time.monotonic() - started < 30 and "completed" not in seen
         start_worker(queue)
         result = result_of(http, evaluation_id)
         assert result["verdict"] == "correct", result
 
 
-def test_a_worker_killed_with_no_retry_left_ends_as_infrastructure_error(redis_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
+def test_a_worker_killed_with_no_retry_left_ends_as_infrastructure_error(
+    redis_url: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
     queue = f"kill-fail-{uuid.uuid4().hex[:8]}"
     worker = start_worker(queue)
     with background_server(redis_settings(redis_url, queue, job_retries=0)) as url, client(url, ALICE) as http:
         tag = uuid.uuid4().hex
         evaluation_id, _ = _kill_mid_job(http, worker, tag)
-        result = wait_until(lambda: (view := http.get(f"/v1/evaluations/{evaluation_id}").json()).get("verdict") and view,
-                            30, "the abandoned job to end")
+        result = wait_until(
+            lambda: (view := http.get(f"/v1/evaluations/{evaluation_id}").json()).get("verdict") and view,
+            30,
+            "the abandoned job to end",
+        )
         assert result["verdict"] == "infrastructure_error" and result["status"] == "failed", result
         assert "AbandonedJobError" in result["error"]["message"]
         assert "says nothing about the candidate" in result["feedback"]
@@ -274,8 +310,13 @@ def test_a_worker_killed_with_no_retry_left_ends_as_infrastructure_error(redis_u
 
 def test_a_worker_pins_its_gpu_before_anything_imports_torch(redis_url: str) -> None:
     queue = f"pinned-{uuid.uuid4().hex[:8]}"
-    completed = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--redis-url", redis_url, "--queue", queue,
-                                "--gpu", "3", "--burst"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", "--redis-url", redis_url, "--queue", queue, "--gpu", "3", "--burst"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     assert f"referee worker referee-{socket.gethostname()}-gpu3-" in completed.stderr
     assert "CUDA_VISIBLE_DEVICES=3" in completed.stderr and "imported in the worker" not in completed.stderr
@@ -295,6 +336,7 @@ def test_an_idle_worker_stops_on_sigterm_with_its_warm_pool(start_worker: Callab
     assert "waiting for Redis" not in worker.tail()
     wait_until(lambda: not any(_cmdline(pid) for pid in zygotes), 15, "the worker's zygote to exit")
 
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -310,7 +352,7 @@ def _descendants(root: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_bytes()
             except OSError:
                 continue
-            children.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(entry))
+            children.setdefault(int(stat[stat.rindex(b")") + 2 :].split()[1]), []).append(int(entry))
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):

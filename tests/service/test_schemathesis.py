@@ -45,8 +45,13 @@ MAX_EXAMPLES = int(os.environ.get("REFEREE_SCHEMATHESIS_EXAMPLES", "15"))
 # Not `positive_data_acceptance`: a request can match the schema and still be a 422, because the
 # reference must be a usable KernelBench problem (parsed and checked by the engine), which no JSON
 # schema can say.
-CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-               response_schema_conformance]
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 CHECKS = [*CONFORMANCE, negative_data_rejection]
 SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -54,7 +59,9 @@ schema = schemathesis.openapi.from_path(ROOT / "openapi.yaml")
 # Auth is off in embedded mode: a request without X-API-Key is served, as it should be there.
 schema.config.generation.update(with_security_parameters=False)
 
-submissions = schemathesis.openapi.from_path(ROOT / "openapi.yaml").include(path_regex="^/v1/(evaluations|batches)$", method="POST")
+submissions = schemathesis.openapi.from_path(ROOT / "openapi.yaml").include(
+    path_regex="^/v1/(evaluations|batches)$", method="POST"
+)
 submissions.config.generation.update(with_security_parameters=False, modes=["positive"])
 
 STATUSES: Counter[tuple[str, int]] = Counter()
@@ -67,7 +74,9 @@ def app() -> Iterator[FastAPI]:
     application = create_app(Settings(redis_url=None, auth="off", warm_pool=False, max_wait_s=0.5))
     with TestClient(application):  # the lifespan, once: the queue's worker thread and the sweeper
         yield application
-    print(f"\nschemathesis: {sum(STATUSES.values())} requests; status codes: {sorted(Counter(s for _, s in STATUSES.elements()).items())}")
+    print(
+        f"\nschemathesis: {sum(STATUSES.values())} requests; status codes: {sorted(Counter(s for _, s in STATUSES.elements()).items())}"
+    )
 
 
 def _requests_only(application: FastAPI) -> Callable[[Scope, Receive, Send], Any]:
@@ -118,16 +127,31 @@ def test_usable_requests_conform_including_a_full_result(app: FastAPI) -> None:
     problem_id = problem.json()["id"]
     assert call("GET", "/v1/problems/{problem_id}", path_parameters={"problem_id": problem_id}).status_code == 200
 
-    rejected = call("POST", "/v1/evaluations", query={"wait": 0.5},
-                    body={"problem_id": problem_id, "candidate": static_reject("schemathesis"), **FAST})
-    batch = call("POST", "/v1/batches", body={"items": [{"reference": TINY_REFERENCE, "candidate": TINY_CANDIDATE, "device": "cpu", **FAST},
-                                                        {"reference": TINY_REFERENCE, "candidate": static_reject("batch")}]})
+    rejected = call(
+        "POST",
+        "/v1/evaluations",
+        query={"wait": 0.5},
+        body={"problem_id": problem_id, "candidate": static_reject("schemathesis"), **FAST},
+    )
+    batch = call(
+        "POST",
+        "/v1/batches",
+        body={
+            "items": [
+                {"reference": TINY_REFERENCE, "candidate": TINY_CANDIDATE, "device": "cpu", **FAST},
+                {"reference": TINY_REFERENCE, "candidate": static_reject("batch")},
+            ]
+        },
+    )
     assert batch.status_code == 202, batch.text
     honest_id = batch.json()["items"][0]["id"]
     assert call("GET", "/v1/evaluations/{evaluation_id}", path_parameters={"evaluation_id": honest_id}).status_code == 200
     deadline = time.monotonic() + 120
-    while (result := call("GET", "/v1/evaluations/{evaluation_id}", path_parameters={"evaluation_id": honest_id},
-                          query={"wait": 0.5}).json()).get("verdict") is None:
+    while (
+        result := call(
+            "GET", "/v1/evaluations/{evaluation_id}", path_parameters={"evaluation_id": honest_id}, query={"wait": 0.5}
+        ).json()
+    ).get("verdict") is None:
         assert time.monotonic() < deadline, result
     assert result["verdict"] == "correct", result
     done = call("GET", "/v1/batches/{batch_id}", path_parameters={"batch_id": batch.json()["id"]}).json()

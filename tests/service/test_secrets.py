@@ -24,8 +24,11 @@ def test_keys_and_the_redis_password_appear_nowhere(tmp_path: Path, redis_binary
     queue = f"secrets-{uuid.uuid4().hex[:8]}"
     redis_server = RedisServer(tmp_path / "redis", binary=redis_binary, password=password).start()
     assert password in redis_server.url
-    api = ApiServer(redis_server.url, tmp_path / "api.log",
-                    env={"REFEREE_API_KEYS": ",".join(keys), "REFEREE_QUEUE_NAME": queue, "REFEREE_MAINTENANCE_INTERVAL_S": "0.5"})
+    api = ApiServer(
+        redis_server.url,
+        tmp_path / "api.log",
+        env={"REFEREE_API_KEYS": ",".join(keys), "REFEREE_QUEUE_NAME": queue, "REFEREE_MAINTENANCE_INTERVAL_S": "0.5"},
+    )
     worker = Worker(redis_server.url, queue, tmp_path / "worker.log")
     documents: list[str] = []
     try:
@@ -34,14 +37,22 @@ def test_keys_and_the_redis_password_appear_nowhere(tmp_path: Path, redis_binary
         wait_until(lambda: live_workers(redis_server.url, queue) >= 1, 60, "the worker")
         for key in keys:
             with httpx.Client(base_url=api.url, headers={"X-API-Key": key}, timeout=120) as http:
-                ids = [http.post("/v1/evaluations", json=body).json()["id"] for body in (
-                    full(ENV_PRINTER + f"# {uuid.uuid4().hex}\n"),
-                    {"reference": TINY_REFERENCE, "candidate": static_reject(uuid.uuid4().hex)},
-                    {"reference": TINY_REFERENCE, "candidate": "def broken(:\n"},
-                )]
+                ids = [
+                    http.post("/v1/evaluations", json=body).json()["id"]
+                    for body in (
+                        full(ENV_PRINTER + f"# {uuid.uuid4().hex}\n"),
+                        {"reference": TINY_REFERENCE, "candidate": static_reject(uuid.uuid4().hex)},
+                        {"reference": TINY_REFERENCE, "candidate": "def broken(:\n"},
+                    )
+                ]
                 for evaluation_id in ids:
-                    result = wait_until(lambda i=evaluation_id: (r := http.get(f"/v1/evaluations/{i}", params={"wait": 5})).json()
-                                        .get("verdict") and r, 150, "a result")
+                    result = wait_until(
+                        lambda i=evaluation_id: (
+                            (r := http.get(f"/v1/evaluations/{i}", params={"wait": 5})).json().get("verdict") and r
+                        ),
+                        150,
+                        "a result",
+                    )
                     documents.append(result.text)
                 assert "PATH" in result.text or '"verdict":"compile_error"' in result.text
                 documents.append(http.get("/metrics").text)
@@ -50,9 +61,14 @@ def test_keys_and_the_redis_password_appear_nowhere(tmp_path: Path, redis_binary
         connection = redis.Redis.from_url(redis_server.url)
         for name in connection.scan_iter(count=1000):
             kind = connection.type(name).decode()
-            value = {"string": connection.get, "set": connection.smembers, "hash": connection.hgetall,
-                     "list": lambda n: connection.lrange(n, 0, -1), "zset": lambda n: connection.zrange(n, 0, -1),
-                     "stream": lambda n: connection.xrange(n)}[kind](name)
+            value = {
+                "string": connection.get,
+                "set": connection.smembers,
+                "hash": connection.hgetall,
+                "list": lambda n: connection.lrange(n, 0, -1),
+                "zset": lambda n: connection.zrange(n, 0, -1),
+                "stream": lambda n: connection.xrange(n),
+            }[kind](name)
             documents.append(f"{name!r} {value!r}")
         connection.close()
     finally:
@@ -64,4 +80,6 @@ def test_keys_and_the_redis_password_appear_nowhere(tmp_path: Path, redis_binary
     assert "Referee API on" in logs[0] and "Job OK" in logs[1]
     for secret in (password, *keys):
         for where, text in [*(("result/metrics/redis", d) for d in documents), ("api log", logs[0]), ("worker log", logs[1])]:
-            assert secret not in text, f"a secret in the {where}: …{text[max(0, text.find(secret) - 200):text.find(secret) + 50]}…"
+            assert secret not in text, (
+                f"a secret in the {where}: …{text[max(0, text.find(secret) - 200) : text.find(secret) + 50]}…"
+            )

@@ -22,11 +22,17 @@ def test_jobs_spread_over_every_worker_and_none_runs_twice(redis_url: str, start
     wait_for_workers(redis_url, queue, [start_worker(queue, wait=False) for _ in range(WORKERS)])
     tag = uuid.uuid4().hex
     items = [full(TINY_CANDIDATE + f"\n# {tag} {i}\n") for i in range(JOBS)]  # equal work, distinct jobs
-    with background_server(redis_settings(redis_url, queue)) as url, httpx.Client(
-            base_url=url, headers={"X-API-Key": API_KEYS[0]}, timeout=300) as http:
+    with (
+        background_server(redis_settings(redis_url, queue)) as url,
+        httpx.Client(base_url=url, headers={"X-API-Key": API_KEYS[0]}, timeout=300) as http,
+    ):
         batch = http.post("/v1/batches", json={"items": items, "name": "spread"}).json()
-        summary = wait_until(lambda: (s := http.get(f"/v1/batches/{batch['id']}").json())["status"] == "completed" and s,
-                             300, "the batch", interval=0.5)
+        summary = wait_until(
+            lambda: (s := http.get(f"/v1/batches/{batch['id']}").json())["status"] == "completed" and s,
+            300,
+            "the batch",
+            interval=0.5,
+        )
     assert summary["status"] == "completed" and summary["verdicts"] == {"correct": JOBS}
     connection = redis.Redis.from_url(redis_url)
     workers = Worker.all(queue=Queue(queue, connection=connection))

@@ -40,8 +40,14 @@ def check(path: Path, pool: Any, caches: tuple[ReferenceCache, ReferenceDataCach
     if caches is None and path in _UNCACHED:
         return _UNCACHED[path]
     timing, data = caches or (None, None)
-    result = evaluate(PROBLEM, Submission(source=path.read_text()), EvalConfig(device="cpu", trials=2, timeout_s=60),
-                      pool=pool, reference_cache=timing, reference_data=data)
+    result = evaluate(
+        PROBLEM,
+        Submission(source=path.read_text()),
+        EvalConfig(device="cpu", trials=2, timeout_s=60),
+        pool=pool,
+        reference_cache=timing,
+        reference_data=data,
+    )
     if caches is None:
         _UNCACHED[path] = result
     return result

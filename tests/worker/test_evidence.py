@@ -47,9 +47,13 @@ THROUGH_TRACEBACKS = {"honest_traceback", "replay_through_traceback"}
 
 def _evaluate(path: Path, pool: Any) -> EvaluationResult:
     if path not in _RESULTS:
-        _RESULTS[path] = evaluate(PROBLEM, Submission(source=path.read_text()),
-                                  EvalConfig(device="cpu", trials=2, timeout_s=90), pool=pool,
-                                  audit_hook=path.stem not in THROUGH_TRACEBACKS)
+        _RESULTS[path] = evaluate(
+            PROBLEM,
+            Submission(source=path.read_text()),
+            EvalConfig(device="cpu", trials=2, timeout_s=90),
+            pool=pool,
+            audit_hook=path.stem not in THROUGH_TRACEBACKS,
+        )
     return _RESULTS[path]
 
 
@@ -58,8 +62,12 @@ def test_frames_reached_through_a_traceback_are_refused_in_process(name: str, wa
     """With the audit hook (production) reading `tb_frame` is refused: a candidate cannot tell what a
     walk up from its own traceback is for, and it reaches the harness's frames; honest code formats
     tracebacks with the traceback module (tests/honest/traceback_formatting.py, accepted)."""
-    result = evaluate(PROBLEM, Submission(source=(TESTS / "evidence" / f"{name}.py").read_text()),
-                      EvalConfig(device="cpu", trials=2, timeout_s=90), pool=warm_pool)
+    result = evaluate(
+        PROBLEM,
+        Submission(source=(TESTS / "evidence" / f"{name}.py").read_text()),
+        EvalConfig(device="cpu", trials=2, timeout_s=90),
+        pool=warm_pool,
+    )
     assert result.verdict == Verdict.cheating, result.feedback
     assert "forbidden_call" in [v.rule for v in result.anti_cheat.violations]
 
@@ -102,8 +110,9 @@ def test_the_reference_is_timed_while_the_candidate_is_stopped(warm_pool: Any) -
 
 
 def test_a_fresh_process_candidate_is_stopped_too(tiny_reference: str, honest_tiny_candidate: str) -> None:
-    result = evaluate(Problem(source=tiny_reference), Submission(source=honest_tiny_candidate),
-                      EvalConfig(device="cpu", trials=1))
+    result = evaluate(
+        Problem(source=tiny_reference), Submission(source=honest_tiny_candidate), EvalConfig(device="cpu", trials=1)
+    )
     assert result.verdict == Verdict.correct, result.feedback
     states = result.performance.candidate_state_while_reference_timed
     assert result.performance.reference_timed_alone is True and states and set(states.values()) <= {"T", "t"}, states
@@ -114,7 +123,11 @@ def test_a_candidate_maps_only_its_own_inputs(warm_pool: Any) -> None:
     buffers only (expected outputs are never in shared memory it is given)."""
     result = _evaluate(TESTS / "evidence" / "lists_shared_memory.py", warm_pool)
     assert result.verdict == Verdict.correct, result.feedback
-    seen = [ast.literal_eval(line.removeprefix("SHARED ")) for line in result.output["stdout"].splitlines() if line.startswith("SHARED ")]
+    seen = [
+        ast.literal_eval(line.removeprefix("SHARED "))
+        for line in result.output["stdout"].splitlines()
+        if line.startswith("SHARED ")
+    ]
     assert seen and all(seen), result.output
     names = {name.split("memfd:")[1].split()[0] for mappings in seen for name in mappings}
     assert names == {"referee-inputs"}, names
@@ -127,18 +140,21 @@ def test_a_shared_input_reaches_no_expected_output_and_no_other_input_set(tmp_pa
     source = tmp_path / "problem.py"
     source.write_text(TINY_REFERENCE)
     role = ReferenceRole()
-    _, setup_fds = role.cmd_setup(ReferenceSetup(path=str(source), source=TINY_REFERENCE, device="cpu", init_seed=1,
-                                                 input_sets=[{}]), [])
+    _, setup_fds = role.cmd_setup(
+        ReferenceSetup(path=str(source), source=TINY_REFERENCE, device="cpu", init_seed=1, input_sets=[{}]), []
+    )
     for fd in setup_fds:
         os.close(fd)
-    replies = {label: role.cmd_inputs(TrialInputs(trial=label, set_index=0, seed=seed), [])
-               for label, seed in (("trial0", 11), ("trial1", 12))}
+    replies = {
+        label: role.cmd_inputs(TrialInputs(trial=label, set_index=0, seed=seed), [])
+        for label, seed in (("trial0", 11), ("trial1", 12))
+    }
     secrets = {label: (role.trials[label][0][0], role.trials[label][2]) for label in replies}  # pristine input, expected
     (fd,) = replies["trial0"][1]
     whole = os.pread(fd, shm.size(fd), 0)  # everything the descriptor reaches
     x0, expected0 = secrets["trial0"]
     x1, expected1 = secrets["trial1"]
-    assert whole[:x0.numel() * 4] == x0.numpy().tobytes() and set(whole[x0.numel() * 4:]) <= {0}
+    assert whole[: x0.numel() * 4] == x0.numpy().tobytes() and set(whole[x0.numel() * 4 :]) <= {0}
     for other in (expected0, x1, expected1):
         needle = other.numpy().tobytes()[:64]
         assert needle not in whole
@@ -189,8 +205,12 @@ def test_a_candidate_over_its_memory_budget_is_told_the_budget_and_its_use(tiny_
         """,
         prelude="\nimport time\n",
     )
-    result = evaluate(Problem(source=tiny_reference), Submission(source=hog), EvalConfig(device="cpu", trials=1),
-                      isolation=ProcessIsolation(limits=Limits(memory_bytes=budget)))
+    result = evaluate(
+        Problem(source=tiny_reference),
+        Submission(source=hog),
+        EvalConfig(device="cpu", trials=1),
+        isolation=ProcessIsolation(limits=Limits(memory_bytes=budget)),
+    )
     assert result.verdict == Verdict.runtime_error, (result.verdict, result.error)
     memory = result.error["memory_budget"]
     assert memory["budget_bytes"] == budget and memory["used_bytes"] > budget and memory["whose"] == "candidate", memory
@@ -201,10 +221,17 @@ def test_the_references_memory_is_never_blamed_on_the_candidate(honest_tiny_cand
     """A reference over the budget is the judge's own failure: infrastructure_error, with the number."""
     from sandbox.isolation import Limits, ProcessIsolation
 
-    hungry = TINY_REFERENCE.replace("return torch.relu(x)", "held = torch.ones(3 << 27)\n        import time; time.sleep(3)\n        return torch.relu(x) + 0 * held[0]")
+    hungry = TINY_REFERENCE.replace(
+        "return torch.relu(x)",
+        "held = torch.ones(3 << 27)\n        import time; time.sleep(3)\n        return torch.relu(x) + 0 * held[0]",
+    )
     assert hungry != TINY_REFERENCE
-    result = evaluate(Problem(source=hungry), Submission(source=honest_tiny_candidate), EvalConfig(device="cpu", trials=1),
-                      isolation=ProcessIsolation(limits=Limits(memory_bytes=1 << 30)))
+    result = evaluate(
+        Problem(source=hungry),
+        Submission(source=honest_tiny_candidate),
+        EvalConfig(device="cpu", trials=1),
+        isolation=ProcessIsolation(limits=Limits(memory_bytes=1 << 30)),
+    )
     assert result.verdict == Verdict.infrastructure_error, (result.verdict, result.error)
     memory = result.error["memory_budget"]
     assert memory["whose"] == "reference" and memory["used_bytes"] > memory["budget_bytes"] == 1 << 30
@@ -218,7 +245,11 @@ def test_the_data_plane_and_the_stop_work_in_namespaces(backend: str, tiny_refer
     from worker.pool import WarmPool
 
     isolation = UnshareIsolation() if backend == "unshare" else BwrapIsolation()
-    problem, candidate, config = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate), EvalConfig(device="cpu", trials=1)
+    problem, candidate, config = (
+        Problem(source=tiny_reference),
+        Submission(source=honest_tiny_candidate),
+        EvalConfig(device="cpu", trials=1),
+    )
     with WarmPool("cpu", isolation=isolation, spares=1) as pool:
         pooled = evaluate(problem, candidate, config, pool=pool.client)
     fresh = evaluate(problem, candidate, config, isolation=isolation)
@@ -239,14 +270,22 @@ def test_a_strided_description_stays_inside_the_memory_it_names() -> None:
     view = _view(good, memory)
     assert view.shape == (2, 3) and view.stride() == (4, 1)
     assert torch.equal(view.reshape(-1).view(torch.uint8)[:4], memory[8:12])
-    for change in ({"offset": 60}, {"offset": 6}, {"strides": [-4, 1]}, {"strides": [4]}, {"shape": [2, -3]},
-                   {"strides": [100, 1]}, {"shape": [4, 4], "strides": [4, 1], "offset": 4}):
+    for change in (
+        {"offset": 60},
+        {"offset": 6},
+        {"strides": [-4, 1]},
+        {"strides": [4]},
+        {"shape": [2, -3]},
+        {"strides": [100, 1]},
+        {"shape": [4, 4], "strides": [4, 1], "offset": 4},
+    ):
         with pytest.raises(tensors.EncodeError):
             _view({**good, **change}, memory)
 
 
-def test_a_large_problem_gets_fewer_trials_and_one_timing_set(monkeypatch: pytest.MonkeyPatch, tiny_reference: str,
-                                                                          honest_tiny_candidate: str) -> None:
+def test_a_large_problem_gets_fewer_trials_and_one_timing_set(
+    monkeypatch: pytest.MonkeyPatch, tiny_reference: str, honest_tiny_candidate: str
+) -> None:
     """The size threshold lowered to the tiny problem's (4 kB of input, 4 kB of output): by default
     3 trials instead of 5 (still every input set) and one timing set; what a request asks for is kept."""
     import worker.evaluation_state as state

@@ -60,24 +60,37 @@ def _judge(source: str) -> EvaluationResult | None:
 
 def _nested(kind: str, depth: int) -> str:
     opening, closing = {
-        "parens": ("(", ")"), "lists": ("[", "]"), "dicts": ("{1: ", "}"), "calls": ("f(", ")"),
-        "unary": ("-", ""), "not": ("not ", ""), "lambda": ("lambda: ", ""), "await": ("await ", ""),
+        "parens": ("(", ")"),
+        "lists": ("[", "]"),
+        "dicts": ("{1: ", "}"),
+        "calls": ("f(", ")"),
+        "unary": ("-", ""),
+        "not": ("not ", ""),
+        "lambda": ("lambda: ", ""),
+        "await": ("await ", ""),
     }[kind]
     return f"x = {opening * depth}1{closing * depth}\n"
 
 
 # -- the engine -------------------------------------------------------------------------------------
 
+
 @FUZZ
-@given(data=st.binary(max_size=4096), errors=st.sampled_from(["replace", "ignore", "surrogateescape", "backslashreplace"]),
-       encoding=st.sampled_from(["utf-8", "latin-1", "cp1252"]))
+@given(
+    data=st.binary(max_size=4096),
+    errors=st.sampled_from(["replace", "ignore", "surrogateescape", "backslashreplace"]),
+    encoding=st.sampled_from(["utf-8", "latin-1", "cp1252"]),
+)
 def test_random_bytes_decoded_any_way_get_a_static_verdict(data: bytes, errors: str, encoding: str) -> None:
     _judge(data.decode(encoding, errors=errors))
 
 
 @FUZZ
-@given(kind=st.sampled_from(["parens", "lists", "dicts", "calls", "unary", "not", "lambda", "await"]),
-       depth=st.integers(min_value=1, max_value=100_000), tail=st.sampled_from([NO_TRITON, ""]))
+@given(
+    kind=st.sampled_from(["parens", "lists", "dicts", "calls", "unary", "not", "lambda", "await"]),
+    depth=st.integers(min_value=1, max_value=100_000),
+    tail=st.sampled_from([NO_TRITON, ""]),
+)
 def test_deep_nesting_gets_a_static_verdict(kind: str, depth: int, tail: str) -> None:
     recursion_limit = sys.getrecursionlimit()
     result = _judge(_nested(kind, depth) + tail)
@@ -92,21 +105,36 @@ def test_random_text_spliced_into_a_candidate_without_triton_gets_a_static_verdi
     _judge(NO_TRITON[:at] + text + NO_TRITON[at:])
 
 
-@pytest.mark.parametrize("source, verdict, message", [
-    ("x = " + "(" * 10_000 + ")" * 10_000, "compile_error", "too many nested parentheses"),
-    ("x = " + "[" * 10_000 + "]" * 10_000, "compile_error", "too many nested parentheses"),
-    ("x = " + "-" * 100_000 + "1", "compile_error", "nested too deeply for Python's parser"),
-    ("x = f" + "()" * 100_000, "compile_error", "nested too deeply for Python's parser"),
-    ("x = " + "9" * 10**6 + "\n" + CANDIDATE, "compile_error", "Exceeds the limit (4300 digits)"),
-    # Parses (Python limits only decimal literals) but cannot be printed or sent as JSON: refused alike.
-    ("x = 0x" + "f" * 4000 + "\n" + CANDIDATE, "compile_error", f"an integer literal over {MAX_INT_DIGITS} digits"),
-    ("x = '" + "a" * 200_000 + "'\n", "invalid_submission", "does not define `class ModelNew`"),
-    ("x = '" + "a" * 200_000 + "'\n" + NO_TRITON, "invalid_submission", "defines no `@triton.jit` kernel"),
-    (CANDIDATE.replace("import torch\n", "import torch\x00\n"), "invalid_submission", "NUL bytes"),
-    (NO_TRITON, "invalid_submission", "defines no `@triton.jit` kernel"),
-    ("\n \t\n", "invalid_submission", "the candidate is empty"),
-], ids=["parens-10k", "lists-10k", "unary-100k", "calls-100k", "int-1e6-digits", "hex-int-16k-bits", "str-200k",
-        "str-200k-no-triton", "nul", "modelnew-without-triton", "blank"])
+@pytest.mark.parametrize(
+    "source, verdict, message",
+    [
+        ("x = " + "(" * 10_000 + ")" * 10_000, "compile_error", "too many nested parentheses"),
+        ("x = " + "[" * 10_000 + "]" * 10_000, "compile_error", "too many nested parentheses"),
+        ("x = " + "-" * 100_000 + "1", "compile_error", "nested too deeply for Python's parser"),
+        ("x = f" + "()" * 100_000, "compile_error", "nested too deeply for Python's parser"),
+        ("x = " + "9" * 10**6 + "\n" + CANDIDATE, "compile_error", "Exceeds the limit (4300 digits)"),
+        # Parses (Python limits only decimal literals) but cannot be printed or sent as JSON: refused alike.
+        ("x = 0x" + "f" * 4000 + "\n" + CANDIDATE, "compile_error", f"an integer literal over {MAX_INT_DIGITS} digits"),
+        ("x = '" + "a" * 200_000 + "'\n", "invalid_submission", "does not define `class ModelNew`"),
+        ("x = '" + "a" * 200_000 + "'\n" + NO_TRITON, "invalid_submission", "defines no `@triton.jit` kernel"),
+        (CANDIDATE.replace("import torch\n", "import torch\x00\n"), "invalid_submission", "NUL bytes"),
+        (NO_TRITON, "invalid_submission", "defines no `@triton.jit` kernel"),
+        ("\n \t\n", "invalid_submission", "the candidate is empty"),
+    ],
+    ids=[
+        "parens-10k",
+        "lists-10k",
+        "unary-100k",
+        "calls-100k",
+        "int-1e6-digits",
+        "hex-int-16k-bits",
+        "str-200k",
+        "str-200k-no-triton",
+        "nul",
+        "modelnew-without-triton",
+        "blank",
+    ],
+)
 def test_nasty_candidates_get_their_verdict_and_message(source: str, verdict: str, message: str) -> None:
     result = _judge(source)
     assert result is not None and result.verdict.value == verdict and message in result.error["message"], result.error
@@ -119,8 +147,12 @@ def test_what_the_models_refuse_before_the_engine() -> None:
 
 
 @FUZZ
-@given(data=st.binary(max_size=2048), errors=st.sampled_from(["replace", "surrogateescape"]),
-       kind=st.sampled_from(["parens", "unary", "calls", "lambda"]), depth=st.integers(min_value=1, max_value=50_000))
+@given(
+    data=st.binary(max_size=2048),
+    errors=st.sampled_from(["replace", "surrogateescape"]),
+    kind=st.sampled_from(["parens", "unary", "calls", "lambda"]),
+    depth=st.integers(min_value=1, max_value=50_000),
+)
 def test_fuzzed_references_raise_problem_source_error_only(data: bytes, errors: str, kind: str, depth: int) -> None:
     # Neither can be a usable problem (the second lacks get_init_inputs), parsed or not: no process starts.
     unusable = REFERENCE.replace("def get_init_inputs", "def get_init")
@@ -149,6 +181,7 @@ def test_the_engine_still_judges_an_honest_candidate() -> None:
 
 # -- the API ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[TestClient]:
     # No warm pool: one full evaluation runs here (at the end). Static verdicts come back in the wait.
@@ -157,9 +190,12 @@ def api() -> Iterator[TestClient]:
 
 
 def _submit(api: TestClient, candidate: str, reference: str = REFERENCE) -> dict:
-    response = api.post("/v1/evaluations", params={"wait": 30},
-                        content=json.dumps({"reference": reference, "candidate": candidate, "device": "cpu", "trials": 1}).encode(),
-                        headers={"content-type": "application/json"})
+    response = api.post(
+        "/v1/evaluations",
+        params={"wait": 30},
+        content=json.dumps({"reference": reference, "candidate": candidate, "device": "cpu", "trials": 1}).encode(),
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code < 500, response.text
     return {**response.json(), "http": response.status_code}
 
@@ -177,7 +213,9 @@ def _static_verdict(answer: dict) -> None:
 def test_raw_invalid_utf8_in_the_json_body_is_a_4xx(api: TestClient, data: bytes, at: int) -> None:
     body = json.dumps({"reference": REFERENCE, "candidate": "x"}).encode()
     at = body.index(b'"candidate": "') + 14 + min(at, 1)
-    response = api.post("/v1/evaluations", content=body[:at] + data + b'\xff' + body[at:], headers={"content-type": "application/json"})
+    response = api.post(
+        "/v1/evaluations", content=body[:at] + data + b"\xff" + body[at:], headers={"content-type": "application/json"}
+    )
     assert response.status_code in (400, 422), response.text
     assert response.json()["detail"]
 
@@ -188,21 +226,27 @@ def test_random_bytes_as_a_candidate_over_http_get_a_static_verdict(api: TestCli
     _static_verdict(_submit(api, data.decode("utf-8", errors=errors)))
 
 
-@pytest.mark.parametrize("candidate, verdict", [
-    ("x = " + "(" * 10_000 + ")" * 10_000, "compile_error"),
-    ("x = " + "-" * 100_000 + "1", "compile_error"),
-    ("x = 0x" + "f" * 4000 + "\n" + CANDIDATE, "compile_error"),
-    ("x = '" + "a" * 200_000 + "'\n" + NO_TRITON, "invalid_submission"),
-    (CANDIDATE.replace("import torch\n", "import torch\x00\n"), "invalid_submission"),
-    (NO_TRITON, "invalid_submission"),
-], ids=["parens-10k", "unary-100k", "hex-int-16k-bits", "str-200k", "nul", "modelnew-without-triton"])
+@pytest.mark.parametrize(
+    "candidate, verdict",
+    [
+        ("x = " + "(" * 10_000 + ")" * 10_000, "compile_error"),
+        ("x = " + "-" * 100_000 + "1", "compile_error"),
+        ("x = 0x" + "f" * 4000 + "\n" + CANDIDATE, "compile_error"),
+        ("x = '" + "a" * 200_000 + "'\n" + NO_TRITON, "invalid_submission"),
+        (CANDIDATE.replace("import torch\n", "import torch\x00\n"), "invalid_submission"),
+        (NO_TRITON, "invalid_submission"),
+    ],
+    ids=["parens-10k", "unary-100k", "hex-int-16k-bits", "str-200k", "nul", "modelnew-without-triton"],
+)
 def test_nasty_candidates_over_http_get_their_verdict(api: TestClient, candidate: str, verdict: str) -> None:
     answer = _submit(api, candidate)
     _static_verdict(answer)
     assert answer["verdict"] == verdict, answer
 
 
-@pytest.mark.parametrize("candidate", ["x = " + "9" * 10**7, "x = '" + "a" * MAX_SOURCE_BYTES + "'"], ids=["int-1e7-digits", "str-256k"])
+@pytest.mark.parametrize(
+    "candidate", ["x = " + "9" * 10**7, "x = '" + "a" * MAX_SOURCE_BYTES + "'"], ids=["int-1e7-digits", "str-256k"]
+)
 def test_sources_over_the_limit_are_a_413(api: TestClient, candidate: str) -> None:
     answer = _submit(api, candidate)
     assert answer["http"] == 413 and "the limit is 262144 bytes" in answer["detail"], answer
@@ -211,7 +255,9 @@ def test_sources_over_the_limit_are_a_413(api: TestClient, candidate: str) -> No
 def test_a_reference_with_a_huge_hex_constant_is_a_422_not_a_500(api: TestClient) -> None:
     reference = REFERENCE.replace("n = 256", "n = 0x" + "f" * 4000)
     problem = api.post("/v1/problems", json={"source": reference})
-    assert problem.status_code == 422 and f"an integer literal over {MAX_INT_DIGITS} digits" in problem.json()["detail"], problem.text
+    assert problem.status_code == 422 and f"an integer literal over {MAX_INT_DIGITS} digits" in problem.json()["detail"], (
+        problem.text
+    )
     answer = _submit(api, CANDIDATE, reference)
     assert answer["http"] == 422 and f"an integer literal over {MAX_INT_DIGITS} digits" in answer["detail"], answer
 

@@ -22,7 +22,9 @@ from worker.pool import PoolUnavailable, WarmPool
 from worker.process import HarnessDied, HarnessProcess
 
 FAST = EvalConfig(device="cpu", trials=1, timeout_s=60)
-MEMORY_BOMB = CANDIDATE.replace("class ModelNew", "HOARD = bytearray(3 << 30)\nHOARD[::4096] = b'x' * len(HOARD[::4096])\n\n\nclass ModelNew")
+MEMORY_BOMB = CANDIDATE.replace(
+    "class ModelNew", "HOARD = bytearray(3 << 30)\nHOARD[::4096] = b'x' * len(HOARD[::4096])\n\n\nclass ModelNew"
+)
 
 
 def test_pooled_evaluation_matches_a_fresh_one(warm_pool) -> None:
@@ -53,7 +55,10 @@ def test_children_get_their_own_session_environment_and_directory(warm_pool) -> 
     # What the candidate itself sees: its own Triton cache, nothing of the worker's environment.
     os.environ["REFEREE_TEST_SECRET"] = "not-for-candidates"
     try:
-        spy = CANDIDATE.replace("class ModelNew", "import os\nprint(sorted(os.environ), os.environ['TRITON_CACHE_DIR'], flush=True)\n\n\nclass ModelNew")
+        spy = CANDIDATE.replace(
+            "class ModelNew",
+            "import os\nprint(sorted(os.environ), os.environ['TRITON_CACHE_DIR'], flush=True)\n\n\nclass ModelNew",
+        )
         result = evaluate(Problem(source=REFERENCE), Submission(source=spy), FAST, pool=warm_pool)
     finally:
         del os.environ["REFEREE_TEST_SECRET"]
@@ -70,7 +75,9 @@ def test_memory_limit_kills_a_pooled_child_and_says_so(warm_pool) -> None:
     try:
         description, payload = tensors.encode([])
         with pytest.raises(HarnessDied, match=r"killed for holding .* over its memory limit of 1024 MiB"):
-            setup = CandidateSetup(path=str(workdir / "bomb.py"), source=MEMORY_BOMB, device="cpu", init_seed=1, init_inputs=description)
+            setup = CandidateSetup(
+                path=str(workdir / "bomb.py"), source=MEMORY_BOMB, device="cpu", init_seed=1, init_inputs=description
+            )
             process.request(request_wire(setup), payload, deadline=time.monotonic() + 60)
     finally:
         process.close()
@@ -102,7 +109,7 @@ def _parent(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    return int(stat[stat.rindex(b")") + 2:].split()[1])
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -110,7 +117,6 @@ def _alive(pid: int) -> bool:
         return b"Z" not in Path(f"/proc/{pid}/stat").read_bytes().split(b")")[-1][:3]
     except OSError:
         return False
-
 
 
 def test_the_zygote_refuses_requests_from_its_children_and_their_sessions() -> None:

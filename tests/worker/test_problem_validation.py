@@ -12,7 +12,7 @@ from worker.rules import RULES
 from worker.static_checks import ProblemSourceError
 
 ROOT = Path(__file__).resolve().parents[2]
-HONEST_FILL = '''
+HONEST_FILL = """
 import torch
 import torch.nn as nn
 import triton
@@ -33,9 +33,9 @@ class ModelNew(nn.Module):
         out = torch.empty_like(x)
         fill_kernel[(triton.cdiv(x.numel(), 256),)](out, x.numel(), 1.0, BLOCK=256)
         return out
-'''
+"""
 
-CONSTANT = '''
+CONSTANT = """
 import torch
 import torch.nn as nn
 
@@ -53,7 +53,7 @@ def get_inputs():
 
 def get_init_inputs():
     return []
-'''
+"""
 
 INPUT_IGNORED = CONSTANT.replace("return torch.ones_like(x)", "return x * 0 + 1")
 
@@ -64,8 +64,9 @@ def test_degenerate_problem_is_refused(source: str) -> None:
     error, not a warning that changes nothing; ALLOW_DEGENERATE = True judges it anyway."""
     with pytest.raises(ProblemSourceError, match="degenerate problem"):
         evaluate(Problem(source=source), Submission(source=HONEST_FILL), EvalConfig(device="cpu", trials=1))
-    result = evaluate(Problem(source=source + "\nALLOW_DEGENERATE = True\n"), Submission(source=HONEST_FILL),
-                      EvalConfig(device="cpu", trials=1))
+    result = evaluate(
+        Problem(source=source + "\nALLOW_DEGENERATE = True\n"), Submission(source=HONEST_FILL), EvalConfig(device="cpu", trials=1)
+    )
     assert result.verdict == Verdict.correct  # the fill kernel does match
 
 

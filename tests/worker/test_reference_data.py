@@ -57,10 +57,17 @@ LIVE_REFERENCE_STEPS = {"reference.inputs", "reference.timing_inputs", "referenc
 BACKGROUND_STEPS = {"reference.background_setup", "reference.background_timing_inputs"}
 
 
-def _run(candidate: str, pool: Any, timing: ReferenceCache | None = None, data: ReferenceDataCache | None = None,
-         **config: Any) -> EvaluationResult:
-    return evaluate(Problem(source=TINY_REFERENCE), Submission(source=candidate),
-                    EvalConfig(device="cpu", trials=2, **config), reference_cache=timing, reference_data=data, pool=pool)
+def _run(
+    candidate: str, pool: Any, timing: ReferenceCache | None = None, data: ReferenceDataCache | None = None, **config: Any
+) -> EvaluationResult:
+    return evaluate(
+        Problem(source=TINY_REFERENCE),
+        Submission(source=candidate),
+        EvalConfig(device="cpu", trials=2, **config),
+        reference_cache=timing,
+        reference_data=data,
+        pool=pool,
+    )
 
 
 def _judged_alike(miss: EvaluationResult, hit: EvaluationResult) -> None:
@@ -172,13 +179,17 @@ def test_without_a_timing_cache_the_data_cache_stays_unused(honest_tiny_candidat
     assert results[1].timings_ms.steps.keys() >= LIVE_REFERENCE_STEPS
 
 
-@pytest.mark.parametrize(("environment", "timing_on", "data_on"), [
-    ({}, True, True),
-    ({"REFEREE_REFERENCE_CACHE": "off"}, False, False),
-    ({"REFEREE_REFERENCE_DATA_CACHE": "off"}, True, False),
-])
-def test_the_worker_switches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environment: dict[str, str], timing_on: bool,
-                             data_on: bool) -> None:
+@pytest.mark.parametrize(
+    ("environment", "timing_on", "data_on"),
+    [
+        ({}, True, True),
+        ({"REFEREE_REFERENCE_CACHE": "off"}, False, False),
+        ({"REFEREE_REFERENCE_DATA_CACHE": "off"}, True, False),
+    ],
+)
+def test_the_worker_switches(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environment: dict[str, str], timing_on: bool, data_on: bool
+) -> None:
     """The variables reach the job through the settings read at the worker's start and the context
     made from them (worker/context.py): the same path as the warm pool's."""
     import worker.jobs as jobs
@@ -199,8 +210,9 @@ def test_the_worker_switches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, en
     settings = JudgeSettings(isolation="process", warm_pool=False, reference_cache_dir=tmp_path / "reference")
     host = context.start(settings, data_in_files=False)
     try:
-        jobs.run_evaluation({"id": "x", "problem": {"source": TINY_REFERENCE}, "submission": {"source": "x"},
-                             "config": {"device": "cpu"}})
+        jobs.run_evaluation(
+            {"id": "x", "problem": {"source": TINY_REFERENCE}, "submission": {"source": "x"}, "config": {"device": "cpu"}}
+        )
     finally:
         context.stop(host)
     assert (seen["reference_cache"] is not None and seen["reference_cache"] is host.reference_cache) is timing_on
@@ -213,8 +225,9 @@ def test_an_rq_worker_keeps_reference_data_in_a_private_directory(monkeypatch: p
     from worker.settings import JudgeSettings
 
     monkeypatch.setenv("REFEREE_REFERENCE_DATA_MAX_USES", "7")
-    host = context.start(JudgeSettings(isolation="process", warm_pool=False, reference_cache_dir=tmp_path / "reference"),
-                         data_in_files=True)
+    host = context.start(
+        JudgeSettings(isolation="process", warm_pool=False, reference_cache_dir=tmp_path / "reference"), data_in_files=True
+    )
     context.stop(host)
     assert host.reference_data is not None and host.reference_data.max_uses == 7
     assert host.reference_data.store.directory == tmp_path / "reference" / "data"
@@ -226,11 +239,16 @@ def test_an_rq_worker_keeps_reference_data_in_a_private_directory(monkeypatch: p
 
 def _entry(size: int = 100, salt: int = 1) -> ReferenceData:
     environment = Environment(device="cpu", torch="2", triton="3", python="3.12", interpreter=True)
-    entry = ReferenceData.start(salt, ReferenceSetupReply(environment=environment, init_inputs={"t": "list", "items": []},
-                                                          valid_sets=[0]), b"")
+    entry = ReferenceData.start(
+        salt, ReferenceSetupReply(environment=environment, init_inputs={"t": "list", "items": []}, valid_sets=[0]), b""
+    )
     for label in ("trial0", "trial1"):
-        recorded = TrialInputsReply(inputs={"t": "list", "items": []}, shapes=[[size]], nbytes=TrialSizes(inputs=size, expected=size),
-                                    record=TrialRecord(inputs={"t": "tensor"}, expected={"t": "tensor"}, fds=[0, 1]))
+        recorded = TrialInputsReply(
+            inputs={"t": "list", "items": []},
+            shapes=[[size]],
+            nbytes=TrialSizes(inputs=size, expected=size),
+            record=TrialRecord(inputs={"t": "tensor"}, expected={"t": "tensor"}, fds=[0, 1]),
+        )
         entry.add_trial(label, 0, recorded, bytes(range(256)) * (size // 256) + bytes(size % 256), bytes(size))
     return entry
 
@@ -276,7 +294,12 @@ def test_directory_entries_are_shared_private_and_counted_together(tmp_path: Pat
     found = two.take("k")
     assert found is not None
     assert (found.salt, found.setup, found.trials, found.blobs, found.id) == (
-        entry.salt, entry.setup, entry.trials, entry.blobs, entry.id)
+        entry.salt,
+        entry.setup,
+        entry.trials,
+        entry.blobs,
+        entry.id,
+    )
     assert one.take("k") is not None and two.take("k") is not None
     assert one.take("k") is None  # the fourth use, counted across both
     assert list((tmp_path / "data").iterdir()) == []
@@ -295,15 +318,18 @@ def _judge_compare(outputs: Any, expected: torch.Tensor, pristine: list[Any], mu
     assert reply.environment.device == "cpu" and judge.model is None and judge.module is None
     pristine_desc, pristine_fd = tensors.share_bytes(pristine)
     expected_desc, expected_fd = tensors.share_bytes(expected)
-    shared, (shared_fd,) = judge.cmd_inputs(TrialInputs(trial="trial0", cached=CachedTrial(inputs=pristine_desc, expected=expected_desc)),
-                                            [pristine_fd, expected_fd])
+    shared, (shared_fd,) = judge.cmd_inputs(
+        TrialInputs(trial="trial0", cached=CachedTrial(inputs=pristine_desc, expected=expected_desc)), [pristine_fd, expected_fd]
+    )
     os.close(pristine_fd)
     os.close(expected_fd)
     attached = tensors.Attached(torch.device("cpu"))
     inputs = attached.attach(shared.inputs, [shared_fd], writable=True)  # the candidate's view
     if mutate:
         inputs[0].zero_()
-    description, fds = tensors.export_outputs(outputs, torch.device("cpu")) if isinstance(outputs, torch.Tensor) else (outputs, [])
+    description, fds = (
+        tensors.export_outputs(outputs, torch.device("cpu")) if isinstance(outputs, torch.Tensor) else (outputs, [])
+    )
     compared, _ = judge.cmd_compare(Compare(trial="trial0", outputs=description), fds)
     for fd in [shared_fd, *fds]:
         os.close(fd)
@@ -320,11 +346,21 @@ def test_the_judge_compares_with_the_supplied_expected_outputs() -> None:
     assert _judge_compare(expected.clone(), expected, [x], mutate=True)["inputs"]["unchanged"] is False
 
 
-@pytest.mark.parametrize("reaching", [
-    {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256, "fd": 1},  # a descriptor it did not send
-    {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256},  # no descriptor at all
-    {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256, "ipc": "00" * 64},  # a CUDA handle on a CPU judge
-])
+@pytest.mark.parametrize(
+    "reaching",
+    [
+        {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256, "fd": 1},  # a descriptor it did not send
+        {"t": "tensor", "dtype": "float32", "shape": [64], "offset": 0, "nbytes": 256},  # no descriptor at all
+        {
+            "t": "tensor",
+            "dtype": "float32",
+            "shape": [64],
+            "offset": 0,
+            "nbytes": 256,
+            "ipc": "00" * 64,
+        },  # a CUDA handle on a CPU judge
+    ],
+)
 def test_a_candidate_description_cannot_reach_the_cached_expected_bytes(reaching: dict[str, Any]) -> None:
     """A candidate's description names only the descriptors sent with its own reply: the judge's
     expected outputs and pristine inputs are in its private memory, named by nothing the candidate sends."""

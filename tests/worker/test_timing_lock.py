@@ -18,6 +18,7 @@ def _in_thread(target) -> threading.Thread:
 def test_gpu_steps_share_the_gpu_and_a_timer_waits_for_them_to_end(tmp_path: Path) -> None:
     lock = TimingLock(tmp_path / "gpu-0.lock")
     events: list[str] = []
+
     def timing() -> None:
         with lock.held():
             events.append("timing")

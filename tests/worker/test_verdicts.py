@@ -181,8 +181,9 @@ def test_timeout_kills_the_whole_process_group(tiny_reference, make_tiny_candida
 
     def run() -> None:
         started = time.monotonic()
-        outcome["result"] = evaluate(Problem(source=tiny_reference), Submission(source=candidate),
-                                     EvalConfig(device="cpu", trials=2, timeout_s=timeout_s))
+        outcome["result"] = evaluate(
+            Problem(source=tiny_reference), Submission(source=candidate), EvalConfig(device="cpu", trials=2, timeout_s=timeout_s)
+        )
         outcome["elapsed"] = time.monotonic() - started
 
     worker = threading.Thread(target=run, daemon=True)
@@ -217,8 +218,11 @@ def test_timeout_kills_the_whole_process_group(tiny_reference, make_tiny_candida
     ("case", "source", "message"),
     [
         ("no ModelNew", "import triton\n\n@triton.jit\ndef k(x):\n    pass\n\nclass Model:\n    pass\n", "ModelNew"),
-        ("no jit", "import torch\n\nclass ModelNew(torch.nn.Module):\n    def forward(self, x):\n        return x.relu()\n",
-         "triton.jit"),
+        (
+            "no jit",
+            "import torch\n\nclass ModelNew(torch.nn.Module):\n    def forward(self, x):\n        return x.relu()\n",
+            "triton.jit",
+        ),
         ("empty", "", "empty"),
         ("whitespace only", "\n   \n", "empty"),
     ],
@@ -269,8 +273,12 @@ def test_cheating_in_place_kernel_returning_its_input(tiny_reference, make_tiny_
 
 
 def test_infrastructure_error_missing_harness_python(tiny_reference, honest_tiny_candidate):
-    result = evaluate(Problem(source=tiny_reference), Submission(source=honest_tiny_candidate),
-                      EvalConfig(device="cpu", trials=2), python="/nonexistent/python")
+    result = evaluate(
+        Problem(source=tiny_reference),
+        Submission(source=honest_tiny_candidate),
+        EvalConfig(device="cpu", trials=2),
+        python="/nonexistent/python",
+    )
     _assert_failure_shape(result, Verdict.infrastructure_error)
     assert result.reward == 0.0, "an infrastructure failure must not be penalised as cheating"
     assert result.status in ("completed", "failed")
@@ -279,8 +287,12 @@ def test_infrastructure_error_missing_harness_python(tiny_reference, honest_tiny
 
 
 def test_infrastructure_error_harness_python_without_torch(tiny_reference, honest_tiny_candidate, python_without_torch):
-    result = evaluate(Problem(source=tiny_reference), Submission(source=honest_tiny_candidate),
-                      EvalConfig(device="cpu", trials=2, timeout_s=60), python=python_without_torch)
+    result = evaluate(
+        Problem(source=tiny_reference),
+        Submission(source=honest_tiny_candidate),
+        EvalConfig(device="cpu", trials=2, timeout_s=60),
+        python=python_without_torch,
+    )
     _assert_failure_shape(result, Verdict.infrastructure_error)
     assert result.reward == 0.0
     assert "reference" in result.error["message"]
@@ -298,8 +310,12 @@ def test_failed_harness_start_leaks_no_file_descriptors(tiny_reference, honest_t
     HarnessProcess.start creates three pipes; when Popen fails it closes only the child's ends."""
     before = _open_fds()
     for _ in range(3):
-        result = evaluate(Problem(source=tiny_reference), Submission(source=honest_tiny_candidate),
-                          EvalConfig(device="cpu", trials=2), python="/nonexistent/python")
+        result = evaluate(
+            Problem(source=tiny_reference),
+            Submission(source=honest_tiny_candidate),
+            EvalConfig(device="cpu", trials=2),
+            python="/nonexistent/python",
+        )
         assert result.verdict == Verdict.infrastructure_error
     leaked = _open_fds() - before
     assert leaked == set(), f"{len(leaked)} file descriptors leaked by 3 failed harness starts"
@@ -307,14 +323,16 @@ def test_failed_harness_start_leaks_no_file_descriptors(tiny_reference, honest_t
 
 def test_completed_evaluation_leaks_no_file_descriptors(tiny_reference, honest_tiny_candidate):
     before = _open_fds()
-    result = evaluate(Problem(source=tiny_reference), Submission(source=honest_tiny_candidate),
-                      EvalConfig(device="cpu", trials=1))
+    result = evaluate(
+        Problem(source=tiny_reference), Submission(source=honest_tiny_candidate), EvalConfig(device="cpu", trials=1)
+    )
     assert result.verdict == Verdict.correct, (result.error, result.feedback)
     assert _open_fds() - before == set()
 
 
 def test_malformed_output_description_from_the_candidate_is_not_an_infrastructure_error(
-        tiny_reference, make_tiny_candidate, evaluate_source):
+    tiny_reference, make_tiny_candidate, evaluate_source
+):
     """The candidate's process encodes its outputs, and the candidate can patch that encoder. A
     description the reference cannot decode is the candidate's doing: it must never come back as
     infrastructure_error (which a trainer retries or drops instead of scoring), nor as correct."""
@@ -344,7 +362,8 @@ def test_malformed_output_description_from_the_candidate_is_not_an_infrastructur
 
 
 def test_patching_the_harness_in_its_own_process_does_not_silence_anti_cheat(
-        tiny_reference, make_tiny_candidate, evaluate_source):
+    tiny_reference, make_tiny_candidate, evaluate_source
+):
     """The candidate runs in the same process as the harness role that reports on it. Replacing the
     role's helpers (here the torch-fallback classifier) must not turn a torch fallback into a pass:
     either the replacement is caught as tampering, or the check does not depend on it."""

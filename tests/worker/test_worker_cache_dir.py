@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = ("from worker import context; from worker.settings import JudgeSettings; "
-         "print(context.start(JudgeSettings(isolation='process', warm_pool=False), data_in_files=False).reference_cache.directory)")
+PROBE = (
+    "from worker import context; from worker.settings import JudgeSettings; "
+    "print(context.start(JudgeSettings(isolation='process', warm_pool=False), data_in_files=False).reference_cache.directory)"
+)
 
 
 def _cache_directory(wanted: Path) -> subprocess.CompletedProcess[str]:

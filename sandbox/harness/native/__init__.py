@@ -371,4 +371,3 @@ def stop_ahead() -> None:
     if _active is not None and not _active.attached:
         _active.stop()
         _active = None
-

@@ -234,6 +234,5 @@ def test_patching_torch_comparisons_in_the_candidate_changes_nothing(tiny_refere
 def test_candidate_role_does_not_import_the_comparator():
     """The comparator runs only in the reference process; the candidate role must not load it."""
     source = Path(compare.__file__).with_name("candidate.py").read_text()
-    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
-                for alias in node.names}
+    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert "compare" not in imported

@@ -171,8 +171,14 @@ def _round_trip(value):
 
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
-        return (type(b) is torch.Tensor and a.dtype == b.dtype and a.shape == b.shape
-                and torch.equal(a.reshape(-1).view(torch.uint8) if a.numel() else a, b.reshape(-1).view(torch.uint8) if b.numel() else b))
+        return (
+            type(b) is torch.Tensor
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(
+                a.reshape(-1).view(torch.uint8) if a.numel() else a, b.reshape(-1).view(torch.uint8) if b.numel() else b
+            )
+        )
     if isinstance(a, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and math.isnan(a):
@@ -202,7 +208,13 @@ def test_tensor_round_trip(tensor):
 
 def test_nested_values_round_trip():
     value = [
-        torch.randn(2), (1, 2.5, [torch.arange(3), True, None, "s"]), -7, math.inf, math.nan, torch.float16, (),
+        torch.randn(2),
+        (1, 2.5, [torch.arange(3), True, None, "s"]),
+        -7,
+        math.inf,
+        math.nan,
+        torch.float16,
+        (),
         [torch.zeros(()), torch.ones(0, dtype=torch.bool)],
     ]
     back = _round_trip(value)

@@ -24,9 +24,17 @@ def test_a_pattern_keeps_argument_kinds_and_drops_pointer_types() -> None:
     assert pattern_of({0: "*fp32"}, [{"block": 1}]) is None
 
 
-@pytest.mark.parametrize("pattern", [
-    ["i32); system(\"id\"); //"], ["*fp32"], "i32", [1], ["i32"] * 65, [["i32"]],
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        ['i32); system("id"); //'],
+        ["*fp32"],
+        "i32",
+        [1],
+        ["i32"] * 65,
+        [["i32"]],
+    ],
+)
 def test_only_short_lists_of_known_type_names_are_built(pattern: object) -> None:
     assert not valid_pattern(pattern)
 
