@@ -94,12 +94,15 @@ def test_major_op_is_named(warm_pool: Any) -> None:
 def test_wide_reduction_in_another_order_passes_for_many_seeds(warm_pool: Any) -> None:
     """The fp32 reference of this cancelling row sum is itself ~0.05 from the exact sum (the bound at
     1e-4 is ~0.03): against it alone, an honest kernel summing in another order fails at random.
-    Against the fp64 reference with the fp32 reference's own error allowed, it passes every seed."""
+    Against the fp64 reference with the fp32 reference's own error allowed, it passes every seed.
+    44 random draws (where the fp32-only comparison failed 3): four evaluations of 11 trials, each
+    trial with inputs of its own seed (fewer evaluations, the same draws' worth of evidence)."""
     path = HERE / "wide_blocked_sum.py"
     reference_errors = []
-    for seed in range(44):
-        result = judge(path, warm_pool, seed=seed, trials=1)
+    for seed in range(4):
+        result = judge(path, warm_pool, seed=seed, trials=11)
         assert result.verdict == Verdict.correct, (seed, result.feedback)
+        assert result.correctness.trials >= 11
         reference_errors.append(result.correctness.reference_error_vs_fp64)
     assert min(reference_errors) > 1e-4  # the fp32 reference is that far from exact on every seed
     assert result.correctness.max_abs_error_vs_fp64 is not None
