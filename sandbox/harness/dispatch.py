@@ -16,8 +16,40 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# aten overload packets (names without the overload) that only allocate, view, copy or cast.
-BOOKKEEPING_OPS = frozenset(
+# aten overload packets (names without the overload) that only make views and reshapes.
+_VIEWS = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "_reshape_alias",
+        "as_strided",
+        "alias",
+        "detach",
+        "t",
+        "transpose",
+        "permute",
+        "expand",
+        "squeeze",
+        "unsqueeze",
+        "slice",
+        "select",
+        "narrow",
+        "split",
+        "split_with_sizes",
+        "chunk",
+        "unbind",
+        "flatten",
+        "unflatten",
+        "view_as",
+        "movedim",
+        "diagonal",
+        "unfold",
+    }
+)
+
+# ... that only allocate, view, copy or cast.
+BOOKKEEPING_OPS = _VIEWS | frozenset(
     {
         # allocation and fills
         "empty",
@@ -43,33 +75,6 @@ BOOKKEEPING_OPS = frozenset(
         "resize_",
         "set_",
         "arange",
-        # views and reshapes
-        "view",
-        "_unsafe_view",
-        "reshape",
-        "_reshape_alias",
-        "as_strided",
-        "alias",
-        "detach",
-        "t",
-        "transpose",
-        "permute",
-        "expand",
-        "squeeze",
-        "unsqueeze",
-        "slice",
-        "select",
-        "narrow",
-        "split",
-        "split_with_sizes",
-        "chunk",
-        "unbind",
-        "flatten",
-        "unflatten",
-        "view_as",
-        "movedim",
-        "diagonal",
-        "unfold",
         # copies and casts
         "copy_",
         "clone",
@@ -81,40 +86,8 @@ BOOKKEEPING_OPS = frozenset(
     }
 )
 
-
 # Ops that only make views or read: they cannot have written an output (`.numpy()` dispatches `detach`).
-VIEW_OPS = frozenset(
-    {
-        "view",
-        "_unsafe_view",
-        "reshape",
-        "_reshape_alias",
-        "as_strided",
-        "alias",
-        "detach",
-        "t",
-        "transpose",
-        "permute",
-        "expand",
-        "squeeze",
-        "unsqueeze",
-        "slice",
-        "select",
-        "narrow",
-        "split",
-        "split_with_sizes",
-        "chunk",
-        "unbind",
-        "flatten",
-        "unflatten",
-        "view_as",
-        "movedim",
-        "diagonal",
-        "unfold",
-        "_local_scalar_dense",
-        "lift_fresh",
-    }
-)
+VIEW_OPS = _VIEWS | {"_local_scalar_dense", "lift_fresh"}
 
 
 def op_name(func: Any) -> str:
