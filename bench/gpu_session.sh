@@ -12,17 +12,19 @@
 # kb_sizes (issue 15: four problems at KernelBench's published sizes, both tools; every evaluation ends by 560 s);
 # both need a KernelBench checkout: KERNELBENCH=path (default shared/kernelbench);
 # confine (issue 18, ~2 min: CUDA, CUDA IPC and Triton's compilers under each
-# lockdown layer, then the locked-down warm pool under unshare against an attacker past its guards), corpus (issue 16: bench/corpus.py on CORPUS_MANIFEST),
+# lockdown layer, then the locked-down warm pool under unshare against an attacker past its guards; confine_bench: the
+# first half alone, for a call whose `tests` step already runs the second), corpus (issue 16: bench/corpus.py on CORPUS_MANIFEST),
 # anticheat (issue 16: the anti-cheat corpus, CPU files plus tests/gpu/{exploits,honest}, ~3 min).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 90
+# bench/gpu_call.sh installs once and sets GPU_SITE_READY before starting several of these side by side
+[ -n "${GPU_SITE_READY:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 90
 export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import torch, triton, pydantic, typer, rich, fastapi, uvicorn, httpx, rq, redis, prometheus_client, yaml; assert torch.cuda.is_available(); print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" || exit 91
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee -a "$OUT/nvidia-smi.txt"
 steps=${*:-performance tests}
 need_redis() {  # the steps with Redis stop at once when the carried redis-server is missing or cannot run here
   .redis/redis-server --version || { echo "$1: .redis/redis-server is missing or does not run here (bash bench/build_redis.sh, and carry .redis/)"; return 1; }
@@ -70,6 +72,7 @@ for step in $steps; do
     native) # the native CUPTI recorder: real records against CUDA events, the warm pool's order, torch's profiler; then its cost
       python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_native_recorder.py --tb=short 2>&1 | tee "$OUT/native-tests.log" || status=1
       python3 -m bench.native_recorder --out "$OUT" 2>&1 | tee "$OUT/native-recorder.log" || status=1 ;;
+    confine_bench) python3 -m bench.gpu_confinement --out "$OUT" 2>&1 | tee "$OUT/gpu-confinement.log" || status=1 ;;
     confine) python3 -m bench.gpu_confinement --out "$OUT" 2>&1 | tee "$OUT/gpu-confinement.log" || status=1
       REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_confinement.py --tb=short 2>&1 | tee "$OUT/gpu-confinement-tests.log" || status=1 ;;
     corpus) # issue 16: a manifest of (reference, candidate) pairs through the engine, accuracy per label (~3 min for
