@@ -10,7 +10,7 @@ def main() -> None:
     try:
         from service.cli import main as cli_main
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("service", "sandbox", "worker"):
+        if exc.name and exc.name.split(".")[0] == "triton_referee":  # a module of ours is missing: a broken install
             raise
         print(
             f"referee: the command line needs the server extra (missing {exc.name}): pip install 'triton-referee[server]'",
