@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.lib import describe_machine, percentile, write_result
 from bench.problems import static_reject, tiny
-from service.stack import ApiServer, RedisServer
+from triton_referee.service.stack import ApiServer, RedisServer
 
 KEY = "bench-" + uuid.uuid4().hex
 REFERENCE = tiny().reference

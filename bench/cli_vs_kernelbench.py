@@ -33,7 +33,7 @@ def _referee(reference: Path, candidate: Path, device: str, trials: int, extra: 
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "triton_referee.service.cli",
         "check",
         str(reference),
         str(candidate),

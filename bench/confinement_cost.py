@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 from bench.lib import ROOT, describe_machine, spread, write_result
 from bench.problems import tiny
-from sandbox.harness import lockdown
-from sandbox.isolation import Limits
-from sandbox.selection import select_isolation
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.pool import WarmPool
+from triton_referee.sandbox.harness import lockdown
+from triton_referee.sandbox.isolation import Limits
+from triton_referee.sandbox.selection import select_isolation
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.pool import WarmPool
 
 REFERENCE, CANDIDATE = tiny().reference, tiny().candidate
 

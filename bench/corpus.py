@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.lib import ROOT, card_name, cpu_name, slug, write_result
-from worker.evaluate import detect_device, evaluate
-from worker.models import EvalConfig, EvaluationResult, Problem, Submission
-from worker.pool import WarmPool
-from worker.static_checks import ProblemSourceError
+from triton_referee.worker.evaluate import detect_device, evaluate
+from triton_referee.worker.models import EvalConfig, EvaluationResult, Problem, Submission
+from triton_referee.worker.pool import WarmPool
+from triton_referee.worker.static_checks import ProblemSourceError
 
 ACCEPTED = "correct"
 REJECT_LABELS = ("partial_fallback", "hack")

@@ -45,7 +45,7 @@ from bench.lib import card_name, describe_machine, slug, write_result
 from bench.performance import STABILITY_OPTIONS, stability_run, stability_summary
 from bench.problems import BenchProblem, large_problems, tiny
 from bench.scaling import Record, drive, gpu_count, host_use, problem_set, redis_binary
-from service.stack import RedisServer, ServiceStack, wait_for
+from triton_referee.service.stack import RedisServer, ServiceStack, wait_for
 
 
 def probe_problems(smoke: bool, names: str) -> tuple[list[BenchProblem], dict[str, Any]]:

@@ -15,7 +15,7 @@ import torch
 import triton.testing
 
 from bench.lib import write_result
-from sandbox.harness.runtime import load_module
+from triton_referee.sandbox.harness.runtime import load_module
 
 
 def measure(name: str, reference_source: str, candidate_source: str, workdir: Path) -> dict[str, float]:

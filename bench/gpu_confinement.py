@@ -97,7 +97,7 @@ def main() -> int:
     import torch
     from torch.multiprocessing.reductions import reduce_tensor
 
-    from sandbox.harness import lockdown
+    from triton_referee.sandbox.harness import lockdown
 
     support = lockdown.probe()
     shared_tensor = torch.arange(1000, device="cuda", dtype=torch.float32)

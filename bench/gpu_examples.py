@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from bench.lib import ROOT, card_name, slug, write_result
-from service.cli import EXPECTED_VERDICTS
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission
+from triton_referee.service.cli import EXPECTED_VERDICTS
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission
 
 
 def main() -> int:

@@ -50,7 +50,7 @@ def preflight() -> dict[str, Any]:
         fail_fast("pydantic is not importable: put the wheels directory on PYTHONPATH")
     if shutil.which("unshare") is None:
         fail_fast("util-linux `unshare` is not on PATH")
-    from sandbox.selection import unshare_works
+    from triton_referee.sandbox.selection import unshare_works
 
     if not unshare_works():
         fail_fast(
@@ -88,9 +88,9 @@ def step(record: dict[str, Any], name: str, fn: Any) -> Any:
 
 
 def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
-    from sandbox.selection import select_isolation
-    from worker.evaluate import evaluate
-    from worker.models import EvalConfig, Problem, Submission
+    from triton_referee.sandbox.selection import select_isolation
+    from triton_referee.worker.evaluate import evaluate
+    from triton_referee.worker.models import EvalConfig, Problem, Submission
 
     folder = ROOT / "examples" / example
     started = time.monotonic()
@@ -115,9 +115,9 @@ def evaluate_example(example: str, isolation_name: str) -> dict[str, Any]:
 
 
 def run_probes(out: dict[str, Any]) -> None:
-    from sandbox.probes import ESCAPES, run_probe, start_loopback_service
-    from sandbox.selection import select_isolation
-    from worker.evaluate import jobs_root
+    from triton_referee.sandbox.probes import ESCAPES, run_probe, start_loopback_service
+    from triton_referee.sandbox.selection import select_isolation
+    from triton_referee.worker.evaluate import jobs_root
 
     port = start_loopback_service()
     other = Path(tempfile.mkdtemp(prefix="referee-", dir=jobs_root()))

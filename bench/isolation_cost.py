@@ -28,12 +28,12 @@ from typing import Any
 
 from bench.lib import ROOT, describe_machine, write_result
 from bench.problems import tiny
-from sandbox.isolation import Isolation
-from sandbox.launch import HARNESS_PARENT, child_environment
-from sandbox.selection import select_isolation
-from worker.evaluate import evaluate, jobs_root
-from worker.models import EvalConfig, Problem, Submission
-from worker.process import HarnessProcess
+from triton_referee.sandbox.isolation import Isolation
+from triton_referee.sandbox.launch import HARNESS_PARENT, child_environment
+from triton_referee.sandbox.selection import select_isolation
+from triton_referee.worker.evaluate import evaluate, jobs_root
+from triton_referee.worker.models import EvalConfig, Problem, Submission
+from triton_referee.worker.process import HarnessProcess
 
 REFERENCE, CANDIDATE = tiny().reference, tiny().candidate
 
@@ -128,7 +128,7 @@ def main() -> int:
     backends: list[Isolation] = []
     notes: list[str] = []
     if args.docker_image:
-        from sandbox.docker_backend import DockerIsolation
+        from triton_referee.sandbox.docker_backend import DockerIsolation
 
         state = Path(tempfile.mkdtemp(prefix="referee-bench-docker-"))
         backends += [

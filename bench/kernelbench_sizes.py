@@ -138,7 +138,7 @@ def main() -> int:
                     command = [
                         sys.executable,
                         "-m",
-                        "service.cli",
+                        "triton_referee.service.cli",
                         "check",
                         str(reference),
                         str(candidate),

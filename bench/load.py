@@ -29,7 +29,7 @@ import redis
 
 from bench.lib import describe_machine, percentile, write_result
 from bench.problems import static_reject, tiny
-from service.stack import ApiServer, RedisServer, Worker, executions, live_workers, wait_for
+from triton_referee.service.stack import ApiServer, RedisServer, Worker, executions, live_workers, wait_for
 
 FAST = {"trials": 1, "timing_sets": 1, "max_timing_seconds": 0.05}
 REFERENCE, CANDIDATE = tiny().reference, tiny().candidate

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.lib import ROOT, write_result
-from worker import native_evidence
+from triton_referee.worker import native_evidence
 
 LAUNCHES = 2000
 TIMED = 300
@@ -29,7 +29,7 @@ CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from bench.native_recorder
 
 
 def child(mode: str, fd: int, cache: str) -> None:
-    from sandbox.harness import native
+    from triton_referee.sandbox.harness import native
 
     facts: dict[str, object] = {"mode": mode}
     recorder = None
@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        from sandbox.harness import native
+        from triton_referee.sandbox.harness import native
 
         location = native.locate_cupti()
         started = time.perf_counter()

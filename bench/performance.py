@@ -33,8 +33,8 @@ import httpx
 
 from bench.lib import ROOT, card_name, describe_machine, percentile, slug, write_result
 from bench.problems import BenchProblem, large_problems, small_problems
-from service.server import background_server
-from service.settings import Settings
+from triton_referee.service.server import background_server
+from triton_referee.service.settings import Settings
 
 
 class Bench:

@@ -57,7 +57,7 @@ import httpx
 from bench.lib import ROOT, card_name, describe_machine, percentile, slug, spread, write_result
 from bench.problems import small_problems, tiny
 from bench.procstates import ProcessStates
-from service.stack import RedisServer, ServiceStack, executions, free_port, wait_for
+from triton_referee.service.stack import RedisServer, ServiceStack, executions, free_port, wait_for
 
 Body = dict[str, Any]
 
@@ -350,7 +350,7 @@ class EmbeddedStack:
                         [
                             sys.executable,
                             "-m",
-                            "service.cli",
+                            "triton_referee.service.cli",
                             "serve",
                             "--embedded",
                             "--port",

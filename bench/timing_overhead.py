@@ -16,11 +16,11 @@ import torch
 import triton.testing
 
 from bench.lib import ROOT, write_result
-from sandbox.harness.audit import AuditGuard
-from sandbox.harness.dispatch import OpRecorder
-from sandbox.harness.launches import LaunchRecorder
-from sandbox.harness.runtime import load_module
-from sandbox.harness.timing import CudaTimer
+from triton_referee.sandbox.harness.audit import AuditGuard
+from triton_referee.sandbox.harness.dispatch import OpRecorder
+from triton_referee.sandbox.harness.launches import LaunchRecorder
+from triton_referee.sandbox.harness.runtime import load_module
+from triton_referee.sandbox.harness.timing import CudaTimer
 
 
 def main() -> None:

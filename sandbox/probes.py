@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sandbox.isolation import Isolation, start_watchdog
-from sandbox.launch import HARNESS_PARENT, child_environment
+from triton_referee.sandbox.isolation import Isolation, start_watchdog
+from triton_referee.sandbox.launch import HARNESS_PARENT, child_environment
 
 ESCAPES = r"""
 import errno, json, os, signal, socket, sys

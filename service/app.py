@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(settings)` wires the store, the queue, metrics and routes.
 
 Run it with `referee serve` (embedded unless REFEREE_REDIS_URL or --redis-url is given), or
-`uvicorn --factory service.app:create_app`.
+`uvicorn --factory triton_referee.service.app:create_app`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker import context
+from triton_referee.worker import context
 
 from .evaluations import Evaluations
 from .exceptions import RefereeError

@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sandbox.isolation import Isolation, IsolationName
-from sandbox.selection import select_isolation
-from worker import defaults
-from worker.evaluate import detect_device, evaluate
-from worker.models import (
+from triton_referee.sandbox.isolation import Isolation, IsolationName
+from triton_referee.sandbox.selection import select_isolation
+from triton_referee.worker import defaults
+from triton_referee.worker.evaluate import detect_device, evaluate
+from triton_referee.worker.models import (
     MAX_SOURCE_BYTES,
     Device,
     EvalConfig,
@@ -40,8 +40,8 @@ from worker.models import (
     Submission,
     Verdict,
 )
-from worker.settings import JudgeSettings
-from worker.static_checks import ProblemSourceError
+from triton_referee.worker.settings import JudgeSettings
+from triton_referee.worker.static_checks import ProblemSourceError
 
 if TYPE_CHECKING:
     from .client import RefereeClient
@@ -304,7 +304,7 @@ def check_kernels(
     GitHub Action use this). Files without a reference beside them, and references, are skipped.
     Candidates run in parallel; on a GPU only one of them times at a time (the timing lock).
     Exit 0 only when every checked candidate is correct; 3 if Referee failed on one."""
-    from worker.timing_lock import TimingLock
+    from triton_referee.worker.timing_lock import TimingLock
 
     from .reports import Case, github_annotations, junit_xml
 
@@ -945,8 +945,8 @@ def worker(
 ) -> None:
     """Run one RQ worker (one per GPU): takes evaluations from Redis and runs them. Settings come from
     REFEREE_* variables (docs/settings.md); these options override them."""
-    from worker.main import pin_gpu, run_worker
-    from worker.settings import WorkerSettings
+    from triton_referee.worker.main import pin_gpu, run_worker
+    from triton_referee.worker.settings import WorkerSettings
 
     pin_gpu(gpu)  # first: nothing below may see another GPU
     given: dict[str, Any] = {

@@ -41,8 +41,8 @@ from tenacity import (
     wait_random,
 )
 
-from worker.models import EvaluationResult, Verdict
-from worker.unjudged import unjudged_result
+from triton_referee.worker.models import EvaluationResult, Verdict
+from triton_referee.worker.unjudged import unjudged_result
 
 API_KEY_HEADER = "X-API-Key"  # service/auth.py reads the same header
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

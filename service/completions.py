@@ -21,8 +21,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from worker.models import EvaluationResult, Verdict
-from worker.unjudged import unjudged_result
+from triton_referee.worker.models import EvaluationResult, Verdict
+from triton_referee.worker.unjudged import unjudged_result
 
 THINK_TAGS = ("think", "thinking", "reasoning", "thought", "scratchpad")
 _TAGS = "|".join(THINK_TAGS)

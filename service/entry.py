@@ -8,7 +8,7 @@ import sys
 
 def main() -> None:
     try:
-        from service.cli import main as cli_main
+        from triton_referee.service.cli import main as cli_main
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "triton_referee":  # a module of ours is missing: a broken install
             raise

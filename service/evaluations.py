@@ -17,10 +17,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from worker.evaluate import plan_problem
-from worker.models import EvalConfig, EvaluationJob, Problem, Submission, Verdict
-from worker.static_checks import ProblemSourceError
-from worker.unjudged import unjudged_result
+from triton_referee.worker.evaluate import plan_problem
+from triton_referee.worker.models import EvalConfig, EvaluationJob, Problem, Submission, Verdict
+from triton_referee.worker.static_checks import ProblemSourceError
+from triton_referee.worker.unjudged import unjudged_result
 
 from .exceptions import BadRequest, NotFound, QueueFull, TooLarge, Unavailable, Unprocessable
 from .metrics import Metrics

@@ -21,10 +21,10 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from tenacity import Retrying, stop_after_attempt
 
-from worker.jobs import run_evaluation
-from worker.models import EvaluationJob
+from triton_referee.worker.jobs import run_evaluation
+from triton_referee.worker.models import EvaluationJob
 
-JOB_FUNCTION = "worker.jobs.run_evaluation"
+JOB_FUNCTION = "triton_referee.worker.jobs.run_evaluation"
 
 State = Literal["queued", "started", "finished", "failed", "missing"]
 

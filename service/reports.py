@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.feedback import offending_lines
-from worker.models import EvaluationResult, Verdict
+from triton_referee.worker.feedback import offending_lines
+from triton_referee.worker.models import EvaluationResult, Verdict
 
 FAST_P_THRESHOLDS = (0.0, 1.0, 1.5, 2.0)
 BAR_COLOUR = "#2f6fde"  # the histogram's bars (the report test looks for this colour)

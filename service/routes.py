@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from worker.models import EvaluationResult
+from triton_referee.worker.models import EvaluationResult
 
 from .auth import require_owner
 from .evaluations import Evaluations

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker.models import EvalConfig
+from triton_referee.worker.models import EvalConfig
 
 
 def _utf8(value: str | None) -> str | None:

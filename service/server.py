@@ -37,7 +37,12 @@ def serve(settings: Settings, log_level: str = "info", processes: int = 1) -> No
     # Each process builds its app from the environment, so hand it the settings there.
     os.environ.update(settings_environment(settings))
     uvicorn.run(
-        "service.app:create_app", factory=True, host=settings.host, port=settings.port, log_level=log_level, workers=processes
+        "triton_referee.service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        workers=processes,
     )
 
 

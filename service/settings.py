@@ -12,8 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from worker import defaults
-from worker.settings import JudgeSettings
+from triton_referee.worker import defaults
+from triton_referee.worker.settings import JudgeSettings
 
 
 def redact_url(url: str | None) -> str | None:

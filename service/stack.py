@@ -141,7 +141,7 @@ class ApiServer:
         command = [
             sys.executable,
             "-m",
-            "service.cli",
+            "triton_referee.service.cli",
             "serve",
             "--port",
             str(self.port),
@@ -191,7 +191,7 @@ class Worker:
         command = [
             sys.executable,
             "-m",
-            "service.cli",
+            "triton_referee.service.cli",
             "worker",
             "--redis-url",
             self.redis_url,

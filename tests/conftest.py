@@ -126,7 +126,17 @@ def _run_check(
     reference: Path | str, candidate: Path | str, *extra_args: str, env: dict[str, str] | None = None, timeout: float = 180
 ) -> tuple[int, str, str]:
     """Run `referee check REFERENCE CANDIDATE --device cpu EXTRA...`; return (exit code, stdout, stderr)."""
-    command = [sys.executable, "-m", "service.cli", "check", str(reference), str(candidate), "--device", "cpu", *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "triton_referee.service.cli",
+        "check",
+        str(reference),
+        str(candidate),
+        "--device",
+        "cpu",
+        *extra_args,
+    ]
     completed = subprocess.run(
         command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
@@ -160,8 +170,8 @@ def write_pair(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 def evaluate_source() -> Callable[..., Any]:
     """evaluate(Problem, Submission, EvalConfig(device="cpu", trials=2, **config)) in-process, cached
     per (reference, candidate, config) for the session: several tests read the same result."""
-    from worker.evaluate import evaluate
-    from worker.models import EvalConfig, Problem, Submission
+    from triton_referee.worker.evaluate import evaluate
+    from triton_referee.worker.models import EvalConfig, Problem, Submission
 
     cache: dict[tuple[str, str, str], Any] = {}
 
@@ -217,7 +227,7 @@ def redis_binary() -> str:
 def warm_pool() -> Any:
     """A real warm pool (zygote with torch and triton imported) for the tests that evaluate many
     candidates: the production path, and a fraction of the cost of fresh processes."""
-    from worker.pool import WarmPool
+    from triton_referee.worker.pool import WarmPool
 
     with WarmPool("cpu", spares=2) as pool:
         yield pool.client

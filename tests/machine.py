@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from service.stack import RedisServer
 from tests.machine_lock import machine_lock
+from triton_referee.service.stack import RedisServer
 
 # Each tool the suite runs, and the Debian package that provides it.
 PACKAGES = {

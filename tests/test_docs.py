@@ -139,7 +139,7 @@ def test_the_path_check_catches_what_is_missing(files: list[str], tmp_path: Path
         "```\nbash bench/gpu_session.sh && python3 bench/no_such_benchmark.py --out DIR\n```\n"
         "See `compare.py`, `no_such_module.py`, `REFERENCE.py` and `docs/{design,nowhere}.md`; run `bash\n"
         "bench/gone.sh --fast` (``a `quoted` tests/nothing.py``).\n"
-        "Elsewhere: `/usr/lib`, `POST /v1/evaluations`, `KernelBench/level1`, `pkg://service.integrations.verl`.\n"
+        "Elsewhere: `/usr/lib`, `POST /v1/evaluations`, `KernelBench/level1`, `pkg://triton_referee.service.integrations.verl`.\n"
     )
     assert sorted(missing_paths(text, files)) == [
         "bench/gone.sh",

@@ -66,9 +66,9 @@ def test_the_contracts_would_catch_each_kind_of_offence(tmp_path):
     report = completed.stdout
     assert completed.returncode == 1, report + completed.stderr
     assert "0 kept, 4 broken" in report, report
-    assert "sandbox.harness.inside imports pydantic" in report
-    assert "sandbox.harness.inside imports sandbox.box" in report
-    assert "sandbox.harness.other imports numpy" not in report and "imports json" not in report
+    assert "triton_referee.sandbox.harness.inside imports pydantic" in report
+    assert "triton_referee.sandbox.harness.inside imports sandbox.box" in report
+    assert "triton_referee.sandbox.harness.other imports numpy" not in report and "imports json" not in report
     assert "worker.heavy -> torch" in report
     assert "cycle_a" in report and "cycle_b" in report
     assert "sandbox.box -> service.api" in report
@@ -79,7 +79,7 @@ def test_engine_and_cli_do_not_import_torch():
     """The contract reads the source; this runs it: importing the engine loads no torch."""
     code = (
         "import json, sys\n"
-        "import service.cli, worker.evaluate, worker.process, worker.models\n"
+        "import triton_referee.service.cli, triton_referee.worker.evaluate, triton_referee.worker.process, triton_referee.worker.models\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'triton', 'numpy'))\n"
         "print(json.dumps(heavy))\n"
     )

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.server import settings_environment
-from service.settings import Settings
 from tests.conftest import TINY_REFERENCE
-from worker import context, defaults
-from worker.models import EvaluationResult, Verdict
-from worker.settings import JudgeSettings, WorkerSettings
+from triton_referee.service.app import create_app
+from triton_referee.service.server import settings_environment
+from triton_referee.service.settings import Settings
+from triton_referee.worker import context, defaults
+from triton_referee.worker.models import EvaluationResult, Verdict
+from triton_referee.worker.settings import JudgeSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_settings_given_by_the_environment_reach_the_pool_and_the_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Read once (as a worker does at start), then carried by the context: the job gets the pool the
     settings started, their harness interpreter, backend and lockdown, and the audit-hook switch."""
-    import worker.jobs as jobs
+    import triton_referee.worker.jobs as jobs
 
     for name, value in {
         "REFEREE_ISOLATION": "process",
@@ -153,12 +153,12 @@ def test_importing_the_service_writes_nothing_and_starting_it_makes_its_director
     home.mkdir()
     code = (
         "import json, os, sys\n"
-        "import service.app, service.cli, worker.main, worker.jobs, worker.context\n"
+        "import triton_referee.service.app, triton_referee.service.cli, triton_referee.worker.main, triton_referee.worker.jobs, triton_referee.worker.context\n"
         "home = os.environ['HOME']\n"
         "after_import = sorted(os.listdir(home))\n"
         "from fastapi.testclient import TestClient\n"
-        "from service.settings import Settings\n"
-        "app = service.app.create_app(Settings(redis_url=None, warm_pool=False, isolation='process'))\n"
+        "from triton_referee.service.settings import Settings\n"
+        "app = triton_referee.service.app.create_app(Settings(redis_url=None, warm_pool=False, isolation='process'))\n"
         "after_create = sorted(os.listdir(home))\n"
         "with TestClient(app):\n"
         "    started = os.path.isdir(os.path.join(home, '.cache', 'triton-referee', 'reference'))\n"
@@ -191,7 +191,7 @@ def test_operator_switches_are_not_taken_from_a_request(switch: dict[str, Any]) 
 
 
 def test_the_trainer_side_reads_its_variables_in_one_settings_object(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.integrations import scorer_from_env
+    from triton_referee.service.integrations import scorer_from_env
 
     for name in [name for name in os.environ if name.startswith("REFEREE_")]:
         monkeypatch.delenv(name)

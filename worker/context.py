@@ -17,14 +17,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.isolation import Isolation
-from sandbox.selection import select_isolation
-from worker.evaluate import detect_device
-from worker.pool import PoolClient, WarmPool
-from worker.reference_cache import ReferenceCache
-from worker.reference_data import ReferenceDataCache
-from worker.settings import JudgeSettings
-from worker.timing_lock import TimingLock
+from triton_referee.sandbox.isolation import Isolation
+from triton_referee.sandbox.selection import select_isolation
+from triton_referee.worker.evaluate import detect_device
+from triton_referee.worker.pool import PoolClient, WarmPool
+from triton_referee.worker.reference_cache import ReferenceCache
+from triton_referee.worker.reference_data import ReferenceDataCache
+from triton_referee.worker.settings import JudgeSettings
+from triton_referee.worker.timing_lock import TimingLock
 
 # Backends the zygote can run inside: it and its children share one namespace and private root.
 POOLED_BACKENDS = ("process", "unshare", "bwrap")

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from sandbox.docker_backend import DEFAULT_IMAGE
-from worker import models
+from triton_referee.sandbox.docker_backend import DEFAULT_IMAGE
+from triton_referee.worker import models
 
 # --- how harness processes are confined (worker and embedded server; `referee check` has options) ---
 ISOLATION = "auto"  # docker when a daemon and the image answer, then bwrap, then unshare

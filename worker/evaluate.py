@@ -26,8 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from sandbox.harness import messages, shm
-from sandbox.harness.messages import (
+from triton_referee.sandbox.harness import messages, shm
+from triton_referee.sandbox.harness.messages import (
     CandidateSetup,
     Compare,
     ComparisonReport,
@@ -38,7 +38,7 @@ from sandbox.harness.messages import (
     TrialInputs,
     TrialInputsReply,
 )
-from sandbox.isolation import Isolation
+from triton_referee.sandbox.isolation import Isolation
 
 from . import judging, rules, static_checks
 from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.harness.messages import RunReply, TimedRoundReply
+from triton_referee.sandbox.harness.messages import RunReply, TimedRoundReply
 
 from . import proportion
 from .harness_client import CandidateClient, Exchange, ReferenceClient

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
-from sandbox.harness.messages import (
+from triton_referee.sandbox.harness.messages import (
     CANDIDATE_COMMANDS,
     REFERENCE_COMMANDS,
     CandidateSetup,

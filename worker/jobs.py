@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import context
-from worker.evaluate import detect_device, evaluate
-from worker.models import EvaluationJob, Verdict
-from worker.static_checks import ProblemSourceError
-from worker.unjudged import unjudged_result
+from triton_referee.worker import context
+from triton_referee.worker.evaluate import detect_device, evaluate
+from triton_referee.worker.models import EvaluationJob, Verdict
+from triton_referee.worker.static_checks import ProblemSourceError
+from triton_referee.worker.unjudged import unjudged_result
 
 
 def run_evaluation(job: EvaluationJob | dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from worker.settings import WorkerSettings
+from triton_referee.worker.settings import WorkerSettings
 
 PR_SET_PDEATHSIG = 1
 
@@ -44,7 +44,7 @@ def make_worker(settings: WorkerSettings, suffix: str = "") -> Any:
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
 
-    import worker.jobs  # noqa: F401  imported once here, so every forked horse starts with it loaded
+    import triton_referee.worker.jobs  # noqa: F401  imported once here, so every forked horse starts with it loaded
 
     class RefereeWorker(Worker):
         heartbeat_grace = settings.heartbeat_grace_s
@@ -99,7 +99,7 @@ def run_worker(settings: WorkerSettings) -> None:
     (a heartbeat, finishing a job, its teardown) ends `work()`, and every worker of the fleet would
     exit at once. Its abandoned job, if any, is retried by the API's sweep as for a dead worker."""
     pin_gpu(settings.gpu)
-    from worker import context
+    from triton_referee.worker import context
 
     # Set up once, before RQ forks its work horses: each inherits it (settings, backend, warm pool,
     # caches). Reference data as files: a horse's memory would not carry entries over.

@@ -487,7 +487,7 @@ def recorder_cache() -> Path | None:
     isolation, before any candidate runs), into the engine user's cache; fresh harness processes
     given it (`--native-cache`) only load it. None where it cannot be built (no
     CUPTI headers or compiler: harness processes then report why on stderr)."""
-    from sandbox.harness import native
+    from triton_referee.sandbox.harness import native
 
     location = native.locate_cupti()
     if isinstance(location, str):

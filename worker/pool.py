@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.isolation import Isolation, ProcessIsolation, lockdown_choice, namespace_layers
-from sandbox.launch import HARNESS_PARENT, ZYGOTE_BOOTSTRAP, child_environment
+from triton_referee.sandbox.isolation import Isolation, ProcessIsolation, lockdown_choice, namespace_layers
+from triton_referee.sandbox.launch import HARNESS_PARENT, ZYGOTE_BOOTSTRAP, child_environment
 
 MAX_REPLY = 64 * 1024
 

@@ -20,11 +20,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.harness import freeze, lockdown
-from sandbox.harness.messages import Exit, request_wire
-from sandbox.harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair
-from sandbox.isolation import Isolation, MemoryWatchdog, ProcessIsolation, lockdown_choice, namespace_layers, start_watchdog
-from sandbox.launch import BOOTSTRAP, HARNESS_PARENT, child_environment
+from triton_referee.sandbox.harness import freeze, lockdown
+from triton_referee.sandbox.harness.messages import Exit, request_wire
+from triton_referee.sandbox.harness.protocol import (
+    KEY_BYTES,
+    Channel,
+    ChannelClosed,
+    ChannelTimeout,
+    ProtocolError,
+    data_socketpair,
+)
+from triton_referee.sandbox.isolation import (
+    Isolation,
+    MemoryWatchdog,
+    ProcessIsolation,
+    lockdown_choice,
+    namespace_layers,
+    start_watchdog,
+)
+from triton_referee.sandbox.launch import BOOTSTRAP, HARNESS_PARENT, child_environment
 
 from .native_evidence import RecordPipe, recorder_cache
 from .pool import PoolClient, PoolUnavailable

@@ -19,7 +19,7 @@ scalar reads to the host. This module decides:
 
 from __future__ import annotations
 
-from sandbox.harness.messages import Work
+from triton_referee.sandbox.harness.messages import Work
 
 from . import rules
 from .models import EvalConfig, Violation

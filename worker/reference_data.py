@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.harness.messages import CachedTrial, Environment, ReferenceSetupReply, TrialInputsReply, decode
-from worker import defaults
+from triton_referee.sandbox.harness.messages import CachedTrial, Environment, ReferenceSetupReply, TrialInputsReply, decode
+from triton_referee.worker import defaults
 
 DEFAULT_MAX_ENTRY_BYTES = defaults.REFERENCE_DATA_MAX_BYTES
 DEFAULT_MAX_TOTAL_BYTES = 2 << 30

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sandbox.isolation import IsolationName, Lockdown, StrEnum
+from triton_referee.sandbox.isolation import IsolationName, Lockdown, StrEnum
 
 from . import defaults
 

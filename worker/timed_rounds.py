@@ -9,8 +9,8 @@ import secrets
 import time
 from typing import Any
 
-from sandbox.harness.messages import CheckRound, RoundCheck, TimeRound
-from sandbox.harness.stats import clean_samples, summarize, tight
+from triton_referee.sandbox.harness.messages import CheckRound, RoundCheck, TimeRound
+from triton_referee.sandbox.harness.stats import clean_samples, summarize, tight
 
 from . import native_evidence, proportion, rules
 from .evaluation_state import Evaluation, derive_seed, judge_work, timing_key

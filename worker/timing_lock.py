@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from worker.defaults import LOCK_DIR
+from triton_referee.worker.defaults import LOCK_DIR
 
 
 class TimingLock:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox.harness.messages import Observations, RunReply, TimedRoundReply
+from triton_referee.sandbox.harness.messages import Observations, RunReply, TimedRoundReply
 
 from . import rules
 from .models import Violation

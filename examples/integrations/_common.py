@@ -30,8 +30,8 @@ def referee_server() -> Iterator[str]:
     if os.environ.get("REFEREE_URL"):
         yield os.environ["REFEREE_URL"]
         return
-    from service.server import background_server
-    from service.settings import Settings
+    from triton_referee.service.server import background_server
+    from triton_referee.service.settings import Settings
 
     with background_server(Settings(redis_url=None, auth="off", embedded_workers=2)) as url:
         os.environ["REFEREE_URL"] = url

@@ -5,8 +5,8 @@ import asyncio
 
 from _common import CANDIDATE, COMPLETION, REFERENCE, WRONG_COMPLETION, referee_server
 
-from service.client import AsyncRefereeClient, RefereeClient
-from service.completions import extract_candidate
+from triton_referee.service.client import AsyncRefereeClient, RefereeClient
+from triton_referee.service.completions import extract_candidate
 
 OPTIONS = {"trials": 2, "timing_sets": 1, "max_timing_seconds": 0.1}
 

@@ -1,6 +1,6 @@
 """TritonRL's hierarchical reward on tokens (python examples/integrations/token_rewards.py).
 
-    from service.integrations.trl import token_level_rewards
+    from triton_referee.service.integrations.trl import token_level_rewards
     per_token = token_level_rewards(completion_ids, tokenizer, problems)   # one list per completion
 
 The code block's tokens get `rewards.correctness`, the plan's `rewards.speedup` (0 on the CPU, which
@@ -11,7 +11,7 @@ package); a trainer passes its model's tokenizer.
 from _common import COMPLETION, REFERENCE, referee_server
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from service.integrations.trl import token_level_rewards
+from triton_referee.service.integrations.trl import token_level_rewards
 
 bpe = Tokenizer(models.BPE())
 bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -6,7 +6,7 @@ GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=dataset_with_a_refer
 
 from _common import COMPLETION, REFERENCE, WRONG_COMPLETION, referee_server
 
-from service.integrations.trl import make_reward_function
+from triton_referee.service.integrations.trl import make_reward_function
 
 with referee_server():
     reward = make_reward_function(reference_column="reference")

@@ -7,7 +7,7 @@ with REFEREE_URL pointing at a Referee server and the reference source as reward
 
 from _common import COMPLETION, REFERENCE, WRONG_COMPLETION, referee_server
 
-from service.integrations.verl import compute_score, compute_score_batch
+from triton_referee.service.integrations.verl import compute_score, compute_score_batch
 
 with referee_server() as url:
     print(f"Referee at {url}")

@@ -6,7 +6,13 @@ candidate from the completion (`service.completions`) and turns the result docum
 stack (fastapi, redis, rq...) except `openrlhf`, the server's OpenRLHF endpoint.
 """
 
-from service.client import RefereeUnavailable
-from service.integrations._common import RefereeInfrastructureError, RefereeScorer, Scored, problem_spec, scorer_from_env
+from triton_referee.service.client import RefereeUnavailable
+from triton_referee.service.integrations._common import (
+    RefereeInfrastructureError,
+    RefereeScorer,
+    Scored,
+    problem_spec,
+    scorer_from_env,
+)
 
 __all__ = ["RefereeInfrastructureError", "RefereeScorer", "RefereeUnavailable", "Scored", "problem_spec", "scorer_from_env"]

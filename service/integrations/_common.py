@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.client import RefereeClient
-from service.completions import Candidate, find_candidate, no_code_result
-from worker.models import EvaluationResult, Verdict
+from triton_referee.service.client import RefereeClient
+from triton_referee.service.completions import Candidate, find_candidate, no_code_result
+from triton_referee.worker.models import EvaluationResult, Verdict
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 log = logging.getLogger("referee.integrations")

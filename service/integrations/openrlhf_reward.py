@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from service.completions import reference_in_prompt
-from service.integrations._common import RefereeInfrastructureError, Scored, scorer_from_env
+from triton_referee.service.completions import reference_in_prompt
+from triton_referee.service.integrations._common import RefereeInfrastructureError, Scored, scorer_from_env
 
 log = logging.getLogger("referee.integrations.openrlhf")
 LOG_KEYS = ("correctness", "speedup", "speedup_reward", "compiled", "correct", "cheating", "no_code")

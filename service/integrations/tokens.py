@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from worker.models import EvaluationResult, Verdict
+from triton_referee.worker.models import EvaluationResult, Verdict
 
 Span = tuple[int, int]
 

@@ -1,7 +1,7 @@
 """TRL: a reward function for `GRPOTrainer(reward_funcs=[...])`, and token-level rewards for
 trainers that take them.
 
-    from service.integrations.trl import make_reward_function
+    from triton_referee.service.integrations.trl import make_reward_function
     reward = make_reward_function(url="http://referee:8000", reference_column="reference")
     trainer = GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=dataset, ...)
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.integrations._common import RefereeScorer, scorer_from_env
-from service.integrations.tokens import token_rewards_for_ids
+from triton_referee.service.integrations._common import RefereeScorer, scorer_from_env
+from triton_referee.service.integrations.tokens import token_rewards_for_ids
 
 
 def completion_text(completion: Any) -> str:

@@ -4,7 +4,7 @@ verl loads `custom_reward_function.path` as a file, alone (no package around it)
 absolute imports only; Referee must be installed (importable) in verl's environment:
 
     custom_reward_function:
-      path: pkg://service.integrations.verl   # where verl's load_module knows pkg:// (0.9.1 does: it imports the module)
+      path: pkg://triton_referee.service.integrations.verl   # where verl's load_module knows pkg:// (0.9.1 does: it imports the module)
       # path: /path/to/site-packages/service/integrations/verl.py   # any verl: the file itself
       name: compute_score          # per sample (NaiveRewardManager, verl's reward loop)
       # name: compute_score_batch  # whole batches with bounded concurrency (BatchRewardManager)
@@ -27,7 +27,7 @@ with 0.0 rewards that look like answers.
 TritonRL's hierarchical reward to tokens: `rewards.correctness` on the tokens of the evaluated code
 block, `rewards.speedup` on the plan's (`token_level=False`: the scalar reward on the last token, as
 verl's NaiveRewardManager). Importing this module where verl is imported registers it as
-`referee` (e.g. `VERL_USE_EXTERNAL_MODULES=service.integrations.verl` with
+`referee` (e.g. `VERL_USE_EXTERNAL_MODULES=triton_referee.service.integrations.verl` with
 `reward_model.reward_manager=referee`).
 """
 
@@ -37,8 +37,8 @@ import sys
 from collections import defaultdict
 from typing import Any
 
-from service.integrations._common import RefereeInfrastructureError, Scored, components, scorer_from_env
-from service.integrations.tokens import token_rewards_for_ids
+from triton_referee.service.integrations._common import RefereeInfrastructureError, Scored, components, scorer_from_env
+from triton_referee.service.integrations.tokens import token_rewards_for_ids
 
 
 def _scorer(extra_info: dict[str, Any] | None) -> Any:

@@ -30,10 +30,10 @@ import httpx
 import pytest
 import yaml
 
-from service.stack import free_port
 from tests.machine import compose_command, ensure_docker
 from tests.machine_lock import machine_lock
 from tests.tiny_problem import CANDIDATE, REFERENCE
+from triton_referee.service.stack import free_port
 
 from .base_image import build_base_image
 

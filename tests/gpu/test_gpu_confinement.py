@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from sandbox.isolation import UnshareIsolation
 from tests.security.confinement_probe import attacker_source, probe_report, uncontained
 from tests.tiny_problem import CANDIDATE, REFERENCE
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from worker.pool import WarmPool
+from triton_referee.sandbox.isolation import UnshareIsolation
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from triton_referee.worker.pool import WarmPool
 
 pytestmark = pytest.mark.gpu
 CONFIG = EvalConfig(device="cuda", trials=1, timeout_s=120)

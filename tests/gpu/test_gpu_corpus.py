@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.worker.test_corpus import EXPLOITS, HONEST, PROBLEM, expected_rule
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Submission, Verdict
-from worker.pool import PoolClient, WarmPool
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Submission, Verdict
+from triton_referee.worker.pool import PoolClient, WarmPool
 
 GPU = Path(__file__).parent
 ALL_EXPLOITS = EXPLOITS + sorted((GPU / "exploits").glob("*.py"))

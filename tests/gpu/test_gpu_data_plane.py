@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sandbox.harness import tensors
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.sandbox.harness import tensors
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.gpu
 # open set A by its handle, report what it can reach and read.
 _OPENER = """
 import json, sys, torch
-from sandbox.harness import tensors
+from triton_referee.sandbox.harness import tensors
 request = json.loads(sys.stdin.read())
 device = torch.device("cuda", 0)
 torch.empty(1, device=device)
@@ -76,7 +76,7 @@ def test_a_shared_input_reaches_only_its_own_block() -> None:
 # what the reference allocates afterwards (here a recognisable pattern filling new memory).
 _KEEPER = """
 import json, sys, time, torch
-from sandbox.harness import tensors
+from triton_referee.sandbox.harness import tensors
 request = json.loads(sys.stdin.readline())
 device = torch.device("cuda", 0)
 torch.empty(1, device=device)

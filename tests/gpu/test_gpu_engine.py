@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.gpu
@@ -44,7 +44,7 @@ def test_compile_error_is_reported_as_such_on_gpu() -> None:
 def test_harness_processes_get_one_hardware_queue_fresh_and_pooled() -> None:
     """CUDA_DEVICE_MAX_CONNECTIONS=1 (worker/process.py) reaches both a fresh harness process and a
     warm-pool spare, which made its context before it was assigned (under the zygote's environment)."""
-    from worker.pool import WarmPool
+    from triton_referee.worker.pool import WarmPool
 
     problem = Problem(source=(EXAMPLES / "relu" / "reference.py").read_text())
     candidate = (

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.pool import PoolClient, WarmPool
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.pool import PoolClient, WarmPool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.gpu

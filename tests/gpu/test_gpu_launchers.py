@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.harness.triton_cache import launchers_supported
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.pool import WarmPool
+from triton_referee.sandbox.harness.triton_cache import launchers_supported
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.pool import WarmPool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.gpu

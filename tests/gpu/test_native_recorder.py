@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from worker import native_evidence as ne
+from triton_referee.worker import native_evidence as ne
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "native" / "gpu_worker.py"
@@ -109,8 +109,8 @@ def test_a_warm_pool_child_attaches_the_recorder_its_zygote_prepared() -> None:
     its CUDA context, and the child the engine is given attaches the engine's pipe on assignment."""
     import time
 
-    from worker.pool import WarmPool
-    from worker.process import HarnessProcess
+    from triton_referee.worker.pool import WarmPool
+    from triton_referee.worker.process import HarnessProcess
 
     with WarmPool("cuda", spares=1) as pool:
         warm = pool.client.request({"op": "ping"})["warm"]

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from service import queue as service_queue
-from service.server import background_server
-from service.settings import Settings
+from triton_referee.service import queue as service_queue
+from triton_referee.service.server import background_server
+from triton_referee.service.settings import Settings
 
 KEY = "trainer-key-0123456789"
 CRASH = "# referee-test: the worker fails on this one\n"

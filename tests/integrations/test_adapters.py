@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 
-from service.client import ApiError, AsyncRefereeClient, RefereeClient
-from service.integrations import openrlhf, trl, verl
 from tests.integrations.integration_support import CANDIDATE, CHEAT, COMPILE_ERROR, FAST, REFERENCE, WRONG, completion
-from worker.models import EvaluationResult, Verdict
+from triton_referee.service.client import ApiError, AsyncRefereeClient, RefereeClient
+from triton_referee.service.integrations import openrlhf, trl, verl
+from triton_referee.worker.models import EvaluationResult, Verdict
 
 
 @pytest.fixture(autouse=True)
@@ -168,8 +168,8 @@ def test_openrlhf_endpoint_scores_queries_with_labels_or_the_prompt(server_url: 
 
 def test_client_waits_out_a_429_and_retries() -> None:
     """A key over its queue limit gets 429 with Retry-After; the client sleeps that long and succeeds."""
-    from service.server import background_server
-    from service.settings import Settings
+    from triton_referee.service.server import background_server
+    from triton_referee.service.settings import Settings
 
     with background_server(Settings(redis_url=None, auth="off", embedded_workers=1, max_queued_per_key=1)) as url:
         with RefereeClient(url, retries=0) as impatient, RefereeClient(url, retries=6) as patient:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from service.reports import BAR_COLOUR, Case, html_report, summarize
 from tests.integrations.integration_support import CANDIDATE, CHEAT, REFERENCE, WRONG, completion
 from tests.machine import chromium
-from worker.models import AntiCheat, EvaluationResult, Performance, Severity, StageTimings, Verdict, Violation
+from triton_referee.service.reports import BAR_COLOUR, Case, html_report, summarize
+from triton_referee.worker.models import AntiCheat, EvaluationResult, Performance, Severity, StageTimings, Verdict, Violation
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_CORPUS = ROOT / "bench" / "results" / "gpu-corpus-nvidia-h100-80gb-hbm3-2026-11-25.json"
@@ -57,7 +57,7 @@ def test_batch_manifest_writes_results_summary_and_report(server_url: str, tmp_p
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "triton_referee.service.cli",
         "batch",
         str(manifest),
         "--server",
@@ -104,7 +104,7 @@ def test_batch_refuses_a_malformed_manifest(tmp_path: Path) -> None:
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text('{"reference": "missing.py", "candidate": "x.py"}\n')
     completed = subprocess.run(
-        [sys.executable, "-m", "service.cli", "batch", str(manifest), "--server", "http://127.0.0.1:9"],
+        [sys.executable, "-m", "triton_referee.service.cli", "batch", str(manifest), "--server", "http://127.0.0.1:9"],
         cwd=ROOT,
         capture_output=True,
         text=True,

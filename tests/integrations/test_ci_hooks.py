@@ -41,7 +41,7 @@ def test_check_kernels_checks_each_candidate_against_its_reference(tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "triton_referee.service.cli",
             "check-kernels",
             *map(str, files),
             "--trials",

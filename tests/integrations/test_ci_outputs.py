@@ -8,9 +8,9 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from service.reports import Case, github_annotations, junit_xml
 from tests.integrations.integration_support import CANDIDATE, CHEAT, COMPILE_ERROR, REFERENCE
-from worker.models import EvaluationResult, Verdict
+from triton_referee.service.reports import Case, github_annotations, junit_xml
+from triton_referee.worker.models import EvaluationResult, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOTATION = re.compile(
@@ -25,7 +25,7 @@ def _check(tmp_path: Path, candidate: str, *args: str) -> tuple[subprocess.Compl
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "triton_referee.service.cli",
         "check",
         str(tmp_path / "reference.py"),
         str(path),

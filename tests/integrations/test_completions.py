@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.completions import extract_candidate, no_code_result, strip_thinking
 from tests.integrations.integration_support import CANDIDATE, CHEAT, WRONG, completion
-from worker.models import Verdict
+from triton_referee.service.completions import extract_candidate, no_code_result, strip_thinking
+from triton_referee.worker.models import Verdict
 
 # Prose that cannot open or close a fence or a tag by itself.
 PROSE = st.text(alphabet=st.characters(blacklist_characters="`~<>\r", blacklist_categories=("Cs",)), max_size=80)

@@ -15,14 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.client import RefereeClient, RefereeUnavailable
-from service.integrations import RefereeInfrastructureError, openrlhf_reward, trl, verl
-from service.server import background_server
-from service.settings import Settings
-from service.stack import RedisServer, free_port
 from tests.integrations.conftest import CRASH, KEY
 from tests.integrations.integration_support import CANDIDATE, FAST, REFERENCE, WRONG, completion
 from tests.machine import running_redis
+from triton_referee.service.client import RefereeClient, RefereeUnavailable
+from triton_referee.service.integrations import RefereeInfrastructureError, openrlhf_reward, trl, verl
+from triton_referee.service.server import background_server
+from triton_referee.service.settings import Settings
+from triton_referee.service.stack import RedisServer, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +130,7 @@ def test_an_evaluation_the_worker_failed_is_no_reward(crashing_worker: str, capl
 
 
 def test_the_async_client_raises_for_a_wrong_key_and_a_dead_server(keyed_url: str) -> None:
-    from service.client import AsyncRefereeClient
+    from triton_referee.service.client import AsyncRefereeClient
 
     bodies = [{"reference": REFERENCE, "candidate": CANDIDATE, **FAST}] * 3
 

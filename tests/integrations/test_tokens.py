@@ -15,11 +15,11 @@ ensure_trainers()  # tokenizers and transformers come with the trainers, install
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from service.completions import find_candidate  # noqa: E402
-from service.integrations import trl  # noqa: E402
-from service.integrations.tokens import code_token_mask, code_token_range, token_rewards, token_rewards_for_ids  # noqa: E402
 from tests.integrations.integration_support import CANDIDATE, CHEAT, FAST, REFERENCE, completion  # noqa: E402
-from worker.models import EvaluationResult, Rewards, Verdict  # noqa: E402
+from triton_referee.service.completions import find_candidate  # noqa: E402
+from triton_referee.service.integrations import trl  # noqa: E402
+from triton_referee.service.integrations.tokens import code_token_mask, code_token_range, token_rewards, token_rewards_for_ids  # noqa: E402
+from triton_referee.worker.models import EvaluationResult, Rewards, Verdict  # noqa: E402
 
 
 @pytest.fixture(scope="module")

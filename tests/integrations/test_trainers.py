@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-import service.integrations as integrations  # noqa: E402
-from service.integrations import RefereeUnavailable  # noqa: E402
+import triton_referee.service.integrations as integrations  # noqa: E402
+from triton_referee.service.integrations import RefereeUnavailable  # noqa: E402
 
 ADAPTERS = Path(integrations.__file__).parent
 
@@ -79,7 +79,7 @@ def _grpo_rewards(reward_func: Any, completions: list[Any], references: list[str
 
 
 def test_trl_calculate_rewards_calls_the_reward_function() -> None:
-    from service.integrations.trl import make_reward_function
+    from triton_referee.service.integrations.trl import make_reward_function
 
     rewards = _grpo_rewards(make_reward_function(), [completion(CANDIDATE), completion(CHEAT), "no code"], [REFERENCE] * 3)
     assert rewards[:, 0].tolist() == [1.0, -1.0, 0.0]
@@ -89,7 +89,7 @@ def test_trl_gets_nan_for_a_failed_evaluation_and_an_exception_for_a_broken_serv
     crashing_worker: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from service.integrations.trl import make_reward_function
+    from triton_referee.service.integrations.trl import make_reward_function
 
     rewards = _grpo_rewards(make_reward_function(), [completion(CANDIDATE), completion(CRASH + CANDIDATE)], [REFERENCE] * 2)
     assert rewards[0, 0].item() == 1.0 and torch.isnan(rewards[1, 0])  # None -> NaN: TRL leaves it out of the baseline
@@ -101,7 +101,7 @@ def test_trl_gets_nan_for_a_failed_evaluation_and_an_exception_for_a_broken_serv
 # --- verl -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [str(ADAPTERS / "verl.py"), "pkg://service.integrations.verl"])
+@pytest.mark.parametrize("path", [str(ADAPTERS / "verl.py"), "pkg://triton_referee.service.integrations.verl"])
 def test_verl_loads_the_reward_function_by_file_and_by_pkg(path: str) -> None:
     from omegaconf import OmegaConf
     from verl.trainer.ppo.reward import get_custom_reward_fn
@@ -204,7 +204,7 @@ def test_verl_referee_reward_manager_assigns_correctness_to_code_tokens(tokenize
 
 def test_verl_registers_the_manager_through_its_external_modules_variable() -> None:
     code = "from verl.workers.reward_manager import get_reward_manager_cls\nprint(get_reward_manager_cls('referee').__name__)"
-    env = {"VERL_USE_EXTERNAL_MODULES": "service.integrations.verl", "PATH": "/usr/bin:/bin"}
+    env = {"VERL_USE_EXTERNAL_MODULES": "triton_referee.service.integrations.verl", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.isolation import BwrapIsolation, Isolation, Limits, ProcessIsolation, UnshareIsolation
 from tests.machine import ensure_docker, ensure_tools, log
 from tests.machine_lock import machine_lock
-from worker.evaluate import jobs_root
+from triton_referee.sandbox.isolation import BwrapIsolation, Isolation, Limits, ProcessIsolation, UnshareIsolation
+from triton_referee.worker.evaluate import jobs_root
 
 from .images import build_image
 
@@ -65,7 +65,7 @@ def make_isolation(
     def make(name: str, **limits: Any) -> Isolation:
         chosen = Limits(**{"memory_bytes": 3 << 30, **limits})
         if name.startswith("docker"):
-            from sandbox.docker_backend import DockerIsolation
+            from triton_referee.sandbox.docker_backend import DockerIsolation
 
             image = request.getfixturevalue("docker_image")
             isolation = DockerIsolation(

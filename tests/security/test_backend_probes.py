@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import probes
-from sandbox.probes import run_probe, start_loopback_service
-from worker.evaluate import jobs_root
+from triton_referee.sandbox import probes
+from triton_referee.sandbox.probes import run_probe, start_loopback_service
+from triton_referee.worker.evaluate import jobs_root
 
 from .conftest import CONFINING, ROOT
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from worker.pool import PoolClient, WarmPool
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from triton_referee.worker.pool import PoolClient, WarmPool
 
 from ..tiny_problem import CANDIDATE, REFERENCE
 from .confinement_probe import attacker_source, probe_report, uncontained

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
 
 from ..tiny_problem import CANDIDATE, CANDIDATE_TEMPLATE, REFERENCE
 

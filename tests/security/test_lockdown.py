@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.harness import lockdown
+from triton_referee.sandbox.harness import lockdown
 
 SUPPORT = lockdown.probe()
 

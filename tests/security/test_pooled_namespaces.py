@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.pool import PoolClient, WarmPool
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.pool import PoolClient, WarmPool
 
 from ..tiny_problem import CANDIDATE, REFERENCE
 from .test_hostile_candidates import MEMORY_BOMB

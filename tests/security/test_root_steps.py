@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.isolation import Limits, UnshareIsolation, root_steps
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.sandbox.isolation import Limits, UnshareIsolation, root_steps
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
 
 from ..tiny_problem import CANDIDATE, REFERENCE
 

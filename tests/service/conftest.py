@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from service_support import ROOT, WorkerProcess, live_workers, redis_settings, wait_for_workers, wait_until
 
-from service.server import background_server
 from tests.machine import running_redis
+from triton_referee.service.server import background_server
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def start_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         command = [
             sys.executable,
             "-m",
-            "service.cli",
+            "triton_referee.service.cli",
             "worker",
             "--redis-url",
             url,

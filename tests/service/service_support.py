@@ -13,10 +13,10 @@ from typing import Any
 
 import redis
 
-from service.settings import Settings
-from service.stack import free_port  # noqa: F401  the same helper as the benches
 from tests.tiny_problem import CANDIDATE as TINY_CANDIDATE
 from tests.tiny_problem import REFERENCE as TINY_REFERENCE
+from triton_referee.service.settings import Settings
+from triton_referee.service.stack import free_port  # noqa: F401  the same helper as the benches
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,9 @@ import yaml
 from fastapi.testclient import TestClient
 from service_support import ROOT, TINY_REFERENCE, static_reject
 
-from service.app import create_app
-from service.openapi import to_yaml
-from service.settings import Settings
+from triton_referee.service.app import create_app
+from triton_referee.service.openapi import to_yaml
+from triton_referee.service.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,9 @@ def test_the_api_process_never_imports_torch() -> None:
     code = (
         "import json, sys\n"
         "from fastapi.testclient import TestClient\n"
-        "import service.cli, worker.main, worker.jobs\n"
-        "from service.app import create_app\n"
-        "from service.settings import Settings\n"
+        "import triton_referee.service.cli, triton_referee.worker.main, triton_referee.worker.jobs\n"
+        "from triton_referee.service.app import create_app\n"
+        "from triton_referee.service.settings import Settings\n"
         "with TestClient(create_app(Settings(redis_url=None))) as client:\n"
         "    assert client.post('/v1/problems', json={'source': open('examples/relu/reference.py').read()}).status_code == 201\n"
         "    assert client.get('/metrics').status_code == 200\n"

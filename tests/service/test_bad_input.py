@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from service_support import TINY_REFERENCE, static_reject
 
-from service.app import create_app
-from service.settings import Settings
+from triton_referee.service.app import create_app
+from triton_referee.service.settings import Settings
 
 
 @pytest.fixture(scope="module")

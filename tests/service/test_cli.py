@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from worker.models import MAX_SOURCE_BYTES
+from triton_referee.worker.models import MAX_SOURCE_BYTES
 
 
 def _document(stdout: str, stderr: str) -> dict:

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from service_support import FAST, ROOT, TINY_CANDIDATE, TINY_REFERENCE, free_port, full, static_reject, wait_until
 
-from service.app import create_app
-from service.evaluations import Prepared
-from service.settings import Settings
-from worker.models import EvalConfig, Problem, Submission
+from triton_referee.service.app import create_app
+from triton_referee.service.evaluations import Prepared
+from triton_referee.service.settings import Settings
+from triton_referee.worker.models import EvalConfig, Problem, Submission
 
 # The reference module fails when it is imported, which only running it can show.
 FAILING_REFERENCE = TINY_REFERENCE + "\nraise RuntimeError('the data set is not there')\n"
@@ -124,7 +124,7 @@ def test_referee_serve_embedded_answers_submit_and_batch_over_http(tmp_path: Pat
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("REFEREE_")}, "COLUMNS": "200"}
-    referee = [sys.executable, "-m", "service.cli"]
+    referee = [sys.executable, "-m", "triton_referee.service.cli"]
     server = subprocess.Popen(
         [*referee, "serve", "--embedded", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT,

@@ -16,11 +16,11 @@ import redis
 from fastapi.testclient import TestClient
 from service_support import ROOT, TINY_CANDIDATE, TINY_REFERENCE, free_port, static_reject
 
-from service import exceptions
-from service.app import create_app
-from service.exceptions import RefereeError
-from service.queue import RQQueue
-from service.settings import Settings
+from triton_referee.service import exceptions
+from triton_referee.service.app import create_app
+from triton_referee.service.exceptions import RefereeError
+from triton_referee.service.queue import RQQueue
+from triton_referee.service.settings import Settings
 
 
 def _rejected(client: TestClient, reason: str) -> float:

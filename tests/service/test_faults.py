@@ -17,7 +17,7 @@ import httpx
 import pytest
 from service_support import API_KEYS, TINY_CANDIDATE, TINY_REFERENCE, full, static_reject, wait_until
 
-from service.stack import SHORT_HEARTBEATS, ApiServer, RedisServer, Worker, executions, live_workers
+from triton_referee.service.stack import SHORT_HEARTBEATS, ApiServer, RedisServer, Worker, executions, live_workers
 
 KEY = {"X-API-Key": API_KEYS[0]}
 

@@ -9,10 +9,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from service_support import TINY_CANDIDATE, TINY_REFERENCE, redis_settings
 
-from service.app import create_app
-from service.queue import JOB_FUNCTION
-from service.schemas import EvaluationRequest
-from worker.models import EvalConfig, EvaluationJob, Problem, RewardConfig, Submission
+from triton_referee.service.app import create_app
+from triton_referee.service.queue import JOB_FUNCTION
+from triton_referee.service.schemas import EvaluationRequest
+from triton_referee.worker.models import EvalConfig, EvaluationJob, Problem, RewardConfig, Submission
 
 
 def test_the_queued_job_is_the_evaluation_job_the_worker_validates(redis_url: str) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from service.reports import pass_at_k, summarize
 from tests.tiny_problem import CANDIDATE_TEMPLATE, REFERENCE
-from worker.evaluate import detect_device
-from worker.models import EvaluationResult, Verdict
+from triton_referee.service.reports import pass_at_k, summarize
+from triton_referee.worker.evaluate import detect_device
+from triton_referee.worker.models import EvaluationResult, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 HONEST = CANDIDATE_TEMPLATE.replace("FACTOR", "2")
@@ -32,7 +32,12 @@ ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("REFEREE_") an
 
 def _referee(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "triton_referee.service.cli", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -175,7 +180,7 @@ def test_check_kernels_runs_candidates_at_once_and_keeps_names_in_logs(tmp_path:
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "triton_referee.service.cli",
             "check-kernels",
             *map(str, files),
             "--trials",

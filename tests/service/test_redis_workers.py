@@ -32,10 +32,10 @@ from service_support import (
     wait_until,
 )
 
-from service.app import create_app
-from service.evaluations import Prepared
-from service.server import background_server
-from worker.models import EvalConfig, Problem, RewardConfig, Submission
+from triton_referee.service.app import create_app
+from triton_referee.service.evaluations import Prepared
+from triton_referee.service.server import background_server
+from triton_referee.worker.models import EvalConfig, Problem, RewardConfig, Submission
 
 ALICE, BOB, LIMITED = ({"X-API-Key": key} for key in API_KEYS)
 
@@ -311,7 +311,19 @@ def test_a_worker_killed_with_no_retry_left_ends_as_infrastructure_error(
 def test_a_worker_pins_its_gpu_before_anything_imports_torch(redis_url: str) -> None:
     queue = f"pinned-{uuid.uuid4().hex[:8]}"
     completed = subprocess.run(
-        [sys.executable, "-m", "service.cli", "worker", "--redis-url", redis_url, "--queue", queue, "--gpu", "3", "--burst"],
+        [
+            sys.executable,
+            "-m",
+            "triton_referee.service.cli",
+            "worker",
+            "--redis-url",
+            redis_url,
+            "--queue",
+            queue,
+            "--gpu",
+            "3",
+            "--burst",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

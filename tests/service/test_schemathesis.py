@@ -36,8 +36,8 @@ from schemathesis.specs.openapi.checks import (
 from service_support import FAST, ROOT, TINY_CANDIDATE, TINY_REFERENCE, static_reject
 from starlette.types import Receive, Scope, Send
 
-from service.app import create_app
-from service.settings import Settings
+from triton_referee.service.app import create_app
+from triton_referee.service.settings import Settings
 
 # Generated requests per operation and mode (schemathesis adds its own explicit and boundary cases);
 # REFEREE_SCHEMATHESIS_EXAMPLES=500 for a deeper run by hand.

@@ -11,7 +11,7 @@ import httpx
 import redis
 from service_support import TINY_CANDIDATE, TINY_REFERENCE, full, static_reject, wait_until
 
-from service.stack import ApiServer, RedisServer, Worker, live_workers
+from triton_referee.service.stack import ApiServer, RedisServer, Worker, live_workers
 
 # Prints its whole environment (flushed: a harness killed at the end loses buffered output): the harness
 # must have been started without the worker's secrets.

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import httpx
 
-from service.server import background_server
 from tests.service.service_support import API_KEYS, ROOT, TINY_CANDIDATE, full, redis_settings
+from triton_referee.service.server import background_server
 
 
 def _worker(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("REFEREE_")}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "worker", *args],
+        [sys.executable, "-m", "triton_referee.service.cli", "worker", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ import redis
 from rq import Queue, Worker
 from service_support import API_KEYS, TINY_CANDIDATE, WorkerProcess, full, redis_settings, wait_for_workers, wait_until
 
-from service.server import background_server
+from triton_referee.service.server import background_server
 
 JOBS = 9
 WORKERS = 3

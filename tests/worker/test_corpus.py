@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from worker.reference_cache import ReferenceCache
-from worker.reference_data import ReferenceDataCache
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from triton_referee.worker.reference_cache import ReferenceCache
+from triton_referee.worker.reference_data import ReferenceDataCache
 
 TESTS = Path(__file__).resolve().parents[1]  # the corpora are data folders of tests/
 PROBLEM = Problem(source=(TESTS / "exploits" / "problem.py").read_text())

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import torch
 
-from sandbox.harness import shm, tensors
-from sandbox.harness.messages import Compare, InputsCheck, ReferenceSetup, TrialInputs
-from sandbox.harness.reference import ReferenceRole
 from tests.conftest import TINY_REFERENCE
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from triton_referee.sandbox.harness import shm, tensors
+from triton_referee.sandbox.harness.messages import Compare, InputsCheck, ReferenceSetup, TrialInputs
+from triton_referee.sandbox.harness.reference import ReferenceRole
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
 
 TESTS = Path(__file__).resolve().parents[1]  # the corpora are data folders of tests/
 PROBLEM = Problem(source=(TESTS / "exploits" / "problem.py").read_text())
@@ -194,7 +194,7 @@ def test_a_candidate_over_its_memory_budget_is_told_the_budget_and_its_use(tiny_
     """The harness holds no copy of a tensor beyond its inputs, so a candidate killed for memory held
     it itself: the verdict is the candidate's (runtime_error), and the error names the budget and
     what was held, and whose process it was."""
-    from sandbox.isolation import Limits, ProcessIsolation
+    from triton_referee.sandbox.isolation import Limits, ProcessIsolation
 
     budget = 1 << 30
     hog = make_tiny_candidate(
@@ -219,7 +219,7 @@ def test_a_candidate_over_its_memory_budget_is_told_the_budget_and_its_use(tiny_
 
 def test_the_references_memory_is_never_blamed_on_the_candidate(honest_tiny_candidate: str) -> None:
     """A reference over the budget is the judge's own failure: infrastructure_error, with the number."""
-    from sandbox.isolation import Limits, ProcessIsolation
+    from triton_referee.sandbox.isolation import Limits, ProcessIsolation
 
     hungry = TINY_REFERENCE.replace(
         "return torch.relu(x)",
@@ -241,8 +241,8 @@ def test_the_references_memory_is_never_blamed_on_the_candidate(honest_tiny_cand
 def test_the_data_plane_and_the_stop_work_in_namespaces(backend: str, tiny_reference: str, honest_tiny_candidate: str) -> None:
     """Shared memory crosses into new pid/ipc/mount namespaces (descriptors, not names), and the
     engine stops a namespaced candidate's processes, warm pool or fresh (docker: tests/security)."""
-    from sandbox.isolation import BwrapIsolation, UnshareIsolation
-    from worker.pool import WarmPool
+    from triton_referee.sandbox.isolation import BwrapIsolation, UnshareIsolation
+    from triton_referee.worker.pool import WarmPool
 
     isolation = UnshareIsolation() if backend == "unshare" else BwrapIsolation()
     problem, candidate, config = (
@@ -263,7 +263,7 @@ def test_the_data_plane_and_the_stop_work_in_namespaces(backend: str, tiny_refer
 def test_a_strided_description_stays_inside_the_memory_it_names() -> None:
     """What the reference checks in a description the candidate sends (by IPC handle on the GPU:
     here the same check on host bytes, since no GPU is needed to check the arithmetic)."""
-    from sandbox.harness.tensors import _view
+    from triton_referee.sandbox.harness.tensors import _view
 
     memory = torch.arange(64, dtype=torch.uint8)
     good = {"t": "tensor", "dtype": "float32", "shape": [2, 3], "offset": 8, "strides": [4, 1], "ipc": "x"}
@@ -288,7 +288,7 @@ def test_a_large_problem_gets_fewer_trials_and_one_timing_set(
 ) -> None:
     """The size threshold lowered to the tiny problem's (4 kB of input, 4 kB of output): by default
     3 trials instead of 5 (still every input set) and one timing set; what a request asks for is kept."""
-    import worker.evaluation_state as state
+    import triton_referee.worker.evaluation_state as state
 
     monkeypatch.setattr(state, "LARGE_TRIAL_BYTES", 1000)
     problem, candidate = Problem(source=tiny_reference), Submission(source=honest_tiny_candidate)

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.app import create_app
-from service.settings import Settings
 from tests.tiny_problem import CANDIDATE, REFERENCE
-from worker.evaluate import evaluate
-from worker.models import MAX_SOURCE_BYTES, EvalConfig, EvaluationResult, Problem, Submission
-from worker.static_checks import MAX_INT_DIGITS, ProblemSourceError
+from triton_referee.service.app import create_app
+from triton_referee.service.settings import Settings
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import MAX_SOURCE_BYTES, EvalConfig, EvaluationResult, Problem, Submission
+from triton_referee.worker.static_checks import MAX_INT_DIGITS, ProblemSourceError
 
 CONFIG = EvalConfig(device="cpu", trials=1, timeout_s=30)
 STATIC = {"compile_error", "invalid_submission"}

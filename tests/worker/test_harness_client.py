@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from sandbox.harness.messages import ReferenceSetup
-from sandbox.harness.protocol import KEY_BYTES, Channel
-from sandbox.launch import HARNESS_PARENT
 from tests.sandbox.harness.test_messages import honest_run_reply, mutated_run_reply
-from worker.harness_client import CandidateClient, Exchange, ReferenceClient, Stop
-from worker.models import Verdict
-from worker.process import HarnessProcess, _FreshChild
+from triton_referee.sandbox.harness.messages import ReferenceSetup
+from triton_referee.sandbox.harness.protocol import KEY_BYTES, Channel
+from triton_referee.sandbox.launch import HARNESS_PARENT
+from triton_referee.worker.harness_client import CandidateClient, Exchange, ReferenceClient, Stop
+from triton_referee.worker.models import Verdict
+from triton_referee.worker.process import HarnessProcess, _FreshChild
 
 
 def test_the_judge_talks_to_a_real_reference_with_typed_methods(tmp_path: Path, tiny_reference: str) -> None:

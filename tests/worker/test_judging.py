@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, EvaluationResult, Problem, RewardConfig, Submission, Verdict
-from worker.static_checks import ProblemSourceError
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, EvaluationResult, Problem, RewardConfig, Submission, Verdict
+from triton_referee.worker.static_checks import ProblemSourceError
 
 HERE = Path(__file__).resolve().parents[1] / "judging"
 CANDIDATES = sorted(p for p in HERE.glob("*.py") if not p.stem.endswith("_problem"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.settings import JudgeSettings
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.settings import JudgeSettings
 
 TESTS = Path(__file__).resolve().parents[1]  # the corpora are data folders of tests/
 PROBLEM = Problem(source=(TESTS / "exploits" / "problem.py").read_text())

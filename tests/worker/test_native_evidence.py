@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from worker import native_evidence as ne
+from triton_referee.worker import native_evidence as ne
 
 BASE = 0x40000000
 
@@ -275,7 +275,9 @@ def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> Non
                 continue
             for name in names:
                 # the judge reads the loader's constants from sandbox.harness.native, the second file here
-                assert name.split(".")[0] in sys.stdlib_module_names or name == "sandbox.harness", f"{path.name} imports {name}"
+                assert name.split(".")[0] in sys.stdlib_module_names or name == "triton_referee.sandbox.harness", (
+                    f"{path.name} imports {name}"
+                )
 
 
 def test_profile_from_windows_has_the_profile_commands_shape() -> None:

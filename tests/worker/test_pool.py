@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.harness import tensors
-from sandbox.harness.messages import CandidateSetup, request_wire
-from sandbox.harness.zygote import Zygote
-from sandbox.launch import child_environment
 from tests.tiny_problem import CANDIDATE, REFERENCE
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.pool import PoolUnavailable, WarmPool
-from worker.process import HarnessDied, HarnessProcess
+from triton_referee.sandbox.harness import tensors
+from triton_referee.sandbox.harness.messages import CandidateSetup, request_wire
+from triton_referee.sandbox.harness.zygote import Zygote
+from triton_referee.sandbox.launch import child_environment
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.pool import PoolUnavailable, WarmPool
+from triton_referee.worker.process import HarnessDied, HarnessProcess
 
 FAST = EvalConfig(device="cpu", trials=1, timeout_s=60)
 MEMORY_BOMB = CANDIDATE.replace(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.rules import RULES
-from worker.static_checks import ProblemSourceError
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.rules import RULES
+from triton_referee.worker.static_checks import ProblemSourceError
 
 ROOT = Path(__file__).resolve().parents[2]
 HONEST_FILL = """

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
-from worker.reference_cache import ReferenceCache
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.reference_cache import ReferenceCache
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

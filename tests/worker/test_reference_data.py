@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from sandbox.harness import tensors
-from sandbox.harness.compare import unpack_expected
-from sandbox.harness.messages import (
+from tests.conftest import TINY_REFERENCE, tiny_candidate
+from triton_referee.sandbox.harness import tensors
+from triton_referee.sandbox.harness.compare import unpack_expected
+from triton_referee.sandbox.harness.messages import (
     CachedTrial,
     Compare,
     Environment,
@@ -28,12 +29,11 @@ from sandbox.harness.messages import (
     TrialRecord,
     TrialSizes,
 )
-from sandbox.harness.reference import ReferenceRole
-from tests.conftest import TINY_REFERENCE, tiny_candidate
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
-from worker.reference_cache import ReferenceCache
-from worker.reference_data import ReferenceData, ReferenceDataCache
+from triton_referee.sandbox.harness.reference import ReferenceRole
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, EvaluationResult, Problem, Submission, Verdict
+from triton_referee.worker.reference_cache import ReferenceCache
+from triton_referee.worker.reference_data import ReferenceData, ReferenceDataCache
 
 # Computes relu, then doubles it inside the kernel: launches its own kernel, no torch compute, wrong.
 WRONG_CANDIDATE = tiny_candidate(
@@ -192,9 +192,9 @@ def test_the_worker_switches(
 ) -> None:
     """The variables reach the job through the settings read at the worker's start and the context
     made from them (worker/context.py): the same path as the warm pool's."""
-    import worker.jobs as jobs
-    from worker import context
-    from worker.settings import JudgeSettings
+    import triton_referee.worker.jobs as jobs
+    from triton_referee.worker import context
+    from triton_referee.worker.settings import JudgeSettings
 
     seen: dict[str, Any] = {}
 
@@ -221,8 +221,8 @@ def test_the_worker_switches(
 
 
 def test_an_rq_worker_keeps_reference_data_in_a_private_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from worker import context
-    from worker.settings import JudgeSettings
+    from triton_referee.worker import context
+    from triton_referee.worker.settings import JudgeSettings
 
     monkeypatch.setenv("REFEREE_REFERENCE_DATA_MAX_USES", "7")
     host = context.start(

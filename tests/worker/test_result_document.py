@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from worker.models import EvaluationResult, Verdict
+from triton_referee.worker.models import EvaluationResult, Verdict
 
 # docs/results.md, "The document": the fields every client may rely on.
 REWARD_JSON_FIELDS = [

@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from worker.input_sets import plan_input_sets
-from worker.models import RewardConfig, Verdict
-from worker.reward import compute_reward
-from worker.static_checks import ProblemSourceError, check_candidate, check_problem, jit_functions
+from triton_referee.worker.input_sets import plan_input_sets
+from triton_referee.worker.models import RewardConfig, Verdict
+from triton_referee.worker.reward import compute_reward
+from triton_referee.worker.static_checks import ProblemSourceError, check_candidate, check_problem, jit_functions
 
 
 def _src(text: str) -> str:

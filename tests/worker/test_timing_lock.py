@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from worker.timing_lock import TimingLock
+from triton_referee.worker.timing_lock import TimingLock
 
 
 def _in_thread(target) -> threading.Thread:

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.app import create_app
-from service.client import ApiError, no_result_in_time, refused_result
-from service.completions import no_code_result
-from service.queue import Outcome
-from service.settings import Settings
 from tests.tiny_problem import CANDIDATE, REFERENCE
-from worker.feedback import write_feedback
-from worker.jobs import run_evaluation
-from worker.models import EvaluationJob, EvaluationResult, Problem, Submission, Verdict
-from worker.unjudged import unjudged_result
+from triton_referee.service.app import create_app
+from triton_referee.service.client import ApiError, no_result_in_time, refused_result
+from triton_referee.service.completions import no_code_result
+from triton_referee.service.queue import Outcome
+from triton_referee.service.settings import Settings
+from triton_referee.worker.feedback import write_feedback
+from triton_referee.worker.jobs import run_evaluation
+from triton_referee.worker.models import EvaluationJob, EvaluationResult, Problem, Submission, Verdict
+from triton_referee.worker.unjudged import unjudged_result
 
 # Fails when the worker imports it: only running the reference shows it (the API's static checks pass it).
 FAILING_REFERENCE = REFERENCE + "\nraise RuntimeError('the data set is not there')\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.evaluate import evaluate
-from worker.models import EvalConfig, Problem, Submission, Verdict
+from triton_referee.worker.evaluate import evaluate
+from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
 
 
 def _read(examples_dir: Path, problem: str, candidate: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = (
-    "from worker import context; from worker.settings import JudgeSettings; "
+    "from triton_referee.worker import context; from triton_referee.worker.settings import JudgeSettings; "
     "print(context.start(JudgeSettings(isolation='process', warm_pool=False), data_in_files=False).reference_cache.directory)"
 )
 

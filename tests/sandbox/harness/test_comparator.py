@@ -12,8 +12,8 @@ import torch
 
 # The harness is started as the top-level package `harness`, but it is also importable from the
 # engine package; its modules import only torch and each other.
-from sandbox.harness import compare
-from worker.models import Verdict
+from triton_referee.sandbox.harness import compare
+from triton_referee.worker.models import Verdict
 
 
 def _passes(expected, actual, atol=None, rtol=None) -> bool:

@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.utils._python_dispatch as python_dispatch
 
-from sandbox.harness import candidate  # noqa: F401 - the harness as the snapshot sees it in a candidate process
-from sandbox.harness.audit import native_files
-from sandbox.harness.integrity import IntegritySnapshot
-from sandbox.harness.witness import OpWitness, witnessed_compute
-from worker import rules
+from triton_referee.sandbox.harness import candidate  # noqa: F401 - the harness as the snapshot sees it in a candidate process
+from triton_referee.sandbox.harness.audit import native_files
+from triton_referee.sandbox.harness.integrity import IntegritySnapshot
+from triton_referee.sandbox.harness.witness import OpWitness, witnessed_compute
+from triton_referee.worker import rules
 
 
 @pytest.fixture

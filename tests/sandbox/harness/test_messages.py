@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.harness import messages
-from sandbox.harness.messages import (
+from triton_referee.sandbox.harness import messages
+from triton_referee.sandbox.harness.messages import (
     CANDIDATE_COMMANDS,
     REFERENCE_COMMANDS,
     AuditEvent,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.harness import native
-from worker import native_evidence as ne
+from triton_referee.sandbox.harness import native
+from triton_referee.worker import native_evidence as ne
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = ROOT / "tests" / "native" / "scenario.py"
@@ -237,8 +237,8 @@ def test_a_harness_process_given_an_evidence_fd_without_a_gpu_says_why_and_still
     import secrets
     import time
 
-    from sandbox.harness.protocol import KEY_BYTES, Channel
-    from sandbox.launch import BOOTSTRAP, HARNESS_PARENT, child_environment
+    from triton_referee.sandbox.harness.protocol import KEY_BYTES, Channel
+    from triton_referee.sandbox.launch import BOOTSTRAP, HARNESS_PARENT, child_environment
 
     pipe = ne.RecordPipe()
     to_child_r, to_child_w = os.pipe()
@@ -305,7 +305,7 @@ def test_harness_processes_get_the_record_pipe_fresh_and_from_the_warm_pool(
     serves as usual."""
     import time
 
-    from worker.process import HarnessProcess
+    from triton_referee.worker.process import HarnessProcess
 
     pool = request.getfixturevalue("warm_pool") if pooled else None
     workdir = (Path(pool.scratch) if pool else tmp_path) / f"job-native-{pooled}" / "candidate"
@@ -326,7 +326,7 @@ def test_harness_processes_get_the_record_pipe_fresh_and_from_the_warm_pool(
 def test_without_native_records_nothing_changes(tmp_path: Path) -> None:
     import time
 
-    from worker.process import HarnessProcess
+    from triton_referee.worker.process import HarnessProcess
 
     process = HarnessProcess("candidate", tmp_path / "candidate", "cpu")
     process.start()

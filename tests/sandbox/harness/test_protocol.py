@@ -11,8 +11,16 @@ import time
 import pytest
 import torch
 
-from sandbox.harness import shm, tensors
-from sandbox.harness.protocol import KEY_BYTES, Channel, ChannelClosed, ChannelTimeout, ProtocolError, data_socketpair, read_key
+from triton_referee.sandbox.harness import shm, tensors
+from triton_referee.sandbox.harness.protocol import (
+    KEY_BYTES,
+    Channel,
+    ChannelClosed,
+    ChannelTimeout,
+    ProtocolError,
+    data_socketpair,
+    read_key,
+)
 
 KEY = bytes(range(KEY_BYTES))
 

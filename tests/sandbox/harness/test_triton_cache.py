@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.harness import triton_cache, zygote
-from sandbox.harness.triton_cache import LauncherSeeds, launcher_entry, pattern_of, valid_pattern
+from triton_referee.sandbox.harness import triton_cache, zygote
+from triton_referee.sandbox.harness.triton_cache import LauncherSeeds, launcher_entry, pattern_of, valid_pattern
 
 
 def test_a_pattern_keeps_argument_kinds_and_drops_pointer_types() -> None:
