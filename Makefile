@@ -32,14 +32,14 @@ preflight: $(BIN)/referee
 test: $(BIN)/referee preflight
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/python -m tests.installed_layout mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 lint: $(BIN)/referee
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	$(BIN)/lint-imports
+	$(BIN)/python -m tests.installed_layout mypy
+	$(BIN)/python -m tests.installed_layout lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache
