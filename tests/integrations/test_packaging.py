@@ -1,12 +1,16 @@
-"""A trainer installs the client and the adapters alone (issue 19, item 5): a fresh venv with only the
-base install (pydantic, pydantic-settings, httpx, tenacity from the package index) imports every adapter, and none of
-them pulls in the server stack, which is indeed absent there."""
+"""How Referee installs (issue 19, item 5). A trainer installs the client and the adapters alone: a fresh venv with
+only the base install (pydantic, pydantic-settings, httpx, tenacity from the package index) imports every adapter, and
+none of them pulls in the server stack, which is indeed absent there. The installed import names are
+triton_referee.service, .worker and .sandbox: a user's own `service/`, `worker/` and `sandbox/` in the working
+directory neither hide Referee's nor are hidden by them. The wheel holds every module of the repository's three
+folders (pyproject.toml lists the packages one by one) and the native recorder's C source."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,10 +26,18 @@ SERVER_STACK = [
     "yaml",
     "torch",
 ]
+PACKAGES = ("service", "worker", "sandbox")
 CHECK = f"""
 import sys
-import service.client, service.completions, service.integrations
-import service.integrations.trl, service.integrations.verl, service.integrations.openrlhf_reward, service.integrations.tokens
+import triton_referee.service.client, triton_referee.service.completions, triton_referee.service.integrations
+import triton_referee.service.integrations.trl, triton_referee.service.integrations.verl
+import triton_referee.service.integrations.openrlhf_reward, triton_referee.service.integrations.tokens
+# the working directory (first on sys.path) has the user's own packages of the same names: each side gets its own
+import service, worker, sandbox
+for package in (service, worker, sandbox):
+    assert getattr(package, "USERS_OWN", False), f"{{package.__name__}} is not the user's: {{package.__file__}}"
+for module in (triton_referee.service.client, triton_referee.service.integrations.verl):
+    assert module.__file__.startswith(sys.prefix), f"{{module.__name__}} is not the installed one: {{module.__file__}}"
 loaded = [name for name in {SERVER_STACK!r} if name in sys.modules]
 assert not loaded, f"the client side imported {{loaded}}"
 try:
@@ -35,7 +47,7 @@ except ModuleNotFoundError:
 else:
     raise AssertionError("fastapi is installed: the base install pulled the server stack")
 try:
-    import service.integrations.openrlhf  # the server's endpoint: needs the [server] extra
+    import triton_referee.service.integrations.openrlhf  # the server's endpoint: needs the [server] extra
 except ModuleNotFoundError as exc:
     print("server side absent:", exc.name)
 print("client ok")
@@ -52,6 +64,16 @@ def test_the_base_install_runs_the_adapters_without_the_server_stack(tmp_path: P
     )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("triton_referee-*.whl")
+    in_wheel = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {
+        f"triton_referee/{path.relative_to(ROOT).as_posix()}"
+        for name in PACKAGES
+        for path in (ROOT / name).rglob("*")
+        if path.suffix in (".py", ".c") and "__pycache__" not in path.parts
+    }
+    assert "triton_referee/sandbox/harness/native/recorder.c" in shipped
+    assert shipped | {"triton_referee/__init__.py"} <= in_wheel, sorted(shipped - in_wheel)
+    assert not any(name.split("/")[0] in PACKAGES for name in in_wheel), "the wheel installs a top-level service/worker/sandbox"
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
@@ -59,6 +81,9 @@ def test_the_base_install_runs_the_adapters_without_the_server_stack(tmp_path: P
         [str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True, text=True, timeout=600
     )
     assert installed.returncode == 0, installed.stderr[-2000:]
+    for name in PACKAGES:  # a user's project with packages of the same names, where the trainer runs
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("USERS_OWN = True\n")
     checked = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "client ok" in checked.stdout and "server side absent: fastapi" in checked.stdout
