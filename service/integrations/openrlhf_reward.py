@@ -1,6 +1,6 @@
 """OpenRLHF, client side: a `reward_func` file for `--remote_rm_url`.
 
-    openrlhf.cli.train_ppo_ray ... --remote_rm_url /path/to/site-packages/service/integrations/openrlhf_reward.py \
+    openrlhf.cli.train_ppo_ray ... --remote_rm_url /path/to/site-packages/triton_referee/service/integrations/openrlhf_reward.py \
         --label_key reference
 
 OpenRLHF loads a `--remote_rm_url` ending in `.py` as a file, alone, and calls

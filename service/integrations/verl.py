@@ -5,7 +5,7 @@ absolute imports only; Referee must be installed (importable) in verl's environm
 
     custom_reward_function:
       path: pkg://triton_referee.service.integrations.verl   # where verl's load_module knows pkg:// (0.9.1 does: it imports the module)
-      # path: /path/to/site-packages/service/integrations/verl.py   # any verl: the file itself
+      # path: /path/to/site-packages/triton_referee/service/integrations/verl.py   # any verl: the file itself
       name: compute_score          # per sample (NaiveRewardManager, verl's reward loop)
       # name: compute_score_batch  # whole batches with bounded concurrency (BatchRewardManager)
 
