@@ -427,7 +427,16 @@ def stream_summary(records: RecordStream, labels: range) -> str:
     recorded = len(recorded_markers(records) & set(labels))
     flushes = [r for r in records if isinstance(r, Flush)]
     dropped = flushes[-1].dropped if flushes else 0
-    return f"{marks} of {len(labels)} markers placed, {recorded} recorded on the GPU, {len(flushes)} flushes, {dropped} records dropped by CUPTI"
+    first = next((i for i, r in enumerate(records) if isinstance(r, Mark) and r.label in labels), len(records))
+    later = records[first:]
+    kernels = sum(1 for r in later if isinstance(r, Kernel))
+    memsets = [r for r in later if isinstance(r, Memset)]
+    shapes = sorted({(r.bytes, r.value) for r in memsets})[:4]
+    return (
+        f"{marks} of {len(labels)} markers placed, {recorded} recorded on the GPU, {len(flushes)} flushes, "
+        f"{dropped} records dropped by CUPTI; since the first marker {kernels} kernels and {len(memsets)} memsets "
+        f"(bytes, value: {shapes})"
+    )
 
 
 def _describe(record: Activity) -> str:
