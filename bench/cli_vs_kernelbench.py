@@ -54,7 +54,7 @@ def _referee(reference: Path, candidate: Path, device: str, trials: int, extra: 
         "engine_total_s": round(document["timings_ms"]["total"] / 1e3, 3) if document else None,
         "steps_ms": (document.get("timings_ms") or {}).get("steps"),
         "isolation": (document.get("environment") or {}).get("isolation"),
-        "error": None if document else measured.stderr[-1500:],
+        "error": (document.get("error") or None) if document else measured.stderr[-1500:],
     }
 
 
@@ -69,7 +69,7 @@ def _kernelbench(checkout: Path, reference: Path, candidate: Path, trials: int, 
         "import_s": document.get("import_s"),
         "evaluate_s": document.get("evaluate_s"),
         "stand_ins": document.get("stand_ins"),
-        "error": None if document else measured.stderr[-1500:],
+        "error": (document.get("error") or None) if document else measured.stderr[-1500:],
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a session runs on the lent GPU, in one call. Needs the wheels in .whl/ (see docs/deploy.md, "A GPU host without network").
 # Writes results under $OUT (or bench/results when OUT is unset). Usage: bench/gpu_session.sh [STEP...]
-# Steps: performance (issue 6), tests (the GPU-marked tests), diag (a short performance look), pair (performance on
+# Steps: performance (issue 6; PERFORMANCE_ARGS adds flags), tests (the GPU-marked tests; tests_rest: all but the
+# anti-cheat corpus), diag (a short performance look), pair (performance on
 # GPU 0 while GPU 1 runs the tests and a timing-lock comparison), isolation (issue 5),
 # compile, dobench, examples, scaling and cv_load (issue 9: bench/scaling.py, bench/cv_under_load.py; both
 # start the carried .redis/redis-server, from bash bench/build_redis.sh; extra flags in SCALING_ARGS and CV_LOAD_ARGS),
@@ -33,8 +34,10 @@ status=0
 for step in $steps; do
   echo "=== $step $(date +%T)"
   case $step in
-    performance) python3 -m bench.performance --out "$OUT" 2>&1 | tee "$OUT/performance.log" || status=1 ;;
+    performance) python3 -m bench.performance --out "$OUT" ${PERFORMANCE_ARGS:-} 2>&1 | tee "$OUT/performance.log" || status=1 ;;
     tests) REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
+    tests_rest) # every GPU test but the anti-cheat corpus (test_gpu_corpus.py): with `anticheat` beside it, the whole set in half the time
+      REFEREE_RESULTS_DIR="$OUT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu --deselect tests/gpu/test_gpu_corpus.py --tb=short 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
     diag) # a short look at latency and throughput after a change (no baseline, no stability)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gpu_launchers.py tests/gpu/test_gpu_engine.py --tb=short 2>&1 | tee "$OUT/gpu-tests-diag.log" || status=1
       for workers in 4 8; do

@@ -244,7 +244,7 @@ class DockerIsolation:
             tmpfs["/tmp"] = f"size={limits.workdir_bytes},mode=1777"
         client.containers.run(
             self.image,
-            command=[python, "-I", "-S", f"{lib}/harness/launcher.py", CONTROL, "--max-jobs", str(self.jobs_per_container)],
+            command=[python, "-I", "-B", "-S", f"{lib}/harness/launcher.py", CONTROL, "--max-jobs", str(self.jobs_per_container)],
             name=name,
             detach=True,
             init=True,  # docker's init reaps orphans; the launcher is not pid 1

@@ -36,7 +36,18 @@ from .settings import Settings
 from .store import MemoryKV, RedisKV, Store
 
 log = logging.getLogger("referee")
-VERSION = importlib.metadata.version("triton-referee")  # pyproject.toml's, as installed
+
+
+def _version() -> str:
+    """pyproject.toml's version, as installed; a checkout run without installing (the GPU host runs
+    the repository with the system python3) says so instead of failing to start."""
+    try:
+        return importlib.metadata.version("triton-referee")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+checkout"
+
+
+VERSION = _version()
 
 
 class AsciiJSONResponse(JSONResponse):

@@ -95,8 +95,9 @@ def timing_key(run: Evaluation, input_sets: list[dict[str, int]], environment: d
     )
 
 
-def judge_work(run: Evaluation, reply: RunReply | TimedRoundReply, phase: str) -> list[Violation]:
-    """Torch's share of the work (worker/proportion.py): fatal findings returned, epilogue warnings kept."""
-    fatal, warnings = proportion.judge(reply.compute_ops, reply.work, phase, run.config, run.device)
+def judge_work(run: Evaluation, reply: RunReply | TimedRoundReply, phase: str, timed_calls: int = 0) -> list[Violation]:
+    """Torch's share of the work (worker/proportion.py): fatal findings returned, epilogue warnings kept.
+    `timed_calls`: the calls the judge asked of a timed round (0 for a checked run)."""
+    fatal, warnings = proportion.judge(reply.compute_ops, reply.work, phase, run.config, run.device, timed_calls)
     proportion.keep_warning(run.anti_cheat.warnings, warnings)
     return fatal

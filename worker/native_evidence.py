@@ -39,7 +39,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -415,6 +415,30 @@ def windows(records: Sequence[Record], first_label: int, last_label: int) -> Win
     return WindowList(result, problems, before, after)
 
 
+def recorded_markers(records: Iterable[Record]) -> set[int]:
+    """The labels of the marker memsets the GPU ran (CUPTI delivers a buffer of records whenever it
+    completes, so a round's last records may reach the pipe after its FLUSH record)."""
+    return {r.value for r in records if isinstance(r, Memset) and r.bytes == MARKER_BYTES}
+
+
+def stream_summary(records: RecordStream, labels: range) -> str:
+    """What a round's records held, for the note when they do not add up."""
+    marks = sum(1 for r in records if isinstance(r, Mark) and r.label in labels)
+    recorded = len(recorded_markers(records) & set(labels))
+    flushes = [r for r in records if isinstance(r, Flush)]
+    dropped = flushes[-1].dropped if flushes else 0
+    first = next((i for i, r in enumerate(records) if isinstance(r, Mark) and r.label in labels), len(records))
+    later = records[first:]
+    kernels = sum(1 for r in later if isinstance(r, Kernel))
+    memsets = [r for r in later if isinstance(r, Memset)]
+    shapes = sorted({(r.bytes, r.value) for r in memsets})[:4]
+    return (
+        f"{marks} of {len(labels)} markers placed, {recorded} recorded on the GPU, {len(flushes)} flushes, "
+        f"{dropped} records dropped by CUPTI; since the first marker {kernels} kernels and {len(memsets)} memsets "
+        f"(bytes, value: {shapes})"
+    )
+
+
 def _describe(record: Activity) -> str:
     if isinstance(record, Kernel):
         return f"kernel {record.name[:80]!r} (record {record.seq})"
@@ -550,12 +574,17 @@ class RecordPipe:
     def wait_for_flush(self, count: int, timeout: float) -> RecordStream:
         """Wait until the stream holds at least `count` FLUSH records (or ends, or `timeout` passes),
         and return it parsed."""
+        return self.wait_until(lambda parsed: parsed.flushes >= count, timeout)
+
+    def wait_until(self, ready: Callable[[RecordStream], bool], timeout: float) -> RecordStream:
+        """Wait until `ready` holds for the parsed stream (or it ends, or `timeout` passes), and
+        return it parsed."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
                 size, closed = len(self._data), self._closed
             parsed = self.stream()
-            if parsed.flushes >= count or closed or parsed.malformed:
+            if ready(parsed) or closed or parsed.malformed:
                 return parsed
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -141,6 +141,7 @@ class WarmPool:
             argv = [
                 self.python,
                 "-I",
+                "-B",  # -I ignores PYTHONDONTWRITEBYTECODE: no .pyc written into the library trees (refused there)
                 "-c",
                 ZYGOTE_BOOTSTRAP,
                 str(HARNESS_PARENT),

@@ -197,6 +197,7 @@ class HarnessProcess:
                 argv = [
                     self.python,
                     "-I",
+                    "-B",  # -I ignores PYTHONDONTWRITEBYTECODE: no .pyc written into the library trees (refused there)
                     "-c",
                     BOOTSTRAP,
                     str(HARNESS_PARENT),

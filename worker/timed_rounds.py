@@ -22,6 +22,7 @@ from .watchers import watch_violations
 # Timed rounds: every call's outputs are kept until the round is checked, within this many bytes.
 KEEP_BYTES = {"cuda": 4 << 30, "cpu": 256 << 20}
 MAX_CALLS_PER_ROUND = 100  # few rounds for µs kernels: each round costs a refresh, a check and a stop
+MARKER_WAIT_S = 5.0  # how long a round's records may take to arrive once its calls have returned
 HOST_SCALAR_BYTES = 64  # device-to-host bytes per timed call still taken as a scalar sync (`.item()`), not a detour
 
 
@@ -205,7 +206,7 @@ def _time_candidate(run: Evaluation) -> dict[str, Any] | None:
         )
         wall_ms = (time.monotonic() - began) * 1e3
         try:
-            run.add_violations(watch_violations(timed, "timing") + judge_work(run, timed, "timing"))
+            run.add_violations(watch_violations(timed, "timing") + judge_work(run, timed, "timing", timed_calls=calls))
             if timed.output_problem or timed.outputs is None or len(timed.outputs) != calls:
                 run.add_violations(
                     [rules.violation("non_plain_output", {"phase": "timing", "detail": str(timed.output_problem)[:300]})]
@@ -246,7 +247,9 @@ def _time_candidate(run: Evaluation) -> dict[str, Any] | None:
                 ]
             )
             return None
-        call_windows, note = _native_samples(run, first_label, calls, rounds + 1) if gpu else (None, None)
+        # Once the records have stopped adding up, no later round's records are waited for: the speed
+        # is not credited either way.
+        call_windows, note = _native_samples(run, first_label, calls, rounds + 1) if gpu and untrusted is None else (None, None)
         if note and note not in native_notes:
             native_notes.append(note)
         # The recorder said hello before the candidate was imported; records that stop adding up after
@@ -304,13 +307,20 @@ def _native_samples(run: Evaluation, first_label: int, calls: int, flushes: int)
     records = run.candidate.process.records
     if records is None:
         return None, None
-    stream = records.wait_for_flush(flushes, timeout=5.0)
+    labels = range(first_label, first_label + 2 * calls)
+    wanted = set(labels)
+    # The round's FLUSH record, and the GPU records of every marker it placed: CUPTI may still be
+    # delivering a buffer it took before the flush (an honest round's records arrive within ms).
+    stream = records.wait_until(
+        lambda parsed: parsed.flushes >= flushes and wanted <= native_evidence.recorded_markers(parsed), timeout=MARKER_WAIT_S
+    )
     if stream.hello is None:
         return None, "no native recorder in the candidate's process"
-    found = native_evidence.windows(stream, first_label, first_label + 2 * calls - 1)
+    found = native_evidence.windows(stream, first_label, labels[-1])
     calls_windows = list(found)[0::2]
     if found.problems or len(calls_windows) != calls or not all(w.complete for w in calls_windows):
-        return None, UNUSABLE_RECORDS + ": " + "; ".join(found.problems[:3])
+        summary = native_evidence.stream_summary(stream, labels)
+        return None, f"{UNUSABLE_RECORDS} ({summary}): " + "; ".join(found.problems[:3])
     return calls_windows, None
 
 

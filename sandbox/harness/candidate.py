@@ -147,6 +147,11 @@ class CandidateRole:
         self.recorder.install()
         if os.environ.get("TRITON_INTERPRET") == "1":
             host_clock_autotuning()
+        # Bound before the witness's first entry: a kineto session, once stopped, leaves CUPTI with
+        # kineto's buffer callbacks and its activity kinds disabled, and the recorder records nothing
+        # more (tests/gpu/test_native_recorder.py). Where the recorder runs, the witness opens none.
+        self.native_recorder = self._native_recorder()  # bound before the candidate is imported
+        self.witness.profiling = self.native_recorder is None
         with (
             self.witness,
             self.ops,
@@ -157,8 +162,6 @@ class CandidateRole:
         # torch._dynamo rewraps torch.manual_seed when imported; the profiler, @torch.compiler.disable and
         # torch.library.custom_op import it lazily: before the snapshot, on every device.
         importlib.import_module("torch._dynamo")
-        self.native_recorder = self._native_recorder()  # bound before the candidate is imported
-        self.witness.profiling = self.native_recorder is None  # kineto and the recorder share CUPTI's callbacks
         # The operator's switch (REFEREE_ALLOW_NATIVE_CODE, from the worker's settings): builds, loads and ELF files allowed.
         self.allow_native = request.allow_native_code
         if request.audit_hook:  # off only by the operator's test switch (REFEREE_UNSAFE_NO_AUDIT_HOOK)

@@ -50,7 +50,7 @@ def test_locked_down_gpu_pool_contains_an_attacker_and_judges_honest_jobs(monkey
         victim: dict[str, EvaluationResult] = {}
         thread = threading.Thread(
             target=lambda: victim.update(
-                result=evaluate(Problem(source=REFERENCE), Submission(source=VICTIM), CONFIG, pool=client)
+                result=evaluate(Problem(source=REFERENCE), Submission(source=VICTIM), CONFIG, pool=client, audit_hook=False)
             )
         )
         thread.start()
@@ -58,7 +58,11 @@ def test_locked_down_gpu_pool_contains_an_attacker_and_judges_honest_jobs(monkey
         while not made and time.monotonic() < deadline:
             time.sleep(0.02)
         config = {"victim_job": made[0], "wait_victim": True, "worker_pid": os.getpid(), "worker_file": __file__}
-        attacker = evaluate(Problem(source=REFERENCE), Submission(source=attacker_source(config)), CONFIG, pool=client)
+        # As on the CPU (tests/security/test_confinement.py): the sealed hook refuses the prelude's
+        # bypasses, so the jobs run as if it were beaten, without it; the kernel's layers meet the attack.
+        attacker = evaluate(
+            Problem(source=REFERENCE), Submission(source=attacker_source(config)), CONFIG, pool=client, audit_hook=False
+        )
         thread.join(timeout=180)
         report = probe_report(attacker.output["stdout"])
         assert report["victim_seen"], report

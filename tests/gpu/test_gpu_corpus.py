@@ -12,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.test_corpus import EXPLOITS, HONEST, PROBLEM, expected_rule
+from tests.worker.test_corpus import EXPLOITS, HONEST, PROBLEM, cpu_only, expected_rule
 from triton_referee.worker.evaluate import evaluate
 from triton_referee.worker.models import EvalConfig, Submission, Verdict
 from triton_referee.worker.pool import PoolClient, WarmPool
 
 GPU = Path(__file__).parent
-ALL_EXPLOITS = EXPLOITS + sorted((GPU / "exploits").glob("*.py"))
-ALL_HONEST = HONEST + sorted((GPU / "honest").glob("*.py"))
+# The CPU files that write or read the output through .numpy() are CPU classes (`# device: cpu`).
+ALL_EXPLOITS = [p for p in EXPLOITS if not cpu_only(p)] + sorted((GPU / "exploits").glob("*.py"))
+ALL_HONEST = [p for p in HONEST if not cpu_only(p)] + sorted((GPU / "honest").glob("*.py"))
+# On a GPU the op witness (torch's profiler) is off: the native recorder holds CUPTI. Compute hidden
+# from the dispatch mode is then caught by the recorder's share of GPU time in the submission's kernels.
+GPU_RULES = {"torch_fallback": {"torch_fallback", "low_triton_time_fraction"}}
 pytestmark = pytest.mark.gpu
 ROWS: list[dict[str, object]] = []
 
@@ -63,7 +67,8 @@ def test_exploit_is_rejected_on_gpu(path: Path, gpu_pool: PoolClient) -> None:
     if expected.startswith("verdict="):
         assert result.verdict.value == expected.removeprefix("verdict="), (result.verdict, rules, result.feedback)
     else:
-        assert result.verdict == Verdict.cheating and expected in rules, (result.verdict, rules, result.feedback)
+        accepted = GPU_RULES.get(expected, {expected})
+        assert result.verdict == Verdict.cheating and accepted & set(rules), (result.verdict, rules, result.feedback)
 
 
 @pytest.mark.parametrize("path", ALL_HONEST, ids=lambda p: p.stem)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.worker.test_evidence import THROUGH_TRACEBACKS
 from triton_referee.sandbox.harness import tensors
 from triton_referee.worker.evaluate import evaluate
 from triton_referee.worker.models import EvalConfig, Problem, Submission, Verdict
@@ -118,7 +119,14 @@ def test_a_kept_mapping_sees_nothing_the_reference_allocates_later() -> None:
 
 
 def _evaluate(path: Path, config: EvalConfig | None = None):
-    return evaluate(PROBLEM, Submission(source=path.read_text()), config or EvalConfig(device="cuda"))
+    # As on the CPU (tests/worker/test_evidence.py): the audit hook refuses `tb_frame`, so the cases
+    # that walk up from a traceback show their judge-side evidence without the hook.
+    return evaluate(
+        PROBLEM,
+        Submission(source=path.read_text()),
+        config or EvalConfig(device="cuda"),
+        audit_hook=path.stem not in THROUGH_TRACEBACKS,
+    )
 
 
 @pytest.mark.parametrize("name", ["replay_within_ms", "replay_by_identity", "replay_through_traceback", "forged_reply_headers"])

@@ -128,3 +128,25 @@ def test_a_warm_pool_child_attaches_the_recorder_its_zygote_prepared() -> None:
         print("warm pool child:", warm.get("native_recorder_s"), "s to prepare;", stream.hello, file=sys.stderr)
         assert stream.hello is not None and stream.problems == [], (stream.problems, process.output())
         assert "no native launch recorder" not in process.output()["stderr"]
+
+
+def _round_markers(stream: ne.RecordStream) -> list[int]:
+    """How many of each timed-like round's 8 markers were recorded on the GPU (gpu_worker.py `rounds`)."""
+    recorded = ne.recorded_markers(stream)
+    return [len(recorded & set(range(BASE + 100 * (r + 1), BASE + 100 * (r + 1) + 8))) for r in range(3)]
+
+
+def test_markers_are_recorded_in_every_round_after_a_flush(cache: Path) -> None:
+    """The engine's timed rounds: markers around calls, a flush after each round."""
+    facts, stream = _run("rounds", cache)
+    assert facts is not None and _round_markers(stream) == [8, 8, 8], ne.stream_summary(stream, range(BASE + 100, BASE + 400))
+
+
+def test_a_kineto_session_stops_the_recorder_so_the_harness_opens_none_beside_it(cache: Path) -> None:
+    """Why the op witness opens no profiler session where the recorder runs (harness/candidate.py):
+    once a kineto session has stopped, CUPTI keeps kineto's callbacks with its kinds disabled and
+    nothing more reaches the recorder (seen on an H200, CUDA 13: every honest candidate's timed
+    rounds lost their records to the witness's set-up session). Recorded here so that a CUPTI or
+    torch release that changes this is noticed."""
+    facts, stream = _run("rounds_profiler_first", cache)
+    assert facts is not None and _round_markers(stream) == [0, 0, 0], ne.stream_summary(stream, range(BASE + 100, BASE + 400))

@@ -1,4 +1,5 @@
 # expect: correct — reads its output through out.numpy() after the launch (a finiteness check) without writing it
+# device: cpu — out.numpy() reads host memory; a CUDA tensor has no .numpy()
 import torch
 import torch.nn as nn
 import triton

@@ -103,6 +103,19 @@ def main() -> int:
         scale()
         recorder.mark(BASE + 6, stream)
         torch.cuda.synchronize()
+    if scenario.startswith("rounds"):  # the engine's timed rounds: markers, a flush after each round
+        if scenario == "rounds_profiler_first":  # a kineto session before the rounds (the op witness at set-up)
+            with torch.autograd.profiler.profile(use_kineto=True, record_shapes=False):
+                torch.empty(0)
+        recorder.flush()
+        for r in range(3):
+            for i in range(4):
+                recorder.mark(BASE + 100 * (r + 1) + 2 * i, stream)
+                scale()
+                recorder.mark(BASE + 100 * (r + 1) + 2 * i + 1, stream)
+            torch.cuda.synchronize()
+            recorder.flush()
+            time.sleep(0.05)
     facts["flush"] = recorder.flush()
     with open("/proc/self/maps", encoding="utf-8") as maps:
         facts["cupti_mapped"] = sorted({line.split()[-1] for line in maps if "libcupti" in line})

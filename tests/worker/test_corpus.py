@@ -32,6 +32,11 @@ def expected_rule(path: Path) -> str:
     return match.group(1)
 
 
+def cpu_only(path: Path) -> bool:
+    """A file whose second line says `# device: cpu` (its class needs host memory as the output)."""
+    return "\n# device: cpu" in path.read_text()[:400]
+
+
 _UNCACHED: dict[Path, EvaluationResult] = {}
 
 

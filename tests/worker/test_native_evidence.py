@@ -258,6 +258,35 @@ def test_waiting_for_a_flush_returns_when_it_arrives() -> None:
     pipe.close(timeout=0.1)
 
 
+def test_a_round_whose_marker_records_arrive_after_its_flush_is_waited_for() -> None:
+    """CUPTI delivers each buffer when it completes it, so a round's marker memsets may reach the pipe
+    after the round's FLUSH record (seen on an H200: every round after the first). The wait the engine
+    uses takes the records that arrive later, and the summary says what a round's records held."""
+    pipe = ne.RecordPipe()
+    labels = range(1, 5)
+    early = Writer().hello()
+    for label in labels:
+        early.mark(label, gpu_ns=1000 * label)
+    early.flush()
+    late = Writer()
+    late.seq = early.seq
+    for label in labels:
+        late.memset(label, 1000 * label + 100, 1000 * label + 200)
+    os.write(pipe.child_fd(), bytes(early.data))
+
+    def ready(parsed: ne.RecordStream) -> bool:
+        return parsed.flushes >= 1 and set(labels) <= ne.recorded_markers(parsed)
+
+    at_flush = pipe.wait_until(ready, timeout=0.2)  # the FLUSH alone is not enough
+    assert at_flush.flushes == 1 and ne.recorded_markers(at_flush) == set()
+    assert ne.stream_summary(at_flush, labels).startswith("4 of 4 markers placed, 0 recorded on the GPU, 1 flushes")
+    threading.Timer(0.3, lambda: os.write(pipe.child_fd(), bytes(late.data))).start()
+    complete = pipe.wait_until(ready, timeout=5)
+    assert ne.recorded_markers(complete) == set(labels)
+    assert ne.windows(complete, 1, 4).problems == []
+    pipe.close(timeout=0.1)
+
+
 def test_the_judge_side_and_the_loader_import_only_the_standard_library() -> None:
     """The engine never imports torch; the loader runs before torch in a harness process."""
     import ast
