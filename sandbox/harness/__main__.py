@@ -36,8 +36,10 @@ def main() -> int:
         from . import lockdown
 
         support = lockdown.Support(int(args.lockdown.get("landlock_abi") or 0), bool(args.lockdown.get("seccomp")))
+        cuda = os.environ.get("TRITON_INTERPRET") != "1"  # the worker sets it for CPU jobs
+        if cuda:
+            find_libcuda_before_lockdown()
         try:
-            cuda = os.environ.get("TRITON_INTERPRET") != "1"  # the worker sets it for CPU jobs
             # The recorder the engine built is loaded after the lockdown (CUPTI starts threads, and
             # landlock binds only the thread that applies it): its folder must stay readable.
             extra = [args.native_cache] if args.native_cache else None
@@ -51,6 +53,19 @@ def main() -> int:
 
         native.record_to(args.evidence_fd, Path(args.native_cache) if args.native_cache else None)
     return serve(args.role, args.read_fd, args.write_fd, args.key_fd, args.data_fd)
+
+
+def find_libcuda_before_lockdown() -> None:
+    """Triton finds libcuda by running `/sbin/ldconfig -p`, which the lockdown refuses (on Debian-family
+    hosts it is a shell script: /bin/sh is not among what a locked-down process may execute). Asked
+    once here (Triton caches the answer per process), as the warm pool's zygote does before forking;
+    a fresh CLI process on an H200 failed every check without it."""
+    try:
+        from triton.backends.nvidia import driver
+
+        driver.libcuda_dirs()
+    except Exception as exc:  # no nvidia backend, or no libcuda: CUDA's own error comes later, clearer
+        print(f"harness: libcuda not found before the lockdown: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def test_locked_down_gpu_pool_contains_an_attacker_and_judges_honest_jobs(monkey
         thread.join(timeout=180)
         report = probe_report(attacker.output["stdout"])
         assert report["victim_seen"], report
-        assert uncontained(report, same_file_system=True) == {}, report
+        # On a GPU seccomp lets socket(AF_UNIX) through: the CUDA driver opens one while it initialises
+        # (sandbox/harness/lockdown.py); every other family stays refused.
+        assert uncontained(report, same_file_system=True, allowed=frozenset({"socket_unix"})) == {}, report
         assert victim["result"].verdict == Verdict.correct, (victim["result"].verdict, victim["result"].error)
         honest = evaluate(Problem(source=REFERENCE), Submission(source=HONEST_NEW_PATTERN), CONFIG, pool=client)
         assert honest.verdict == Verdict.correct, (honest.verdict, honest.error, honest.output)

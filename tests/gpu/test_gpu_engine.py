@@ -113,3 +113,30 @@ def test_a_candidate_that_stops_the_native_recorder_gets_no_speed_credit(stop_at
         assert not perf.meaningful and perf.speedup is None, (perf.timing_evidence, perf.note)
         assert perf.note and "native records unusable" in perf.note
         assert result.reward <= 1.0
+
+
+def test_the_cli_check_judges_an_example_in_its_locked_down_processes() -> None:
+    """`referee check` as a user runs it: a fresh CLI process whose harness processes lock themselves
+    down (the backend `auto` picks) before Triton looks for libcuda (harness/__main__.py)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "check",
+            "--json",
+            str(EXAMPLES / "relu" / "reference.py"),
+            str(EXAMPLES / "relu" / "candidate.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=EXAMPLES.parent,
+    )
+    document = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and document["verdict"] == "correct", (document.get("error"), done.stderr[-2000:])
+    assert document["environment"]["confinement"], document["environment"]
