@@ -126,7 +126,7 @@ def test_the_cli_check_judges_an_example_in_its_locked_down_processes() -> None:
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "triton_referee.service.cli",
             "check",
             "--json",
             str(EXAMPLES / "relu" / "reference.py"),
