@@ -211,3 +211,18 @@ def test_no_module_of_the_product_raises_fastapis_http_exception() -> None:
             if "HTTPException" in names | attributes:
                 offenders.append(str(Path(path).relative_to(ROOT)))
     assert offenders == []
+
+
+def test_a_checkout_that_is_not_installed_still_starts_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU host runs the repository with the system python3, not installed: the API's version
+    lookup must not stop the server from starting (it did: PackageNotFoundError at import)."""
+    import importlib.metadata
+
+    from triton_referee.service import app
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    assert app._version() == importlib.metadata.version("triton-referee")
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert app._version() == "0+checkout"
