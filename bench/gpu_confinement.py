@@ -5,7 +5,8 @@ way a warm-pool spare does (sandbox/harness/lockdown.py, its own work directory 
 place) and then, step by step: creates a CUDA context, opens a CUDA IPC handle of a tensor this
 process made (as the judge's data plane does), exports a handle of its own (as a candidate hands
 out its outputs), compiles and runs a Triton kernel in an empty cache
-(ptxas, and gcc for the launcher) and tries to open a socket. One JSON file says which step
+(ptxas, and gcc for the launcher) and tries to open a socket (AF_INET must be refused; AF_UNIX is
+allowed on a GPU on purpose). One JSON file says which step
 worked under which layer, so a failure names the layer and the step. About a minute.
 
     python3 -m bench.gpu_confinement [--out bench/results]
@@ -27,15 +28,34 @@ from typing import Any
 
 from bench.lib import ROOT, slug, write_result
 
+KERNEL = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def triple(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=mask) * 3.0, mask=mask)
+"""
 # The child starts isolated (`python -I`) and imports the harness as the box does: as the top-level
 # package `harness`, from the folder its bootstrap puts on sys.path.
-CHILD = r"""
+CHILD = (
+    f"KERNEL = {KERNEL!r}\n"
+    + r"""
 import json, os, pickle, sys, time
 sys.path.insert(0, sys.argv[1])
 from harness import lockdown
 spec = json.loads(sys.argv[2])
 out = {}
 support = lockdown.Support(spec.get("landlock_abi", 0), spec.get("seccomp", False))
+from harness.__main__ import find_libcuda_before_lockdown
+find_libcuda_before_lockdown()  # as a harness process does (Triton's ldconfig is refused after)
+# A Triton kernel must live in a file: written before the lockdown, imported after it.
+with open("referee_triple.py", "w") as source:
+    source.write(KERNEL)
+sys.path.insert(0, os.getcwd())
 started = time.perf_counter()
 lockdown.apply(lockdown.default_policy(os.getcwd(), cuda=True), support)
 out["lockdown_ms"] = round((time.perf_counter() - started) * 1e3, 2)
@@ -64,14 +84,7 @@ def export():
 step("cuda_ipc_export", export)
 
 def compile_and_run():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def triple(x_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=mask) * 3.0, mask=mask)
+    from referee_triple import triple
 
     x = torch.ones(1000, device="cuda")
     triple[(4,)](x, 1000, BLOCK=256)
@@ -80,14 +93,18 @@ def compile_and_run():
 
 step("triton_compile_run", compile_and_run)
 
-def socket_open():
+def socket_open(family):
     import socket
-    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+    socket.socket(family, socket.SOCK_STREAM).close()
     return "opened"
 
-step("socket", socket_open)
+import socket
+step("socket", lambda: socket_open(socket.AF_INET))  # refused under seccomp
+step("socket_unix", lambda: socket_open(socket.AF_UNIX))  # allowed on a GPU: the CUDA driver opens one
+
 print(json.dumps(out), flush=True)
 """
+)
 
 
 def main() -> int:
