@@ -260,8 +260,9 @@ def test_waiting_for_a_flush_returns_when_it_arrives() -> None:
 
 def test_a_round_whose_marker_records_arrive_after_its_flush_is_waited_for() -> None:
     """CUPTI delivers each buffer when it completes it, so a round's marker memsets may reach the pipe
-    after the round's FLUSH record (seen on an H200: every round after the first). The wait the engine
-    uses takes the records that arrive later, and the summary says what a round's records held."""
+    after the round's FLUSH record. The wait the engine uses takes the records that arrive later, and
+    the summary says what a round's records held (on an H200 it showed markers placed and none
+    recorded: a kineto session had stopped the recorder, docs/native-recorder.md)."""
     pipe = ne.RecordPipe()
     labels = range(1, 5)
     early = Writer().hello()
