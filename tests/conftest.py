@@ -23,6 +23,15 @@ EXAMPLES = ROOT / "examples"
 # The engine picks the harness interpreter from this variable; the suite must use its own python.
 os.environ.pop("REFEREE_HARNESS_PYTHON", None)
 
+# `make test` hands pytest-xdist's workers one test file at a time, in collection order. These folders
+# hold the files that take minutes (every isolation backend, the compose stack): first, so that neither
+# worker idles at the end while the other is still in one of them.
+SLOW_FOLDERS_FIRST = ("tests/security/", "tests/deploy/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.path.relative_to(ROOT).as_posix().startswith(SLOW_FOLDERS_FIRST))
+
 
 # A 1-D ReLU problem small enough for the interpreter to run in milliseconds. `n` is read only by
 # get_inputs, so the engine derives three input sets: n=1000, n=250 and n=501.

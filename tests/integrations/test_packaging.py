@@ -7,6 +7,7 @@ folders (pyproject.toml lists the packages one by one) and the native recorder's
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -54,10 +55,23 @@ print("client ok")
 """
 
 
+def _source_copy(into: Path) -> Path:
+    """What the Dockerfiles copy, and nothing else: an in-tree build would reuse a `build/` folder left
+    by an earlier build of the checkout (an old layout's top-level packages included)."""
+    source = into / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in (*PACKAGES, "triton_referee"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.o"))
+    return source
+
+
 def test_the_base_install_runs_the_adapters_without_the_server_stack(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
+    source = _source_copy(tmp_path)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
