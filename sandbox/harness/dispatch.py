@@ -48,10 +48,9 @@ _VIEWS = frozenset(
     }
 )
 
-# ... that only allocate, view, copy or cast.
-BOOKKEEPING_OPS = _VIEWS | frozenset(
+# Ops that make a new tensor from shapes and constants alone (work.py: never a derivation either).
+ALLOCATIONS = frozenset(
     {
-        # allocation and fills
         "empty",
         "empty_like",
         "empty_strided",
@@ -67,23 +66,34 @@ BOOKKEEPING_OPS = _VIEWS | frozenset(
         "full",
         "full_like",
         "new_full",
-        "zero_",
-        "fill_",
         "scalar_tensor",
-        "lift_fresh",
-        "lift_fresh_copy",
-        "resize_",
-        "set_",
-        "arange",
-        # copies and casts
-        "copy_",
-        "clone",
-        "_to_copy",
-        "contiguous",
-        "_copy_from",
-        "_copy_from_and_resize",
-        "_local_scalar_dense",  # .item(): a copy to the host, counted below when the source is on a GPU
     }
+)
+
+# ... that only allocate, view, copy or cast.
+BOOKKEEPING_OPS = (
+    _VIEWS
+    | ALLOCATIONS
+    | frozenset(
+        {
+            # fills
+            "zero_",
+            "fill_",
+            "lift_fresh",
+            "lift_fresh_copy",
+            "resize_",
+            "set_",
+            "arange",
+            # copies and casts
+            "copy_",
+            "clone",
+            "_to_copy",
+            "contiguous",
+            "_copy_from",
+            "_copy_from_and_resize",
+            "_local_scalar_dense",  # .item(): a copy to the host, counted below when the source is on a GPU
+        }
+    )
 )
 
 # Ops that only make views or read: they cannot have written an output (`.numpy()` dispatches `detach`).

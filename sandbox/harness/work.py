@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .dispatch import ALLOCATIONS
+
 
 def _tensors(value: Any) -> Iterable[torch.Tensor]:
     if isinstance(value, torch.Tensor):
@@ -39,24 +41,8 @@ def _storage(tensor: torch.Tensor) -> int | None:
 
 
 # Ops whose result does not depend on the values of their tensor arguments: never a derivation.
-_VALUE_FREE_OPS = frozenset(
+_VALUE_FREE_OPS = ALLOCATIONS | frozenset(
     {
-        "empty",
-        "empty_like",
-        "empty_strided",
-        "empty_permuted",
-        "new_empty",
-        "new_empty_strided",
-        "zeros",
-        "zeros_like",
-        "new_zeros",
-        "ones",
-        "ones_like",
-        "new_ones",
-        "full",
-        "full_like",
-        "new_full",
-        "scalar_tensor",
         "arange",
         "rand",
         "rand_like",
