@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import redis
 from tests.tiny_problem import CANDIDATE as TINY_CANDIDATE
 from tests.tiny_problem import REFERENCE as TINY_REFERENCE
 from triton_referee.service.settings import Settings
-from triton_referee.service.stack import free_port  # noqa: F401  the same helper as the benches
+from triton_referee.service.stack import free_port, wait_for  # noqa: F401  free_port: the same helper as the benches
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,14 +33,11 @@ def full(candidate: str = TINY_CANDIDATE, **options: Any) -> dict[str, Any]:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """stack.wait_for, failing the test as an assertion."""
+    try:
+        return wait_for(predicate, timeout, what, interval)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @dataclass
